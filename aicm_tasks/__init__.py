@@ -1,0 +1,49 @@
+"""aicm-tasks: LLM-usage tracking off the request path, delivered by Celery workers.
+
+``track.delay(service_key, usage, customer_key=..., context=...)`` validates a
+record in the caller's process and publishes it in one Redis round trip; a
+``celery -A aicm_tasks worker`` pool delivers records in batches to the
+AICostManager-compatible ``/track`` endpoint and dead-letters what is refused.
+"""
+
+from __future__ import annotations
+
+from aicm_tasks.app import AicmCelery, create_app
+from aicm_tasks.errors import (
+    AicmTasksError,
+    ConfigurationError,
+    DeadLetterNotFoundError,
+    PublishError,
+    RecordError,
+    RecordTypeError,
+    RecordValueError,
+)
+from aicm_tasks.settings import Settings
+from aicm_tasks.tasks import TrackTask
+
+__version__ = "0.1.0"
+
+#: The Celery app; ``celery -A aicm_tasks worker`` runs it.
+app: AicmCelery = create_app()
+#: The tracking task: ``track.delay(service_key, usage, ...)``.
+track: TrackTask = app.tasks[TrackTask.name]
+#: The settings the app was built with, read from ``AICM_*`` variables at import.
+settings: Settings = app.aicm_settings
+
+__all__ = [
+    "AicmCelery",
+    "AicmTasksError",
+    "ConfigurationError",
+    "DeadLetterNotFoundError",
+    "PublishError",
+    "RecordError",
+    "RecordTypeError",
+    "RecordValueError",
+    "Settings",
+    "TrackTask",
+    "__version__",
+    "app",
+    "create_app",
+    "settings",
+    "track",
+]

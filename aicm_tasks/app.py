@@ -1,0 +1,64 @@
+"""The Celery app: queues, routing and the durability settings, each argued.
+
+``celery -A aicm_tasks worker`` finds :data:`app` here (through the package).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from aicm_tasks.bootstep import DeliveryStep
+from aicm_tasks.settings import Settings
+from aicm_tasks.tasks import TrackTask
+
+#: Queue for ordinary Celery tasks (none are needed for delivery).
+DEFAULT_TASK_QUEUE = "celery"
+
+
+class AicmCelery(Celery):  # type: ignore[misc]
+    """A Celery app that carries the aicm-tasks :class:`Settings`."""
+
+    aicm_settings: Settings
+
+
+def create_app(settings: Settings | None = None) -> AicmCelery:
+    """Build the Celery app for the given settings (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    app = AicmCelery("aicm_tasks", broker=settings.broker_url, set_as_current=True)
+    app.aicm_settings = settings
+    app.conf.update(
+        # Declared here so Celery tools (Flower's broker view, `celery inspect`)
+        # know the tracking queue even while no worker runs.
+        task_queues=[
+            Queue(settings.queue, routing_key=settings.queue),
+            Queue(DEFAULT_TASK_QUEUE, routing_key=DEFAULT_TASK_QUEUE),
+        ],
+        task_default_queue=DEFAULT_TASK_QUEUE,
+        task_routes={TrackTask.name: {"queue": settings.queue}},
+        # Delivery runs in threads of the worker's main process (see bootstep.py);
+        # the Celery pool only serves ordinary tasks, so a small thread pool is
+        # enough and keeps the worker one process (one httpx pool, one lease).
+        worker_pool="threads",
+        worker_concurrency=2,
+        # Ordinary tasks on this app are acknowledged after they run and requeued
+        # if the process dies: the same at-least-once stance as the records.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Our leases use AICM_REDELIVERY_TIMEOUT_S; kombu's own unacked restore
+        # for ordinary tasks uses the same figure so both redeliver alike.
+        broker_transport_options={
+            "visibility_timeout": settings.redelivery_timeout_s,
+            "socket_connect_timeout": settings.publish_timeout_s,
+            "socket_timeout": max(settings.publish_timeout_s, 5.0),
+        },
+        # A worker keeps trying to reach the broker for as long as it is down.
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_ignore_result=True,
+        worker_hijack_root_logger=True,
+    )
+    app.register_task(TrackTask())
+    app.steps["worker"].add(DeliveryStep)
+    return app

@@ -1,0 +1,216 @@
+"""``aicm-tasks dlq``: list, inspect, replay, purge and export dead letters."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.deadletter import DeadLetterStore, Selection, selection_of
+from aicm_tasks.errors import DeadLetterNotFoundError
+from aicm_tasks.outcomes import Reason
+
+REASONS = [reason.value for reason in Reason]
+
+
+def _store() -> DeadLetterStore:
+    settings = load_settings()
+    return DeadLetterStore(redis_client(settings), keys_of(settings))
+
+
+def _selection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.argument("ids", nargs=-1)(func)
+    func = click.option("--reason", type=click.Choice(REASONS), help="Only this reason.")(func)
+    func = click.option("--service-key", help="Only records of this service key.")(func)
+    func = click.option("--all", "select_all", is_flag=True, help="Every dead letter.")(func)
+    return func
+
+
+def _selection(
+    ids: tuple[str, ...], reason: str | None, service_key: str | None, select_all: bool
+) -> Selection:
+    selection = selection_of(ids, reason, service_key, select_all)
+    if selection.is_empty:
+        raise click.UsageError("select dead letters: give ids, --reason, --service-key or --all")
+    return selection
+
+
+def _when(epoch_s: Any) -> str:
+    if epoch_s is None:
+        return "-"
+    return datetime.fromtimestamp(float(epoch_s), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: records the server refused or that ran out of retries."""
+
+
+@dlq.command()
+@json_option
+def stats(as_json: bool) -> None:
+    """Totals by reason and by service key."""
+    figures = _guard(lambda: _store().stats())
+    if as_json:
+        echo_json(figures)
+        return
+    console = Console()
+    console.print(f"dead letters: [bold]{figures['total']}[/bold]")
+    for title, column in (("reason", "by_reason"), ("service key", "by_service_key")):
+        if figures[column]:
+            table = Table(title=f"by {title}")
+            table.add_column(title)
+            table.add_column("records", justify="right")
+            for name, count in figures[column].items():
+                table.add_row(name, str(count))
+            console.print(table)
+
+
+@dlq.command(name="list")
+@_selection_options
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many.")
+@json_option
+def list_(
+    ids: tuple[str, ...],
+    reason: str | None,
+    service_key: str | None,
+    select_all: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List dead letters (oldest first). With no selection, lists all."""
+    selection = selection_of(ids, reason, service_key, select_all)
+    if selection.is_empty:
+        selection = Selection(all=True)
+    entries = _guard(lambda: _store().list(selection, limit=limit))
+    if as_json:
+        echo_json(entries)
+        return
+    table = Table(title=f"{len(entries)} dead letters")
+    for column in ("id", "reason", "service key", "attempts", "last failure", "error"):
+        table.add_column(column)
+    for entry in entries:
+        errors = entry.get("errors") or [entry.get("detail") or ""]
+        table.add_row(
+            entry["id"],
+            entry["reason"],
+            str(entry.get("service_key")),
+            str(entry.get("attempts")),
+            _when(entry.get("last_failure_at")),
+            str(errors[0])[:80],
+        )
+    Console().print(table)
+
+
+@dlq.command()
+@click.argument("dead_letter_id")
+@json_option
+def show(dead_letter_id: str, as_json: bool) -> None:
+    """Show one dead letter in full: the record, the reason, the server's errors."""
+    try:
+        entry = _guard(lambda: _store().get(dead_letter_id))
+    except DeadLetterNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        echo_json(entry)
+        return
+    console = Console()
+    for name in ("id", "reason", "detail", "errors", "http_status", "attempts", "service_key"):
+        console.print(f"[bold]{name}[/bold]: {entry.get(name)}")
+    console.print(f"[bold]first failure[/bold]: {_when(entry.get('first_failure_at'))}")
+    console.print(f"[bold]last failure[/bold]: {_when(entry.get('last_failure_at'))}")
+    console.print_json(data=entry.get("record"))
+
+
+@dlq.command()
+@_selection_options
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@json_option
+def replay(
+    ids: tuple[str, ...],
+    reason: str | None,
+    service_key: str | None,
+    select_all: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Publish the selected records again, unchanged (same response_id)."""
+    selection = _selection(ids, reason, service_key, select_all)
+    replayed = _guard(lambda: _store().replay(selection, dry_run=dry_run))
+    if as_json:
+        echo_json({"dry_run": dry_run, "replayed": len(replayed), "ids": replayed})
+        return
+    verb = "would replay" if dry_run else "replayed"
+    click.echo(f"{verb} {len(replayed)} dead letters")
+
+
+@dlq.command()
+@_selection_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def purge(
+    ids: tuple[str, ...],
+    reason: str | None,
+    service_key: str | None,
+    select_all: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete the selected dead letters for good."""
+    selection = _selection(ids, reason, service_key, select_all)
+    store = _store()
+    count = len(_guard(lambda: store.list(selection)))
+    if count and not yes:
+        click.confirm(f"Delete {count} dead letters for good?", abort=True)
+    removed = _guard(lambda: store.purge(selection)) if count else 0
+    if as_json:
+        echo_json({"purged": removed})
+        return
+    click.echo(f"purged {removed} dead letters")
+
+
+@dlq.command()
+@_selection_options
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write to this file instead of standard output.",
+)
+@json_option
+def export(
+    ids: tuple[str, ...],
+    reason: str | None,
+    service_key: str | None,
+    select_all: bool,
+    output: str | None,
+    as_json: bool,
+) -> None:
+    """Write dead letters as JSON Lines (all of them unless selected)."""
+    selection = selection_of(ids, reason, service_key, select_all)
+    if selection.is_empty:
+        selection = Selection(all=True)
+    store = _store()
+    if output is None:
+        written = _guard(lambda: store.export(selection, sys.stdout))
+        return
+    with open(output, "w", encoding="utf-8") as out:
+        written = _guard(lambda: store.export(selection, out))
+    if as_json:
+        echo_json({"exported": written, "output": output})
+    else:
+        click.echo(f"exported {written} dead letters to {output}", err=True)
+
+
+def _guard(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except redis.RedisError as exc:
+        raise click.ClickException(f"the broker did not answer: {exc}") from exc

@@ -1,0 +1,273 @@
+"""The delivery loop a worker process runs: fetch a batch, deliver it, settle it.
+
+:class:`DeliveryService` owns a few delivery threads and one housekeeping
+thread. It knows Redis (through :class:`~aicm_tasks.broker.RecordStore`) and
+the transport, but not Celery: the bootstep in :mod:`aicm_tasks.bootstep`
+starts and stops it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from aicm_tasks.broker import RecordStore, Resolution
+from aicm_tasks.delivery import Post, Summary, deliver, plan
+from aicm_tasks.messages import decode
+from aicm_tasks.retry import BackoffPolicy
+
+logger = logging.getLogger(__name__)
+
+#: How often the housekeeping thread renews the lease, promotes due retries and
+#: reclaims batches of dead workers, at most, in seconds.
+HOUSEKEEPING_INTERVAL_S = 1.0
+#: Longest single wait for the queue, so a stop request is noticed quickly.
+MAX_WAIT_S = 1.0
+#: Wait after a Redis error before trying again, growing to the maximum.
+REDIS_RETRY_MIN_S, REDIS_RETRY_MAX_S = 0.2, 5.0
+#: During shutdown, how long to keep trying to settle a batch while Redis is
+#: unreachable; after that it stays held and returns when the lease expires.
+SETTLE_GIVE_UP_WHEN_STOPPING_S = 10.0
+
+_EMPTY = Resolution()
+
+BatchListener = Callable[[str, Summary, float], None]
+
+
+class DeliveryService:
+    """Delivery threads plus housekeeping, for one worker process."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        post: Post,
+        *,
+        batch_size: int,
+        flush_interval_s: float,
+        concurrency: int,
+        policy: BackoffPolicy,
+        auth_retry_interval_s: float,
+        redelivery_timeout_s: float,
+        on_batch: BatchListener | None = None,
+    ) -> None:
+        self.store = store
+        self.post = post
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.concurrency = concurrency
+        self.policy = policy
+        self.auth_retry_interval_s = auth_retry_interval_s
+        self.lease_s = redelivery_timeout_s
+        self.on_batch = on_batch
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._numbers = itertools.count()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        """Register the lease and start the threads."""
+        self._stop.clear()
+        self._retrying(
+            "register lease", lambda: self.store.renew_lease(self.consumer, self.lease_s)
+        )
+        housekeeping = threading.Thread(
+            target=self._housekeep, name="aicm-housekeeping", daemon=True
+        )
+        self._threads = [housekeeping]
+        for n in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._deliver_loop, name=f"aicm-delivery-{n}", daemon=True
+            )
+            self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+        logger.info(
+            "delivery started: consumer=%s queue=%s batch_size=%d flush_interval_s=%.3g threads=%d",
+            self.consumer,
+            self.store.keys.queue,
+            self.batch_size,
+            self.flush_interval_s,
+            self.concurrency,
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop fetching, let in-flight batches finish, hand back anything left."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._held_lock:
+            left = list(self._held)
+        for batch_key in left:
+            try:
+                returned = self.store.release(self.consumer, batch_key)
+                logger.warning("handed %d records back to the queue at shutdown", returned)
+            except redis.RedisError as exc:
+                logger.error(
+                    "could not hand back %s (%s); it returns after the lease expires",
+                    batch_key,
+                    exc,
+                )
+        if not any(t.is_alive() for t in self._threads[1:]):
+            try:
+                self.store.drop_lease(self.consumer)
+            except redis.RedisError as exc:
+                logger.warning("could not drop lease at shutdown: %s", exc)
+        logger.info("delivery stopped: consumer=%s", self.consumer)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- delivery ----------------------------------------------------------------
+    def _deliver_loop(self) -> None:
+        pause_s = REDIS_RETRY_MIN_S
+        while not self._stop.is_set():
+            try:
+                self._run_one_batch()
+                pause_s = REDIS_RETRY_MIN_S
+            except redis.RedisError as exc:
+                logger.warning("broker error in delivery (%s); retrying in %.1fs", exc, pause_s)
+                self._stop.wait(pause_s)
+                pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+            except Exception:  # a bug must not kill the thread: the batch stays held
+                logger.exception(
+                    "unexpected error in delivery; the batch stays held for redelivery"
+                )
+                self._stop.wait(REDIS_RETRY_MAX_S)
+
+    def _run_one_batch(self) -> None:
+        batch_key = self.store.keys.batch(self.consumer, next(self._numbers))
+        with self._held_lock:
+            self._held.add(batch_key)
+        raw = self._gather(batch_key)
+        if not raw:
+            # Nothing arrived: the (empty) batch key is still registered; settle it.
+            self.store.resolve(self.consumer, batch_key, _EMPTY)
+            with self._held_lock:
+                self._held.discard(batch_key)
+            return
+        started = time.monotonic()
+        items = [decode(message) for message in raw]
+        outcomes, requests = deliver(items, self.post)
+        resolution, summary = plan(
+            outcomes, self.policy, auth_retry_interval_s=self.auth_retry_interval_s
+        )
+        summary = dataclasses.replace(summary, requests=requests)
+        settled = self._retrying(
+            "settle batch", lambda: self.store.resolve(self.consumer, batch_key, resolution)
+        )
+        with self._held_lock:
+            self._held.discard(batch_key)
+        elapsed_s = time.monotonic() - started
+        if not settled:
+            logger.warning(
+                "batch %s was reclaimed while held (lease lost); its %d records will be delivered again",
+                batch_key,
+                len(raw),
+            )
+            return
+        self._log_batch(summary, outcomes_ids=[i.response_id for i in items], elapsed_s=elapsed_s)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(batch_key, summary, elapsed_s)
+            except Exception:
+                logger.exception("batch listener failed")
+
+    def _gather(self, batch_key: str) -> list[bytes]:
+        """Take up to batch_size records: all at once from a backlog, or what
+        arrives within flush_interval_s of the first one."""
+        raw = self.store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s)
+        if not raw:
+            first = self.store.wait_one(batch_key, MAX_WAIT_S)
+            if first is None:
+                return []
+            raw = [first]
+        flush_at = time.monotonic() + self.flush_interval_s
+        while len(raw) < self.batch_size:
+            raw += self.store.fetch(
+                self.consumer, batch_key, self.batch_size - len(raw), self.lease_s
+            )
+            remaining_s = flush_at - time.monotonic()
+            if len(raw) >= self.batch_size or remaining_s <= 0 or self._stop.is_set():
+                break
+            one = self.store.wait_one(batch_key, min(remaining_s, MAX_WAIT_S))
+            if one is not None:
+                raw.append(one)
+        return raw
+
+    def _log_batch(self, summary: Summary, outcomes_ids: list[str], elapsed_s: float) -> None:
+        dead = sum(summary.dead_lettered.values())
+        logger.info(
+            "batch settled: delivered=%d retried=%d dead_lettered=%d requests=%d in %.3fs",
+            summary.delivered,
+            summary.retried,
+            dead,
+            summary.requests,
+            elapsed_s,
+        )
+        if summary.retried:
+            logger.warning("%d records scheduled for retry", summary.retried)
+        if dead:
+            logger.error(
+                "%d records dead-lettered %s (see `aicm-tasks dlq list`)",
+                dead,
+                summary.dead_lettered,
+            )
+
+    # -- housekeeping ------------------------------------------------------------
+    def _housekeep(self) -> None:
+        pause_s = HOUSEKEEPING_INTERVAL_S
+        while not self._stop.wait(pause_s):
+            try:
+                self.store.renew_lease(self.consumer, self.lease_s)
+                self.store.promote_due()
+                reclaimed = self.store.reclaim_expired()
+                if reclaimed:
+                    logger.warning(
+                        "reclaimed %d records from workers whose lease expired", reclaimed
+                    )
+                pause_s = HOUSEKEEPING_INTERVAL_S
+            except redis.RedisError as exc:
+                logger.warning("broker error in housekeeping: %s", exc)
+                pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+
+    def _retrying(self, what: str, action: Callable[[], bool | None]) -> bool:
+        """Run a broker write until it succeeds: a decided fate must reach Redis.
+
+        Gives up (returns False) only while stopping, after
+        SETTLE_GIVE_UP_WHEN_STOPPING_S: the batch then stays held in Redis and is
+        redelivered when the lease expires, so nothing is lost.
+        """
+        pause_s = REDIS_RETRY_MIN_S
+        started = time.monotonic()
+        while True:
+            try:
+                result = action()
+                return True if result is None else bool(result)
+            except redis.RedisError as exc:
+                if (
+                    self._stop.is_set()
+                    and time.monotonic() - started > SETTLE_GIVE_UP_WHEN_STOPPING_S
+                ):
+                    logger.error(
+                        "gave up trying to %s at shutdown (%s); records stay held", what, exc
+                    )
+                    return False
+                logger.warning(
+                    "broker error (%s) while trying to %s; retrying in %.1fs", exc, what, pause_s
+                )
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)

@@ -1,0 +1,197 @@
+"""Deliver one batch and decide every record's fate; plain functions, no Celery, no Redis.
+
+:func:`deliver` sends a batch through a ``post`` callable (the transport) and
+returns one :class:`Outcome` per message; :func:`plan` turns outcomes into the
+:class:`~aicm_tasks.broker.Resolution` that the broker applies atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aicm_tasks.broker import Resolution
+from aicm_tasks.messages import Item, batch_body, encode, record_of
+from aicm_tasks.outcomes import BatchVerdict, Fate, Reason, VerdictKind, record_fate
+from aicm_tasks.retry import BackoffPolicy
+
+Post = Callable[[bytes], BatchVerdict]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one delivery attempt decided for one message."""
+
+    item: Item
+    fate: Fate
+    detail: str
+    reason: Reason | None = None
+    http_status: int | None = None
+    errors: tuple[str, ...] = ()
+    retry_after_s: float | None = None
+    #: False when the failure is not the record's (a wrong API key): the retry
+    #: is not counted against ``max_retries``.
+    counts_as_retry: bool = True
+    #: Whether the record was part of a POST in this attempt.
+    sent: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts for one resolved batch, for logs, stats and task events."""
+
+    delivered: int
+    retried: int
+    dead_lettered: dict[str, int]
+    requests: int
+
+
+def deliver(items: Sequence[Item], post: Post) -> tuple[list[Outcome], int]:
+    """Send ``items`` and return one outcome per item, and how many POSTs it took.
+
+    Copies of the same ``response_id`` (a redelivery) are sent once and share
+    the outcome. A whole-request 400/413/422 splits the batch in halves until
+    the refused records are isolated.
+    """
+    outcomes: list[Outcome] = []
+    by_id: dict[str, list[Item]] = {}
+    for item in items:
+        if item.malformed:
+            outcomes.append(
+                Outcome(item, Fate.DEAD_LETTER, item.malformed, Reason.MALFORMED, sent=False)
+            )
+        else:
+            by_id.setdefault(item.response_id, []).append(item)
+    unique = [copies[0] for copies in by_id.values()]
+    requests = [0]
+
+    def send(group: list[Item]) -> None:
+        requests[0] += 1
+        verdict = post(batch_body([item.body for item in group]))
+        if verdict.kind is VerdictKind.REFUSED and len(group) > 1:
+            middle = len(group) // 2
+            send(group[:middle])
+            send(group[middle:])
+            return
+        for item in group:
+            outcome = _outcome_for(item, verdict)
+            outcomes.extend(_copy_outcome(outcome, copy) for copy in by_id[item.response_id])
+
+    if unique:
+        send(unique)
+    return outcomes, requests[0]
+
+
+def _outcome_for(item: Item, verdict: BatchVerdict) -> Outcome:
+    status = verdict.http_status
+    if verdict.kind is VerdictKind.RESULTS:
+        result = verdict.results.get(item.response_id)
+        fate, reason, detail = record_fate(result)
+        errors = result.errors if result else ()
+        return Outcome(item, fate, detail, reason, status, errors)
+    if verdict.kind is VerdictKind.REFUSED:
+        return Outcome(item, Fate.DEAD_LETTER, verdict.detail, Reason.REJECTED, status)
+    if verdict.kind is VerdictKind.UNAUTHORIZED:
+        return Outcome(item, Fate.RETRY, verdict.detail, None, status, counts_as_retry=False)
+    return Outcome(
+        item, Fate.RETRY, verdict.detail, None, status, retry_after_s=verdict.retry_after_s
+    )
+
+
+def _copy_outcome(outcome: Outcome, item: Item) -> Outcome:
+    if item is outcome.item:
+        return outcome
+    return Outcome(
+        item,
+        outcome.fate,
+        outcome.detail,
+        outcome.reason,
+        outcome.http_status,
+        outcome.errors,
+        outcome.retry_after_s,
+        outcome.counts_as_retry,
+        outcome.sent,
+    )
+
+
+def plan(
+    outcomes: Sequence[Outcome],
+    policy: BackoffPolicy,
+    *,
+    auth_retry_interval_s: float,
+    now: float | None = None,
+) -> tuple[Resolution, Summary]:
+    """Turn outcomes into the writes that settle the batch, and count them.
+
+    A retry past ``policy.max_retries`` becomes a ``retries_exhausted`` dead letter.
+    """
+    now = time.time() if now is None else now
+    retries: list[tuple[float, bytes]] = []
+    dead: list[tuple[str, str, float]] = []
+    dead_counts: dict[str, int] = {}
+    delivered = 0
+    for outcome in outcomes:
+        item = outcome.item
+        meta = _next_meta(item, outcome, now)
+        if outcome.fate is Fate.DELIVERED:
+            delivered += 1
+            continue
+        if outcome.fate is Fate.RETRY:
+            if not outcome.counts_as_retry:
+                retries.append((now + auth_retry_interval_s, encode(item.body, meta)))
+                continue
+            if item.retries < policy.max_retries:
+                delay_s = policy.delay_s(item.retries)
+                if outcome.retry_after_s is not None:
+                    delay_s = max(delay_s, outcome.retry_after_s)
+                meta["retries"] = item.retries + 1
+                retries.append((now + delay_s, encode(item.body, meta)))
+                continue
+            reason = Reason.RETRIES_EXHAUSTED
+        else:
+            reason = outcome.reason or Reason.ERROR
+        dead.append((item.response_id, dead_letter_entry(item, outcome, reason, meta), now))
+        dead_counts[reason.value] = dead_counts.get(reason.value, 0) + 1
+    stats = {"delivered": delivered, "retried": len(retries)}
+    stats.update({f"dead_lettered:{reason}": n for reason, n in dead_counts.items()})
+    stats = {k: v for k, v in stats.items() if v}
+    summary = Summary(delivered, len(retries), dead_counts, 0)
+    return Resolution(retries=retries, dead_letters=dead, stats=stats), summary
+
+
+def _next_meta(item: Item, outcome: Outcome, now: float) -> dict[str, Any]:
+    meta = dict(item.meta)
+    if outcome.sent:
+        meta["attempts"] = item.attempts + 1
+    if outcome.fate is not Fate.DELIVERED:
+        meta.setdefault("first_failure_at", now)
+        meta["last_failure_at"] = now
+        meta["last_error"] = outcome.detail
+        if outcome.http_status is not None:
+            meta["last_http_status"] = outcome.http_status
+    return meta
+
+
+def dead_letter_entry(item: Item, outcome: Outcome, reason: Reason, meta: dict[str, Any]) -> str:
+    """The JSON stored for a dead letter: the whole record and why it failed."""
+    record = record_of(item)
+    entry: dict[str, Any] = {
+        "id": item.response_id,
+        "reason": reason.value,
+        "detail": outcome.detail,
+        "errors": list(outcome.errors),
+        "http_status": outcome.http_status or meta.get("last_http_status"),
+        "attempts": meta.get("attempts", 0),
+        "retries": meta.get("retries", 0),
+        "replays": meta.get("replays", 0),
+        "first_failure_at": meta.get("first_failure_at"),
+        "last_failure_at": meta.get("last_failure_at"),
+        "service_key": item.service_key or (record or {}).get("service_key"),
+        "record": record,
+    }
+    if record is None or item.malformed:
+        entry["raw"] = item.raw.decode("utf-8", "replace")
+    return json.dumps(entry, separators=(",", ":"))

@@ -1,0 +1,242 @@
+"""``aicm-tasks demo``: the whole pipeline on one machine, measured.
+
+Starts the local server and a worker (and a private Redis when none answers),
+publishes records through ``track.delay`` (some with unknown service keys, some
+the server rejects), waits until every record is delivered or dead-lettered,
+and reports. It uses its own queue and key prefix, removed afterwards, so it
+never mixes with real data in a shared Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import redis
+
+from aicm_tasks.app import create_app
+from aicm_tasks.broker import Keys, RecordStore
+from aicm_tasks.processes import (
+    free_port,
+    redis_answers,
+    start_redis,
+    start_server,
+    start_worker,
+    stop_process,
+    wait_until,
+)
+from aicm_tasks.publisher import redact_url
+from aicm_tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Service keys the local server knows (from the price catalog).
+KNOWN_SERVICES = (
+    "openai::gpt-4o-mini",
+    "openai::gpt-4o",
+    "anthropic::claude-3-5-haiku-20241022",
+    "google::gemini-2.0-flash",
+)
+UNKNOWN_SERVICE = "acme::imaginary-model-9000"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a demo run stands."""
+
+    published: int
+    delivered: int
+    dead_lettered: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The end of a demo run."""
+
+    published: int
+    delivered: int
+    dead_lettered: dict[str, int]
+    unique_at_server: int
+    duplicates_at_server: int
+    seconds: float
+    broker: str
+    private_redis: bool
+    expected_dead: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def records_per_s(self) -> float:
+        return (
+            (self.delivered + sum(self.dead_lettered.values())) / self.seconds
+            if self.seconds
+            else 0.0
+        )
+
+
+class Demo:
+    """Owns the demo's processes; use as a context manager, then :meth:`run`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        records: int = 5000,
+        unknown_share: float = 0.02,
+        rejected_share: float = 0.01,
+        seed: int = 7,
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.unknown_share = unknown_share
+        self.rejected_share = rejected_share
+        self.random = random.Random(seed)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.workdir = Path(tempfile.mkdtemp(prefix="aicm-demo-"))
+        self.api_key = secrets.token_urlsafe(24)
+        self.port = free_port()
+        self.broker_url = settings.broker_url
+        self.private_redis = False
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Demo:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        if not redis_answers(self.broker_url):
+            port = free_port()
+            self._processes.append(start_redis(port, self.workdir / "redis"))
+            self.broker_url = f"redis://127.0.0.1:{port}/0"
+            self.private_redis = True
+        self.demo_settings = self.settings.model_copy(
+            update={
+                "broker_url": self.broker_url,
+                "queue": f"aicm.demo.{self.run_id}",
+                "key_prefix": f"aicm-demo-{self.run_id}",
+            }
+        )
+        self._processes.append(
+            start_server(self.port, self.workdir / "events.sqlite3", self.api_key)
+        )
+        env = {
+            "AICM_BROKER_URL": self.broker_url,
+            "AICM_API_KEY": self.api_key,
+            "AICM_API_BASE": f"http://127.0.0.1:{self.port}",
+            "AICM_QUEUE": self.demo_settings.queue,
+            "AICM_KEY_PREFIX": self.demo_settings.key_prefix,
+        }
+        worker = start_worker(env, name=f"demo-{self.run_id}", log_path=self.workdir / "worker.log")
+        self._processes.append(worker)
+        self.store = RecordStore(
+            redis.Redis.from_url(self.broker_url),
+            Keys(self.demo_settings.queue, self.demo_settings.key_prefix),
+        )
+        wait_until(
+            lambda: self.store.depth()["workers"] > 0 or worker.poll() is not None,
+            60,
+            "the worker to start",
+        )
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited at start; see {self.workdir / 'worker.log'}")
+
+    def run(
+        self, on_progress: Callable[[Progress], None] | None = None, timeout_s: float = 300
+    ) -> Summary:
+        """Publish the records, wait until each one is settled, and sum up."""
+        track = create_app(self.demo_settings).tasks["aicm_tasks.track"]
+        expected = {"service_key_unknown": 0, "error": 0}
+        started = time.monotonic()
+        for n in range(self.records):
+            draw = self.random.random()
+            usage: dict[str, object] = {
+                "input_tokens": self.random.randint(10, 4000),
+                "output_tokens": self.random.randint(1, 800),
+            }
+            service = self.random.choice(KNOWN_SERVICES)
+            if draw < self.unknown_share:
+                service = UNKNOWN_SERVICE
+                expected["service_key_unknown"] += 1
+            elif draw < self.unknown_share + self.rejected_share:
+                usage["input_tokens"] = "lots"  # the server answers `error` for this record
+                expected["error"] += 1
+            track.delay(
+                service, usage, customer_key=f"customer-{n % 17}", context={"demo": self.run_id}
+            )
+            if on_progress and n % 500 == 0:
+                on_progress(self._progress(n + 1, started))
+        deadline = started + timeout_s
+        while True:
+            progress = self._progress(self.records, started)
+            if on_progress:
+                on_progress(progress)
+            if progress.delivered + progress.dead_lettered >= self.records:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not every record settled within {timeout_s:.0f}s: {progress}")
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        stats = self.store.stats()
+        server = httpx.get(
+            f"http://127.0.0.1:{self.port}/api/v1/stats",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=10,
+        ).json()
+        return Summary(
+            published=self.records,
+            delivered=stats.get("delivered", 0),
+            dead_lettered={
+                k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("dead_lettered:")
+            },
+            unique_at_server=int(server.get("events", 0)),
+            duplicates_at_server=int(server.get("duplicates", 0)),
+            seconds=seconds,
+            broker=redact_url(self.broker_url),
+            private_redis=self.private_redis,
+            expected_dead=expected,
+        )
+
+    def _progress(self, published: int, started: float) -> Progress:
+        stats = self.store.stats()
+        dead = sum(v for k, v in stats.items() if k.startswith("dead_lettered:"))
+        return Progress(published, stats.get("delivered", 0), dead, time.monotonic() - started)
+
+    def close(self) -> None:
+        """Stop the worker and server, remove the demo's keys, stop a private Redis."""
+        for process in reversed(self._processes):
+            if process.args and "redis-server" in str(process.args[0]):
+                continue
+            stop_process(process)
+        store = getattr(self, "store", None)
+        if store is not None:
+            try:
+                client = store.client
+                doomed = [store.keys.queue, *client.scan_iter(match=f"{store.keys.prefix}:*")]
+                if doomed:
+                    client.delete(*doomed)
+            except redis.RedisError as exc:
+                logger.warning("could not remove the demo's keys: %s", exc)
+        for process in self._processes:
+            stop_process(process)
+        self._processes.clear()

@@ -1,0 +1,56 @@
+"""Every exception aicm-tasks raises, under one base class.
+
+::
+
+    AicmTasksError                      base of everything below
+    ├── RecordError                     a record was refused at the call site (nothing published)
+    │   ├── RecordValueError(ValueError)    a field has a bad value (unparseable timestamp, too big)
+    │   └── RecordTypeError(TypeError)      a field has the wrong type (usage not a dict)
+    ├── PublishError                    the broker did not take a valid record
+    ├── ConfigurationError              a setting is missing or inconsistent
+    ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
+    └── LocalRedisError                 no Redis answers and none could be started for the demo
+
+Per-record delivery statuses are data (:class:`aicm_tasks.outcomes.Fate`), not exceptions.
+"""
+
+from __future__ import annotations
+
+
+class AicmTasksError(Exception):
+    """Base class of every aicm-tasks exception."""
+
+
+class RecordError(AicmTasksError):
+    """A record was refused before publishing; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class RecordValueError(RecordError, ValueError):
+    """A record field holds a value that cannot be used (raised at the call site)."""
+
+
+class RecordTypeError(RecordError, TypeError):
+    """A record field has the wrong type (raised at the call site)."""
+
+
+class PublishError(AicmTasksError):
+    """The broker could not be reached or refused the record; it was not published."""
+
+
+class ConfigurationError(AicmTasksError):
+    """A setting is missing or inconsistent (for example no API key on a worker)."""
+
+
+class DeadLetterNotFoundError(AicmTasksError, KeyError):
+    """No dead letter is stored under the given id."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the id
+        return str(self.args[0]) if self.args else "dead letter not found"
+
+
+class LocalRedisError(AicmTasksError):
+    """No Redis answers at the broker URL and none could be started locally."""

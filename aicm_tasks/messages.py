@@ -1,0 +1,97 @@
+"""The broker message format, and the dead-letter entry format.
+
+A message is the record's JSON exactly as the producer serialised it. After a
+failed attempt the worker puts a line of delivery metadata in front of it::
+
+    {"attempts":3,"retries":2,"first_failure_at":...,"last_failure_at":...}\\n{record}
+
+JSON never contains a raw newline, so the split is unambiguous, and the record
+bytes stay untouched from the producer to ``/track``: the worker joins them into
+the request body without re-serialising them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+META_SEPARATOR = b"\n"
+
+
+@dataclass(slots=True)
+class Item:
+    """One message taken from the broker, decoded just enough to deliver it."""
+
+    raw: bytes
+    body: bytes
+    response_id: str
+    service_key: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: Why the message cannot be delivered at all, or None when it can.
+    malformed: str | None = None
+
+    @property
+    def attempts(self) -> int:
+        """POSTs this record has been part of before this one."""
+        return int(self.meta.get("attempts", 0))
+
+    @property
+    def retries(self) -> int:
+        """Retries scheduled since it was published or last replayed."""
+        return int(self.meta.get("retries", 0))
+
+
+def decode(raw: bytes) -> Item:
+    """Split metadata from the record and read the record's identity."""
+    meta: dict[str, Any] = {}
+    body = raw
+    cut = raw.find(META_SEPARATOR)
+    if cut != -1:
+        body = raw[cut + 1 :]
+        try:
+            parsed_meta = json.loads(raw[:cut])
+        except ValueError:
+            parsed_meta = None
+        if not isinstance(parsed_meta, dict):
+            return Item(raw, body, malformed_id(raw), malformed="unreadable delivery metadata")
+        meta = parsed_meta
+    try:
+        record = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return Item(raw, body, malformed_id(raw), meta=meta, malformed="not JSON")
+    if not isinstance(record, dict):
+        return Item(raw, body, malformed_id(raw), meta=meta, malformed="not a JSON object")
+    response_id, service_key = record.get("response_id"), record.get("service_key")
+    if not isinstance(response_id, str) or not response_id:
+        return Item(raw, body, malformed_id(raw), meta=meta, malformed="no response_id")
+    if not isinstance(service_key, str):
+        return Item(raw, body, response_id, meta=meta, malformed="no service_key")
+    return Item(raw, body, response_id, service_key, meta)
+
+
+def encode(body: bytes, meta: dict[str, Any] | None = None) -> bytes:
+    """Build a message from record bytes and optional delivery metadata."""
+    if not meta:
+        return body
+    return json.dumps(meta, separators=(",", ":")).encode() + META_SEPARATOR + body
+
+
+def malformed_id(raw: bytes) -> str:
+    """A stable id for a message that carries no usable response_id."""
+    return "malformed-" + hashlib.sha256(raw).hexdigest()[:24]
+
+
+def batch_body(bodies: list[bytes]) -> bytes:
+    """The ``POST /track`` body for records already serialised as JSON."""
+    return b'{"tracked":[' + b",".join(bodies) + b"]}"
+
+
+def record_of(item: Item) -> dict[str, Any] | None:
+    """The record as a dict, or None when the message is not one."""
+    try:
+        record = json.loads(item.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None

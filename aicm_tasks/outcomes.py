@@ -1,0 +1,158 @@
+"""Pure classification: a ``/track`` answer (or failure) -> what happens to each record.
+
+Nothing here does I/O. The rules are the contract's tables
+(``docs/how-it-works.md`` repeats them):
+
+* a 200 with the contract's shape is read record by record: ``queued`` and
+  ``completed`` are delivered, ``service_key_unknown`` and ``error`` are dead
+  letters, a record with no result (or a status this version does not know)
+  is retried;
+* network errors, timeouts, 5xx, 429, other unexpected statuses and a 200 whose
+  body is not the contract's shape are transient: the whole batch is retried;
+* 401/403 mean the key is wrong: records are kept, not burnt;
+* 400/413/422 refuse the request: the batch is split to isolate the poison.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from aicm_tasks.retry import parse_retry_after
+
+#: Statuses meaning the record was accepted.
+DELIVERED_STATUSES = frozenset({"queued", "completed"})
+#: Whole-request statuses that mean some record in the request is poison.
+REFUSED_HTTP = frozenset({400, 413, 422})
+UNAUTHORIZED_HTTP = frozenset({401, 403})
+#: Longest excerpt of a response body kept for logs and dead letters.
+BODY_EXCERPT_CHARS = 500
+
+
+class Fate(str, enum.Enum):
+    """Where a record goes after one delivery attempt."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+class Reason(str, enum.Enum):
+    """Why a record is in the dead-letter store."""
+
+    SERVICE_KEY_UNKNOWN = "service_key_unknown"
+    ERROR = "error"
+    REJECTED = "rejected"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    MALFORMED = "malformed"
+
+
+class VerdictKind(str, enum.Enum):
+    """How the request as a whole went."""
+
+    RESULTS = "results"
+    TRANSIENT = "transient"
+    UNAUTHORIZED = "unauthorized"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """One entry of the server's ``results``."""
+
+    status: str
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchVerdict:
+    """The classified answer to one POST: its kind, per-record results, and why."""
+
+    kind: VerdictKind
+    detail: str
+    http_status: int | None = None
+    retry_after_s: float | None = None
+    results: Mapping[str, RecordResult] = field(default_factory=dict)
+
+
+def classify_exception(exc: BaseException) -> BatchVerdict:
+    """A request that got no HTTP answer: always transient."""
+    if isinstance(exc, httpx.TimeoutException):
+        detail = f"timeout: {type(exc).__name__}"
+    elif isinstance(exc, httpx.HTTPError):
+        detail = f"network: {type(exc).__name__}: {exc}"
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return BatchVerdict(VerdictKind.TRANSIENT, detail[:BODY_EXCERPT_CHARS])
+
+
+def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> BatchVerdict:
+    """Classify one HTTP answer to ``POST /track``."""
+    if status == 200:
+        results = parse_results(body)
+        if results is None:
+            return BatchVerdict(
+                VerdictKind.TRANSIENT,
+                f"200 with a body not of the contract's shape: {excerpt(body)}",
+                200,
+            )
+        return BatchVerdict(VerdictKind.RESULTS, "200", 200, results=results)
+    if status in UNAUTHORIZED_HTTP:
+        return BatchVerdict(VerdictKind.UNAUTHORIZED, f"HTTP {status}: {excerpt(body)}", status)
+    if status in REFUSED_HTTP:
+        return BatchVerdict(VerdictKind.REFUSED, f"HTTP {status}: {excerpt(body)}", status)
+    retry_after = parse_retry_after(headers.get("retry-after")) if status in (429, 503) else None
+    return BatchVerdict(
+        VerdictKind.TRANSIENT, f"HTTP {status}: {excerpt(body)}", status, retry_after_s=retry_after
+    )
+
+
+def parse_results(body: bytes) -> dict[str, RecordResult] | None:
+    """Read ``{"results": [{"response_id", "status", "errors"?}, ...]}``; None if malformed."""
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        return None
+    results: dict[str, RecordResult] = {}
+    for item in document["results"]:
+        if not isinstance(item, dict):
+            return None
+        response_id, status = item.get("response_id"), item.get("status")
+        if not isinstance(response_id, str) or not isinstance(status, str):
+            return None
+        errors = item.get("errors") or ()
+        if not isinstance(errors, list | tuple):
+            errors = (errors,)
+        results[response_id] = RecordResult(status, tuple(str(e) for e in errors))
+    return results
+
+
+def record_fate(result: RecordResult | None) -> tuple[Fate, Reason | None, str]:
+    """The fate of one record from its result in a 200 answer (None: no result).
+
+    Returns ``(fate, dead-letter reason or None, detail)``.
+    """
+    if result is None:
+        return Fate.RETRY, None, "no result for this record in the response"
+    if result.status in DELIVERED_STATUSES:
+        return Fate.DELIVERED, None, result.status
+    if result.status == Reason.SERVICE_KEY_UNKNOWN.value:
+        return Fate.DEAD_LETTER, Reason.SERVICE_KEY_UNKNOWN, result.status
+    if result.status == Reason.ERROR.value:
+        return Fate.DEAD_LETTER, Reason.ERROR, result.status
+    # A status this version does not know: keep the record and try again later
+    # rather than guess; it dead-letters as retries_exhausted if it persists.
+    return Fate.RETRY, None, f"unknown status {result.status!r}"
+
+
+def excerpt(body: bytes) -> str:
+    """A short, printable excerpt of a response body for logs and dead letters."""
+    text = body[: BODY_EXCERPT_CHARS * 2].decode("utf-8", "replace")
+    return " ".join(text.split())[:BODY_EXCERPT_CHARS]

@@ -1,0 +1,183 @@
+"""The usage record, validated and given its identity in the caller's process.
+
+Validation is hand-written rather than a pydantic model: it runs on the web
+request's path, where every microsecond counts, and the checks are few
+(types, a timestamp parse, JSON-serialisability, a size limit). A record that
+passes is serialised exactly once; those bytes are what the broker carries and
+what the worker sends to ``/track``, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from aicm_tasks.errors import RecordTypeError, RecordValueError
+
+#: Longest response_id accepted; the server keys events on it.
+MAX_RESPONSE_ID_LENGTH = 255
+#: Longest service_key / customer_key accepted.
+MAX_KEY_LENGTH = 255
+
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
+).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A validated usage record, ready for the broker.
+
+    ``data`` is the record as the contract's JSON object; ``body`` its UTF-8 JSON
+    bytes, produced once at the call site.
+    """
+
+    response_id: str
+    service_key: str
+    data: dict[str, Any]
+    body: bytes
+
+
+def build_record(
+    service_key: Any,
+    usage: Any,
+    *,
+    response_id: Any = None,
+    timestamp: Any = None,
+    customer_key: Any = None,
+    context: Any = None,
+    max_bytes: int = 32 * 1024,
+) -> Record:
+    """Validate one record's fields and give it its identity.
+
+    ``response_id`` defaults to a uuid4 hex; ``timestamp`` (epoch seconds, a
+    datetime, or an ISO-8601 / numeric string) defaults to now and becomes the
+    contract's epoch-seconds string. Raises :class:`RecordTypeError` or
+    :class:`RecordValueError` naming the field; nothing is published then.
+    """
+    service_key = _check_key("service_key", service_key, required=True)
+    if "::" not in service_key:
+        raise RecordValueError(
+            "service_key",
+            f"{service_key!r} is not of the form 'vendor::service' (e.g. 'openai::gpt-4o-mini')",
+        )
+    if not isinstance(usage, Mapping):
+        raise RecordTypeError(
+            "usage", f"must be a JSON object (a dict), not {type(usage).__name__}"
+        )
+    if response_id is None:
+        response_id = uuid.uuid4().hex
+    else:
+        response_id = _check_key("response_id", response_id, required=True)
+        if len(response_id) > MAX_RESPONSE_ID_LENGTH:
+            raise RecordValueError(
+                "response_id", f"is {len(response_id)} characters, at most 255 allowed"
+            )
+    data: dict[str, Any] = {
+        "service_key": service_key,
+        "response_id": response_id,
+        "timestamp": normalize_timestamp(timestamp),
+        "payload": usage if type(usage) is dict else dict(usage),
+    }
+    if customer_key is not None:
+        data["customer_key"] = _check_key("customer_key", customer_key, required=False)
+    if context is not None:
+        if not isinstance(context, Mapping):
+            raise RecordTypeError(
+                "context", f"must be a JSON object (a dict) or None, not {type(context).__name__}"
+            )
+        data["context"] = context if type(context) is dict else dict(context)
+    body = _serialize(data)
+    if len(body) > max_bytes:
+        raise RecordValueError(
+            "record",
+            f"is {len(body)} bytes serialised, over the limit of {max_bytes} "
+            f"(AICM_MAX_RECORD_BYTES); response_id={response_id}",
+        )
+    return Record(response_id=response_id, service_key=service_key, data=data, body=body)
+
+
+def legacy_service_key(api_id: Any, service_id: Any) -> str:
+    """Join the older ``(api_id, service_id)`` pair into ``api_id::service_id``."""
+    api = _check_key("api_id", api_id, required=True)
+    service = _check_key("service_id", service_id, required=True)
+    return f"{api}::{service}"
+
+
+def normalize_timestamp(value: Any) -> str:
+    """Return the contract's timestamp: seconds since the epoch as a decimal string.
+
+    Accepts None (now), int/float epoch seconds, a datetime (naive ones are taken
+    as UTC), an ISO-8601 string or a numeric string.
+    """
+    if value is None:
+        return repr(datetime.now(timezone.utc).timestamp())
+    if isinstance(value, bool):
+        raise RecordTypeError("timestamp", "must be a datetime, a number or a string, not bool")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        seconds = value.timestamp()
+    elif isinstance(value, str):
+        seconds = _parse_timestamp_string(value)
+    else:
+        raise RecordTypeError(
+            "timestamp",
+            f"must be a datetime, epoch seconds or an ISO-8601 string, not {type(value).__name__}",
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise RecordValueError("timestamp", f"{value!r} is not a time after 1970")
+    return repr(seconds)
+
+
+def _parse_timestamp_string(text: str) -> float:
+    stripped = text.strip()
+    try:
+        return float(stripped)
+    except ValueError:
+        pass
+    iso = stripped[:-1] + "+00:00" if stripped.endswith(("Z", "z")) else stripped
+    try:
+        parsed = datetime.fromisoformat(iso)
+    except ValueError:
+        raise RecordValueError(
+            "timestamp", f"{text!r} is neither epoch seconds nor an ISO-8601 date-time"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def _check_key(field: str, value: Any, *, required: bool) -> str:
+    if not isinstance(value, str):
+        what = "a missing value" if value is None else type(value).__name__
+        raise RecordTypeError(field, f"must be a string, got {what}")
+    if required and not value.strip():
+        raise RecordValueError(field, "must not be empty")
+    if len(value) > MAX_KEY_LENGTH and field != "response_id":
+        raise RecordValueError(field, f"is {len(value)} characters, at most 255 allowed")
+    return value
+
+
+def _serialize(data: dict[str, Any]) -> bytes:
+    try:
+        return _dumps(data).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        # Find the field at fault so the message can name it.
+        for field in ("payload", "context"):
+            if field in data:
+                try:
+                    _dumps(data[field])
+                except (TypeError, ValueError) as field_exc:
+                    name = "usage" if field == "payload" else field
+                    raise RecordValueError(
+                        name, f"cannot be carried as JSON: {field_exc}"
+                    ) from None
+        raise RecordValueError("record", f"cannot be carried as JSON: {exc}") from None

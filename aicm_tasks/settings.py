@@ -1,0 +1,129 @@
+"""The one settings object: every ``AICM_*`` environment variable, validated when loaded.
+
+Producers need only ``AICM_BROKER_URL``; everything else is for the worker, the
+CLI and the local server. ``docs/configuration.md`` has the same list as a table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+#: The contract's limit on records in one POST /track.
+CONTRACT_MAX_BATCH = 1000
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_API_BASE = "https://aicostmanager.com"
+DEFAULT_API_URL = "/api/v1"
+#: The Celery queue (and Redis list) that carries records.
+DEFAULT_QUEUE = "aicm.tracking"
+
+#: Variables the official ``aicostmanager`` SDK reads. Users migrating from it
+#: still have them set, so they are not reported as misspellings.
+SDK_VARIABLES = frozenset(
+    {
+        "AICM_INI_PATH",
+        "AICM_DELIVERY_TYPE",
+        "AICM_LOG_FILE",
+        "AICM_LOG_LEVEL",
+        "AICM_LOG_BODIES",
+        "AICM_TIMEOUT",
+        "AICM_POLL_INTERVAL",
+        "AICM_BATCH_INTERVAL",
+        "AICM_MAX_ATTEMPTS",
+        "AICM_MAX_RETRIES",
+        "AICM_DB_PATH",
+        "AICM_IMMEDIATE_PAUSE_SECONDS",
+        "AICM_LIMITS_ENABLED",
+        "AICM_ENABLE_LIMITS",
+        "AICM_RAISE_ON_ERROR",
+    }
+)
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """aicm-tasks configuration, read from ``AICM_*`` environment variables.
+
+    Every field maps to ``AICM_<FIELD NAME IN UPPER CASE>``; durations carry their
+    unit in the name. Values are validated on load: an out-of-range value raises
+    :class:`pydantic.ValidationError` naming the variable.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AICM_", extra="ignore", frozen=True)
+
+    # -- broker (producers and workers) --------------------------------------
+    broker_url: str = DEFAULT_BROKER_URL
+    queue: str = DEFAULT_QUEUE
+    #: Prefix of every Redis key aicm-tasks owns besides the queue itself.
+    key_prefix: str = "aicm"
+    #: Upper bound on one publish (connect + LPUSH) before it fails.
+    publish_timeout_s: PositiveSeconds = 1.0
+    #: Largest serialised record accepted at the call site, in bytes.
+    max_record_bytes: int = Field(default=32 * 1024, ge=256, le=1024 * 1024)
+
+    # -- delivery (workers) --------------------------------------------------
+    api_key: SecretStr | None = None
+    api_base: str = DEFAULT_API_BASE
+    api_url: str = DEFAULT_API_URL
+    batch_size: int = Field(default=500, ge=1, le=CONTRACT_MAX_BATCH)
+    flush_interval_s: PositiveSeconds = 1.0
+    http_timeout_s: PositiveSeconds = 30.0
+    #: Delivery threads per worker process; each holds at most one batch.
+    delivery_concurrency: int = Field(default=4, ge=1, le=64)
+    max_retries: int = Field(default=25, ge=0, le=1000)
+    retry_base_s: PositiveSeconds = 1.0
+    retry_max_s: PositiveSeconds = 300.0
+    #: How long records wait before another try after a 401/403 (not counted as an attempt).
+    auth_retry_interval_s: PositiveSeconds = 60.0
+    #: A batch held by a worker that stopped renewing its lease for this long goes back
+    #: to the queue for any worker to deliver.
+    redelivery_timeout_s: Annotated[float, Field(ge=2)] = 60.0
+
+    # -- local server ----------------------------------------------------------
+    server_api_key: SecretStr | None = None
+    server_db: str = "aicm-local.sqlite3"
+
+    @field_validator("api_base", "api_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def track_url(self) -> str:
+        """The full ``POST /track`` URL: ``{api_base}{api_url}/track``."""
+        return f"{self.api_base}{self.api_url}/track"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Load settings from the environment, warning about unknown ``AICM_*`` names."""
+        settings = cls()
+        warn_unknown_variables(os.environ)
+        return settings
+
+
+def warn_unknown_variables(environ: os._Environ[str] | dict[str, str]) -> list[str]:
+    """Log a warning for each ``AICM_*`` variable that is neither ours nor the SDK's.
+
+    A misspelt variable would otherwise be ignored in silence. This warns rather
+    than fails because other tools (the official SDK) share the prefix.
+    Returns the unknown names.
+    """
+    known = {f"AICM_{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(
+        name
+        for name in environ
+        if name.startswith("AICM_") and name not in known and name not in SDK_VARIABLES
+    )
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        logger.warning("unknown setting %s is ignored%s", name, hint)
+    return unknown

@@ -1,0 +1,159 @@
+"""``track``: the Celery task users call; thin, the work lives in record/publisher.
+
+``track.delay(service_key, usage, ...)`` validates the record in the caller's
+process, gives it its identity and publishes it in one round trip; the
+returned ``AsyncResult.id`` is the record's ``response_id``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import Task
+from celery.result import AsyncResult
+
+from aicm_tasks.errors import RecordTypeError, RecordValueError
+from aicm_tasks.publisher import Publisher
+from aicm_tasks.record import Record, build_record, legacy_service_key
+from aicm_tasks.settings import Settings
+
+#: ``apply_async`` options that have no meaning for a record and are accepted
+#: (and ignored) so that code written for ordinary Celery tasks keeps working.
+IGNORED_OPTIONS = frozenset(
+    {
+        "priority",
+        "serializer",
+        "compression",
+        "headers",
+        "routing_key",
+        "exchange",
+        "ignore_result",
+        "time_limit",
+        "soft_time_limit",
+        "add_to_parent",
+        "link",
+        "link_error",
+        "shadow",
+        "producer",
+        "connection",
+        "retry",
+        "retry_policy",
+        "expires",
+        "queue",
+        "declare",
+        "exchange_type",
+        "delivery_mode",
+        "mandatory",
+        "immediate",
+        "reply_to",
+        "correlation_id",
+        "group_id",
+        "group_index",
+        "chord",
+    }
+)
+RECORD_FIELDS = ("response_id", "timestamp", "customer_key", "context")
+
+
+class TrackTask(Task):  # type: ignore[misc]  # celery ships no type hints
+    """The ``aicm_tasks.track`` task: publish one usage record."""
+
+    name = "aicm_tasks.track"
+    ignore_result = True
+    typing = False
+    _publisher: Publisher | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.aicm_settings  # type: ignore[no-any-return]
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self.settings)
+        return self._publisher
+
+    def run(self, *args: Any, **kwargs: Any) -> str:
+        """Runs only if an ordinary Celery message for this task reaches a worker
+        (sent with ``send_task`` from elsewhere): hand the record to the queue."""
+        return str(self.apply_async(args, kwargs).id)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Publish one record: ``delay(service_key, usage, *, response_id=None,
+        timestamp=None, customer_key=None, context=None)``, or the older
+        ``delay(api_id, service_id, usage, ...)``."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        task_id: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Publish one record, with Celery's calling options.
+
+        ``task_id`` becomes the ``response_id`` when none is given; ``countdown``
+        and ``eta`` defer delivery; other Celery options are accepted and have no
+        effect on a record. An unknown option raises ``TypeError``.
+        """
+        unknown = set(options) - IGNORED_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"track.apply_async() got unknown options: {', '.join(sorted(unknown))}"
+            )
+        fields = dict(kwargs or {})
+        if task_id is not None:
+            given = fields.get("response_id")
+            if given is not None and given != task_id:
+                raise RecordValueError(
+                    "response_id", f"{given!r} differs from task_id {task_id!r}; give one of them"
+                )
+            fields["response_id"] = task_id
+        record = self.build(tuple(args or ()), fields)
+        self.publisher.publish(record, due_epoch_s=_due_epoch_s(countdown, eta))
+        return self.AsyncResult(record.response_id)
+
+    def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Record:
+        """Validate call arguments into a :class:`Record` (nothing is published)."""
+        unknown = set(kwargs) - {*RECORD_FIELDS, "service_key", "usage"}
+        if unknown:
+            raise RecordTypeError(
+                sorted(unknown)[0],
+                "is not a field of a record "
+                "(service_key, usage, response_id, timestamp, customer_key, context)",
+            )
+        if len(args) == 3:  # the older (api_id, service_id, usage) shape
+            service_key, usage = legacy_service_key(args[0], args[1]), args[2]
+        elif len(args) == 2:
+            service_key, usage = args
+        elif len(args) == 1:
+            service_key, usage = args[0], kwargs.pop("usage", None)
+        elif not args:
+            service_key, usage = kwargs.pop("service_key", None), kwargs.pop("usage", None)
+        else:
+            raise RecordTypeError(
+                "args",
+                f"takes (service_key, usage) or (api_id, service_id, usage), got {len(args)} values",
+            )
+        if "service_key" in kwargs or "usage" in kwargs:
+            raise RecordTypeError("service_key", "given both positionally and by name")
+        return build_record(service_key, usage, max_bytes=self.settings.max_record_bytes, **kwargs)
+
+
+def _due_epoch_s(countdown: float | None, eta: datetime | None) -> float | None:
+    if countdown is not None and eta is not None:
+        raise TypeError("give countdown or eta, not both")
+    if countdown is not None:
+        return time.time() + float(countdown) if countdown > 0 else None
+    if eta is not None:
+        if eta.tzinfo is None:
+            eta = eta.replace(tzinfo=timezone.utc)
+        due = eta.timestamp()
+        return due if due > time.time() else None
+    return None

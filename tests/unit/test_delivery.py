@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import json
+
+from aicm_tasks.delivery import deliver, plan
+from aicm_tasks.messages import Item, decode, encode
+from aicm_tasks.outcomes import BatchVerdict, Fate, Reason, RecordResult, VerdictKind
+from aicm_tasks.record import build_record
+from aicm_tasks.retry import BackoffPolicy
+
+POLICY = BackoffPolicy(base_s=1, max_s=60, max_retries=3)
+
+
+def item(rid: str, service: str = "openai::gpt-4o-mini", meta: dict | None = None) -> Item:
+    record = build_record(service, {"input_tokens": 1}, response_id=rid)
+    return decode(encode(record.body, meta))
+
+
+def sent_ids(body: bytes) -> list[str]:
+    return [r["response_id"] for r in json.loads(body)["tracked"]]
+
+
+def results_post(statuses: dict[str, str], calls: list[list[str]]):
+    def post(body: bytes) -> BatchVerdict:
+        ids = sent_ids(body)
+        calls.append(ids)
+        results = {rid: RecordResult(statuses[rid], ("why",)) for rid in ids if rid in statuses}
+        return BatchVerdict(VerdictKind.RESULTS, "200", 200, results=results)
+
+    return post
+
+
+def test_a_mixed_batch_is_routed_record_by_record() -> None:
+    items = [item("ok1"), item("ok2"), item("unk", "acme::x"), item("bad"), item("missing")]
+    calls: list[list[str]] = []
+    statuses = {"ok1": "queued", "ok2": "completed", "unk": "service_key_unknown", "bad": "error"}
+    outcomes, requests = deliver(items, results_post(statuses, calls))
+    fates = {o.item.response_id: (o.fate, o.reason) for o in outcomes}
+    assert fates == {
+        "ok1": (Fate.DELIVERED, None),
+        "ok2": (Fate.DELIVERED, None),
+        "unk": (Fate.DEAD_LETTER, Reason.SERVICE_KEY_UNKNOWN),
+        "bad": (Fate.DEAD_LETTER, Reason.ERROR),
+        "missing": (Fate.RETRY, None),
+    }
+    assert requests == 1 and len(calls) == 1
+
+
+def test_copies_of_one_response_id_are_sent_once_and_share_the_fate() -> None:
+    items = [item("dup"), item("dup", meta={"attempts": 1}), item("other")]
+    calls: list[list[str]] = []
+    outcomes, _ = deliver(items, results_post({"dup": "queued", "other": "queued"}, calls))
+    assert calls == [["dup", "other"]]
+    assert [o.fate for o in outcomes] == [Fate.DELIVERED] * 3
+
+
+def test_a_refused_request_is_split_until_the_poison_is_isolated() -> None:
+    items = [item(f"r{n}") for n in range(16)]
+    poison = {"r5", "r11"}
+    calls: list[list[str]] = []
+
+    def post(body: bytes) -> BatchVerdict:
+        ids = sent_ids(body)
+        calls.append(ids)
+        if poison & set(ids):
+            return BatchVerdict(VerdictKind.REFUSED, "HTTP 422", 422)
+        return BatchVerdict(
+            VerdictKind.RESULTS, "200", 200, results={i: RecordResult("queued") for i in ids}
+        )
+
+    outcomes, requests = deliver(items, post)
+    dead = {o.item.response_id for o in outcomes if o.fate is Fate.DEAD_LETTER}
+    delivered = {o.item.response_id for o in outcomes if o.fate is Fate.DELIVERED}
+    assert dead == poison
+    assert delivered == {f"r{n}" for n in range(16)} - poison
+    assert all(
+        o.reason is Reason.REJECTED and o.http_status == 422
+        for o in outcomes
+        if o.fate is Fate.DEAD_LETTER
+    )
+    assert requests == len(calls) < 16
+
+
+def test_transient_failure_retries_the_whole_batch_with_retry_after() -> None:
+    items = [item("a"), item("b")]
+    outcomes, _ = deliver(
+        items, lambda body: BatchVerdict(VerdictKind.TRANSIENT, "HTTP 429", 429, retry_after_s=40)
+    )
+    assert all(o.fate is Fate.RETRY and o.retry_after_s == 40 for o in outcomes)
+    resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5, now=1000.0)
+    assert summary.retried == 2
+    assert all(due >= 1040 for due, _ in resolution.retries)
+    metas = [decode(message).meta for _, message in resolution.retries]
+    assert all(
+        m["retries"] == 1 and m["attempts"] == 1 and m["last_http_status"] == 429 for m in metas
+    )
+
+
+def test_unauthorized_keeps_records_without_counting_a_retry() -> None:
+    items = [item("a", meta={"attempts": 2, "retries": 3})]
+    outcomes, _ = deliver(
+        items, lambda body: BatchVerdict(VerdictKind.UNAUTHORIZED, "HTTP 401", 401)
+    )
+    resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5, now=1000.0)
+    assert resolution.dead_letters == [] and summary.retried == 1
+    ((due, message),) = resolution.retries
+    assert due == 1005.0
+    assert decode(message).meta["retries"] == 3  # not counted although at the limit
+
+
+def test_retries_exhausted_become_dead_letters_with_the_whole_record() -> None:
+    items = [item("tired", meta={"attempts": 3, "retries": 3, "first_failure_at": 10.0})]
+    outcomes, _ = deliver(
+        items, lambda body: BatchVerdict(VerdictKind.TRANSIENT, "HTTP 503: down", 503)
+    )
+    resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5, now=2000.0)
+    assert resolution.retries == [] and summary.dead_lettered == {"retries_exhausted": 1}
+    ((dead_id, entry_json, failed_at),) = resolution.dead_letters
+    entry = json.loads(entry_json)
+    assert dead_id == "tired" and failed_at == 2000.0
+    assert entry["reason"] == "retries_exhausted" and entry["attempts"] == 4
+    assert (
+        entry["http_status"] == 503
+        and entry["first_failure_at"] == 10.0
+        and entry["last_failure_at"] == 2000.0
+    )
+    assert entry["record"]["response_id"] == "tired" and entry["record"]["payload"] == {
+        "input_tokens": 1
+    }
+
+
+def test_malformed_messages_are_dead_lettered_without_being_sent() -> None:
+    calls: list[list[str]] = []
+    items = [decode(b"not json at all"), decode(b'{"no": "id"}'), item("fine")]
+    outcomes, _ = deliver(items, results_post({"fine": "queued"}, calls))
+    assert calls == [["fine"]]
+    resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5)
+    assert summary.dead_lettered == {"malformed": 2} and summary.delivered == 1
+    entries = [json.loads(e) for _, e, _ in resolution.dead_letters]
+    assert {e["raw"] for e in entries} == {"not json at all", '{"no": "id"}'}
+
+
+def test_stats_count_every_fate() -> None:
+    items = [item("ok"), item("unk"), item("gone")]
+    outcomes, _ = deliver(items, results_post({"ok": "queued", "unk": "service_key_unknown"}, []))
+    resolution, _ = plan(outcomes, POLICY, auth_retry_interval_s=5)
+    assert resolution.stats == {
+        "delivered": 1,
+        "retried": 1,
+        "dead_lettered:service_key_unknown": 1,
+    }

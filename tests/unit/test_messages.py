@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+from aicm_tasks.messages import batch_body, decode, encode
+from aicm_tasks.record import build_record
+
+
+def test_fresh_messages_are_the_record_bytes_untouched() -> None:
+    record = build_record("a::b", {"text": "héllo\nworld"}, response_id="r1")
+    assert encode(record.body) == record.body
+    item = decode(record.body)
+    assert (
+        item.body == record.body
+        and item.response_id == "r1"
+        and item.meta == {}
+        and not item.malformed
+    )
+
+
+def test_metadata_rides_in_front_and_the_record_stays_byte_identical() -> None:
+    record = build_record("a::b", {"text": "line1\nline2"}, response_id="r2")
+    message = encode(record.body, {"attempts": 2, "retries": 1})
+    item = decode(message)
+    assert item.body == record.body and item.attempts == 2 and item.retries == 1
+
+
+def test_batch_body_is_the_contract_shape() -> None:
+    bodies = [build_record("a::b", {}, response_id=f"r{n}").body for n in range(3)]
+    assert [r["response_id"] for r in json.loads(batch_body(bodies))["tracked"]] == [
+        "r0",
+        "r1",
+        "r2",
+    ]
+
+
+def test_unreadable_messages_are_marked_malformed_with_a_stable_id() -> None:
+    for raw in (b"\xff\xfe", b"[1,2]", b'{"service_key": "a::b"}', b"{bad meta\n{}"):
+        item = decode(raw)
+        assert item.malformed
+        assert item.response_id.startswith("malformed-")
+        assert decode(raw).response_id == item.response_id
