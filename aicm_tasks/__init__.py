@@ -27,6 +27,8 @@ __version__ = "0.1.0"
 app: AicmCelery = create_app()
 #: The tracking task: ``track.delay(service_key, usage, ...)``.
 track: TrackTask = app.tasks[TrackTask.name]
+#: Publish many records in one round trip: ``track_many([{...}, ...])``.
+track_many = track.many
 #: The settings the app was built with, read from ``AICM_*`` variables at import.
 settings: Settings = app.aicm_settings
 
@@ -46,4 +48,5 @@ __all__ = [
     "create_app",
     "settings",
     "track",
+    "track_many",
 ]

@@ -16,7 +16,7 @@ from aicm_tasks.tasks import TrackTask
 DEFAULT_TASK_QUEUE = "celery"
 
 
-class AicmCelery(Celery):  # type: ignore[misc]
+class AicmCelery(Celery):
     """A Celery app that carries the aicm-tasks :class:`Settings`."""
 
     aicm_settings: Settings

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from celery.worker import control
 
 from aicm_tasks.broker import Keys, RecordStore
 from aicm_tasks.consumer import MAX_WAIT_S, DeliveryService
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 30.0
 
 
-class DeliveryStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class DeliveryStep(bootsteps.StartStopStep):
     """Starts the delivery threads with the worker and stops them with it."""
 
     requires = {"celery.worker.components:Pool"}
@@ -45,6 +46,11 @@ class DeliveryStep(bootsteps.StartStopStep):  # type: ignore[misc]
             queues.deselect(self.settings.queue)
 
     def start(self, worker: Any) -> None:
+        # httpx logs every request at INFO; at a POST per batch that drowns the
+        # worker's own one line per batch. Quiet it unless configured already.
+        httpx_logger = logging.getLogger("httpx")
+        if httpx_logger.level == logging.NOTSET:
+            httpx_logger.setLevel(logging.WARNING)
         self.service = build_service(self.settings)
         self.service.start()
 
@@ -90,3 +96,29 @@ def build_service(settings: Settings, **overrides: Any) -> DeliveryService:
     options.update(overrides)
     store = RecordStore(client, Keys(settings.queue, settings.key_prefix))
     return DeliveryService(store, transport.post, **options)
+
+
+@control.inspect_command(name="active_queues")
+def active_queues(state: Any) -> list[dict[str, Any]]:
+    """List the queues a worker consumes, the tracking queue included.
+
+    Replaces Celery's own command (same name, same shape): Celery's consumer no
+    longer reads the tracking queue (the delivery step does), yet tools that
+    ask workers what they consume, Flower's broker view among them, must still
+    see it and its length.
+    """
+    consumer = state.consumer
+    queues = (
+        [dict(queue.as_dict(recurse=True)) for queue in consumer.task_consumer.queues]
+        if consumer.task_consumer
+        else []
+    )
+    app = consumer.app
+    tracking = getattr(app, "aicm_settings", None)
+    if (
+        tracking is not None
+        and tracking.queue in app.amqp.queues
+        and all(q.get("name") != tracking.queue for q in queues)
+    ):
+        queues.append(dict(app.amqp.queues[tracking.queue].as_dict(recurse=True)))
+    return queues

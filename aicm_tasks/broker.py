@@ -214,10 +214,15 @@ class RecordStore:
 
         ``batch_key`` must already be registered by :meth:`fetch`.
         """
+        # BLMOVE takes fractional seconds (Redis >= 6); redis-py's hint says int.
         result = self.client.blmove(
-            self.keys.queue, batch_key, max(timeout_s, 0.01), "RIGHT", "LEFT"
+            self.keys.queue,
+            batch_key,
+            max(timeout_s, 0.01),  # type: ignore[arg-type]
+            "RIGHT",
+            "LEFT",
         )
-        return result  # type: ignore[no-any-return]
+        return _as_bytes(result)
 
     def resolve(self, consumer: str, batch_key: str, resolution: Resolution) -> bool:
         """Apply a batch's final fate and forget it, atomically.
@@ -287,8 +292,7 @@ class RecordStore:
             queued, scheduled, dead, consumers = pipe.execute()
         held = 0
         for consumer in consumers:
-            name = consumer.decode() if isinstance(consumer, bytes) else consumer
-            batches = self.client.smembers(self.keys.held(name))
+            batches = self.client.smembers(self.keys.held(_as_text(consumer)))
             if batches:
                 with self.client.pipeline(transaction=False) as pipe:
                     for batch in batches:
@@ -305,4 +309,12 @@ class RecordStore:
     def stats(self) -> dict[str, int]:
         """The delivery counters (delivered, retried, dead_lettered:<reason>, ...)."""
         raw = self.client.hgetall(self.keys.stats)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_as_text(k): int(v) for k, v in raw.items()}
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -135,23 +135,39 @@ class DeliveryService:
     def _deliver_loop(self) -> None:
         pause_s = REDIS_RETRY_MIN_S
         while not self._stop.is_set():
+            batch_key = self.store.keys.batch(self.consumer, next(self._numbers))
+            with self._held_lock:
+                self._held.add(batch_key)
             try:
-                self._run_one_batch()
+                self._run_one_batch(batch_key)
                 pause_s = REDIS_RETRY_MIN_S
             except redis.RedisError as exc:
                 logger.warning("broker error in delivery (%s); retrying in %.1fs", exc, pause_s)
                 self._stop.wait(pause_s)
                 pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
-            except Exception:  # a bug must not kill the thread: the batch stays held
-                logger.exception(
-                    "unexpected error in delivery; the batch stays held for redelivery"
-                )
+            except Exception:  # a bug must not kill the thread
+                logger.exception("unexpected error in delivery; the batch goes back to the queue")
                 self._stop.wait(REDIS_RETRY_MAX_S)
+            finally:
+                self._hand_back_if_unsettled(batch_key)
 
-    def _run_one_batch(self) -> None:
-        batch_key = self.store.keys.batch(self.consumer, next(self._numbers))
+    def _hand_back_if_unsettled(self, batch_key: str) -> None:
+        """A batch interrupted before it was settled goes back to the queue.
+
+        Left alone it would stay held under a lease this live worker keeps
+        renewing, so nobody would ever reclaim it.
+        """
         with self._held_lock:
-            self._held.add(batch_key)
+            if batch_key not in self._held:
+                return
+        if self._retrying(
+            "hand back an interrupted batch",
+            lambda: self.store.release(self.consumer, batch_key) >= 0,
+        ):
+            with self._held_lock:
+                self._held.discard(batch_key)
+
+    def _run_one_batch(self, batch_key: str) -> None:
         raw = self._gather(batch_key)
         if not raw:
             # Nothing arrived: the (empty) batch key is still registered; settle it.
@@ -179,7 +195,7 @@ class DeliveryService:
                 len(raw),
             )
             return
-        self._log_batch(summary, outcomes_ids=[i.response_id for i in items], elapsed_s=elapsed_s)
+        self._log_batch(summary, elapsed_s=elapsed_s)
         if self.on_batch is not None:
             try:
                 self.on_batch(batch_key, summary, elapsed_s)
@@ -208,7 +224,7 @@ class DeliveryService:
                 raw.append(one)
         return raw
 
-    def _log_batch(self, summary: Summary, outcomes_ids: list[str], elapsed_s: float) -> None:
+    def _log_batch(self, summary: Summary, elapsed_s: float) -> None:
         dead = sum(summary.dead_lettered.values())
         logger.info(
             "batch settled: delivered=%d retried=%d dead_lettered=%d requests=%d in %.3fs",
@@ -271,3 +287,9 @@ class DeliveryService:
                 )
                 time.sleep(pause_s)
                 pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+
+
+def _some(ids: tuple[str, ...], most: int = 10) -> str:
+    """At most ``most`` ids for a log line, and how many more there were."""
+    shown = ", ".join(ids[:most])
+    return f"{shown} (+{len(ids) - most} more)" if len(ids) > most else shown

@@ -9,6 +9,7 @@ fails again after a replay replaces its own entry, its attempts counted.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -118,7 +119,9 @@ class DeadLetterStore:
             return
         start = 0
         while True:
-            ids = self.client.zrange(self.keys.dlq_index, start, start + PAGE - 1)
+            ids: builtins.list[Any] = builtins.list(
+                self.client.zrange(self.keys.dlq_index, start, start + PAGE - 1)
+            )
             if not ids:
                 return
             for raw in self.client.hmget(self.keys.dlq, ids):
@@ -126,7 +129,9 @@ class DeadLetterStore:
                     yield entry
             start += PAGE
 
-    def list(self, selection: Selection, *, limit: int | None = None) -> list[dict[str, Any]]:
+    def list(
+        self, selection: Selection, *, limit: int | None = None
+    ) -> builtins.list[dict[str, Any]]:
         """Selected entries, oldest first, at most ``limit``."""
         entries: list[dict[str, Any]] = []
         for entry in self.iter_entries(selection):
@@ -135,12 +140,12 @@ class DeadLetterStore:
             entries.append(entry)
         return entries
 
-    def replay(self, selection: Selection, *, dry_run: bool = False) -> list[str]:
+    def replay(self, selection: Selection, *, dry_run: bool = False) -> builtins.list[str]:
         """Publish the selected records again, identical (same response_id), and
         remove their entries; returns the replayed ids. A record that fails again
         comes back with its attempts counted."""
-        replayed: list[str] = []
-        for entry in list(self.iter_entries(selection)):
+        replayed: builtins.list[str] = []
+        for entry in builtins.list(self.iter_entries(selection)):
             message = replay_message(entry)
             if message is None:
                 continue
@@ -154,7 +159,7 @@ class DeadLetterStore:
 
     def purge(self, selection: Selection) -> int:
         """Delete the selected entries for good; returns how many were removed."""
-        ids = [entry["id"] for entry in self.iter_entries(selection)]
+        ids: builtins.list[str] = [entry["id"] for entry in self.iter_entries(selection)]
         removed = 0
         for start in range(0, len(ids), PAGE):
             chunk = ids[start : start + PAGE]

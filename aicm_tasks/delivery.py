@@ -47,6 +47,9 @@ class Summary:
     retried: int
     dead_lettered: dict[str, int]
     requests: int
+    #: response_ids of the records scheduled for retry, and of the dead letters.
+    retried_ids: tuple[str, ...] = ()
+    dead_lettered_ids: tuple[str, ...] = ()
 
 
 def deliver(items: Sequence[Item], post: Post) -> tuple[list[Outcome], int]:
@@ -158,7 +161,14 @@ def plan(
     stats = {"delivered": delivered, "retried": len(retries)}
     stats.update({f"dead_lettered:{reason}": n for reason, n in dead_counts.items()})
     stats = {k: v for k, v in stats.items() if v}
-    summary = Summary(delivered, len(retries), dead_counts, 0)
+    dead_ids = tuple(dead_id for dead_id, _, _ in dead)
+    exhausted = set(dead_ids)
+    retried_ids = tuple(
+        o.item.response_id
+        for o in outcomes
+        if o.fate is Fate.RETRY and o.item.response_id not in exhausted
+    )
+    summary = Summary(delivered, len(retries), dead_counts, 0, retried_ids, dead_ids)
     return Resolution(retries=retries, dead_letters=dead, stats=stats), summary
 
 

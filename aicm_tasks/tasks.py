@@ -58,7 +58,7 @@ IGNORED_OPTIONS = frozenset(
 RECORD_FIELDS = ("response_id", "timestamp", "customer_key", "context")
 
 
-class TrackTask(Task):  # type: ignore[misc]  # celery ships no type hints
+class TrackTask(Task):
     """The ``aicm_tasks.track`` task: publish one usage record."""
 
     name = "aicm_tasks.track"
@@ -68,7 +68,7 @@ class TrackTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     @property
     def settings(self) -> Settings:
-        return self.app.aicm_settings  # type: ignore[no-any-return]
+        return self.app.aicm_settings
 
     @property
     def publisher(self) -> Publisher:
@@ -118,6 +118,30 @@ class TrackTask(Task):  # type: ignore[misc]  # celery ships no type hints
         record = self.build(tuple(args or ()), fields)
         self.publisher.publish(record, due_epoch_s=_due_epoch_s(countdown, eta))
         return self.AsyncResult(record.response_id)
+
+    def many(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Publish many records in one broker round trip; returns their response_ids.
+
+        Each mapping holds the keyword fields of :meth:`delay`: ``service_key``,
+        ``usage``, and optionally ``response_id``, ``timestamp``,
+        ``customer_key``, ``context``. Every record is validated before any is
+        published: one bad record raises (its index in the message) and none
+        is published.
+        """
+        built: list[Record] = []
+        for index, fields in enumerate(records):
+            if not isinstance(fields, Mapping):
+                raise RecordTypeError(
+                    f"records[{index}]", f"must be a mapping, not {type(fields).__name__}"
+                )
+            try:
+                built.append(self.build((), dict(fields)))
+            except (RecordTypeError, RecordValueError) as exc:
+                raise type(exc)(
+                    f"records[{index}].{exc.field}", str(exc).split(": ", 1)[-1]
+                ) from None
+        self.publisher.publish_many(built)
+        return [record.response_id for record in built]
 
     def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Record:
         """Validate call arguments into a :class:`Record` (nothing is published)."""

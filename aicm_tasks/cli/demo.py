@@ -68,6 +68,7 @@ def demo(records: int, timeout_s: float, as_json: bool) -> None:
         "unique_response_ids_at_server": summary.unique_at_server,
         "duplicates_at_server": summary.duplicates_at_server,
         "seconds": round(summary.seconds, 3),
+        "publish_seconds": round(summary.publish_seconds, 3),
         "records_per_s": round(summary.records_per_s, 1),
         "broker": summary.broker,
         "private_redis": summary.private_redis,
@@ -86,5 +87,7 @@ def demo(records: int, timeout_s: float, as_json: bool) -> None:
     table.add_row("duplicates at the server", str(summary.duplicates_at_server))
     console.print(table)
     console.print(
-        f"{summary.records_per_s:,.0f} records/s from first publish to last settled ({summary.seconds:.2f} s)"
+        f"{summary.records_per_s:,.0f} records/s from first publish to last settled "
+        f"({summary.seconds:.2f} s; publishing took {summary.publish_seconds:.2f} s, "
+        f"{summary.publish_seconds / summary.published * 1e6:,.0f} µs per track.delay)"
     )

@@ -85,3 +85,21 @@ def test_an_unreachable_broker_raises_publish_error_naming_the_record() -> None:
     with pytest.raises(PublishError, match="record r-9 was not published") as caught:
         track.delay("a::b", {"n": 1}, response_id="r-9")
     assert "secret" not in str(caught.value)
+
+
+def test_track_many_publishes_every_record_in_one_go(track, real_redis: redis.Redis) -> None:
+    ids = track.many(
+        [{"service_key": "a::b", "usage": {"n": n}, "customer_key": f"c{n}"} for n in range(1000)]
+        + [{"service_key": "a::b", "usage": {}, "response_id": "fixed"}]
+    )
+    assert len(ids) == 1001 and ids[-1] == "fixed"
+    assert {r["response_id"] for r in queued(real_redis)} == set(ids)
+
+
+def test_track_many_publishes_nothing_when_one_record_is_bad(
+    track, real_redis: redis.Redis
+) -> None:
+    good = {"service_key": "a::b", "usage": {}}
+    with pytest.raises(RecordTypeError, match=r"^records\[2\]\.usage"):
+        track.many([good, good, {"service_key": "a::b", "usage": "oops"}, good])
+    assert real_redis.llen("aicm.tracking") == 0

@@ -1,0 +1,197 @@
+"""The local ``/track``-compatible server as a Starlette application.
+
+HTTP only: authentication, body limits, query parameters and status codes.
+What a ``/track`` body means is in ``track.py``; storage in ``store.py``.
+
+Routes (all but ``/healthz`` need ``Authorization: Bearer <api key>``)::
+
+    POST /api/v1/track                     the contract's endpoint
+    GET  /api/v1/stats                     counters: events, received, duplicates, ...
+    GET  /api/v1/usage/events              stored events, paged and filtered
+    PUT  /api/v1/services/{service_key}    teach the catalog a service key
+    GET  /healthz                          liveness, no key needed
+
+Errors are JSON ``{"detail": "..."}`` as the real API answers them. Neither the
+API key nor request bodies are ever logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aicm_tasks.errors import ConfigurationError
+from aicm_tasks.server.catalog import ServiceCatalog, split_service_key
+from aicm_tasks.server.store import MAX_LIST_LIMIT, EventStore
+from aicm_tasks.server.track import TrackRequestError, handle_track_body
+
+logger = logging.getLogger(__name__)
+
+#: Largest request body accepted by default, in bytes: 1000 records of ~10 KiB.
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+#: Page size of ``GET /usage/events`` when ``limit`` is not given.
+DEFAULT_LIST_LIMIT = 100
+#: Prefix of every API route, as in the real API's default ``AICM_API_URL``.
+API_PREFIX = "/api/v1"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_server_app(
+    *,
+    api_key: str,
+    db_path: str = ":memory:",
+    catalog: ServiceCatalog | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> Starlette:
+    """Build the server: requests must carry ``api_key``; events go to ``db_path``.
+
+    ``catalog`` defaults to a fresh :class:`ServiceCatalog`; ``max_body_bytes``
+    bounds one request body. The store and catalog are on ``app.state`` (tests
+    read them). The store is closed when the application shuts down.
+    Raises :class:`ConfigurationError` if ``api_key`` is empty.
+    """
+    if not api_key:
+        raise ConfigurationError("the local server needs an API key (AICM_SERVER_API_KEY)")
+    if max_body_bytes <= 0:
+        raise ValueError("max_body_bytes must be positive")
+    store = EventStore(db_path)
+    known = catalog if catalog is not None else ServiceCatalog()
+    expected_key = api_key.encode("utf-8")
+
+    def authorized(handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            # compare_digest: the time taken must not reveal how much of the key matched.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode("utf-8"), expected_key
+            ):
+                return JSONResponse(
+                    {"detail": "Invalid or missing API key (Authorization: Bearer <key>)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return await handler(request)
+
+        return guarded
+
+    async def track(request: Request) -> Response:
+        body = await _read_body(request, max_body_bytes)
+        try:
+            # Parsing, validation and the SQLite commit are blocking work; off the event loop.
+            document = await run_in_threadpool(handle_track_body, body, catalog=known, store=store)
+        except TrackRequestError as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse(document)
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(store.stats))
+
+    async def usage_events(request: Request) -> Response:
+        params = request.query_params
+        limit = min(_int_param(params.get("limit"), "limit", DEFAULT_LIST_LIMIT), MAX_LIST_LIMIT)
+        offset = _int_param(params.get("offset"), "offset", 0)
+        events = await run_in_threadpool(
+            store.list_events,
+            limit,
+            offset,
+            service_key=params.get("service_key"),
+            customer_key=params.get("customer_key"),
+        )
+        return JSONResponse({"events": events, "limit": limit, "offset": offset})
+
+    async def learn_service(request: Request) -> Response:
+        service_key: str = request.path_params["service_key"]
+        if split_service_key(service_key) is None:
+            raise HTTPException(
+                400, f"service key {service_key!r} is not of the form 'vendor::service'"
+            )
+        known.learn(service_key)
+        return JSONResponse({"service_key": service_key, "known": True})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logger.info(
+            "local /track server ready: db=%s, genai-prices %s",
+            db_path,
+            known.catalog_version,
+        )
+        try:
+            yield
+        finally:
+            store.close()
+
+    app = Starlette(
+        routes=[
+            Route(f"{API_PREFIX}/track", authorized(track), methods=["POST"]),
+            Route(f"{API_PREFIX}/stats", authorized(stats), methods=["GET"]),
+            Route(f"{API_PREFIX}/usage/events", authorized(usage_events), methods=["GET"]),
+            Route(
+                f"{API_PREFIX}/services/{{service_key:path}}",
+                authorized(learn_service),
+                methods=["PUT"],
+            ),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.catalog = known
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or HTTPException 413 as soon as it exceeds ``limit`` bytes.
+
+    Content-Length is checked first so an honest oversized request is refused
+    unread; the running count catches chunked bodies and lying headers.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_bytes = int(declared)
+        except ValueError:
+            raise HTTPException(400, "Content-Length is not a number") from None
+        if declared_bytes > limit:
+            raise HTTPException(413, f"request body of {declared_bytes} bytes is over {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _int_param(raw: str | None, name: str, default: int) -> int:
+    """A non-negative integer query parameter, or HTTPException 400."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be an integer, not {raw[:20]!r}") from None
+    if value < 0:
+        raise HTTPException(400, f"{name} must not be negative")
+    return value
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Every HTTP error (404, 405, 413, ...) as the API's JSON ``{"detail": ...}``."""
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)

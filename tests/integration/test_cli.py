@@ -1,0 +1,151 @@
+"""The CLI through real subprocesses and click's runner, over the real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from aicm_tasks.broker import Keys, RecordStore
+from aicm_tasks.cli import main
+from aicm_tasks.delivery import deliver, plan
+from aicm_tasks.messages import decode
+from aicm_tasks.outcomes import BatchVerdict, RecordResult, VerdictKind
+from aicm_tasks.processes import free_port
+from aicm_tasks.record import build_record
+from aicm_tasks.retry import BackoffPolicy
+from tests.conftest import TEST_REDIS_URL
+
+pytestmark = pytest.mark.integration
+KEYS = Keys("aicm.tracking", "aicm")
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aicm_tasks", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def test_demo_runs_the_pipeline_and_reports_every_record(real_redis: redis.Redis) -> None:
+    result = run_cli("demo", "--records", "600", "--json", env={"AICM_BROKER_URL": TEST_REDIS_URL})
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    dead = sum(figures["dead_lettered"].values())
+    assert figures["published"] == 600
+    assert figures["delivered"] + dead == 600
+    assert figures["unique_response_ids_at_server"] == figures["delivered"]
+    assert figures["dead_lettered"].get("service_key_unknown", 0) > 0
+    assert figures["records_per_s"] > 0 and figures["private_redis"] is False
+    assert real_redis.keys("aicm-demo-*") == []  # it cleaned up after itself
+
+
+def test_demo_starts_a_private_redis_when_none_answers() -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli("demo", "--records", "200", "--json", env={"AICM_BROKER_URL": closed})
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures["private_redis"] is True
+    assert figures["delivered"] + sum(figures["dead_lettered"].values()) == 200
+
+
+def _dead_letter(client: redis.Redis, rid: str, status: str, service: str) -> None:
+    store = RecordStore(client, KEYS)
+    store.push(build_record(service, {"n": 1}, response_id=rid).body)
+    batch = KEYS.batch("cli", abs(hash(rid)) % 100_000)
+    items = [decode(m) for m in store.fetch("cli", batch, 10, 30)]
+    verdict = BatchVerdict(
+        VerdictKind.RESULTS, "200", 200, results={rid: RecordResult(status, ("nope",))}
+    )
+    resolution, _ = plan(
+        deliver(items, lambda body: verdict)[0], BackoffPolicy(), auth_retry_interval_s=1
+    )
+    store.resolve("cli", batch, resolution)
+
+
+@pytest.fixture
+def cli_env(real_redis: redis.Redis) -> dict[str, str]:
+    _dead_letter(real_redis, "u1", "service_key_unknown", "acme::x")
+    _dead_letter(real_redis, "u2", "service_key_unknown", "acme::y")
+    _dead_letter(real_redis, "e1", "error", "openai::gpt-4o")
+    return {"AICM_BROKER_URL": TEST_REDIS_URL}
+
+
+def test_dlq_commands_list_show_and_stats_as_json(cli_env: dict[str, str]) -> None:
+    runner = CliRunner()
+    stats = json.loads(runner.invoke(main, ["dlq", "stats", "--json"], env=cli_env).output)
+    assert stats["total"] == 3 and stats["by_reason"] == {"error": 1, "service_key_unknown": 2}
+    listed = json.loads(
+        runner.invoke(
+            main, ["dlq", "list", "--reason", "service_key_unknown", "--json"], env=cli_env
+        ).output
+    )
+    assert {e["id"] for e in listed} == {"u1", "u2"}
+    shown = json.loads(runner.invoke(main, ["dlq", "show", "e1", "--json"], env=cli_env).output)
+    assert shown["record"]["service_key"] == "openai::gpt-4o" and shown["errors"] == ["nope"]
+    missing = runner.invoke(main, ["dlq", "show", "nope"], env=cli_env)
+    assert missing.exit_code != 0 and "no dead letter with id 'nope'" in missing.output
+    table = runner.invoke(main, ["dlq", "list"], env=cli_env)
+    assert table.exit_code == 0 and "u1" in table.output
+
+
+def test_dlq_replay_dry_run_then_for_real(cli_env: dict[str, str], real_redis: redis.Redis) -> None:
+    runner = CliRunner()
+    dry = json.loads(
+        runner.invoke(
+            main, ["dlq", "replay", "--service-key", "acme::x", "--dry-run", "--json"], env=cli_env
+        ).output
+    )
+    assert dry == {"dry_run": True, "replayed": 1, "ids": ["u1"]}
+    assert real_redis.llen(KEYS.queue) == 0
+    done = json.loads(runner.invoke(main, ["dlq", "replay", "u1", "--json"], env=cli_env).output)
+    assert done["ids"] == ["u1"] and real_redis.llen(KEYS.queue) == 1
+    nothing = runner.invoke(main, ["dlq", "replay"], env=cli_env)
+    assert nothing.exit_code == 2 and "give ids, --reason, --service-key or --all" in nothing.output
+
+
+def test_dlq_purge_asks_for_confirmation_unless_yes(cli_env: dict[str, str]) -> None:
+    runner = CliRunner()
+    refused = runner.invoke(main, ["dlq", "purge", "--all"], env=cli_env, input="n\n")
+    assert refused.exit_code != 0
+    assert (
+        json.loads(runner.invoke(main, ["dlq", "stats", "--json"], env=cli_env).output)["total"]
+        == 3
+    )
+    accepted = runner.invoke(main, ["dlq", "purge", "--reason", "error"], env=cli_env, input="y\n")
+    assert accepted.exit_code == 0 and "purged 1" in accepted.output
+    forced = json.loads(
+        runner.invoke(main, ["dlq", "purge", "--all", "--yes", "--json"], env=cli_env).output
+    )
+    assert forced == {"purged": 2}
+
+
+def test_dlq_export_writes_json_lines_to_stdout_and_to_a_file(
+    cli_env: dict[str, str], tmp_path
+) -> None:
+    result = run_cli("dlq", "export", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert {json.loads(line)["id"] for line in result.stdout.splitlines()} == {"u1", "u2", "e1"}
+    out = tmp_path / "dead.jsonl"
+    summary = json.loads(
+        CliRunner()
+        .invoke(
+            main,
+            ["dlq", "export", "--reason", "error", "--output", str(out), "--json"],
+            env=cli_env,
+        )
+        .output
+    )
+    assert summary["exported"] == 1
+    assert json.loads(out.read_text())["id"] == "e1"

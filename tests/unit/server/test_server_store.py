@@ -1,0 +1,182 @@
+"""EventStore: SQLite events, deduplicated by response_id, with persistent counters."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aicm_tasks.server.store import EventStore
+
+
+def make_record(response_id: str, **overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "service_key": "openai::gpt-4o-mini",
+        "response_id": response_id,
+        "timestamp": "1732270000.5",
+        "payload": {"input_tokens": 10, "output_tokens": 20},
+    }
+    record.update(overrides)
+    return record
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    with EventStore(str(tmp_path / "events.sqlite3")) as opened:
+        yield opened
+
+
+def test_a_batch_is_stored_and_reported_new(store: EventStore) -> None:
+    assert store.add_batch([make_record("a"), make_record("b")]) == [True, True]
+    assert store.has("a") and store.has("b")
+    assert not store.has("c")
+    assert store.stats() == {
+        "events": 2,
+        "received": 2,
+        "duplicates": 0,
+        "unknown_service": 0,
+        "errors": 0,
+    }
+
+
+def test_a_stored_response_id_is_a_duplicate_in_a_later_batch(store: EventStore) -> None:
+    store.add_batch([make_record("a")])
+    assert store.add_batch([make_record("a"), make_record("b")]) == [False, True]
+    stats = store.stats()
+    assert (stats["events"], stats["received"], stats["duplicates"]) == (2, 3, 1)
+
+
+def test_a_repeat_within_one_batch_is_a_duplicate_and_the_first_wins(store: EventStore) -> None:
+    first = make_record("a", payload={"input_tokens": 1})
+    again = make_record("a", payload={"input_tokens": 2})
+    assert store.add_batch([first, again]) == [True, False]
+    [event] = store.list_events()
+    assert event["payload"] == {"input_tokens": 1}
+    assert store.stats()["duplicates"] == 1
+
+
+def test_not_stored_counts_are_received_but_not_events(store: EventStore) -> None:
+    store.add_batch([make_record("a")], not_stored={"unknown_service": 2, "errors": 3})
+    store.count({"errors": 1})
+    assert store.stats() == {
+        "events": 1,
+        "received": 7,
+        "duplicates": 0,
+        "unknown_service": 2,
+        "errors": 4,
+    }
+
+
+def test_an_unknown_counter_is_refused(store: EventStore) -> None:
+    with pytest.raises(ValueError, match="unknown counters"):
+        store.add_batch([], not_stored={"bogus": 1})
+    with pytest.raises(ValueError, match="unknown counters"):
+        store.add_batch([], not_stored={"events": 1})  # derived from the inserts, not reported
+
+
+def test_events_and_counters_survive_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "events.sqlite3")
+    with EventStore(path) as store:
+        store.add_batch([make_record("a"), make_record("a")], not_stored={"errors": 1})
+    with EventStore(path) as reopened:
+        assert reopened.has("a")
+        assert reopened.add_batch([make_record("a")]) == [False]  # dedupe spans restarts
+        assert reopened.stats() == {
+            "events": 1,
+            "received": 4,
+            "duplicates": 2,
+            "unknown_service": 0,
+            "errors": 1,
+        }
+
+
+def test_the_database_is_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    with EventStore(str(path)):
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        conn.close()
+
+
+def test_list_events_returns_fields_in_arrival_order(store: EventStore) -> None:
+    store.add_batch(
+        [
+            make_record("b", customer_key="c1", context={"env": "prod"}),
+            make_record("a"),
+        ]
+    )
+    events = store.list_events()
+    assert [e["response_id"] for e in events] == ["b", "a"]
+    first = events[0]
+    assert first["service_key"] == "openai::gpt-4o-mini"
+    assert first["customer_key"] == "c1"
+    assert first["timestamp"] == 1732270000.5
+    assert first["payload"] == {"input_tokens": 10, "output_tokens": 20}
+    assert first["context"] == {"env": "prod"}
+    assert isinstance(first["received_at"], float)
+    assert events[1]["context"] is None
+
+
+def test_list_events_pages_and_filters(store: EventStore) -> None:
+    store.add_batch(
+        [
+            make_record(f"r{i}", service_key=f"v::s{i % 2}", customer_key=f"c{i % 3}")
+            for i in range(10)
+        ]
+    )
+    page = store.list_events(limit=3, offset=2)
+    assert [e["response_id"] for e in page] == ["r2", "r3", "r4"]
+    assert [e["response_id"] for e in store.list_events(service_key="v::s1")] == [
+        "r1",
+        "r3",
+        "r5",
+        "r7",
+        "r9",
+    ]
+    both = store.list_events(service_key="v::s0", customer_key="c0")
+    assert [e["response_id"] for e in both] == ["r0", "r6"]
+    with pytest.raises(ValueError):
+        store.list_events(limit=-1)
+
+
+def test_memory_database_works() -> None:
+    with EventStore(":memory:") as store:
+        assert store.add_batch([make_record("a")]) == [True]
+        assert store.stats()["events"] == 1
+
+
+def test_a_failed_batch_stores_nothing_and_leaves_its_ids_unseen(store: EventStore) -> None:
+    bad = make_record("b", payload={"x": object()})  # not JSON-serialisable
+    with pytest.raises(TypeError):
+        store.add_batch([make_record("a"), bad])
+    assert not store.has("a")
+    assert store.stats()["received"] == 0
+    assert store.add_batch([make_record("a")]) == [True]
+
+
+def test_concurrent_batches_from_threads_keep_exact_counts(store: EventStore) -> None:
+    # Every thread sends the same 200 response_ids: each id is stored exactly once.
+    ids = [f"r{i}" for i in range(200)]
+    results: list[list[bool]] = []
+
+    def send() -> None:
+        for start in range(0, len(ids), 50):
+            results.append(store.add_batch([make_record(i) for i in ids[start : start + 50]]))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(sum(batch) for batch in results) == 200
+    assert store.stats() == {
+        "events": 200,
+        "received": 800,
+        "duplicates": 600,
+        "unknown_service": 0,
+        "errors": 0,
+    }
