@@ -234,13 +234,27 @@ class DeliveryService:
             summary.requests,
             elapsed_s,
         )
-        if summary.retried:
-            logger.warning("%d records scheduled for retry", summary.retried)
+        if summary.unauthorized:
+            logger.error(
+                "the /track API refused the API key (%s): %d records kept and tried again every "
+                "%.0fs; check AICM_API_KEY",
+                summary.retry_detail,
+                summary.retried,
+                self.auth_retry_interval_s,
+            )
+        elif summary.retried:
+            logger.warning(
+                "%d records scheduled for retry (%s): response_ids %s",
+                summary.retried,
+                summary.retry_detail,
+                _some(summary.retried_ids),
+            )
         if dead:
             logger.error(
-                "%d records dead-lettered %s (see `aicm-tasks dlq list`)",
+                "%d records dead-lettered %s: response_ids %s (see `aicm-tasks dlq list`)",
                 dead,
                 summary.dead_lettered,
+                _some(summary.dead_lettered_ids),
             )
 
     # -- housekeeping ------------------------------------------------------------

@@ -50,6 +50,10 @@ class Summary:
     #: response_ids of the records scheduled for retry, and of the dead letters.
     retried_ids: tuple[str, ...] = ()
     dead_lettered_ids: tuple[str, ...] = ()
+    #: Why records were retried (the first failure's detail), for the log line.
+    retry_detail: str = ""
+    #: The server refused the API key (401/403): records were kept, not counted.
+    unauthorized: bool = False
 
 
 def deliver(items: Sequence[Item], post: Post) -> tuple[list[Outcome], int]:
@@ -168,7 +172,17 @@ def plan(
         for o in outcomes
         if o.fate is Fate.RETRY and o.item.response_id not in exhausted
     )
-    summary = Summary(delivered, len(retries), dead_counts, 0, retried_ids, dead_ids)
+    failures = [o for o in outcomes if o.fate is Fate.RETRY]
+    summary = Summary(
+        delivered,
+        len(retries),
+        dead_counts,
+        0,
+        retried_ids,
+        dead_ids,
+        retry_detail=failures[0].detail if failures else "",
+        unauthorized=any(not o.counts_as_retry for o in failures),
+    )
     return Resolution(retries=retries, dead_letters=dead, stats=stats), summary
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from aicm_tasks.processes import wait_until
 from tests.integration.conftest import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -11,8 +12,14 @@ pytestmark = pytest.mark.integration
 
 def test_workers_report_the_tracking_queue_to_inspect(pipeline: Pipeline) -> None:
     pipeline.start_worker()
-    replies = pipeline.app.control.inspect(timeout=5).active_queues()
-    assert replies, "no worker answered inspect"
+    # The delivery step starts before Celery's consumer: wait until it answers.
+    replies: dict = {}
+
+    def answered() -> bool:
+        replies.update(pipeline.app.control.inspect(timeout=1).active_queues() or {})
+        return bool(replies)
+
+    wait_until(answered, 60, "the worker to answer inspect")
     (queues,) = replies.values()
     assert pipeline.settings.queue in {q["name"] for q in queues}
 

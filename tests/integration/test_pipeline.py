@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from aicm_tasks.processes import wait_until
 from tests.integration.conftest import Pipeline, dump, publish
 from tests.support.faults import FaultProxy, hold
 
@@ -91,6 +92,44 @@ def test_a_503_window_and_a_429_storm_are_ridden_out(pipeline_factory) -> None:
     assert pipeline.server.response_ids() == set(ids)
     assert pipeline.dead_letters.count() == 0
     assert pipeline.store.stats().get("retried", 0) > 0
+
+
+def test_a_wrong_key_keeps_records_until_it_is_fixed(pipeline_factory) -> None:
+    probe = pipeline_factory()
+    with FaultProxy(probe.server.url) as proxy:
+        proxy.set("401")
+        pipeline: Pipeline = pipeline_factory(api_base=proxy.url)
+        pipeline.start_worker(AICM_MAX_RETRIES="1")
+        ids = publish(pipeline, 300)
+        wait_until(lambda: proxy.state.counts.get("401", 0) >= 3, 60, "repeated 401s")
+        assert pipeline.dead_letters.count() == 0 and pipeline.settled() == 0
+        proxy.set("pass")  # the key is accepted again
+        pipeline.wait_settled(300)
+    assert pipeline.server.response_ids() == set(ids)
+    assert pipeline.dead_letters.count() == 0
+    assert "HTTP 401" in pipeline.logs()
+
+
+def test_a_batch_in_backoff_does_not_stall_the_others(pipeline_factory) -> None:
+    probe = pipeline_factory()
+    with FaultProxy(probe.server.url) as proxy:
+        proxy.set("flaky")
+        pipeline: Pipeline = pipeline_factory(api_base=proxy.url)
+        # The first retry waits 24-30 s: far longer than delivering the rest takes.
+        pipeline.start_worker(AICM_RETRY_BASE_S="30", AICM_RETRY_MAX_S="30")
+        flaky = publish(pipeline, 20, service="flaky::model", prefix="flaky")
+        wait_until(
+            lambda: pipeline.store.depth()["scheduled"] == 20,
+            60,
+            "the flaky batch to be in backoff",
+        )
+        good = publish(pipeline, 2000, prefix="good")
+        pipeline.wait_settled(2000)
+        assert (
+            pipeline.store.depth()["scheduled"] == 20
+        )  # still waiting while the others went through
+    assert pipeline.server.response_ids() == set(good)
+    assert not set(flaky) & pipeline.server.response_ids()
 
 
 def _all_dead(pipeline: Pipeline) -> list[dict]:

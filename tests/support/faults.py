@@ -75,6 +75,8 @@ class FaultProxy:
             return Response('{"detail": "bad key"}', status_code=401)
         if mode == "garbage":
             return Response("<html>definitely not json</html>", status_code=200)
+        if mode == "flaky" and b"flaky::" in await request.body():
+            return Response("unavailable", status_code=503)
         if mode == "poison" and b'"poison":true' in await request.body():
             return Response('{"detail": "request refused"}', status_code=422)
         if mode == "hang":
