@@ -7,6 +7,7 @@
     │   ├── RecordValueError(ValueError)    a field has a bad value (unparseable timestamp, too big)
     │   └── RecordTypeError(TypeError)      a field has the wrong type (usage not a dict)
     ├── PublishError                    the broker did not take a valid record
+    │   └── SpoolFullError                  ...and the local spool is full, so it was not kept
     ├── ConfigurationError              a setting is missing or inconsistent
     ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
     └── LocalRedisError                 no Redis answers and none could be started for the demo
@@ -39,6 +40,10 @@ class RecordTypeError(RecordError, TypeError):
 
 class PublishError(AicmTasksError):
     """The broker could not be reached or refused the record; it was not published."""
+
+
+class SpoolFullError(PublishError):
+    """The broker is unreachable and the spool is at ``AICM_SPOOL_MAX_BYTES``."""
 
 
 class ConfigurationError(AicmTasksError):

@@ -11,6 +11,7 @@ Celery and Flower tools see its length.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,7 @@ from aicm_tasks.broker import Keys, RecordStore
 from aicm_tasks.errors import PublishError
 from aicm_tasks.record import Record
 from aicm_tasks.settings import Settings
+from aicm_tasks.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ class Publisher:
         self.settings = settings
         self._store: RecordStore | None = None
         self._lock = threading.Lock()
+        self.spool: Spool | None = (
+            Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_enabled else None
+        )
+        self._spooling = False
+        self._checked_leftovers_pid = -1
 
     @property
     def store(self) -> RecordStore:
@@ -51,30 +58,67 @@ class Publisher:
         return store
 
     def publish(self, record: Record, *, due_epoch_s: float | None = None) -> None:
-        """Put one record on the queue (or in the scheduled set when ``due_epoch_s``)."""
+        """Put one record on the queue (or in the scheduled set when ``due_epoch_s``).
+
+        When the broker does not answer, the record goes to the spool (if enabled)
+        and this returns normally; :class:`PublishError` only when it cannot.
+        """
+        if self._checked_leftovers_pid != os.getpid():
+            self._resume_leftovers()
         try:
             if due_epoch_s is None:
                 self.store.push(record.body)
             else:
                 self.store.schedule([(due_epoch_s, record.body)])
         except redis.RedisError as exc:
-            raise PublishError(
-                f"record {record.response_id} was not published: the broker at "
-                f"{redact_url(self.settings.broker_url)} did not take it ({exc})"
-            ) from exc
+            self._fallback([record], exc)
+            return
+        self._spooling = False
 
     def publish_many(self, records: Sequence[Record]) -> None:
-        """Put many records on the queue in one round trip."""
+        """Put many records on the queue in one round trip (or spool them all)."""
         if not records:
             return
         try:
             self.store.push_many([record.body for record in records])
         except redis.RedisError as exc:
+            self._fallback(records, exc)
+
+    def _fallback(self, records: Sequence[Record], exc: redis.RedisError) -> None:
+        where = redact_url(self.settings.broker_url)
+        what = (
+            f"record {records[0].response_id}"
+            if len(records) == 1
+            else f"{len(records)} records (first response_id {records[0].response_id})"
+        )
+        if self.spool is None:
             raise PublishError(
-                f"{len(records)} records (first response_id {records[0].response_id}) were not "
-                f"published: the broker at {redact_url(self.settings.broker_url)} did not take "
-                f"them ({exc})"
+                f"{what} was not published: the broker at {where} did not take it ({exc}); "
+                "the spool is off (AICM_SPOOL_ENABLED=false)"
             ) from exc
+        for record in records:
+            self.spool.append(record.body)  # raises SpoolFullError when full
+        if not self._spooling:
+            logger.warning(
+                "the broker at %s does not answer (%s): spooling records to %s until it does",
+                where,
+                exc,
+                self.spool.directory,
+            )
+            self._spooling = True
+        self.spool.ensure_drainer(self.store.push_many, self._broker_answers)
+
+    def _resume_leftovers(self) -> None:
+        """Once per process: records spooled by a process that died are pushed by us."""
+        self._checked_leftovers_pid = os.getpid()
+        if self.spool is not None and self.spool.status().files:
+            self.spool.ensure_drainer(self.store.push_many, self._broker_answers)
+
+    def _broker_answers(self) -> bool:
+        try:
+            return bool(self.store.client.ping())
+        except redis.RedisError:
+            return False
 
 
 def producer_client(settings: Settings) -> redis.Redis:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from pathlib import Path
 from typing import Annotated
 
+import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -68,6 +70,13 @@ class Settings(BaseSettings):
     publish_timeout_s: PositiveSeconds = 1.0
     #: Largest serialised record accepted at the call site, in bytes.
     max_record_bytes: int = Field(default=32 * 1024, ge=256, le=1024 * 1024)
+    #: Keep records in a local spool when the broker does not answer (see spool.py).
+    spool_enabled: bool = True
+    #: Where spool files live; default: the user's cache directory.
+    spool_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("aicm-tasks")) / "spool"
+    )
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
 
     # -- delivery (workers) --------------------------------------------------
     api_key: SecretStr | None = None

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 import redis
+
+# Tests never spool into the user's cache directory; a test that needs the
+# spool sets its own directory.
+os.environ.setdefault("AICM_SPOOL_DIR", tempfile.mkdtemp(prefix="aicm-test-spool-"))
 
 #: The Redis the tests may use; a dedicated db index, flushed around each test.
 TEST_REDIS_URL = os.environ.get("AICM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")

@@ -9,6 +9,7 @@ import click
 from aicm_tasks.cli.demo import demo
 from aicm_tasks.cli.dlq import dlq
 from aicm_tasks.cli.serve import serve
+from aicm_tasks.cli.spool import spool
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,5 +27,6 @@ def main(log_level: str) -> None:
 main.add_command(dlq)
 main.add_command(serve)
 main.add_command(demo)
+main.add_command(spool)
 
 __all__ = ["main"]

@@ -80,7 +80,10 @@ def test_bad_input_raises_at_the_call_site_and_publishes_nothing(
 
 
 def test_an_unreachable_broker_raises_publish_error_naming_the_record() -> None:
-    app = create_app(Settings(broker_url="redis://:secret@127.0.0.1:1/0", publish_timeout_s=0.5))
+    settings = Settings(
+        broker_url="redis://:secret@127.0.0.1:1/0", publish_timeout_s=0.5, spool_enabled=False
+    )
+    app = create_app(settings)
     track = app.tasks["aicm_tasks.track"]
     with pytest.raises(PublishError, match="record r-9 was not published") as caught:
         track.delay("a::b", {"n": 1}, response_id="r-9")
