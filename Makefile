@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint typecheck test test-unit test-integration bench demo
+.PHONY: install lint typecheck test test-unit test-integration test-reliability bench demo
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,19 @@ test-unit:
 test-integration:
 	$(BIN)/python -m pytest tests -m integration
 
+# The fault suite on its own (also part of `make test`).
+test-reliability:
+	$(BIN)/python -m pytest tests -m reliability
+
 demo:
 	$(BIN)/aicm-tasks demo
+
+# The benchmark (bench/README.md): installs the bench extras and the anchors'
+# pinned versions, then prints and writes the figures. It reports; a missed
+# target does not fail it. `make bench BENCH_ARGS=--quick` for a smoke run.
+# celery-batches 0.11 declares celery<5.7; it runs on 5.7, so it goes in
+# without its dependencies (as the anchor figures were taken).
+bench:
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	$(BIN)/pip install --quiet --no-deps celery-batches==0.11
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -6,6 +6,9 @@ import time
 import uuid
 from typing import Any
 
+#: The API key every contender sends; the stub does not check it.
+API_KEY = "bench-key"
+
 #: A realistic record: an LLM call's token counts for one customer.
 SERVICE_KEY = "openai::gpt-4o-mini"
 CUSTOMER_KEY = "customer-0042"

@@ -1,5 +1,7 @@
 """Small statistics: percentiles of samples, and median (min–max) over runs."""
 
+# ruff: noqa: RUF001, RUF002, RUF003  (en dashes, ×, µ and – are meant)
+
 from __future__ import annotations
 
 import statistics
@@ -71,6 +73,8 @@ def fmt_number(value: float | None) -> str:
     """A figure for a table: thousands separators, few decimals."""
     if value is None:
         return "n/a"
+    if float(value).is_integer():
+        return f"{int(value):,}"
     magnitude = abs(value)
     if magnitude >= 1000:
         return f"{value:,.0f}"

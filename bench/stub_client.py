@@ -44,6 +44,13 @@ class StubClient:
         result: dict[str, float] = response.json()
         return result
 
+    def latency(self, published: dict[str, float]) -> dict[str, Any]:
+        """Latency percentiles (ms) of ``{response_id: publish epoch s}`` against arrivals."""
+        response = self._client.post("/latency", json=published)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
     def wait_for(self, unique: int, *, timeout_s: float, stall_s: float = 30.0) -> dict[str, Any]:
         """Poll until the stub has ``unique`` distinct response_ids; return its stats.
 

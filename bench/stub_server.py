@@ -19,6 +19,8 @@ Endpoints (besides the two track paths):
   latency percentiles (ms) for the ids that arrived, and how many did not.
 """
 
+# ruff: noqa: RUF002, RUF003  (en dashes, ×, µ and – are meant)
+
 from __future__ import annotations
 
 import argparse

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -53,3 +54,34 @@ def any_redis(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.support.accounting import RESULTS_FILE
+
+    RESULTS_FILE.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The reliability suite's accounting, one row per scenario."""
+    from tests.support.accounting import RESULTS_FILE
+
+    if not RESULTS_FILE.exists():
+        return
+    rows = [json.loads(line) for line in RESULTS_FILE.read_text().splitlines()]
+    terminalreporter.section("reliability accounting")
+    columns = (
+        "scenario",
+        "published",
+        "delivered",
+        "dead_lettered",
+        "spooled",
+        "lost",
+        "duplicates",
+        "recovery_s",
+    )
+    terminalreporter.write_line(" | ".join(columns))
+    for row in rows:
+        terminalreporter.write_line(
+            " | ".join(str(row[c]) if row[c] is not None else "-" for c in columns)
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aicm_tasks.processes import wait_until
-from tests.integration.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 

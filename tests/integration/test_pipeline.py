@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aicm_tasks.processes import wait_until
-from tests.integration.conftest import Pipeline, dump, publish
 from tests.support.faults import FaultProxy, hold
+from tests.support.pipeline import Pipeline, dump, publish
 
 pytestmark = pytest.mark.integration
 

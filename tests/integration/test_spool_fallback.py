@@ -14,7 +14,7 @@ import redis
 from aicm_tasks import create_app
 from aicm_tasks.processes import free_port, start_redis, stop_process, wait_until
 from aicm_tasks.settings import Settings
-from tests.integration.conftest import Pipeline
+from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 

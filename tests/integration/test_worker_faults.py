@@ -5,30 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
 from aicm_tasks.processes import free_port, start_redis, stop_process, wait_until
-from tests.integration.conftest import Pipeline, publish
+from tests.support.pipeline import Pipeline, publish, publish_paced
 
 pytestmark = pytest.mark.integration
-
-
-def publish_paced(pipeline: Pipeline, count: int, per_s: int) -> list[str]:
-    """Publish ``count`` records at about ``per_s`` per second."""
-    ids = []
-    started = time.monotonic()
-    for n in range(count):
-        ids.append(
-            pipeline.track.delay("openai::gpt-4o-mini", {"input_tokens": n}, response_id=f"p{n}").id
-        )
-        ahead_s = started + n / per_s - time.monotonic()
-        if ahead_s > 0:
-            time.sleep(ahead_s)
-    return ids
 
 
 def test_sigkill_of_workers_mid_stream_loses_nothing(pipeline: Pipeline) -> None:

@@ -27,6 +27,7 @@ class FaultState:
     mode: str = "pass"
     retry_after_s: str | None = None
     hang_s: float = 30.0
+    slow_s: float = 1.0
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -79,6 +80,8 @@ class FaultProxy:
             return Response("unavailable", status_code=503)
         if mode == "poison" and b'"poison":true' in await request.body():
             return Response('{"detail": "request refused"}', status_code=422)
+        if mode == "slow":
+            await asyncio.sleep(self.state.slow_s)
         if mode == "hang":
             await asyncio.sleep(self.state.hang_s)
             return Response("too late", status_code=504)

@@ -1,0 +1,1 @@
+"""The anchors aicm-tasks is compared with: plain Celery, celery-batches, the official SDK."""

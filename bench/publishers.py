@@ -1,0 +1,95 @@
+"""One publish call per contender, for producer subprocesses.
+
+Each contender is a pair: ``prepare()`` builds the caller's input (outside any
+timer) and ``publish(prepared)`` is the timed call. aicm-tasks and the SDK get
+the call's fields and build the record themselves (uuid, timestamp, JSON),
+as a user's call does; plain Celery and raw LPUSH get the record dict built
+beforehand (that saves them ~2 µs of uuid4 + time a call).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.records import CONTEXT, CUSTOMER_KEY, SERVICE_KEY, USAGE, record_dict
+
+#: Contenders of the publish-cost scenario.
+KINDS = ("aicm", "celery", "sdk", "lpush")
+
+
+@dataclass
+class Contender:
+    """A timed publish call and what it needs prepared."""
+
+    prepare: Callable[[], Any]
+    publish: Callable[[Any], Any]
+    close: Callable[[], None]
+
+
+def _nothing() -> None:
+    return None
+
+
+def aicm() -> Contender:
+    """``track.delay(service_key, usage, customer_key=..., context=...)``, the public API."""
+    from aicm_tasks import track
+
+    def publish(_: Any) -> Any:
+        return track.delay(SERVICE_KEY, USAGE, customer_key=CUSTOMER_KEY, context=CONTEXT)
+
+    return Contender(_nothing, publish, _nothing)
+
+
+def celery() -> Contender:
+    """Plain Celery: ``task.delay(record)`` on the one-task-per-record anchor app."""
+    from bench.anchors.celery_plain import track
+
+    return Contender(record_dict, track.delay, _nothing)
+
+
+def lpush() -> Contender:
+    """redis-py ``LPUSH`` of the record's JSON (``json.dumps`` timed, as anchor B)."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ["BENCH_BROKER_URL"])
+    queue = os.environ["BENCH_QUEUE"]
+
+    def publish(record: dict[str, Any]) -> Any:
+        return client.lpush(queue, json.dumps(record))
+
+    return Contender(record_dict, publish, client.close)
+
+
+def sdk(directory: Path, api_base: str, db_path: Path) -> Contender:
+    """The SDK: ``Tracker.track(...)`` with ``PersistentDelivery`` (its thread delivering)."""
+    from bench.anchors.sdk import make_tracker
+
+    tracker = make_tracker(directory, api_base, db_path)
+
+    def publish(_: Any) -> Any:
+        return tracker.track(SERVICE_KEY, USAGE, customer_key=CUSTOMER_KEY, context=CONTEXT)
+
+    def close() -> None:
+        tracker.delivery.stop()
+
+    return Contender(_nothing, publish, close)
+
+
+def contender(kind: str, sdk_dir: Path | None, api_base: str | None) -> Contender:
+    """Build the contender ``kind`` (one of :data:`KINDS`)."""
+    if kind == "aicm":
+        return aicm()
+    if kind == "celery":
+        return celery()
+    if kind == "lpush":
+        return lpush()
+    if kind == "sdk":
+        if sdk_dir is None or api_base is None:
+            raise ValueError("the sdk contender needs --sdk-dir and --api-base")
+        return sdk(sdk_dir, api_base, sdk_dir / "queue.db")
+    raise ValueError(f"unknown contender {kind!r}; one of {', '.join(KINDS)}")

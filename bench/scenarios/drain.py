@@ -1,0 +1,133 @@
+"""Scenario 2: drain rate of a pre-filled backlog on one worker host.
+
+Contenders: the aicm-tasks worker (default settings: batch 500, 4 delivery
+threads), plain Celery one task per record (prefork x2), celery-batches
+(flush_every 500, prefork x1, prefetch x1000) and the SDK's SQLite delivery
+thread. Each backlog is filled before its consumer starts: aicm-tasks with
+``track_many``, Celery with cloned ``.delay`` messages, the SDK by inserting
+rows as its ``_enqueue`` does.
+
+Two figures per contender, as the anchors reported them:
+
+* spawn→all: records ÷ (stub's last new arrival − ``Popen`` of the worker);
+  includes worker start-up. For the SDK the clock starts when
+  ``PersistentDelivery`` is constructed (its thread starts), after the
+  producer process is up and the queue filled;
+* steady: records ÷ (last − first arrival at the stub).
+"""
+
+# ruff: noqa: RUF002, RUF003  (en dashes, ×, µ and – are meant)
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from bench.config import Counts
+from bench.harness import Bench
+from bench.sampling import TreeSampler
+from bench.scenarios.common import (
+    attempt,
+    celery_worker_args,
+    run_producer,
+    start_aicm_worker,
+    start_producer,
+    wait_result,
+)
+from bench.stats import Figure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Contender:
+    """How one drain contender is labelled and sized."""
+
+    kind: str
+    label: str
+    count: int
+
+
+def contenders(counts: Counts) -> list[Contender]:
+    """The four contenders with this run's backlog sizes."""
+    return [
+        Contender("aicm", "aicm-tasks worker", counts.drain_aicm),
+        Contender("sdk", "SDK SQLite delivery thread", counts.drain_sdk),
+        Contender("batches", "celery-batches (prefork 1)", counts.drain_batches),
+        Contender("plain", "Celery one task per record (prefork 2)", counts.drain_plain),
+    ]
+
+
+def run(bench: Bench, counts: Counts) -> list[Figure]:
+    """Drain each contender's backlog ``counts.runs`` times."""
+    figures: list[Figure] = []
+    for contender in contenders(counts):
+        spawn_all = Figure(
+            f"drain.{contender.kind}.spawn_all", f"drain: {contender.label}, spawn→all", "records/s"
+        )
+        steady = Figure(
+            f"drain.{contender.kind}.steady", f"drain: {contender.label}, steady", "records/s"
+        )
+        spawn_all.note = steady.note = f"{contender.count:,} records pre-filled"
+        if contender.kind == "sdk":
+            spawn_all.note += "; clock starts at PersistentDelivery() (thread start)"
+        for run_index in range(counts.runs):
+            logger.info("drain: %s, run %d/%d", contender.kind, run_index + 1, counts.runs)
+            try:
+                start_s, stats, peak_mb = drain_once(bench, contender)
+            except Exception as exc:
+                attempt((spawn_all, steady), f"drain {contender.kind} run {run_index + 1}", exc)
+                continue
+            last, first = stats["last_new_arrival"], stats["first_arrival"]
+            spawn_all.values.append(contender.count / (last - start_s))
+            steady.values.append(contender.count / max(last - first, 1e-6))
+            spawn_all.also.append(
+                {
+                    "seconds": last - start_s,
+                    "POSTs": stats["requests"],
+                    "duplicates": stats["records"] - stats["unique"],
+                    **({"peak RSS MB": peak_mb} if peak_mb else {}),
+                }
+            )
+        figures += [spawn_all, steady]
+    return figures
+
+
+def drain_once(bench: Bench, contender: Contender) -> tuple[float, dict[str, float], float]:
+    """Fill, start the consumer, wait for the stub to have all; (start, stats, peak RSS MB)."""
+    bench.reset()
+    count = contender.count
+    timeout_s = max(120.0, count / 300)
+    if contender.kind == "sdk":
+        sdk_dir = bench.root / bench.unique("sdk-drain")
+        args = ["--count", str(count), "--sdk-dir", str(sdk_dir), "--api-base", bench.stub_base_url]
+        process, out = start_producer(bench, "sdk-drain", args, bench.env())
+        try:
+            started_at = float(wait_result(bench, process, out, timeout_s=120)["started_at"])
+            stats = bench.stub.wait_for(count, timeout_s=timeout_s)
+        finally:
+            bench.stop(process)
+        return started_at, stats, 0.0
+    queue = bench.unique(f"drain-{contender.kind}")
+    if contender.kind == "aicm":
+        run_producer(bench, "prefill-aicm", ["--count", str(count)], bench.aicm_env(queue))
+        start_s = time.time()
+        worker = start_aicm_worker(bench, queue)
+    else:
+        env = bench.anchor_env(queue)
+        run_producer(bench, "celery-prefill", ["--app", contender.kind, "--count", str(count)], env)
+        if contender.kind == "plain":
+            module, pool = "bench.anchors.celery_plain", ["--pool=prefork", "--concurrency=2"]
+        else:
+            module, pool = "bench.anchors.celery_batches_app", ["--pool=prefork", "--concurrency=1"]
+        name = bench.unique(f"{contender.kind}-worker")
+        start_s = time.time()
+        worker = bench.spawn(celery_worker_args(module, name, "-Q", queue, *pool), env, name)
+    sampler = TreeSampler(worker.pid).start()
+    try:
+        stats = bench.stub.wait_for(count, timeout_s=timeout_s)
+    finally:
+        sampler.stop()
+        bench.stop(worker)
+    return start_s, stats, sampler.peak_mb
