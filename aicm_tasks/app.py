@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         task_ignore_result=True,
         worker_hijack_root_logger=True,
     )
-    app.register_task(TrackTask())
+    # A subclass per app: Celery's Task.bind() binds the *class* to an app, so
+    # two apps in one process (tests, the demo) would otherwise share the last one.
+    app.register_task(type("TrackTask", (TrackTask,), {"__module__": TrackTask.__module__})())
     app.steps["worker"].add(DeliveryStep)
     return app

@@ -106,3 +106,11 @@ def test_track_many_publishes_nothing_when_one_record_is_bad(
     with pytest.raises(RecordTypeError, match=r"^records\[2\]\.usage"):
         track.many([good, good, {"service_key": "a::b", "usage": "oops"}, good])
     assert real_redis.llen("aicm.tracking") == 0
+
+
+def test_two_apps_in_one_process_keep_their_own_settings(real_redis: redis.Redis) -> None:
+    first = create_app(Settings(broker_url=TEST_REDIS_URL, queue="first.q")).tasks["aicm_tasks.track"]
+    second = create_app(Settings(broker_url=TEST_REDIS_URL, queue="second.q")).tasks["aicm_tasks.track"]
+    first.delay("a::b", {})
+    second.delay("a::b", {})
+    assert real_redis.llen("first.q") == 1 and real_redis.llen("second.q") == 1
