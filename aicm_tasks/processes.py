@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis
@@ -60,9 +60,18 @@ def redis_answers(url: str) -> bool:
         client.close()
 
 
-def start_redis(port: int, data_dir: Path, *, appendonly: bool = True) -> subprocess.Popen[bytes]:
+def start_redis(
+    port: int,
+    data_dir: Path,
+    *,
+    appendonly: bool = True,
+    extra_args: Sequence[str] = (),
+    ready_url: str | None = None,
+) -> subprocess.Popen[bytes]:
     """Start a private ``redis-server`` on 127.0.0.1:``port``, persisting in ``data_dir``.
 
+    ``extra_args`` go to redis-server as given (a password, TLS); ``ready_url``
+    is what to PING to know it is up (default ``redis://127.0.0.1:port/0``).
     Raises :class:`LocalRedisError` when ``redis-server`` is not installed.
     """
     binary = shutil.which("redis-server")
@@ -89,12 +98,12 @@ def start_redis(port: int, data_dir: Path, *, appendonly: bool = True) -> subpro
         "no",
         "--logfile",
         str(data_dir / "redis.log"),
+        *extra_args,
     ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(
-            lambda: redis_answers(f"redis://127.0.0.1:{port}/0"), 15, f"redis-server on port {port}"
-        )
+        url = ready_url or f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: redis_answers(url), 15, f"redis-server on port {port}")
     except TimeoutError:
         stop_process(process)
         raise

@@ -109,8 +109,12 @@ def test_track_many_publishes_nothing_when_one_record_is_bad(
 
 
 def test_two_apps_in_one_process_keep_their_own_settings(real_redis: redis.Redis) -> None:
-    first = create_app(Settings(broker_url=TEST_REDIS_URL, queue="first.q")).tasks["aicm_tasks.track"]
-    second = create_app(Settings(broker_url=TEST_REDIS_URL, queue="second.q")).tasks["aicm_tasks.track"]
+    first = create_app(Settings(broker_url=TEST_REDIS_URL, queue="first.q")).tasks[
+        "aicm_tasks.track"
+    ]
+    second = create_app(Settings(broker_url=TEST_REDIS_URL, queue="second.q")).tasks[
+        "aicm_tasks.track"
+    ]
     first.delay("a::b", {})
     second.delay("a::b", {})
     assert real_redis.llen("first.q") == 1 and real_redis.llen("second.q") == 1
