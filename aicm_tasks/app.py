@@ -52,6 +52,17 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
             "visibility_timeout": settings.redelivery_timeout_s,
             "socket_connect_timeout": settings.publish_timeout_s,
             "socket_timeout": max(settings.publish_timeout_s, 5.0),
+            "max_retries": 2,
+        },
+        # Ordinary tasks sent through Celery (not track, which has its own bounded
+        # path) also give up instead of hanging a web request: a bounded wait for
+        # a pooled connection, bounded reconnect attempts and socket timeouts.
+        broker_pool_acquire_timeout=settings.publish_timeout_s,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
         },
         # A worker keeps trying to reach the broker for as long as it is down.
         broker_connection_retry_on_startup=True,
