@@ -68,6 +68,11 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         task_ignore_result=True,
+        # Events on by default so Flower sees workers and the delivery work with
+        # no extra flags: one small PUBLISH per event; delivery sends three per
+        # batch (not per record). See docs/monitoring.md.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         worker_hijack_root_logger=True,
     )
     # A subclass per app: Celery's Task.bind() binds the *class* to an app, so

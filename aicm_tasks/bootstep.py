@@ -10,6 +10,7 @@ reconnects do not restart delivery; delivery reconnects on its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -19,6 +20,9 @@ from celery.worker import control
 from aicm_tasks.broker import Keys, RecordStore
 from aicm_tasks.consumer import MAX_WAIT_S, DeliveryService
 from aicm_tasks.errors import ConfigurationError
+from aicm_tasks.events import TaskEvents
+from aicm_tasks.metrics import Metrics
+from aicm_tasks.observe import Observer, RedisFigures
 from aicm_tasks.retry import BackoffPolicy
 from aicm_tasks.settings import Settings
 from aicm_tasks.transport import TrackTransport
@@ -39,6 +43,7 @@ class DeliveryStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.settings: Settings = worker.app.aicm_settings
         self.service: DeliveryService | None = None
+        self.events: TaskEvents | None = None
         # Celery's consumer must not take records one by one: it would race the
         # bulk reader and acknowledge what it cannot process.
         queues = worker.app.amqp.queues
@@ -51,19 +56,35 @@ class DeliveryStep(bootsteps.StartStopStep):
         httpx_logger = logging.getLogger("httpx")
         if httpx_logger.level == logging.NOTSET:
             httpx_logger.setLevel(logging.WARNING)
-        self.service = build_service(self.settings)
+        observers: list[Observer] = []
+        if self.settings.metrics_port is not None:
+            metrics = Metrics()
+            metrics.serve(self.settings.metrics_port)
+            observers.append(metrics)
+            logger.info("metrics on :%d/metrics", self.settings.metrics_port)
+        if self.settings.events_enabled:
+            self.events = TaskEvents(
+                worker.app, worker.hostname, show_payloads=self.settings.events_show_payloads
+            )
+            observers.append(self.events)
+        self.service = build_service(self.settings, extra_observers=observers)
         self.service.start()
 
     def stop(self, worker: Any) -> None:
         if self.service is not None:
             self.service.stop(SHUTDOWN_GRACE_S)
             self.service = None
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
 
 
-def build_service(settings: Settings, **overrides: Any) -> DeliveryService:
+def build_service(
+    settings: Settings, *, extra_observers: Sequence[Observer] = (), **overrides: Any
+) -> DeliveryService:
     """Build the delivery service a worker process runs, from settings."""
     if settings.api_key is None or not settings.api_key.get_secret_value():
         raise ConfigurationError(
@@ -93,8 +114,9 @@ def build_service(settings: Settings, **overrides: Any) -> DeliveryService:
         "auth_retry_interval_s": settings.auth_retry_interval_s,
         "redelivery_timeout_s": settings.redelivery_timeout_s,
     }
-    options.update(overrides)
     store = RecordStore(client, Keys(settings.queue, settings.key_prefix))
+    options["observers"] = [RedisFigures(client, store.keys), *extra_observers]
+    options.update(overrides)
     return DeliveryService(store, transport.post, **options)
 
 

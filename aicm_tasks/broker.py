@@ -151,6 +151,11 @@ class Keys:
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
+    @property
+    def seen(self) -> str:
+        """Hash: consumer -> when it last renewed its lease (epoch seconds)."""
+        return f"{self.prefix}:seen"
+
     def held(self, consumer: str) -> str:
         return f"{self.prefix}:held:{consumer}"
 
@@ -254,8 +259,22 @@ class RecordStore:
         return int(self._release(keys=keys))
 
     def renew_lease(self, consumer: str, lease_s: float) -> None:
-        """Extend ``consumer``'s lease on every batch it holds."""
-        self.client.zadd(self.keys.consumers, {consumer: time.time() + lease_s})
+        """Extend ``consumer``'s lease on every batch it holds, and note it was seen."""
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.consumers, {consumer: now + lease_s})
+            pipe.hset(self.keys.seen, consumer, now)
+            pipe.execute()
+
+    def last_seen(self) -> dict[str, float]:
+        """When each worker last renewed its lease (epoch seconds)."""
+        return {_as_text(k): float(v) for k, v in self.client.hgetall(self.keys.seen).items()}
+
+    def forget_unseen(self, older_than_s: float) -> int:
+        """Drop ``seen`` entries of workers gone for longer than ``older_than_s``."""
+        cutoff = time.time() - older_than_s
+        stale = [name for name, at in self.last_seen().items() if at < cutoff]
+        return int(self.client.hdel(self.keys.seen, *stale)) if stale else 0
 
     def drop_lease(self, consumer: str) -> bool:
         """Forget a consumer at clean shutdown, unless it still holds a batch."""

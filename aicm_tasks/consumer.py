@@ -16,13 +16,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
 from aicm_tasks.broker import RecordStore, Resolution
 from aicm_tasks.delivery import Post, Summary, deliver, plan
 from aicm_tasks.messages import decode
+from aicm_tasks.observe import BatchReport, Observer, notify
+from aicm_tasks.outcomes import BatchVerdict
 from aicm_tasks.retry import BackoffPolicy
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ SETTLE_GIVE_UP_WHEN_STOPPING_S = 10.0
 
 _EMPTY = Resolution()
 
-BatchListener = Callable[[str, Summary, float], None]
+#: Housekeeping rounds between two depth readings for observers (gauges).
+DEPTH_EVERY_ROUNDS = 5
 
 
 class DeliveryService:
@@ -57,7 +60,7 @@ class DeliveryService:
         policy: BackoffPolicy,
         auth_retry_interval_s: float,
         redelivery_timeout_s: float,
-        on_batch: BatchListener | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.store = store
         self.post = post
@@ -67,7 +70,7 @@ class DeliveryService:
         self.policy = policy
         self.auth_retry_interval_s = auth_retry_interval_s
         self.lease_s = redelivery_timeout_s
-        self.on_batch = on_batch
+        self.observers = list(observers)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._numbers = itertools.count()
         self._stop = threading.Event()
@@ -177,7 +180,7 @@ class DeliveryService:
             return
         started = time.monotonic()
         items = [decode(message) for message in raw]
-        outcomes, requests = deliver(items, self.post)
+        outcomes, requests = deliver(items, self._timed_post)
         resolution, summary = plan(
             outcomes, self.policy, auth_retry_interval_s=self.auth_retry_interval_s
         )
@@ -196,11 +199,13 @@ class DeliveryService:
             )
             return
         self._log_batch(summary, elapsed_s=elapsed_s)
-        if self.on_batch is not None:
-            try:
-                self.on_batch(batch_key, summary, elapsed_s)
-            except Exception:
-                logger.exception("batch listener failed")
+        notify(self.observers, "batch_settled", BatchReport(batch_key, summary, elapsed_s, items))
+
+    def _timed_post(self, body: bytes) -> BatchVerdict:
+        started = time.monotonic()
+        verdict = self.post(body)
+        notify(self.observers, "request_done", verdict.http_status, time.monotonic() - started)
+        return verdict
 
     def _gather(self, batch_key: str) -> list[bytes]:
         """Take up to batch_size records: all at once from a backlog, or what
@@ -260,9 +265,13 @@ class DeliveryService:
     # -- housekeeping ------------------------------------------------------------
     def _housekeep(self) -> None:
         pause_s = HOUSEKEEPING_INTERVAL_S
+        rounds = 0
         while not self._stop.wait(pause_s):
+            rounds += 1
             try:
                 self.store.renew_lease(self.consumer, self.lease_s)
+                if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
+                    notify(self.observers, "housekeeping", self.store.depth())
                 self.store.promote_due()
                 reclaimed = self.store.reclaim_expired()
                 if reclaimed:

@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     :class:`pydantic.ValidationError` naming the variable.
     """
 
-    model_config = SettingsConfigDict(env_prefix="AICM_", extra="ignore", frozen=True)
+    # An empty variable (AICM_METRICS_PORT=) counts as unset.
+    model_config = SettingsConfigDict(
+        env_prefix="AICM_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # -- broker (producers and workers) --------------------------------------
     broker_url: str = DEFAULT_BROKER_URL
@@ -95,6 +98,14 @@ class Settings(BaseSettings):
     #: A batch held by a worker that stopped renewing its lease for this long goes back
     #: to the queue for any worker to deliver.
     redelivery_timeout_s: Annotated[float, Field(ge=2)] = 60.0
+
+    # -- visibility ----------------------------------------------------------------
+    #: Send each settled batch to Flower as a task (Celery task events).
+    events_enabled: bool = True
+    #: Include usage payloads and context in what Flower shows (off: keys and ids only).
+    events_show_payloads: bool = False
+    #: Port of the worker's Prometheus /metrics endpoint; off when unset.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # -- local server ----------------------------------------------------------
     server_api_key: SecretStr | None = None

@@ -10,6 +10,7 @@ from aicm_tasks.cli.demo import demo
 from aicm_tasks.cli.dlq import dlq
 from aicm_tasks.cli.serve import serve
 from aicm_tasks.cli.spool import spool
+from aicm_tasks.cli.status import monitor, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,5 +29,7 @@ main.add_command(dlq)
 main.add_command(serve)
 main.add_command(demo)
 main.add_command(spool)
+main.add_command(status)
+main.add_command(monitor)
 
 __all__ = ["main"]

@@ -1,0 +1,136 @@
+"""``aicm-tasks status`` and ``aicm-tasks monitor``: is usage flowing?"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+import redis
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+
+from aicm_tasks.broker import RecordStore
+from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.health import ALIVE_WITHIN_S, Figures, Thresholds, read_figures
+
+
+def _store() -> RecordStore:
+    settings = load_settings()
+    return RecordStore(redis_client(settings), keys_of(settings))
+
+
+def _thresholds_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--max-dead-letters", type=int, default=None, help="Unhealthy above this many dead letters."
+    )(func)
+    func = click.option(
+        "--max-oldest-queued",
+        "max_oldest_s",
+        type=float,
+        default=300.0,
+        show_default=True,
+        help="Unhealthy when the oldest queued record is older (seconds).",
+    )(func)
+    func = click.option(
+        "--no-worker-for",
+        "no_worker_s",
+        type=float,
+        default=ALIVE_WITHIN_S,
+        show_default=True,
+        help="Unhealthy when no worker renewed its lease for this long (seconds).",
+    )(func)
+    return func
+
+
+@click.command()
+@_thresholds_options
+@json_option
+def status(
+    max_dead_letters: int | None, max_oldest_s: float, no_worker_s: float, as_json: bool
+) -> None:
+    """The pipeline's figures once; exit code 1 with the reasons when unhealthy."""
+    thresholds = Thresholds(no_worker_s, max_oldest_s, max_dead_letters)
+    try:
+        figures = read_figures(_store(), thresholds)
+    except redis.RedisError as exc:
+        if as_json:
+            echo_json({"healthy": False, "problems": [f"the broker did not answer: {exc}"]})
+        else:
+            click.echo(f"unhealthy: the broker did not answer: {exc}", err=True)
+        raise SystemExit(2) from exc
+    if as_json:
+        echo_json(figures.as_dict())
+    else:
+        from rich.console import Console
+
+        Console().print(render(figures))
+    if not figures.healthy:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option("--once", is_flag=True, help="Draw one frame and exit (for scripts and tests).")
+@_thresholds_options
+def monitor(
+    interval: float,
+    once: bool,
+    max_dead_letters: int | None,
+    max_oldest_s: float,
+    no_worker_s: float,
+) -> None:
+    """A live view of the pipeline; Ctrl-C quits."""
+    store = _store()
+    thresholds = Thresholds(no_worker_s, max_oldest_s, max_dead_letters)
+    try:
+        with Live(
+            render(read_figures(store, thresholds)), refresh_per_second=4, screen=False
+        ) as live:
+            while not once:
+                time.sleep(interval)
+                try:
+                    live.update(render(read_figures(store, thresholds)))
+                except redis.RedisError as exc:
+                    live.update(f"[red]the broker did not answer: {exc}[/red]")
+    except KeyboardInterrupt:
+        pass
+
+
+def render(figures: Figures) -> Group:
+    """The monitor's frame: figures, dead letters by reason, last errors."""
+    state = (
+        "[green]healthy[/green]"
+        if figures.healthy
+        else "[red]unhealthy: " + "; ".join(figures.problems) + "[/red]"
+    )
+    main = Table(title=f"aicm-tasks  {state}", show_header=False)
+    main.add_column("figure")
+    main.add_column("value", justify="right")
+    main.add_row("queued (waiting for a worker)", f"{figures.queued:,}")
+    main.add_row("held by workers", f"{figures.held:,}")
+    main.add_row("waiting for a retry", f"{figures.scheduled:,}")
+    main.add_row(
+        "delivered, last minute",
+        f"{figures.delivered_last_minute:,} ({figures.delivered_per_s:,.1f}/s)",
+    )
+    main.add_row(
+        "oldest queued record",
+        "-" if figures.oldest_queued_s is None else f"{figures.oldest_queued_s:,.0f}s",
+    )
+    main.add_row("workers alive", ", ".join(figures.workers_alive) or "none")
+    main.add_row("dead letters", f"{figures.dead_letters:,}")
+    for reason, count in sorted(figures.dead_letters_by_reason.items()):
+        main.add_row(f"  dead-lettered since start: {reason}", f"{count:,}")
+    errors = Table(title="last delivery errors")
+    errors.add_column("when")
+    errors.add_column("what")
+    for error in figures.last_errors:
+        when = datetime.fromtimestamp(error["at"], timezone.utc).strftime("%H:%M:%S")
+        errors.add_row(when, str(error.get("detail"))[:100])
+    return Group(main, errors) if figures.last_errors else Group(main)

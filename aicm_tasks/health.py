@@ -1,0 +1,139 @@
+"""The pipeline's figures at a glance, and whether it is healthy.
+
+Read from Redis only (no worker needs to answer): queue depth, records held by
+workers and waiting for a retry, the delivery rate over the last minute, dead
+letters by reason, the last delivery errors, and which workers renewed their
+lease recently. ``aicm-tasks status`` and ``aicm-tasks monitor`` show these.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aicm_tasks.broker import RecordStore
+from aicm_tasks.messages import decode, record_of
+from aicm_tasks.observe import RATE_BUCKET_S, errors_key, rate_key
+
+#: A worker that renewed its lease within this many seconds counts as alive.
+ALIVE_WITHIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When ``status`` calls the pipeline unhealthy."""
+
+    no_worker_s: float = ALIVE_WITHIN_S
+    max_oldest_queued_s: float = 300.0
+    max_dead_letters: int | None = None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One reading of the pipeline."""
+
+    queued: int
+    held: int
+    scheduled: int
+    dead_letters: int
+    dead_letters_by_reason: dict[str, int]
+    delivered_last_minute: int
+    delivered_per_s: float
+    workers_alive: list[str]
+    last_worker_seen_s_ago: float | None
+    oldest_queued_s: float | None
+    totals: dict[str, int]
+    last_errors: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        figures = dict(self.__dict__)
+        figures["healthy"] = self.healthy
+        return figures
+
+
+def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Figures:
+    """Read every figure once and judge health against ``thresholds``."""
+    thresholds = thresholds or Thresholds()
+    now = time.time()
+    depth = store.depth()
+    stats = store.stats()
+    client = store.client
+    current = int(now // RATE_BUCKET_S)
+    buckets = [rate_key(store.keys, current - n) for n in range(int(60 // RATE_BUCKET_S) + 1)]
+    with client.pipeline(transaction=False) as pipe:
+        for key in buckets:
+            pipe.hget(key, "delivered")
+        pipe.lindex(store.keys.queue, -1)
+        pipe.lrange(errors_key(store.keys), 0, 9)
+        *rates, oldest_raw, errors_raw = pipe.execute()
+    # The current bucket is partial: count the six before it plus the current one,
+    # over the time they really span.
+    delivered = sum(int(r or 0) for r in rates)
+    span_s = 60.0 + (now - current * RATE_BUCKET_S)
+    seen = store.last_seen()
+    alive = sorted(name for name, at in seen.items() if now - at <= thresholds.no_worker_s)
+    last_seen_ago = now - max(seen.values()) if seen else None
+    figures = Figures(
+        queued=depth["queued"],
+        held=depth["held"],
+        scheduled=depth["scheduled"],
+        dead_letters=depth["dead_letters"],
+        dead_letters_by_reason={
+            k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("dead_lettered:")
+        },
+        delivered_last_minute=delivered,
+        delivered_per_s=round(delivered / span_s, 1),
+        workers_alive=alive,
+        last_worker_seen_s_ago=None if last_seen_ago is None else round(last_seen_ago, 1),
+        oldest_queued_s=_age_s(oldest_raw, now),
+        totals=stats,
+        last_errors=[json.loads(e) for e in errors_raw],
+    )
+    figures.problems.extend(judge(figures, thresholds))
+    return figures
+
+
+def judge(figures: Figures, thresholds: Thresholds) -> list[str]:
+    """The reasons the pipeline is unhealthy (empty: healthy)."""
+    problems = []
+    if not figures.workers_alive:
+        since = (
+            "never seen"
+            if figures.last_worker_seen_s_ago is None
+            else f"last seen {figures.last_worker_seen_s_ago:.0f}s ago"
+        )
+        problems.append(f"no worker alive for {thresholds.no_worker_s:.0f}s ({since})")
+    if (
+        figures.oldest_queued_s is not None
+        and figures.oldest_queued_s > thresholds.max_oldest_queued_s
+    ):
+        problems.append(
+            f"oldest queued record is {figures.oldest_queued_s:.0f}s old "
+            f"(threshold {thresholds.max_oldest_queued_s:.0f}s)"
+        )
+    if (
+        thresholds.max_dead_letters is not None
+        and figures.dead_letters > thresholds.max_dead_letters
+    ):
+        problems.append(
+            f"{figures.dead_letters} dead letters (threshold {thresholds.max_dead_letters})"
+        )
+    return problems
+
+
+def _age_s(raw: bytes | None, now: float) -> float | None:
+    """Age of a queued record from its own timestamp (when it was tracked)."""
+    if raw is None:
+        return None
+    record = record_of(decode(raw))
+    try:
+        return round(max(0.0, now - float((record or {})["timestamp"])), 1)
+    except (KeyError, TypeError, ValueError):
+        return None

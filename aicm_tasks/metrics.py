@@ -1,0 +1,79 @@
+"""Prometheus metrics of a worker, served on ``AICM_METRICS_PORT``.
+
+Delivery runs in the worker's main process (threads; see bootstep.py), whatever
+Celery pool is chosen, so one process-local registry holds every figure: there
+is nothing to aggregate across pool children, and the endpoint is served by
+that same process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from aicm_tasks.observe import BatchReport
+
+BATCH_BUCKETS = (1, 10, 50, 100, 200, 500, 750, 1000)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The worker's metrics; an observer of the delivery service."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.delivered = Counter(
+            "aicm_records_delivered", "Records the server accepted.", registry=r
+        )
+        self.dead_lettered = Counter(
+            "aicm_records_dead_lettered",
+            "Records put in the dead-letter store.",
+            ["reason"],
+            registry=r,
+        )
+        self.retried = Counter(
+            "aicm_records_retried", "Records scheduled for another try.", registry=r
+        )
+        self.batch_size = Histogram(
+            "aicm_batch_size_records",
+            "Records per settled batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "aicm_track_request_seconds",
+            "Duration of POST /track.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.responses = Counter(
+            "aicm_track_responses",
+            "Answers to POST /track by HTTP status ('none': no answer).",
+            ["status"],
+            registry=r,
+        )
+        self.depth = Gauge(
+            "aicm_records", "Records by where they are in Redis.", ["state"], registry=r
+        )
+        self.workers = Gauge("aicm_workers_with_lease", "Workers holding a live lease.", registry=r)
+
+    def request_done(self, http_status: int | None, seconds: float) -> None:
+        self.request_seconds.observe(seconds)
+        self.responses.labels(status=str(http_status) if http_status else "none").inc()
+
+    def batch_settled(self, report: BatchReport) -> None:
+        summary = report.summary
+        self.delivered.inc(summary.delivered)
+        self.retried.inc(summary.retried)
+        for reason, count in summary.dead_lettered.items():
+            self.dead_lettered.labels(reason=reason).inc(count)
+        self.batch_size.observe(len(report.items))
+
+    def housekeeping(self, depth: dict[str, int]) -> None:
+        for state in ("queued", "scheduled", "held", "dead_letters"):
+            self.depth.labels(state=state).set(depth.get(state, 0))
+        self.workers.set(depth.get("workers", 0))
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``port`` from a background thread."""
+        start_http_server(port, addr=addr, registry=self.registry)

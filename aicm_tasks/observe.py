@@ -1,0 +1,107 @@
+"""What the delivery service tells the outside world, and who listens.
+
+:class:`DeliveryService` calls every :class:`Observer` after each POST, each
+settled batch and each housekeeping round. Observers: Celery task events for
+Flower (:mod:`aicm_tasks.events`), Prometheus metrics (:mod:`aicm_tasks.metrics`)
+and the figures ``aicm-tasks status`` and ``monitor`` read from Redis
+(:class:`RedisFigures`, here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+from aicm_tasks.broker import Keys
+from aicm_tasks.delivery import Summary
+from aicm_tasks.messages import Item
+
+logger = logging.getLogger(__name__)
+
+#: Width of one delivery-rate bucket, in seconds; status sums the last minute.
+RATE_BUCKET_S = 10
+#: How long rate buckets are kept, in seconds.
+RATE_KEEP_S = 3600
+#: Recent delivery errors kept for the monitor.
+LAST_ERRORS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """One settled batch: its counts, its records and how long it took."""
+
+    batch_key: str
+    summary: Summary
+    elapsed_s: float
+    items: Sequence[Item]
+
+
+class Observer(Protocol):
+    """Receives what the delivery service does; must not raise, must be quick."""
+
+    def request_done(self, http_status: int | None, seconds: float) -> None: ...
+
+    def batch_settled(self, report: BatchReport) -> None: ...
+
+    def housekeeping(self, depth: dict[str, int]) -> None: ...
+
+
+def rate_key(keys: Keys, bucket: int) -> str:
+    return f"{keys.prefix}:rate:{bucket}"
+
+
+def errors_key(keys: Keys) -> str:
+    return f"{keys.prefix}:errors"
+
+
+class RedisFigures:
+    """Writes delivery-rate buckets and the last errors to Redis for status/monitor."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def request_done(self, http_status: int | None, seconds: float) -> None:
+        return None
+
+    def batch_settled(self, report: BatchReport) -> None:
+        summary = report.summary
+        now = time.time()
+        key = rate_key(self.keys, int(now // RATE_BUCKET_S))
+        with self.client.pipeline(transaction=False) as pipe:
+            if summary.delivered:
+                pipe.hincrby(key, "delivered", summary.delivered)
+            dead = sum(summary.dead_lettered.values())
+            if dead:
+                pipe.hincrby(key, "dead_lettered", dead)
+            if summary.retried:
+                pipe.hincrby(key, "retried", summary.retried)
+            pipe.expire(key, RATE_KEEP_S)
+            if summary.retried or dead:
+                error = {
+                    "at": now,
+                    "detail": summary.retry_detail or f"dead-lettered {summary.dead_lettered}",
+                    "retried": summary.retried,
+                    "dead_lettered": summary.dead_lettered,
+                }
+                pipe.lpush(errors_key(self.keys), json.dumps(error))
+                pipe.ltrim(errors_key(self.keys), 0, LAST_ERRORS - 1)
+            pipe.execute()
+
+    def housekeeping(self, depth: dict[str, int]) -> None:
+        return None
+
+
+def notify(observers: Sequence[Observer], method: str, *args: object) -> None:
+    """Call ``method`` on every observer; an observer's failure is logged, never raised."""
+    for observer in observers:
+        try:
+            getattr(observer, method)(*args)
+        except Exception:
+            logger.exception("observer %s failed in %s", type(observer).__name__, method)
