@@ -21,7 +21,9 @@ from aicm_tasks.retry import BackoffPolicy
 Post = Callable[[bytes], BatchVerdict]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and
+# one Outcome is built per record in the worker's hottest loop.
+@dataclass(slots=True)
 class Outcome:
     """What one delivery attempt decided for one message."""
 
@@ -85,7 +87,11 @@ def deliver(items: Sequence[Item], post: Post) -> tuple[list[Outcome], int]:
             return
         for item in group:
             outcome = _outcome_for(item, verdict)
-            outcomes.extend(_copy_outcome(outcome, copy) for copy in by_id[item.response_id])
+            copies = by_id[item.response_id]
+            if len(copies) == 1:
+                outcomes.append(outcome)
+            else:
+                outcomes.extend(_copy_outcome(outcome, copy) for copy in copies)
 
     if unique:
         send(unique)
@@ -141,11 +147,11 @@ def plan(
     dead_counts: dict[str, int] = {}
     delivered = 0
     for outcome in outcomes:
-        item = outcome.item
-        meta = _next_meta(item, outcome, now)
         if outcome.fate is Fate.DELIVERED:
             delivered += 1
             continue
+        item = outcome.item
+        meta = _next_meta(item, outcome, now)
         if outcome.fate is Fate.RETRY:
             if not outcome.counts_as_retry:
                 retries.append((now + auth_retry_interval_s, encode(item.body, meta)))

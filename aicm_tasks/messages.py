@@ -43,8 +43,48 @@ class Item:
         return int(self.meta.get("retries", 0))
 
 
+#: How every record written by :func:`aicm_tasks.record.build_record` begins.
+_FAST_PREFIX = b'{"service_key":"'
+_FAST_MIDDLE = b'","response_id":"'
+
+
 def decode(raw: bytes) -> Item:
     """Split metadata from the record and read the record's identity."""
+    if raw.startswith(_FAST_PREFIX):
+        fast = _decode_fast(raw)
+        if fast is not None:
+            return fast
+    return _decode_slow(raw)
+
+
+def _decode_fast(raw: bytes) -> Item | None:
+    """Read service_key and response_id by position from a record our producer
+    wrote (compact JSON, these two keys first), without parsing the whole record.
+
+    The worker's hottest loop decodes every record; a full ``json.loads`` was a
+    third of its CPU. Anything unusual (an escape in either value, another key
+    order) falls back to the full parse. A record whose rest is not valid JSON
+    is refused by the server as a whole request and isolated as ``rejected``.
+    """
+    start = len(_FAST_PREFIX)
+    end = raw.find(b'"', start)
+    if end == -1 or raw[end : end + len(_FAST_MIDDLE)] != _FAST_MIDDLE:
+        return None
+    service_key = raw[start:end]
+    id_start = end + len(_FAST_MIDDLE)
+    id_end = raw.find(b'"', id_start)
+    if id_end <= id_start:
+        return None
+    response_id = raw[id_start:id_end]
+    if b"\\" in service_key or b"\\" in response_id or not raw.endswith(b"}"):
+        return None
+    try:
+        return Item(raw, raw, response_id.decode(), service_key.decode())
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode_slow(raw: bytes) -> Item:
     meta: dict[str, Any] = {}
     body = raw
     cut = raw.find(META_SEPARATOR)

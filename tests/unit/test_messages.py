@@ -40,3 +40,27 @@ def test_unreadable_messages_are_marked_malformed_with_a_stable_id() -> None:
         assert item.malformed
         assert item.response_id.startswith("malformed-")
         assert decode(raw).response_id == item.response_id
+
+
+def test_the_fast_path_reads_the_same_identity_as_a_full_parse() -> None:
+    from aicm_tasks.messages import _decode_slow
+
+    for service, rid in [
+        ("a::b", "r1"),
+        ("ven::mödel", "ünï"),
+        ('we"ird::x', 'q"uote'),
+        ("a::b", "back\\slash"),
+    ]:
+        body = build_record(service, {"n": 1}, response_id=rid, customer_key="c").body
+        fast, slow = decode(body), _decode_slow(body)
+        assert (
+            (fast.response_id, fast.service_key, fast.body)
+            == (slow.response_id, slow.service_key, slow.body)
+            == (rid, service, body)
+        )
+        assert not fast.malformed
+
+
+def test_records_in_another_key_order_take_the_full_parse() -> None:
+    item = decode(b'{"response_id":"r9","service_key":"a::b","timestamp":"1","payload":{}}')
+    assert item.response_id == "r9" and item.service_key == "a::b" and not item.malformed
