@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def normalize_timestamp(value: Any) -> str:
     as UTC), an ISO-8601 string or a numeric string.
     """
     if value is None:
-        return repr(datetime.now(timezone.utc).timestamp())
+        return repr(time.time())
     if isinstance(value, bool):
         raise RecordTypeError("timestamp", "must be a datetime, a number or a string, not bool")
     if isinstance(value, int | float):

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,8 @@ class Bench:
     redis_url: str
     redis: redis.Redis
     stub: StubClient
+    #: The stub server's process id (for its CPU time).
+    stub_pid: int = 0
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _names: Iterator[int] = field(default_factory=itertools.count)
 
@@ -57,6 +58,11 @@ class Bench:
         """Empty the private Redis and the stub between runs."""
         self.redis.flushall()
         self.stub.reset()
+
+    def redis_commands(self) -> int:
+        """Commands the private Redis has executed so far (``INFO commandstats``)."""
+        stats = self.redis.info("commandstats")
+        return sum(int(entry["calls"]) for entry in stats.values())
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """This process's environment without ``AICM_*``/``BENCH_*``, plus ``extra``."""
@@ -166,6 +172,7 @@ def open_bench(keep_dir: bool = False) -> Iterator[Bench]:
         stub_process = bench.python(
             "bench.stub_server", ["--port", str(stub_port)], bench.env(), "stub"
         )
+        bench.stub_pid = stub_process.pid
         wait_until(lambda: stub.stats() is not None, 30, f"the stub on port {stub_port}")
         logger.info("private redis %s, stub %s, files in %s", redis_url, stub.base_url, root)
         yield bench
@@ -181,8 +188,3 @@ def open_bench(keep_dir: bool = False) -> Iterator[Bench]:
             shutil.rmtree(root, ignore_errors=True)
         else:
             logger.info("kept %s", root)
-
-
-def now_s() -> float:
-    """Wall-clock epoch seconds: the clock the stub stamps arrivals with."""
-    return time.time()

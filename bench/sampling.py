@@ -19,27 +19,41 @@ _MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Sample:
-    """One observation: when, the tree's RSS in MB, and the probe's value."""
+    """One observation: when, the tree's RSS (MB) and CPU time (s), and the probe's value."""
 
     t: float
     rss_mb: float
+    cpu_s: float
     progress: int
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of ``pid`` and all its descendants, in MB (0 if it is gone)."""
+def tree_usage(pid: int) -> tuple[float, float]:
+    """(RSS in MB, user+system CPU seconds) of ``pid`` and its live descendants."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
-    total = 0
+        return 0.0, 0.0
+    rss = 0
+    cpu_s = 0.0
     for process in processes:
         try:
-            total += process.memory_info().rss
+            with process.oneshot():
+                rss += process.memory_info().rss
+                times = process.cpu_times()
+                cpu_s += times.user + times.system
         except psutil.Error:
             continue
-    return total / _MB
+    return rss / _MB, cpu_s
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of one process (0 if it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
 
 
 @dataclass
@@ -57,7 +71,8 @@ class TreeSampler:
     _thread: threading.Thread | None = None
 
     def start(self) -> TreeSampler:
-        """Start sampling in the background."""
+        """Take a first sample now, then keep sampling in the background."""
+        self.sample_now()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self._thread.start()
         return self
@@ -71,7 +86,8 @@ class TreeSampler:
             except Exception as exc:  # the stub may be busy; keep sampling memory
                 logger.debug("probe failed: %s", exc)
                 progress = self.samples[-1].progress if self.samples else 0
-        sample = Sample(time.time(), tree_rss_mb(self.pid), progress)
+        rss_mb, cpu_s = tree_usage(self.pid)
+        sample = Sample(time.time(), rss_mb, cpu_s, progress)
         self.samples.append(sample)
         return sample
 
@@ -84,15 +100,20 @@ class TreeSampler:
         return self.samples
 
     @property
+    def cpu_used_s(self) -> float:
+        """CPU seconds the tree used between the first and the last sample."""
+        if len(self.samples) < 2:
+            return 0.0
+        return self.samples[-1].cpu_s - self.samples[0].cpu_s
+
+    @property
     def peak_mb(self) -> float:
         """The highest RSS seen so far, MB."""
         return max((s.rss_mb for s in self.samples), default=0.0)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
+        while not self._stop.wait(self.interval_s):
             self.sample_now()
-            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
 
 def rss_at_fractions(

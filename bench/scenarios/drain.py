@@ -14,6 +14,10 @@ Two figures per contender, as the anchors reported them:
   ``PersistentDelivery`` is constructed (its thread starts), after the
   producer process is up and the queue filled;
 * steady: records ÷ (last − first arrival at the stub).
+
+Beside them: the consumer tree's peak RSS and CPU time per 1,000 records
+(for the SDK, its producer process, which runs the delivery thread), and the
+stub's CPU per 1,000 records (to show the stub is not the limit).
 """
 
 # ruff: noqa: RUF002, RUF003  (en dashes, ×, µ and – are meant)
@@ -21,12 +25,13 @@ Two figures per contender, as the anchors reported them:
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from dataclasses import dataclass
 
 from bench.config import Counts
 from bench.harness import Bench
-from bench.sampling import TreeSampler
+from bench.sampling import TreeSampler, cpu_seconds
 from bench.scenarios.common import (
     attempt,
     celery_worker_args,
@@ -59,6 +64,18 @@ def contenders(counts: Counts) -> list[Contender]:
     ]
 
 
+@dataclass(frozen=True)
+class Drained:
+    """One drain: when the clock started, the stub's stats, and the consumer's resources."""
+
+    start_s: float
+    stats: dict[str, float]
+    peak_mb: float
+    consumer_cpu_s: float
+    stub_cpu_s: float
+    redis_commands: int
+
+
 def run(bench: Bench, counts: Counts) -> list[Figure]:
     """Drain each contender's backlog ``counts.runs`` times."""
     figures: list[Figure] = []
@@ -75,27 +92,31 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
         for run_index in range(counts.runs):
             logger.info("drain: %s, run %d/%d", contender.kind, run_index + 1, counts.runs)
             try:
-                start_s, stats, peak_mb = drain_once(bench, contender)
+                drained = drain_once(bench, contender)
             except Exception as exc:
                 attempt((spawn_all, steady), f"drain {contender.kind} run {run_index + 1}", exc)
                 continue
+            stats, per_1k = drained.stats, 1000 / contender.count
             last, first = stats["last_new_arrival"], stats["first_arrival"]
-            spawn_all.values.append(contender.count / (last - start_s))
+            spawn_all.values.append(contender.count / (last - drained.start_s))
             steady.values.append(contender.count / max(last - first, 1e-6))
             spawn_all.also.append(
                 {
-                    "seconds": last - start_s,
+                    "seconds": last - drained.start_s,
                     "POSTs": stats["requests"],
                     "duplicates": stats["records"] - stats["unique"],
-                    **({"peak RSS MB": peak_mb} if peak_mb else {}),
+                    "peak RSS MB": drained.peak_mb,
+                    "consumer CPU-ms/1k (incl. start-up)": drained.consumer_cpu_s * 1000 * per_1k,
+                    "stub CPU-ms/1k": drained.stub_cpu_s * 1000 * per_1k,
+                    "Redis cmds/record": drained.redis_commands / contender.count,
                 }
             )
         figures += [spawn_all, steady]
     return figures
 
 
-def drain_once(bench: Bench, contender: Contender) -> tuple[float, dict[str, float], float]:
-    """Fill, start the consumer, wait for the stub to have all; (start, stats, peak RSS MB)."""
+def drain_once(bench: Bench, contender: Contender) -> Drained:
+    """Fill, start the consumer, wait until the stub has every record."""
     bench.reset()
     count = contender.count
     timeout_s = max(120.0, count / 300)
@@ -104,11 +125,10 @@ def drain_once(bench: Bench, contender: Contender) -> tuple[float, dict[str, flo
         args = ["--count", str(count), "--sdk-dir", str(sdk_dir), "--api-base", bench.stub_base_url]
         process, out = start_producer(bench, "sdk-drain", args, bench.env())
         try:
-            started_at = float(wait_result(bench, process, out, timeout_s=120)["started_at"])
-            stats = bench.stub.wait_for(count, timeout_s=timeout_s)
+            start_s = float(wait_result(bench, process, out, timeout_s=120)["started_at"])
+            return watch(bench, process, start_s, count, timeout_s)
         finally:
             bench.stop(process)
-        return started_at, stats, 0.0
     queue = bench.unique(f"drain-{contender.kind}")
     if contender.kind == "aicm":
         run_producer(bench, "prefill-aicm", ["--count", str(count)], bench.aicm_env(queue))
@@ -124,10 +144,23 @@ def drain_once(bench: Bench, contender: Contender) -> tuple[float, dict[str, flo
         name = bench.unique(f"{contender.kind}-worker")
         start_s = time.time()
         worker = bench.spawn(celery_worker_args(module, name, "-Q", queue, *pool), env, name)
-    sampler = TreeSampler(worker.pid).start()
+    try:
+        return watch(bench, worker, start_s, count, timeout_s)
+    finally:
+        bench.stop(worker)
+
+
+def watch(
+    bench: Bench, consumer: subprocess.Popen[bytes], start_s: float, count: int, timeout_s: float
+) -> Drained:
+    """Sample the consumer's tree until the stub has ``count`` records."""
+    stub_cpu_before = cpu_seconds(bench.stub_pid)
+    commands_before = bench.redis_commands()
+    sampler = TreeSampler(consumer.pid).start()
     try:
         stats = bench.stub.wait_for(count, timeout_s=timeout_s)
     finally:
         sampler.stop()
-        bench.stop(worker)
-    return start_s, stats, sampler.peak_mb
+    stub_cpu_s = cpu_seconds(bench.stub_pid) - stub_cpu_before
+    commands = bench.redis_commands() - commands_before
+    return Drained(start_s, stats, sampler.peak_mb, sampler.cpu_used_s, stub_cpu_s, commands)

@@ -54,6 +54,7 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
                 "offered/s": summary["offered_per_s"],
                 "missing": summary["missing"],
                 "late calls": summary["late_calls"],
+                "Redis cmds/record": summary["redis_per_record"],
             }
         )
     return [p50, p99]
@@ -66,6 +67,7 @@ def once(bench: Bench, counts: Counts) -> dict[str, float]:
     worker = start_aicm_worker(bench, queue)
     try:
         warm_up_aicm(bench, queue)
+        commands_before = bench.redis_commands()
         start_at = time.time() + START_LEAD_S
         args = ["--rate", str(counts.latency_rate), "--duration", str(counts.latency_duration_s),
                 "--start-at", repr(start_at)]  # fmt: skip
@@ -76,7 +78,13 @@ def once(bench: Bench, counts: Counts) -> dict[str, float]:
             bench.stub.wait_for(len(published), timeout_s=60, stall_s=15)
         except StubStalledError as exc:  # report what arrived; the rest count as missing
             logger.warning("latency run incomplete: %s", exc)
+        commands = bench.redis_commands() - commands_before
     finally:
         bench.stop(worker)
     summary = bench.stub.latency(published)
-    return {**summary, "offered_per_s": result["offered_per_s"], "late_calls": result["late_calls"]}
+    return {
+        **summary,
+        "offered_per_s": result["offered_per_s"],
+        "late_calls": result["late_calls"],
+        "redis_per_record": commands / max(1, len(published)),
+    }

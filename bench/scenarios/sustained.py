@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.anchors.sdk import write_ini
 from bench.config import Counts
 from bench.harness import Bench
+from bench.sampling import TreeSampler
 from bench.scenarios.common import (
     attempt,
     start_aicm_worker,
@@ -66,31 +68,36 @@ def once(bench: Bench, kind: str, per_producer: int) -> tuple[float, dict[str, f
     bench.reset()
     total = PRODUCERS * per_producer
     worker: subprocess.Popen[bytes] | None = None
+    sampler: TreeSampler | None = None
+    producers: list[tuple[subprocess.Popen[bytes], Path]] = []
     args = ["--kind", kind, "--count", str(per_producer)]
-    if kind == "aicm":
-        queue = bench.unique("sustained")
-        env = bench.aicm_env(queue)
-        worker = start_aicm_worker(bench, queue)
-        warm_up_aicm(bench, queue)
-    else:
-        sdk_dir = bench.root / bench.unique("sdk-sustained")
-        from bench.anchors.sdk import write_ini
-
-        write_ini(sdk_dir, bench.stub_base_url)  # once, before two processes read it
-        args += ["--sdk-dir", str(sdk_dir), "--api-base", bench.stub_base_url, "--linger"]
-        env = bench.env()
-    start_at = time.time() + START_LEAD_S
-    producers: list[tuple[subprocess.Popen[bytes], Path]] = [
-        start_producer(bench, "flood", [*args, "--start-at", repr(start_at)], env)
-        for _ in range(PRODUCERS)
-    ]
     try:
+        if kind == "aicm":
+            queue = bench.unique("sustained")
+            env = bench.aicm_env(queue)
+            worker = start_aicm_worker(bench, queue)
+            warm_up_aicm(bench, queue)
+            sampler = TreeSampler(worker.pid).start()
+        else:
+            sdk_dir = bench.root / bench.unique("sdk-sustained")
+            write_ini(sdk_dir, bench.stub_base_url)  # once, before two processes read it
+            args += ["--sdk-dir", str(sdk_dir), "--api-base", bench.stub_base_url, "--linger"]
+            env = bench.env()
+        commands_before = bench.redis_commands()
+        start_at = time.time() + START_LEAD_S
+        producers = [
+            start_producer(bench, "flood", [*args, "--start-at", repr(start_at)], env)
+            for _ in range(PRODUCERS)
+        ]
         timeout_s = max(120.0, per_producer / 200)
         results: list[dict[str, Any]] = [
             wait_result(bench, process, out, timeout_s) for process, out in producers
         ]
         stats = bench.stub.wait_for(total, timeout_s=timeout_s)
+        commands = bench.redis_commands() - commands_before
     finally:
+        if sampler is not None:
+            sampler.stop()
         for process, _ in producers:
             bench.stop(process)
         if worker is not None:
@@ -105,4 +112,7 @@ def once(bench: Bench, kind: str, per_producer: int) -> tuple[float, dict[str, f
         "duplicates": stats["records"] - stats["unique"],
         "late start s": max(r["first_publish"] for r in results) - start_at,
     }
+    if sampler is not None:  # aicm-tasks: what the worker and Redis spent per record
+        also["worker CPU-ms/1k"] = sampler.cpu_used_s * 1e6 / total
+        also["Redis cmds/record"] = commands / total
     return total / seconds, also

@@ -66,7 +66,7 @@ def once(bench: Bench, counts: Counts) -> dict[str, float]:
         {
             "peak": sampler.peak_mb,
             "growth": (at[1.0] - at[0.25]) / at[0.25] * 100,
-            "start RSS MB": samples[0].rss_mb,
+            "RSS@first delivery MB": next((x.rss_mb for x in samples if x.progress), 0.0),
             "drain rec/s": n / (stats["last_new_arrival"] - started),
             "samples": len(samples),
         }
