@@ -82,21 +82,23 @@ return #items
 """
 
 RECLAIM_LUA = """
--- KEYS: consumers, queue; ARGV: now, key_prefix
+-- KEYS: consumers, queue; ARGV: now, key_prefix, the caller (never reclaims itself)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 16)
 local moved = 0
 for _, consumer in ipairs(expired) do
-  local held = ARGV[2] .. ':held:' .. consumer
-  for _, batch in ipairs(redis.call('SMEMBERS', held)) do
-    local items = redis.call('LRANGE', batch, 0, -1)
-    for i = 1, #items, 1000 do
-      redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+  if consumer ~= ARGV[3] then
+    local held = ARGV[2] .. ':held:' .. consumer
+    for _, batch in ipairs(redis.call('SMEMBERS', held)) do
+      local items = redis.call('LRANGE', batch, 0, -1)
+      for i = 1, #items, 1000 do
+        redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+      end
+      moved = moved + #items
+      redis.call('DEL', batch)
     end
-    moved = moved + #items
-    redis.call('DEL', batch)
+    redis.call('DEL', held)
+    redis.call('ZREM', KEYS[1], consumer)
   end
-  redis.call('DEL', held)
-  redis.call('ZREM', KEYS[1], consumer)
 end
 return moved
 """
@@ -281,10 +283,14 @@ class RecordStore:
         keys = [self.keys.consumers, self.keys.held(consumer)]
         return bool(self._drop_lease(keys=keys, args=[consumer]))
 
-    def reclaim_expired(self) -> int:
-        """Push batches of consumers whose lease expired back to the queue."""
+    def reclaim_expired(self, caller: str = "") -> int:
+        """Push batches of consumers whose lease expired back to the queue.
+
+        ``caller`` is never reclaimed: a live worker whose lease lapsed (a long
+        pause) renews it next and keeps its batches, rather than racing itself.
+        """
         keys = [self.keys.consumers, self.keys.queue]
-        return int(self._reclaim(keys=keys, args=[time.time(), self.keys.prefix]))
+        return int(self._reclaim(keys=keys, args=[time.time(), self.keys.prefix, caller]))
 
     def promote_due(self, now: float | None = None) -> int:
         """Move scheduled messages whose time has come back to the queue."""

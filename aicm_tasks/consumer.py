@@ -273,7 +273,7 @@ class DeliveryService:
                 if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
                     notify(self.observers, "housekeeping", self.store.depth())
                 self.store.promote_due()
-                reclaimed = self.store.reclaim_expired()
+                reclaimed = self.store.reclaim_expired(self.consumer)
                 if reclaimed:
                     logger.warning(
                         "reclaimed %d records from workers whose lease expired", reclaimed

@@ -111,3 +111,12 @@ def test_depth_counts_queued_scheduled_held_and_dead(any_redis: redis.Redis) -> 
         "dead_letters": 1,
         "workers": 1,
     }
+
+
+def test_a_worker_never_reclaims_its_own_batches(any_redis: redis.Redis) -> None:
+    store = store_of(any_redis)
+    store.push_many([b"a", b"b"])
+    store.fetch("me", KEYS.batch("me", 0), 2, lease_s=30)
+    any_redis.zadd(KEYS.consumers, {"me": time.time() - 1})
+    assert store.reclaim_expired("me") == 0
+    assert store.reclaim_expired("someone-else") == 2
