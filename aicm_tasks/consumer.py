@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL_S = 1.0
 #: Longest single wait for the queue, so a stop request is noticed quickly.
 MAX_WAIT_S = 1.0
+#: While a batch fills, how often to take what has arrived, in seconds.
+GATHER_POLL_S = 0.02
 #: Wait after a Redis error before trying again, growing to the maximum.
 REDIS_RETRY_MIN_S, REDIS_RETRY_MAX_S = 0.2, 5.0
 #: During shutdown, how long to keep trying to settle a batch while Redis is
@@ -77,6 +79,7 @@ class DeliveryService:
         self._threads: list[threading.Thread] = []
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
+        self._gather_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -209,25 +212,31 @@ class DeliveryService:
 
     def _gather(self, batch_key: str) -> list[bytes]:
         """Take up to batch_size records: all at once from a backlog, or what
-        arrives within flush_interval_s of the first one."""
-        raw = self.store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s)
-        if not raw:
-            first = self.store.wait_one(batch_key, MAX_WAIT_S)
-            if first is None:
-                return []
-            raw = [first]
-        flush_at = time.monotonic() + self.flush_interval_s
-        while len(raw) < self.batch_size:
-            raw += self.store.fetch(
-                self.consumer, batch_key, self.batch_size - len(raw), self.lease_s
-            )
-            remaining_s = flush_at - time.monotonic()
-            if len(raw) >= self.batch_size or remaining_s <= 0 or self._stop.is_set():
-                break
-            one = self.store.wait_one(batch_key, min(remaining_s, MAX_WAIT_S))
-            if one is not None:
-                raw.append(one)
-        return raw
+        arrives within flush_interval_s of the first one.
+
+        One thread gathers at a time, so a trickle of records fills one batch
+        after another in arrival order instead of several half-empty batches
+        that all wait out the flush interval. While gathering it polls in bulk
+        every GATHER_POLL_S rather than waiting record by record: one Redis
+        round trip per poll, not per record.
+        """
+        with self._gather_lock:
+            raw = self.store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s)
+            if not raw:
+                first = self.store.wait_one(batch_key, MAX_WAIT_S)
+                if first is None:
+                    return []
+                raw = [first]
+            flush_at = time.monotonic() + self.flush_interval_s
+            while len(raw) < self.batch_size and not self._stop.is_set():
+                remaining_s = flush_at - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                self._stop.wait(min(remaining_s, GATHER_POLL_S))
+                raw += self.store.fetch(
+                    self.consumer, batch_key, self.batch_size - len(raw), self.lease_s
+                )
+            return raw
 
     def _log_batch(self, summary: Summary, elapsed_s: float) -> None:
         dead = sum(summary.dead_lettered.values())

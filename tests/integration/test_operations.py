@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -180,3 +181,25 @@ def test_monitor_draws_a_frame(pipeline: Pipeline) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "queued (waiting for a worker)" in result.stdout and "workers alive" in result.stdout
+
+
+def test_monitor_quits_cleanly_on_ctrl_c(pipeline: Pipeline) -> None:
+    env = {
+        **os.environ,
+        "AICM_BROKER_URL": pipeline.settings.broker_url,
+        "AICM_QUEUE": pipeline.settings.queue,
+        "AICM_KEY_PREFIX": pipeline.settings.key_prefix,
+    }
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "aicm_tasks", "monitor", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_line = monitor.stdout.readline()  # type: ignore[union-attr]
+    assert first_line  # it drew a frame
+    monitor.send_signal(signal.SIGINT)
+    _out, err = monitor.communicate(timeout=30)
+    assert monitor.returncode == 0, err
+    assert "Traceback" not in err
