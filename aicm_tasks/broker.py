@@ -50,10 +50,19 @@ return items
 """
 
 RESOLVE_LUA = """
--- KEYS: batch, held, scheduled, dlq, dlq_index, stats
+-- KEYS: batch, held, scheduled, dlq, dlq_index, stats, queue
 -- ARGV: n_retry, n_dead, n_stats, then n_retry x (score, message),
 --       n_dead x (id, entry, score), n_stats x (field, increment)
-if redis.call('SREM', KEYS[2], KEYS[1]) == 0 then return 0 end
+if redis.call('SREM', KEYS[2], KEYS[1]) == 0 then
+  -- Not ours any more (reclaimed after a lapsed lease). Whatever the key still
+  -- holds (a BLMOVE that completed after the reclaim) goes back to the queue.
+  local items = redis.call('LRANGE', KEYS[1], 0, -1)
+  for i = 1, #items, 1000 do
+    redis.call('RPUSH', KEYS[7], unpack(items, i, math.min(i + 999, #items)))
+  end
+  redis.call('DEL', KEYS[1])
+  return 0
+end
 redis.call('DEL', KEYS[1])
 local n_retry, n_dead, n_stats = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local i = 4
@@ -71,8 +80,9 @@ return 1
 """
 
 RELEASE_LUA = """
--- KEYS: batch, held, queue. Hands a held batch back to the consuming end of the queue.
-if redis.call('SREM', KEYS[2], KEYS[1]) == 0 then return 0 end
+-- KEYS: batch, held, queue. Hands a batch back to the consuming end of the queue,
+-- registered or not: a key that still exists holds records nobody else will return.
+redis.call('SREM', KEYS[2], KEYS[1])
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 for i = 1, #items, 1000 do
   redis.call('RPUSH', KEYS[3], unpack(items, i, math.min(i + 999, #items)))
@@ -252,6 +262,7 @@ class RecordStore:
             self.keys.dlq,
             self.keys.dlq_index,
             self.keys.stats,
+            self.keys.queue,
         ]
         return bool(self._resolve(keys=keys, args=args))
 

@@ -120,3 +120,24 @@ def test_a_worker_never_reclaims_its_own_batches(any_redis: redis.Redis) -> None
     any_redis.zadd(KEYS.consumers, {"me": time.time() - 1})
     assert store.reclaim_expired("me") == 0
     assert store.reclaim_expired("someone-else") == 2
+
+
+def test_a_record_moved_into_a_batch_after_it_was_reclaimed_goes_back_to_the_queue(any_redis: redis.Redis) -> None:
+    store = store_of(any_redis)
+    batch = KEYS.batch("slow", 0)
+    assert store.fetch("slow", batch, 10, lease_s=30) == []  # registered, queue empty
+    any_redis.zadd(KEYS.consumers, {"slow": time.time() - 1})
+    store.reclaim_expired("other")  # the lease lapsed: registration gone
+    store.push(b"late")
+    assert store.wait_one(batch, 0.1) == b"late"  # the blocked BLMOVE completes afterwards
+    assert store.resolve("slow", batch, Resolution(stats={"delivered": 1})) is False
+    assert any_redis.lrange(KEYS.queue, 0, -1) == [b"late"] and not any_redis.exists(batch)
+    assert store.stats() == {}
+
+
+def test_release_returns_records_even_of_an_unregistered_batch(any_redis: redis.Redis) -> None:
+    store = store_of(any_redis)
+    batch = KEYS.batch("c", 0)
+    any_redis.rpush(batch, b"x", b"y")
+    assert store.release("c", batch) == 2
+    assert sorted(any_redis.lrange(KEYS.queue, 0, -1)) == [b"x", b"y"]
