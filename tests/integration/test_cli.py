@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import redis
@@ -20,22 +17,10 @@ from aicm_tasks.processes import free_port
 from aicm_tasks.record import build_record
 from aicm_tasks.retry import BackoffPolicy
 from tests.conftest import TEST_REDIS_URL
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
 KEYS = Keys("aicm.tracking", "aicm")
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout_s: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aicm_tasks", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
 
 
 def test_demo_runs_the_pipeline_and_reports_every_record(real_redis: redis.Redis) -> None:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from aicm_tasks.processes import free_port, stop_process, wait_until
+from tests.support.cli import run_cli
 from tests.support.pipeline import Pipeline, publish
 
 pytestmark = pytest.mark.integration
@@ -20,20 +21,8 @@ MARKER = "payload-marker-7f3a"
 
 
 def cli_status(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "AICM_BROKER_URL": pipeline.settings.broker_url,
-        "AICM_QUEUE": pipeline.settings.queue,
-        "AICM_KEY_PREFIX": pipeline.settings.key_prefix,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "aicm_tasks", "status", "--json", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = pipeline.cli_env()
+    return run_cli("status", "--json", *args, env=env)
 
 
 def test_flower_and_the_worker_metrics_report_the_pipelines_work(pipeline: Pipeline) -> None:
@@ -152,44 +141,20 @@ def test_status_is_healthy_with_a_worker_and_says_why_not_otherwise(pipeline: Pi
 
 def test_status_reports_an_unreachable_broker() -> None:
     env = {**os.environ, "AICM_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "aicm_tasks", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("status", "--json", env=env)
     assert result.returncode == 2
     assert json.loads(result.stdout)["healthy"] is False
 
 
 def test_monitor_draws_a_frame(pipeline: Pipeline) -> None:
-    env = {
-        **os.environ,
-        "AICM_BROKER_URL": pipeline.settings.broker_url,
-        "AICM_QUEUE": pipeline.settings.queue,
-        "AICM_KEY_PREFIX": pipeline.settings.key_prefix,
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "aicm_tasks", "monitor", "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = pipeline.cli_env()
+    result = run_cli("monitor", "--once", env=env)
     assert result.returncode == 0, result.stderr
     assert "queued (waiting for a worker)" in result.stdout and "workers alive" in result.stdout
 
 
 def test_monitor_quits_cleanly_on_ctrl_c(pipeline: Pipeline) -> None:
-    env = {
-        **os.environ,
-        "AICM_BROKER_URL": pipeline.settings.broker_url,
-        "AICM_QUEUE": pipeline.settings.queue,
-        "AICM_KEY_PREFIX": pipeline.settings.key_prefix,
-    }
+    env = pipeline.cli_env()
     monitor = subprocess.Popen(
         [sys.executable, "-m", "aicm_tasks", "monitor", "--interval", "0.2"],
         env=env,

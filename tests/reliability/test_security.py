@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import redis
 
 from aicm_tasks.deadletter import Selection
 from aicm_tasks.processes import free_port
+from tests.support.cli import run_cli
 from tests.support.pipeline import Pipeline, publish
 
 
@@ -45,13 +44,7 @@ def test_the_api_key_appears_nowhere_after_a_run(pipeline: Pipeline) -> None:
 
     assert key.encode() not in every_value(pipeline.client)
     assert key not in pipeline.logs()
-    env = {
-        **os.environ,
-        "AICM_BROKER_URL": pipeline.settings.broker_url,
-        "AICM_QUEUE": pipeline.settings.queue,
-        "AICM_KEY_PREFIX": pipeline.settings.key_prefix,
-        "AICM_API_KEY": key,
-    }
+    env = {**pipeline.cli_env(), "AICM_API_KEY": key}
     for args in (
         ["dlq", "list", "--json"],
         ["dlq", "export"],
@@ -59,14 +52,7 @@ def test_the_api_key_appears_nowhere_after_a_run(pipeline: Pipeline) -> None:
         ["dlq", "show", "dead0"],
         ["spool", "status"],
     ):
-        result = subprocess.run(
-            [sys.executable, "-m", "aicm_tasks", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli(*args, env=env)
         assert result.returncode == 0, result.stderr
         assert key not in result.stdout + result.stderr, args
     assert all(key not in str(entry) for entry in pipeline.dead_letters.list(Selection(all=True)))
@@ -75,13 +61,6 @@ def test_the_api_key_appears_nowhere_after_a_run(pipeline: Pipeline) -> None:
 def test_broker_passwords_are_not_printed_in_errors() -> None:
     url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
     env = {**os.environ, "AICM_BROKER_URL": url}
-    result = subprocess.run(
-        [sys.executable, "-m", "aicm_tasks", "dlq", "stats"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("dlq", "stats", env=env)
     assert result.returncode != 0
     assert "hunter2-secret" not in result.stdout + result.stderr

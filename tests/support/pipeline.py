@@ -106,6 +106,14 @@ class Pipeline:
             **extra,
         }
 
+    def cli_env(self) -> dict[str, str]:
+        """What an operator's shell needs to point aicm-tasks at this pipeline."""
+        return {
+            "AICM_BROKER_URL": self.settings.broker_url,
+            "AICM_QUEUE": self.settings.queue,
+            "AICM_KEY_PREFIX": self.settings.key_prefix,
+        }
+
     def start_worker(self, wait: bool = True, **extra: str) -> subprocess.Popen[bytes]:
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         process = start_worker(

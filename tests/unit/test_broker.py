@@ -122,7 +122,9 @@ def test_a_worker_never_reclaims_its_own_batches(any_redis: redis.Redis) -> None
     assert store.reclaim_expired("someone-else") == 2
 
 
-def test_a_record_moved_into_a_batch_after_it_was_reclaimed_goes_back_to_the_queue(any_redis: redis.Redis) -> None:
+def test_a_record_moved_into_a_batch_after_it_was_reclaimed_goes_back_to_the_queue(
+    any_redis: redis.Redis,
+) -> None:
     store = store_of(any_redis)
     batch = KEYS.batch("slow", 0)
     assert store.fetch("slow", batch, 10, lease_s=30) == []  # registered, queue empty
