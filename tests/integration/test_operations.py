@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -154,17 +157,29 @@ def test_monitor_draws_a_frame(pipeline: Pipeline) -> None:
 
 
 def test_monitor_quits_cleanly_on_ctrl_c(pipeline: Pipeline) -> None:
-    env = pipeline.cli_env()
+    # A pseudo-terminal, as an operator has: rich's live view only draws there.
+    leader, follower = pty.openpty()
     monitor = subprocess.Popen(
         [sys.executable, "-m", "aicm_tasks", "monitor", "--interval", "0.2"],
-        env=env,
-        stdout=subprocess.PIPE,
+        env={**os.environ, **pipeline.cli_env(), "COLUMNS": "120"},
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
         stderr=subprocess.PIPE,
-        text=True,
     )
-    first_line = monitor.stdout.readline()  # type: ignore[union-attr]
-    assert first_line  # it drew a frame
-    monitor.send_signal(signal.SIGINT)
-    _out, err = monitor.communicate(timeout=30)
+    os.close(follower)
+    screen = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"workers alive" not in screen and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if ready:
+                screen += os.read(leader, 65536)
+        assert b"workers alive" in screen, screen[-2000:]
+        monitor.send_signal(signal.SIGINT)
+        _out, err = monitor.communicate(timeout=30)
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+        os.close(leader)
     assert monitor.returncode == 0, err
-    assert "Traceback" not in err
+    assert b"Traceback" not in err
