@@ -95,8 +95,13 @@ def test_flower_and_the_worker_metrics_report_the_pipelines_work(pipeline: Pipel
         assert "cust0" in served and "openai::gpt-4o-mini" in served
         assert MARKER not in served and "input_tokens" not in served  # payloads are not
         assert pipeline.server.api_key not in served
-        queues = httpx.get(f"{base}/api/queues/length", auth=auth, timeout=10).json()
-        assert pipeline.settings.queue in {q["name"] for q in queues["active_queues"]}
+
+        def queue_names() -> set[str]:
+            queues = httpx.get(f"{base}/api/queues/length", auth=auth, timeout=10).json()
+            return {q["name"] for q in queues["active_queues"]}
+
+        # Flower refreshes what workers consume in the background.
+        wait_until(lambda: pipeline.settings.queue in queue_names(), 60, "Flower to list the queue")
         flower_metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert (
             'flower_events_total{task="aicm_tasks.deliver_batch",type="task-succeeded"'
