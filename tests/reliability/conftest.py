@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.pipeline import local_server, pipeline, pipeline_factory
+from tests.support.pipeline import local_server, pipeline, pipeline_factory, private_redis
 
-__all__ = ["local_server", "pipeline", "pipeline_factory"]
+__all__ = ["local_server", "pipeline", "pipeline_factory", "private_redis"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

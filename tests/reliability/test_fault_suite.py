@@ -14,10 +14,10 @@ from pathlib import Path
 
 from aicm_tasks import create_app
 from aicm_tasks.deadletter import Selection
-from aicm_tasks.processes import free_port, start_redis, stop_process, wait_until
+from aicm_tasks.processes import stop_process, wait_until
 from tests.support.accounting import account
 from tests.support.faults import FaultProxy, hold
-from tests.support.pipeline import Pipeline, publish, publish_paced
+from tests.support.pipeline import Pipeline, PrivateRedis, publish, publish_paced
 
 
 def in_background(target, *args) -> tuple[threading.Thread, list[str]]:
@@ -51,31 +51,25 @@ def test_repeated_sigkill_of_two_workers_over_50000_records(pipeline: Pipeline) 
     assert result.published == 50_000 and result.lost == 0 and result.dead_lettered == 0
 
 
-def test_redis_restarted_mid_run_with_aof(pipeline_factory, tmp_path: Path) -> None:
-    port = free_port()
-    data_dir = tmp_path / "redis"
-    private = start_redis(port, data_dir, appendonly=True)
-    try:
-        pipeline: Pipeline = pipeline_factory(broker_url=f"redis://127.0.0.1:{port}/0")
-        for _ in range(2):
-            pipeline.start_worker(AICM_BATCH_SIZE="200")
-        producer, ids = in_background(publish_paced, pipeline, 20_000, 2000)
-        wait_until(lambda: pipeline.settled() > 4000, 60, "delivery under way")
-        stop_process(private)  # SIGTERM: Redis flushes the AOF and exits
-        hold(2)
-        private = start_redis(port, data_dir, appendonly=True)
-        restarted = time.monotonic()
-        producer.join()
-        spool = pipeline.track.publisher.spool
-        wait_until(lambda: spool.status().records == 0, 30, "the spool to drain")
-        pipeline.wait_drained(timeout_s=180)
-        result = account(
-            pipeline, "redis restart (AOF)", set(ids), recovery_s=time.monotonic() - restarted
-        )
-        assert result.lost == 0 and result.published == 20_000
-        assert all(w.poll() is None for w in pipeline.workers), pipeline.logs()
-    finally:
-        stop_process(private)
+def test_redis_restarted_mid_run_with_aof(pipeline_factory, private_redis: PrivateRedis) -> None:
+    pipeline: Pipeline = pipeline_factory(broker_url=private_redis.url)
+    for _ in range(2):
+        pipeline.start_worker(AICM_BATCH_SIZE="200")
+    producer, ids = in_background(publish_paced, pipeline, 20_000, 2000)
+    wait_until(lambda: pipeline.settled() > 4000, 60, "delivery under way")
+    private_redis.stop()
+    hold(2)
+    private_redis.start()
+    restarted = time.monotonic()
+    producer.join()
+    spool = pipeline.track.publisher.spool
+    wait_until(lambda: spool.status().records == 0, 30, "the spool to drain")
+    pipeline.wait_drained(timeout_s=180)
+    result = account(
+        pipeline, "redis restart (AOF)", set(ids), recovery_s=time.monotonic() - restarted
+    )
+    assert result.lost == 0 and result.published == 20_000
+    assert all(w.poll() is None for w in pipeline.workers), pipeline.logs()
 
 
 def test_track_down_for_a_minute_then_429_storm_hangs_and_garbage(pipeline_factory) -> None:
@@ -111,32 +105,27 @@ def test_track_down_for_a_minute_then_429_storm_hangs_and_garbage(pipeline_facto
     assert result.lost == 0 and result.dead_lettered == 0 and result.delivered == 7000
 
 
-def test_broker_down_while_producers_publish_then_back(pipeline_factory, tmp_path: Path) -> None:
-    port = free_port()
-    data_dir = tmp_path / "redis"
-    private = start_redis(port, data_dir, appendonly=True)
-    try:
-        pipeline: Pipeline = pipeline_factory(broker_url=f"redis://127.0.0.1:{port}/0")
-        for _ in range(2):
-            pipeline.start_worker()
-        track = create_app(
-            pipeline.settings.model_copy(update={"spool_dir": tmp_path / "spool"})
-        ).tasks["aicm_tasks.track"]
-        ids = publish_paced(pipeline, 2000, 2000, prefix="up", track=track)
-        stop_process(private)
-        ids += publish_paced(pipeline, 5000, 2000, prefix="down", track=track)
-        spooled = track.publisher.spool.status().records
-        assert spooled > 0
-        private = start_redis(port, data_dir, appendonly=True)
-        back = time.monotonic()
-        wait_until(lambda: track.publisher.spool.status().records == 0, 30, "the spool to drain")
-        pipeline.wait_drained(timeout_s=120)
-        result = account(
-            pipeline, "broker down, spool on", set(ids), recovery_s=time.monotonic() - back
-        )
-        assert result.lost == 0 and result.published == 7000 and result.delivered == 7000
-    finally:
-        stop_process(private)
+def test_broker_down_while_producers_publish_then_back(
+    pipeline_factory, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    pipeline: Pipeline = pipeline_factory(broker_url=private_redis.url)
+    for _ in range(2):
+        pipeline.start_worker()
+    track = create_app(
+        pipeline.settings.model_copy(update={"spool_dir": tmp_path / "spool"})
+    ).tasks["aicm_tasks.track"]
+    ids = publish_paced(pipeline, 2000, 2000, prefix="up", track=track)
+    private_redis.stop()
+    ids += publish_paced(pipeline, 5000, 2000, prefix="down", track=track)
+    assert track.publisher.spool.status().records > 0
+    private_redis.start()
+    back = time.monotonic()
+    wait_until(lambda: track.publisher.spool.status().records == 0, 30, "the spool to drain")
+    pipeline.wait_drained(timeout_s=120)
+    result = account(
+        pipeline, "broker down, spool on", set(ids), recovery_s=time.monotonic() - back
+    )
+    assert result.lost == 0 and result.published == 7000 and result.delivered == 7000
 
 
 def test_401_for_a_while_then_the_key_is_fixed(pipeline_factory) -> None:

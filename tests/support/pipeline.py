@@ -20,7 +20,14 @@ import redis
 from aicm_tasks import create_app
 from aicm_tasks.broker import Keys, RecordStore
 from aicm_tasks.deadletter import DeadLetterStore
-from aicm_tasks.processes import free_port, start_server, start_worker, stop_process, wait_until
+from aicm_tasks.processes import (
+    free_port,
+    start_redis,
+    start_server,
+    start_worker,
+    stop_process,
+    wait_until,
+)
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 
@@ -223,3 +230,31 @@ def publish_paced(
 
 def dump(value: Any) -> str:
     return json.dumps(value, indent=1, default=str)[:3000]
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (AOF on), which it may stop and restart
+    on the same port and data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = start_redis(self.port, self.data_dir, appendonly=True)
+
+    def stop(self) -> None:
+        """SIGTERM: Redis flushes its AOF and exits."""
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "private-redis")
+    server.start()
+    yield server
+    server.stop()
