@@ -86,10 +86,11 @@ def build_service(
     settings: Settings, *, extra_observers: Sequence[Observer] = (), **overrides: Any
 ) -> DeliveryService:
     """Build the delivery service a worker process runs, from settings."""
-    if settings.api_key is None or not settings.api_key.get_secret_value():
+    default_key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if not default_key and not settings.api_keys:
         raise ConfigurationError(
             "AICM_API_KEY is not set: the worker needs the /track API key "
-            "(producers do not). Set it in the worker's environment."
+            "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
         )
     client = redis.Redis.from_url(
         settings.broker_url,
@@ -102,7 +103,8 @@ def build_service(
     )
     transport = TrackTransport(
         settings.track_url,
-        settings.api_key.get_secret_value(),
+        default_key or None,
+        keys={alias: key.get_secret_value() for alias, key in settings.api_keys.items()},
         timeout_s=settings.http_timeout_s,
         max_connections=settings.delivery_concurrency,
     )
@@ -116,8 +118,9 @@ def build_service(
     }
     store = RecordStore(client, Keys(settings.queue, settings.key_prefix))
     options["observers"] = [RedisFigures(client, store.keys), *extra_observers]
+    options["aliases"] = {alias: transport.sender(alias) for alias in transport.aliases}
     options.update(overrides)
-    return DeliveryService(store, transport.post, **options)
+    return DeliveryService(store, transport.poster(), **options)
 
 
 @control.inspect_command(name="active_queues")

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
@@ -54,7 +54,7 @@ class DeliveryService:
     def __init__(
         self,
         store: RecordStore,
-        post: Post,
+        post: Post | None,
         *,
         batch_size: int,
         flush_interval_s: float,
@@ -63,9 +63,13 @@ class DeliveryService:
         auth_retry_interval_s: float,
         redelivery_timeout_s: float,
         observers: Sequence[Observer] = (),
+        aliases: Mapping[str, Post] | None = None,
     ) -> None:
         self.store = store
-        self.post = post
+        #: How batches are sent: with the default key (None: no default key),
+        #: and with each API-key alias's key.
+        self.post = self._timed(post) if post is not None else None
+        self.aliases = {alias: self._timed(send) for alias, send in (aliases or {}).items()}
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.concurrency = concurrency
@@ -183,7 +187,7 @@ class DeliveryService:
             return
         started = time.monotonic()
         items = [decode(message) for message in raw]
-        outcomes, requests = deliver(items, self._timed_post)
+        outcomes, requests = deliver(items, self.post, self.aliases)
         resolution, summary = plan(
             outcomes, self.policy, auth_retry_interval_s=self.auth_retry_interval_s
         )
@@ -204,11 +208,16 @@ class DeliveryService:
         self._log_batch(summary, elapsed_s=elapsed_s)
         notify(self.observers, "batch_settled", BatchReport(batch_key, summary, elapsed_s, items))
 
-    def _timed_post(self, body: bytes) -> BatchVerdict:
-        started = time.monotonic()
-        verdict = self.post(body)
-        notify(self.observers, "request_done", verdict.http_status, time.monotonic() - started)
-        return verdict
+    def _timed(self, post: Post) -> Post:
+        """``post``, telling observers how each request went."""
+
+        def timed_post(body: bytes) -> BatchVerdict:
+            started = time.monotonic()
+            verdict = post(body)
+            notify(self.observers, "request_done", verdict.http_status, time.monotonic() - started)
+            return verdict
+
+        return timed_post
 
     def _gather(self, batch_key: str) -> list[bytes]:
         """Take up to batch_size records: all at once from a backlog, or what
@@ -251,7 +260,7 @@ class DeliveryService:
         if summary.unauthorized:
             logger.error(
                 "the /track API refused the API key (%s): %d records kept and tried again every "
-                "%.0fs; check AICM_API_KEY",
+                "%.0fs; check AICM_API_KEY (or the alias's key in AICM_API_KEYS)",
                 summary.retry_detail,
                 summary.retried,
                 self.auth_retry_interval_s,

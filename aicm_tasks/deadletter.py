@@ -178,7 +178,8 @@ class DeadLetterStore:
 def replay_message(entry: dict[str, Any]) -> bytes | None:
     """The broker message that republishes a dead letter's record unchanged.
 
-    The retry count starts again; attempts and the first failure time carry over.
+    The retry count starts again; attempts, the first failure time and the
+    API-key alias carry over.
     Returns None for an entry that holds no record (an unreadable message).
     """
     record = entry.get("record")
@@ -191,6 +192,8 @@ def replay_message(entry: dict[str, Any]) -> bytes | None:
         "replays": int(entry.get("replays", 0)) + 1,
         "first_failure_at": entry.get("first_failure_at"),
     }
+    if entry.get("api_key_alias") is not None:
+        meta["api_key_alias"] = entry["api_key_alias"]
     return encode(body, meta)
 
 

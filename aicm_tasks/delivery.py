@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,7 @@ from aicm_tasks.broker import Resolution
 from aicm_tasks.messages import Item, batch_body, encode, record_of
 from aicm_tasks.outcomes import BatchVerdict, Fate, Reason, VerdictKind, record_fate
 from aicm_tasks.retry import BackoffPolicy
-
-Post = Callable[[bytes], BatchVerdict]
+from aicm_tasks.transport import Post
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, and
@@ -58,9 +57,16 @@ class Summary:
     unauthorized: bool = False
 
 
-def deliver(items: Sequence[Item], post: Post) -> tuple[list[Outcome], int]:
+def deliver(
+    items: Sequence[Item],
+    post: Post | None,
+    aliases: Mapping[str, Post] | None = None,
+) -> tuple[list[Outcome], int]:
     """Send ``items`` and return one outcome per item, and how many POSTs it took.
 
+    ``post`` sends with the default API key (None: the worker has none) and
+    ``aliases`` with the key of each alias. Records of different aliases never
+    share a request; a record whose alias has no key is dead-lettered unsent.
     Copies of the same ``response_id`` (a redelivery) are sent once and share
     the outcome. A whole-request 400/413/422 splits the batch in halves until
     the refused records are isolated.
@@ -74,16 +80,15 @@ def deliver(items: Sequence[Item], post: Post) -> tuple[list[Outcome], int]:
             )
         else:
             by_id.setdefault(item.response_id, []).append(item)
-    unique = [copies[0] for copies in by_id.values()]
     requests = [0]
 
-    def send(group: list[Item]) -> None:
+    def send(group: list[Item], post: Post) -> None:
         requests[0] += 1
         verdict = post(batch_body([item.body for item in group]))
         if verdict.kind is VerdictKind.REFUSED and len(group) > 1:
             middle = len(group) // 2
-            send(group[:middle])
-            send(group[middle:])
+            send(group[:middle], post)
+            send(group[middle:], post)
             return
         for item in group:
             outcome = _outcome_for(item, verdict)
@@ -93,9 +98,34 @@ def deliver(items: Sequence[Item], post: Post) -> tuple[list[Outcome], int]:
             else:
                 outcomes.extend(_copy_outcome(outcome, copy) for copy in copies)
 
-    if unique:
-        send(unique)
+    for alias, group in _by_alias([copies[0] for copies in by_id.values()]).items():
+        sender = post if alias is None else (aliases or {}).get(alias)
+        if sender is not None:
+            send(group, sender)
+            continue
+        detail = (
+            "this worker has no default API key (AICM_API_KEY)"
+            if alias is None
+            else f"this worker holds no key for API-key alias {alias!r} (AICM_API_KEYS)"
+        )
+        for item in group:
+            for copy in by_id[item.response_id]:
+                outcomes.append(
+                    Outcome(copy, Fate.DEAD_LETTER, detail, Reason.UNKNOWN_API_KEY_ALIAS, sent=False)
+                )
     return outcomes, requests[0]
+
+
+def _by_alias(items: list[Item]) -> dict[str | None, list[Item]]:
+    """Items grouped by API-key alias, in order; one group in the common case."""
+    groups: dict[str | None, list[Item]] = {}
+    for item in items:
+        alias = item.api_key_alias if item.meta else None
+        group = groups.get(alias)
+        if group is None:
+            groups[alias] = group = []
+        group.append(item)
+    return groups
 
 
 def _outcome_for(item: Item, verdict: BatchVerdict) -> Outcome:
@@ -222,6 +252,8 @@ def dead_letter_entry(item: Item, outcome: Outcome, reason: Reason, meta: dict[s
         "service_key": item.service_key or (record or {}).get("service_key"),
         "record": record,
     }
+    if item.api_key_alias is not None:
+        entry["api_key_alias"] = item.api_key_alias
     if record is None or item.malformed:
         entry["raw"] = item.raw.decode("utf-8", "replace")
     return json.dumps(entry, separators=(",", ":"))

@@ -5,6 +5,9 @@ failed attempt the worker puts a line of delivery metadata in front of it::
 
     {"attempts":3,"retries":2,"first_failure_at":...,"last_failure_at":...}\\n{record}
 
+A producer that tags a record with an API-key alias writes that line itself:
+``{"api_key_alias":"team-a"}\\n{record}``.
+
 JSON never contains a raw newline, so the split is unambiguous, and the record
 bytes stay untouched from the producer to ``/track``: the worker joins them into
 the request body without re-serialising them.
@@ -42,6 +45,13 @@ class Item:
         """Retries scheduled since it was published or last replayed."""
         return int(self.meta.get("retries", 0))
 
+    @property
+    def api_key_alias(self) -> str | None:
+        """Which of the worker's API keys delivers it; None for the default key."""
+        alias = self.meta.get("api_key_alias") if self.meta else None
+        # Anything but a string names no configured alias: never the default key.
+        return None if alias is None else str(alias)
+
 
 #: How every record written by :func:`aicm_tasks.record.build_record` begins.
 _FAST_PREFIX = b'{"service_key":"'
@@ -51,13 +61,13 @@ _FAST_MIDDLE = b'","response_id":"'
 def decode(raw: bytes) -> Item:
     """Split metadata from the record and read the record's identity."""
     if raw.startswith(_FAST_PREFIX):
-        fast = _decode_fast(raw)
+        fast = _decode_fast(raw, raw)
         if fast is not None:
             return fast
     return _decode_slow(raw)
 
 
-def _decode_fast(raw: bytes) -> Item | None:
+def _decode_fast(raw: bytes, body: bytes) -> Item | None:
     """Read service_key and response_id by position from a record our producer
     wrote (compact JSON, these two keys first), without parsing the whole record.
 
@@ -67,19 +77,19 @@ def _decode_fast(raw: bytes) -> Item | None:
     is refused by the server as a whole request and isolated as ``rejected``.
     """
     start = len(_FAST_PREFIX)
-    end = raw.find(b'"', start)
-    if end == -1 or raw[end : end + len(_FAST_MIDDLE)] != _FAST_MIDDLE:
+    end = body.find(b'"', start)
+    if end == -1 or body[end : end + len(_FAST_MIDDLE)] != _FAST_MIDDLE:
         return None
-    service_key = raw[start:end]
+    service_key = body[start:end]
     id_start = end + len(_FAST_MIDDLE)
-    id_end = raw.find(b'"', id_start)
+    id_end = body.find(b'"', id_start)
     if id_end <= id_start:
         return None
-    response_id = raw[id_start:id_end]
-    if b"\\" in service_key or b"\\" in response_id or not raw.endswith(b"}"):
+    response_id = body[id_start:id_end]
+    if b"\\" in service_key or b"\\" in response_id or not body.endswith(b"}"):
         return None
     try:
-        return Item(raw, raw, response_id.decode(), service_key.decode())
+        return Item(raw, body, response_id.decode(), service_key.decode())
     except UnicodeDecodeError:
         return None
 
@@ -97,6 +107,11 @@ def _decode_slow(raw: bytes) -> Item:
         if not isinstance(parsed_meta, dict):
             return Item(raw, body, malformed_id(raw), malformed="unreadable delivery metadata")
         meta = parsed_meta
+        if body.startswith(_FAST_PREFIX):
+            fast = _decode_fast(raw, body)
+            if fast is not None:
+                fast.meta = meta
+                return fast
     try:
         record = json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -50,6 +50,8 @@ class Reason(str, enum.Enum):
     REJECTED = "rejected"
     RETRIES_EXHAUSTED = "retries_exhausted"
     MALFORMED = "malformed"
+    #: The record names an API-key alias this worker holds no key for.
+    UNKNOWN_API_KEY_ALIAS = "unknown_api_key_alias"
 
 
 class VerdictKind(str, enum.Enum):

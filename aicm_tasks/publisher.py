@@ -67,9 +67,9 @@ class Publisher:
             self._resume_leftovers()
         try:
             if due_epoch_s is None:
-                self.store.push(record.body)
+                self.store.push(record.message)
             else:
-                self.store.schedule([(due_epoch_s, record.body)])
+                self.store.schedule([(due_epoch_s, record.message)])
         except redis.RedisError as exc:
             self._fallback([record], exc)
             return
@@ -80,7 +80,7 @@ class Publisher:
         if not records:
             return
         try:
-            self.store.push_many([record.body for record in records])
+            self.store.push_many([record.message for record in records])
         except redis.RedisError as exc:
             self._fallback(records, exc)
 
@@ -97,7 +97,7 @@ class Publisher:
                 "the spool is off (AICM_SPOOL_ENABLED=false)"
             ) from exc
         for record in records:
-            self.spool.append(record.body)  # raises SpoolFullError when full
+            self.spool.append(record.message)  # raises SpoolFullError when full
         if not self._spooling:
             logger.warning(
                 "the broker at %s does not answer (%s): spooling records to %s until it does",

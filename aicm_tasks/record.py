@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -19,11 +20,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aicm_tasks.errors import RecordTypeError, RecordValueError
+from aicm_tasks.messages import encode
 
 #: Longest response_id accepted; the server keys events on it.
 MAX_RESPONSE_ID_LENGTH = 255
 #: Longest service_key / customer_key accepted.
 MAX_KEY_LENGTH = 255
+#: What an API-key alias may look like: a short name, safe in logs and metrics.
+API_KEY_ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 _dumps = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
@@ -35,13 +39,24 @@ class Record:
     """A validated usage record, ready for the broker.
 
     ``data`` is the record as the contract's JSON object; ``body`` its UTF-8 JSON
-    bytes, produced once at the call site.
+    bytes, produced once at the call site. ``message`` is what the broker
+    carries: the body itself, or, for a record tagged with an API-key alias,
+    the body behind a line of delivery metadata naming the alias (the alias
+    never reaches ``/track``; the key itself never leaves the worker).
     """
 
     response_id: str
     service_key: str
     data: dict[str, Any]
     body: bytes
+    api_key_alias: str | None = None
+
+    @property
+    def message(self) -> bytes:
+        """The broker message for this record."""
+        if self.api_key_alias is None:
+            return self.body
+        return encode(self.body, {"api_key_alias": self.api_key_alias})
 
 
 def build_record(
@@ -52,13 +67,16 @@ def build_record(
     timestamp: Any = None,
     customer_key: Any = None,
     context: Any = None,
+    api_key_alias: Any = None,
     max_bytes: int = 32 * 1024,
 ) -> Record:
     """Validate one record's fields and give it its identity.
 
     ``response_id`` defaults to a uuid4 hex; ``timestamp`` (epoch seconds, a
     datetime, or an ISO-8601 / numeric string) defaults to now and becomes the
-    contract's epoch-seconds string. Raises :class:`RecordTypeError` or
+    contract's epoch-seconds string. ``api_key_alias`` names which of the
+    workers' API keys (``AICM_API_KEYS``) delivers it; None means the default
+    key (``AICM_API_KEY``). Raises :class:`RecordTypeError` or
     :class:`RecordValueError` naming the field; nothing is published then.
     """
     service_key = _check_key("service_key", service_key, required=True)
@@ -100,7 +118,23 @@ def build_record(
             f"is {len(body)} bytes serialised, over the limit of {max_bytes} "
             f"(AICM_MAX_RECORD_BYTES); response_id={response_id}",
         )
-    return Record(response_id=response_id, service_key=service_key, data=data, body=body)
+    if api_key_alias is not None:
+        api_key_alias = check_api_key_alias(api_key_alias)
+    return Record(response_id, service_key, data, body, api_key_alias)
+
+
+def check_api_key_alias(alias: Any) -> str:
+    """Return ``alias`` if it is a valid API-key alias name; raise otherwise."""
+    if not isinstance(alias, str):
+        raise RecordTypeError("api_key_alias", f"must be a string, not {type(alias).__name__}")
+    if not API_KEY_ALIAS_PATTERN.fullmatch(alias):
+        raise RecordValueError(
+            "api_key_alias",
+            f"{alias!r} is not an alias name: 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (the alias names a key in AICM_API_KEYS; "
+            "never pass the key itself)",
+        )
+    return alias
 
 
 def legacy_service_key(api_id: Any, service_id: Any) -> str:

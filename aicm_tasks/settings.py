@@ -16,6 +16,8 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aicm_tasks.record import API_KEY_ALIAS_PATTERN
+
 logger = logging.getLogger(__name__)
 
 #: The contract's limit on records in one POST /track.
@@ -59,9 +61,14 @@ class Settings(BaseSettings):
     :class:`pydantic.ValidationError` naming the variable.
     """
 
-    # An empty variable (AICM_METRICS_PORT=) counts as unset.
+    # An empty variable (AICM_METRICS_PORT=) counts as unset. Errors never echo
+    # the value: it may be a key (AICM_API_KEYS) or a URL with a password.
     model_config = SettingsConfigDict(
-        env_prefix="AICM_", extra="ignore", frozen=True, env_ignore_empty=True
+        env_prefix="AICM_",
+        extra="ignore",
+        frozen=True,
+        env_ignore_empty=True,
+        hide_input_in_errors=True,
     )
 
     # -- broker (producers and workers) --------------------------------------
@@ -83,6 +90,9 @@ class Settings(BaseSettings):
 
     # -- delivery (workers) --------------------------------------------------
     api_key: SecretStr | None = None
+    #: More keys, by alias (a JSON object, ``{"team-a": "key", ...}``): a record
+    #: published with ``api_key_alias="team-a"`` is delivered with that key.
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
     api_base: str = DEFAULT_API_BASE
     api_url: str = DEFAULT_API_URL
     batch_size: int = Field(default=500, ge=1, le=CONTRACT_MAX_BATCH)
@@ -110,6 +120,18 @@ class Settings(BaseSettings):
     # -- local server ----------------------------------------------------------
     server_api_key: SecretStr | None = None
     server_db: str = "aicm-local.sqlite3"
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_aliases(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for alias, key in value.items():
+            if not API_KEY_ALIAS_PATTERN.fullmatch(alias):
+                raise ValueError(
+                    f"{alias!r} is not an alias name: 1-64 letters, digits, '_', '.' or '-'"
+                )
+            if not key.get_secret_value():
+                raise ValueError(f"the key of alias {alias!r} is empty")
+        return value
 
     @field_validator("api_base", "api_url")
     @classmethod

@@ -63,9 +63,7 @@ class Spool:
     # -- writing -------------------------------------------------------------------
     def append(self, message: bytes) -> None:
         """Append one message; raises :class:`SpoolFullError` when over ``max_bytes``."""
-        if b"\n" in message:  # a fresh record's JSON never holds a raw newline
-            raise ValueError("only single-line record bodies can be spooled")
-        line = message
+        line = to_line(message)
         with self._lock:
             if self.size_bytes() + len(line) + 1 > self.max_bytes:
                 raise SpoolFullError(
@@ -132,8 +130,7 @@ class Spool:
                 continue
             with open(claimed, "rb") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)  # wait for a writer mid-append
-                lines = [line for line in handle.read().split(b"\n") if line]
-            messages = lines
+                messages = [from_line(line) for line in handle.read().split(b"\n") if line]
             try:
                 for start in range(0, len(messages), DRAIN_CHUNK):
                     push(messages[start : start + DRAIN_CHUNK])
@@ -230,3 +227,21 @@ def _append_locked(path: Path, data: bytes) -> None:
                 return
         finally:
             os.close(fd)
+
+
+#: Stands for the newline between a message's metadata line and its record in a
+#: spool file, whose records are one per line. JSON never holds a raw control
+#: character, so the byte cannot occur in a message otherwise.
+_LINE_BREAK_STANDIN = b"\x1e"
+
+
+def to_line(message: bytes) -> bytes:
+    """A message as one spool line."""
+    if _LINE_BREAK_STANDIN in message:
+        raise ValueError("a broker message never holds a raw \\x1e byte")
+    return message.replace(b"\n", _LINE_BREAK_STANDIN)
+
+
+def from_line(line: bytes) -> bytes:
+    """The message a spool line holds."""
+    return line.replace(_LINE_BREAK_STANDIN, b"\n")

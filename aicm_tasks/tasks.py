@@ -55,7 +55,7 @@ IGNORED_OPTIONS = frozenset(
         "chord",
     }
 )
-RECORD_FIELDS = ("response_id", "timestamp", "customer_key", "context")
+RECORD_FIELDS = ("response_id", "timestamp", "customer_key", "context", "api_key_alias")
 
 
 class TrackTask(Task):
@@ -83,7 +83,8 @@ class TrackTask(Task):
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Publish one record: ``delay(service_key, usage, *, response_id=None,
-        timestamp=None, customer_key=None, context=None)``, or the older
+        timestamp=None, customer_key=None, context=None, api_key_alias=None)``,
+        or the older
         ``delay(api_id, service_id, usage, ...)``."""
         return self.apply_async(args, kwargs)
 
@@ -124,7 +125,7 @@ class TrackTask(Task):
 
         Each mapping holds the keyword fields of :meth:`delay`: ``service_key``,
         ``usage``, and optionally ``response_id``, ``timestamp``,
-        ``customer_key``, ``context``. Every record is validated before any is
+        ``customer_key``, ``context``, ``api_key_alias``. Every record is validated before any is
         published: one bad record raises (its index in the message) and none
         is published.
         """
@@ -150,7 +151,8 @@ class TrackTask(Task):
             raise RecordTypeError(
                 sorted(unknown)[0],
                 "is not a field of a record "
-                "(service_key, usage, response_id, timestamp, customer_key, context)",
+                "(service_key, usage, response_id, timestamp, customer_key, context, "
+                "api_key_alias)",
             )
         if len(args) == 3:  # the older (api_id, service_id, usage) shape
             service_key, usage = legacy_service_key(args[0], args[1]), args[2]

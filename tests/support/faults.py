@@ -2,12 +2,14 @@
 
 Tests switch its mode while a worker delivers through it: pass through, answer
 503 or 429 (with Retry-After), 401, hang past the client's timeout, or answer
-200 with a garbage body.
+200 with a garbage body. It can also stand for a server that holds several API
+keys (``accept_keys``), recording which key sent which records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,12 @@ class FaultState:
     hang_s: float = 30.0
     slow_s: float = 1.0
     counts: dict[str, int] = field(default_factory=dict)
+    #: When set, only these Bearer keys are let through (others get 401), and
+    #: requests go upstream with ``upstream_key`` instead.
+    accept_keys: set[str] | None = None
+    upstream_key: str = ""
+    #: (Bearer key, response_ids) of every request let through under accept_keys.
+    requests_by_key: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 class FaultProxy:
@@ -88,15 +96,20 @@ class FaultProxy:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=60)
         body = await request.body()
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("authorization", "content-type")
+        }
+        if self.state.accept_keys is not None:
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if key not in self.state.accept_keys:
+                return Response('{"detail": "unknown key"}', status_code=401)
+            ids = [record["response_id"] for record in json.loads(body)["tracked"]]
+            self.state.requests_by_key.append((key, ids))
+            headers["authorization"] = f"Bearer {self.state.upstream_key}"
         upstream = await self._client.request(
-            request.method,
-            f"{self.upstream}{request.url.path}",
-            content=body,
-            headers={
-                k: v
-                for k, v in request.headers.items()
-                if k.lower() in ("authorization", "content-type")
-            },
+            request.method, f"{self.upstream}{request.url.path}", content=body, headers=headers
         )
         return Response(
             upstream.content, status_code=upstream.status_code, media_type="application/json"
