@@ -129,11 +129,21 @@ def parse_results(body: bytes) -> dict[str, RecordResult] | None:
         response_id, status = item.get("response_id"), item.get("status")
         if not isinstance(response_id, str) or not isinstance(status, str):
             return None
-        errors = item.get("errors") or ()
+        errors = item.get("errors")
+        if not errors:
+            # One shared object per status: most answers are all "queued".
+            results[response_id] = _PLAIN_RESULTS.get(status) or RecordResult(status)
+            continue
         if not isinstance(errors, list | tuple):
             errors = (errors,)
         results[response_id] = RecordResult(status, tuple(str(e) for e in errors))
     return results
+
+
+_PLAIN_RESULTS = {
+    status: RecordResult(status)
+    for status in ("queued", "completed", "service_key_unknown", "error")
+}
 
 
 def record_fate(result: RecordResult | None) -> tuple[Fate, Reason | None, str]:
