@@ -11,7 +11,7 @@ install:
 	$(BIN)/pip install --quiet -e ".[test]"
 
 lint:
-	$(BIN)/ruff check aicm_tasks tests
+	$(BIN)/ruff check aicm_tasks tests docs/examples
 
 typecheck:
 	$(BIN)/mypy

@@ -12,8 +12,10 @@ from aicm_tasks.bootstep import DeliveryStep
 from aicm_tasks.settings import Settings
 from aicm_tasks.tasks import TrackTask
 
-#: Queue for ordinary Celery tasks (none are needed for delivery).
-DEFAULT_TASK_QUEUE = "celery"
+#: Queue for ordinary Celery tasks (none are needed for delivery). Not Celery's
+#: default ``celery``: a user's own Celery app on the same Redis uses that one,
+#: and a worker of this app would take its tasks and drop them as unregistered.
+DEFAULT_TASK_QUEUE = "aicm.tasks"
 
 
 class AicmCelery(Celery):
@@ -25,7 +27,11 @@ class AicmCelery(Celery):
 def create_app(settings: Settings | None = None) -> AicmCelery:
     """Build the Celery app for the given settings (default: from the environment)."""
     settings = settings or Settings.from_env()
-    app = AicmCelery("aicm_tasks", broker=settings.broker_url, set_as_current=True)
+    # Not set as Celery's current app: importing aicm_tasks in a process that has
+    # its own Celery app (Django + Celery) must not rebind that app's
+    # ``@shared_task`` tasks to ours. ``celery -A aicm_tasks`` makes it current
+    # in its own process anyway.
+    app = AicmCelery("aicm_tasks", broker=settings.broker_url, set_as_current=False)
     app.aicm_settings = settings
     app.conf.update(
         # Declared here so Celery tools (Flower's broker view, `celery inspect`)

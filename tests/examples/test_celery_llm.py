@@ -1,0 +1,66 @@
+"""docs/examples/celery_llm.py: the user's own Celery worker runs a task that
+calls an LLM and tracks it; the aicm-tasks worker, on the same Redis, delivers
+the record and leaves the user's tasks to the user's worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_REDIS_URL
+from tests.support.examples import (
+    EXAMPLES,
+    SERVICE_KEY,
+    USAGE,
+    example_env,
+    run_example,
+    wait_for_events,
+)
+from tests.support.llm_stub import LLMStub
+from tests.support.pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+
+#: What the user's web app does: queue the task, as in the example's docstring.
+SEND = """
+from celery_llm import summarize
+for n in range(3):
+    summarize.delay(f"text {n}", customer=f"cust{n}")
+"""
+
+
+def test_a_task_of_the_users_app_tracks_its_llm_call_from_inside_the_worker(
+    pipeline: Pipeline, llm_stub: LLMStub, tmp_path: Path
+) -> None:
+    # The aicm-tasks worker and the user's app share one Redis database, and the
+    # user's tasks use Celery's default queue.
+    pipeline.start_worker()
+    env = example_env(pipeline, llm_stub, CELERY_BROKER_URL=TEST_REDIS_URL)
+    worker = [
+        "-m", "celery", "-A", "celery_llm", "worker",
+        "--concurrency=1", "--loglevel=INFO", "-n", "users-worker@%h",
+    ]  # fmt: skip
+    log_path = tmp_path / "users-worker.log"
+    with run_example(worker, cwd=EXAMPLES, env=env, log_path=log_path):
+        sent = subprocess.run(
+            [sys.executable, "-c", SEND], cwd=EXAMPLES, env=env, capture_output=True, text=True
+        )
+        assert sent.returncode == 0, sent.stderr[-4000:]
+        pipeline.wait_settled(3, timeout_s=90)
+
+    assert len(llm_stub.response_ids) == 3, log_path.read_text()[-4000:]
+    events = wait_for_events(pipeline.server, llm_stub.response_ids)
+    assert sorted(e["customer_key"] for e in events.values()) == ["cust0", "cust1", "cust2"]
+    for response_id, request in llm_stub.calls:
+        event = events[response_id]
+        assert event["service_key"] == SERVICE_KEY
+        assert event["payload"] == USAGE
+        assert event["context"]["task"] == "summarize" and event["context"]["task_id"]
+        n = event["customer_key"].removeprefix("cust")
+        assert request["messages"][0]["content"] == f"Summarize: text {n}"
+    # Every task ran in the user's worker; the aicm-tasks worker took none of them.
+    assert "unregistered task" not in pipeline.logs()
+    assert log_path.read_text().count("succeeded in") == 3

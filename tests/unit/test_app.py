@@ -1,0 +1,45 @@
+"""The Celery app lives beside a user's own Celery app without taking its tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery, shared_task
+from celery._state import _set_current_app, get_current_app
+
+from aicm_tasks import create_app
+from aicm_tasks.settings import Settings
+
+
+@pytest.fixture
+def users_app() -> Iterator[Celery]:
+    """A Celery app of the user's, current as a Django + Celery project makes it."""
+    before = get_current_app()
+    app = Celery("users_project", broker="redis://127.0.0.1:1/0", set_as_current=True)
+    yield app
+    _set_current_app(before)
+
+
+def test_creating_the_app_leaves_the_users_current_app_and_shared_tasks_alone(
+    users_app: Celery,
+) -> None:
+    @shared_task(name="users_project.summarize")
+    def summarize(text: str) -> str:
+        return text
+
+    create_app(Settings(broker_url="redis://127.0.0.1:2/0"))
+
+    assert get_current_app() is users_app
+    # A @shared_task resolves through the current app: it must still publish to
+    # the user's broker, not to ours.
+    assert summarize.app is users_app
+    assert summarize.app.conf.broker_url == "redis://127.0.0.1:1/0"
+
+
+def test_the_worker_does_not_consume_celerys_default_queue() -> None:
+    app = create_app(Settings(broker_url="redis://127.0.0.1:2/0"))
+
+    assert "celery" not in app.amqp.queues
+    assert app.conf.task_default_queue != "celery"
+    assert app.aicm_settings.queue in app.amqp.queues
