@@ -6,23 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from aicostmanager import AnthropicWrapper, OpenAIChatWrapper, Tracker
 from aicostmanager.usage_utils import get_usage_from_response
 from openai.types.chat import ChatCompletion
 
 from aicm_tasks import (
     CeleryDelivery,
+    create_app,
     track_llm_stream_usage,
     track_llm_stream_usage_async,
     track_llm_usage,
     track_llm_usage_async,
 )
+from aicm_tasks.settings import Settings
 from tests.support.llm import CHAT, MESSAGE, RecordedVendor, recorded
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +215,31 @@ def test_records_keep_what_the_sdk_built(
     assert len(batch["response_ids"]) == 3
     events = delivered_events(pipeline, 4)
     assert set(events) == {"kept-1", *batch["response_ids"]}
+
+
+def test_closing_the_tracker_pushes_what_was_spooled_while_redis_was_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AICM_INI_PATH", str(tmp_path / "AICM.INI"))
+    server = PrivateRedis(tmp_path / "redis")  # not started yet: the broker is down
+    settings = Settings(broker_url=server.url, spool_dir=tmp_path / "spool", publish_timeout_s=0.5)
+    task = create_app(settings).tasks["aicm_tasks.track"]
+    tracker = Tracker(delivery=CeleryDelivery(task=task))
+    tracker.track("openai::gpt-4o-mini", {"input_tokens": 1}, response_id="spooled-1")
+    spool = task.publisher.spool
+    assert spool.status().records == 1
+    spool.stop_drainer()  # so that only close() can push it
+
+    caplog.set_level(logging.WARNING, logger="aicm_tasks.sdk")
+    tracker.close()
+    assert "1 records stay spooled" in caplog.text
+    server.start()
+    try:
+        tracker.close()
+        client = redis.Redis.from_url(server.url)
+        (body,) = client.lrange(settings.queue, 0, -1)
+        assert json.loads(body)["response_id"] == "spooled-1"
+        assert spool.status().records == 0
+        client.close()
+    finally:
+        server.stop()
