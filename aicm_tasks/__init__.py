@@ -8,6 +8,9 @@ AICostManager-compatible ``/track`` endpoint and dead-letters what is refused.
 
 from __future__ import annotations
 
+from typing import Any
+
+from aicm_tasks.aio import track_async, track_many_async
 from aicm_tasks.app import AicmCelery, create_app
 from aicm_tasks.errors import (
     AicmTasksError,
@@ -32,9 +35,30 @@ track_many = track.many
 #: The settings the app was built with, read from ``AICM_*`` variables at import.
 settings: Settings = app.aicm_settings
 
+#: Names that need the official SDK (the extra ``aicm-tasks[sdk]``), imported on
+#: first use so that ``import aicm_tasks`` works without it.
+_SDK_NAMES = {
+    "CeleryDelivery": "aicm_tasks.sdk",
+    "track_llm_usage": "aicm_tasks.llm",
+    "track_llm_usage_async": "aicm_tasks.llm",
+    "track_llm_stream_usage": "aicm_tasks.llm",
+    "track_llm_stream_usage_async": "aicm_tasks.llm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SDK_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aicm_tasks' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "AicmCelery",
     "AicmTasksError",
+    "CeleryDelivery",
     "ConfigurationError",
     "DeadLetterNotFoundError",
     "PublishError",
@@ -48,5 +72,11 @@ __all__ = [
     "create_app",
     "settings",
     "track",
+    "track_async",
+    "track_llm_stream_usage",
+    "track_llm_stream_usage_async",
+    "track_llm_usage",
+    "track_llm_usage_async",
     "track_many",
+    "track_many_async",
 ]

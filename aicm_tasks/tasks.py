@@ -129,6 +129,12 @@ class TrackTask(Task):
         published: one bad record raises (its index in the message) and none
         is published.
         """
+        built = self.build_many(records)
+        self.publisher.publish_many(built)
+        return [record.response_id for record in built]
+
+    def build_many(self, records: Iterable[Mapping[str, Any]]) -> list[Record]:
+        """Validate many records as :meth:`many` does (nothing is published)."""
         built: list[Record] = []
         for index, fields in enumerate(records):
             if not isinstance(fields, Mapping):
@@ -141,8 +147,7 @@ class TrackTask(Task):
                 raise type(exc)(
                     f"records[{index}].{exc.field}", str(exc).split(": ", 1)[-1]
                 ) from None
-        self.publisher.publish_many(built)
-        return [record.response_id for record in built]
+        return built
 
     def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Record:
         """Validate call arguments into a :class:`Record` (nothing is published)."""

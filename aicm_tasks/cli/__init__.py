@@ -8,6 +8,7 @@ import click
 
 from aicm_tasks.cli.demo import demo
 from aicm_tasks.cli.dlq import dlq
+from aicm_tasks.cli.migrate import import_sqlite
 from aicm_tasks.cli.serve import serve
 from aicm_tasks.cli.spool import spool
 from aicm_tasks.cli.status import monitor, status
@@ -31,5 +32,6 @@ main.add_command(demo)
 main.add_command(spool)
 main.add_command(status)
 main.add_command(monitor)
+main.add_command(import_sqlite)
 
 __all__ = ["main"]

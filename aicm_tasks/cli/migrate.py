@@ -1,0 +1,66 @@
+"""``aicm-tasks import-sqlite``: move the official SDK's SQLite queue onto the broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import redis
+
+from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.errors import ConfigurationError
+from aicm_tasks.migration import DEFAULT_CHUNK, SDK_STATUSES, import_sqlite_queue
+from aicm_tasks.publisher import redact_url
+
+
+@click.command("import-sqlite")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Show what would be published; change nothing.")
+@click.option(
+    "--chunk",
+    default=DEFAULT_CHUNK,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Records per broker round trip.",
+)
+@json_option
+def import_sqlite(path: Path, dry_run: bool, chunk: int, as_json: bool) -> None:
+    """Publish the records of the SDK's PersistentDelivery queue file (queue.db /
+    delivery_queue.db): queued, processing and failed ones, with their original
+    response_ids. Published rows move to the table aicm_tasks_imported of the same
+    file; running it again publishes nothing twice. Stop the apps that use the
+    file first."""
+    settings = load_settings()
+    try:
+        report = import_sqlite_queue(
+            path,
+            redis_client(settings),
+            keys_of(settings),
+            dry_run=dry_run,
+            max_record_bytes=settings.max_record_bytes,
+            chunk=chunk,
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise click.ClickException(
+            f"the broker at {redact_url(settings.broker_url)} did not answer ({exc}); "
+            "rows not yet published stay in the file: run the command again"
+        ) from exc
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    total = sum(report.found.values())
+    by_status = ", ".join(f"{report.found[s]} {s}" for s in SDK_STATUSES)
+    click.echo(f"{path}: {total} records to move ({by_status})")
+    verb = "would publish" if dry_run else "published"
+    click.echo(
+        f"{verb} {report.published}, already published {report.already_published}, "
+        f"invalid {len(report.invalid)}"
+    )
+    for row_id, reason in report.invalid[:20]:
+        click.echo(f"  row {row_id} left in the file: {reason}")
+    if len(report.invalid) > 20:
+        click.echo(f"  ... and {len(report.invalid) - 20} more (--json lists them all)")
+    if dry_run:
+        click.echo("dry run: nothing was published and the file was not changed")

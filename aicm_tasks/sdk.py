@@ -1,0 +1,146 @@
+"""``CeleryDelivery``: the official SDK's ``Tracker`` publishing through ``track``.
+
+``Tracker(delivery=CeleryDelivery())`` is the one-line switch for code written
+against the ``aicostmanager`` SDK: the tracker, every SDK wrapper given that
+tracker, ``track_llm_usage``, ``track_llm_stream_usage`` and their async forms
+hand each record to ``track`` (one Redis round trip) instead of the SDK's SQLite
+queue or an HTTP call. The record keeps everything the SDK built: its
+``response_id`` (the LLM response id when a wrapper uses one), timestamp,
+customer key and context. Needs the extra ``aicm-tasks[sdk]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+try:
+    from aicostmanager.delivery import Delivery
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "CeleryDelivery needs the official SDK: pip install 'aicm-tasks[sdk]'"
+    ) from exc
+
+from aicm_tasks.errors import RecordTypeError
+
+if TYPE_CHECKING:
+    from aicm_tasks.tasks import TrackTask
+
+logger = logging.getLogger(__name__)
+
+#: The fields of a record the SDK's ``Tracker`` builds, as ``track`` names them.
+SDK_RECORD_FIELDS = {
+    "service_key": "service_key",
+    "payload": "usage",
+    "response_id": "response_id",
+    "timestamp": "timestamp",
+    "customer_key": "customer_key",
+    "context": "context",
+}
+
+
+def sdk_record_fields(payload: Any) -> dict[str, Any]:
+    """The keyword fields of ``track`` for one record dict built by the SDK.
+
+    Raises :class:`RecordTypeError` for something that is not such a record.
+    """
+    if not isinstance(payload, dict):
+        raise RecordTypeError("record", f"must be a dict, not {type(payload).__name__}")
+    unknown = set(payload) - set(SDK_RECORD_FIELDS)
+    if unknown:
+        raise RecordTypeError(sorted(unknown)[0], "is not a field of a /track record")
+    return {SDK_RECORD_FIELDS[name]: value for name, value in payload.items()}
+
+
+class CeleryDelivery(Delivery):
+    """An ``aicostmanager.delivery.Delivery`` that publishes with ``track``.
+
+    ``task`` is the tracking task (default: ``aicm_tasks.track``, configured by
+    ``AICM_BROKER_URL``). It holds no API key, no HTTP client and no thread:
+    producers need none. ``enqueue`` returns when the record is in Redis (or in
+    the local spool while the broker does not answer), with
+    ``{"queued": 1, "response_id": ..., "result": {"response_id": ..., "status":
+    "queued"}}``; ``"queued"`` here means handed to the broker, not yet accepted
+    by ``/track``. Invalid records raise ``RecordError`` at the call site.
+
+    ``close()`` (also ``stop()``, which ``Tracker.close()`` calls, and the end of
+    a ``with`` block) pushes this process's spooled records to the broker if any
+    wait there, and logs how many stay spooled when it cannot. Nothing else is
+    buffered, so the delivery stays usable after ``close()``: a delivery shared
+    by several trackers or wrappers is not broken by one of them closing.
+    Triggered limits (``AICM_LIMITS_ENABLED``) are not checked on ``enqueue``:
+    the worker, not the producer, talks to ``/track``.
+    """
+
+    def __init__(self, task: TrackTask | None = None) -> None:
+        # Delivery.__init__ is not called on purpose: it reads the API key and
+        # opens an HTTP client, neither of which a producer should hold. These
+        # are the attributes the SDK's Tracker and Delivery.deliver() use.
+        self._task = task
+        self.logger = logger
+        self._body_key = "tracked"
+
+    @property
+    def task(self) -> TrackTask:
+        """The tracking task records are published with."""
+        if self._task is None:
+            from aicm_tasks import track
+
+            self._task = track
+        return self._task
+
+    # ``Tracker.__init__`` writes ``delivery.type`` to the user's AICM.INI when the
+    # delivery has one, which would make a later plain ``Tracker()`` choose it;
+    # ``track_batch`` takes the per-record ``enqueue`` path when there is none.
+    # So this class has no ``type`` attribute.
+
+    def enqueue(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Publish one record the SDK built (``service_key``, ``response_id``,
+        ``timestamp``, ``payload``, optional ``customer_key`` and ``context``)."""
+        return self._enqueue(payload)
+
+    def _enqueue(self, payload: dict[str, Any]) -> dict[str, Any]:
+        task = self.task
+        record = task.build((), sdk_record_fields(payload))
+        task.publisher.publish(record)
+        response_id = record.response_id
+        return {
+            "queued": 1,
+            "response_id": response_id,
+            "result": {"response_id": response_id, "status": "queued"},
+        }
+
+    def close(self) -> None:
+        """Push this process's spooled records to the broker, if any wait there."""
+        publisher = self.task.publisher
+        spool = publisher.spool
+        if spool is None or not spool.status().files:
+            return
+        try:
+            spool.drain(publisher.store.push_many)
+        except redis.RedisError as exc:
+            logger.warning(
+                "%d records stay spooled in %s: the broker does not answer (%s); the "
+                "next process that publishes, or `aicm-tasks spool drain`, pushes them",
+                spool.status().records,
+                spool.directory,
+                exc,
+            )
+
+    def stop(self) -> None:
+        """What ``Tracker.close()`` calls: the same as :meth:`close`."""
+        self.close()
+
+    def __enter__(self) -> CeleryDelivery:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

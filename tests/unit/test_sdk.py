@@ -1,0 +1,74 @@
+"""CeleryDelivery against a real Redis: what enqueue publishes and returns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from aicm_tasks import CeleryDelivery, create_app
+from aicm_tasks.errors import RecordTypeError, RecordValueError
+from aicm_tasks.settings import Settings
+from tests.conftest import TEST_REDIS_URL
+
+
+@pytest.fixture
+def delivery(real_redis: redis.Redis) -> CeleryDelivery:
+    return CeleryDelivery(
+        task=create_app(Settings(broker_url=TEST_REDIS_URL)).tasks["aicm_tasks.track"]
+    )
+
+
+def queued(client: redis.Redis) -> list[dict]:
+    return [json.loads(m) for m in reversed(client.lrange("aicm.tracking", 0, -1))]
+
+
+def sdk_record(**changes: object) -> dict:
+    return {
+        "service_key": "openai::gpt-4o-mini",
+        "response_id": "r1",
+        "timestamp": "1700000000.25",
+        "payload": {"input_tokens": 1},
+        **changes,
+    }
+
+
+def test_enqueue_publishes_the_record_as_the_sdk_built_it(delivery, real_redis) -> None:
+    result = delivery.enqueue(sdk_record(customer_key="c", context={"k": "v"}))
+    assert result == {
+        "queued": 1,
+        "response_id": "r1",
+        "result": {"response_id": "r1", "status": "queued"},
+    }
+    (record,) = queued(real_redis)
+    assert record == {
+        "service_key": "openai::gpt-4o-mini",
+        "response_id": "r1",
+        "timestamp": "1700000000.25",
+        "payload": {"input_tokens": 1},
+        "customer_key": "c",
+        "context": {"k": "v"},
+    }
+
+
+def test_deliver_publishes_a_whole_body(delivery, real_redis) -> None:
+    delivery.deliver({"tracked": [sdk_record(response_id=f"r{n}") for n in range(3)]})
+    assert [r["response_id"] for r in queued(real_redis)] == ["r0", "r1", "r2"]
+
+
+def test_what_is_not_a_record_raises_at_the_call_site(delivery, real_redis) -> None:
+    with pytest.raises(RecordTypeError, match="api_key"):
+        delivery.enqueue(sdk_record(api_key="sk-x"))
+    with pytest.raises(RecordValueError, match="service_key"):
+        delivery.enqueue(sdk_record(service_key="openai_chat"))
+    assert queued(real_redis) == []
+
+
+def test_the_delivery_stays_usable_after_close(delivery, real_redis) -> None:
+    with delivery as same:
+        same.enqueue(sdk_record(response_id="before"))
+    delivery.stop()
+    delivery.enqueue(sdk_record(response_id="after"))
+    assert [r["response_id"] for r in queued(real_redis)] == ["before", "after"]
+    assert not hasattr(delivery, "type")  # so Tracker leaves AICM.INI alone
