@@ -145,6 +145,7 @@ def track_llm_usage(
     timestamp: Timestamp = None,
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
+    api_key_alias: str | None = None,
     task: TrackTask | None = None,
 ) -> Any:
     """Publish the usage of one LLM response; returns the response (for chaining).
@@ -153,8 +154,9 @@ def track_llm_usage(
     API id (``openai_chat``, ``openai_responses``, ``anthropic``, ``gemini``,
     ``amazon-bedrock``, ``fireworks-ai``). ``response_id`` defaults to the
     response's id. The record's ``response_id`` is set on the response as
-    ``aicm_response_id`` when it can be. A response without usage is not tracked
-    (a warning is logged).
+    ``aicm_response_id`` when it can be. ``api_key_alias`` names the workers'
+    key that delivers it (``AICM_API_KEYS``). A response without usage is not
+    tracked (a warning is logged).
     """
     usage = get_usage_from_response(response, api_id_of(service_key_or_api_id))
     if not usage:
@@ -169,7 +171,7 @@ def track_llm_usage(
         customer_key,
         context,
     )
-    result = (task or _default_task()).delay(**fields)
+    result = (task or _default_task()).delay(**fields, api_key_alias=api_key_alias)
     _attach(response, str(result.id))
     return response
 
@@ -182,6 +184,7 @@ async def track_llm_usage_async(
     timestamp: Timestamp = None,
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
+    api_key_alias: str | None = None,
     task: TrackTask | None = None,
 ) -> Any:
     """:func:`track_llm_usage` for async code: the publish runs off the event loop."""
@@ -198,7 +201,7 @@ async def track_llm_usage_async(
         customer_key,
         context,
     )
-    _attach(response, await track_async(task=task, **fields))
+    _attach(response, await track_async(task=task, api_key_alias=api_key_alias, **fields))
     return response
 
 
@@ -252,6 +255,7 @@ def track_llm_stream_usage(
     timestamp: Timestamp = None,
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
+    api_key_alias: str | None = None,
     task: TrackTask | None = None,
 ) -> Iterator[Any]:
     """Yield the stream's chunks unchanged; publish its usage once, when it ends.
@@ -271,7 +275,7 @@ def track_llm_stream_usage(
         try:
             fields = seen.fields(response_id, timestamp, customer_key, context)
             if fields is not None:
-                (task or _default_task()).delay(**fields)
+                (task or _default_task()).delay(**fields, api_key_alias=api_key_alias)
         except Exception:
             if completed:
                 raise
@@ -286,6 +290,7 @@ async def track_llm_stream_usage_async(
     timestamp: Timestamp = None,
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
+    api_key_alias: str | None = None,
     task: TrackTask | None = None,
 ) -> AsyncIterator[Any]:
     """:func:`track_llm_stream_usage` for an async stream; the publish runs off the loop."""
@@ -300,7 +305,7 @@ async def track_llm_stream_usage_async(
         try:
             fields = seen.fields(response_id, timestamp, customer_key, context)
             if fields is not None:
-                await track_async(task=task, **fields)
+                await track_async(task=task, api_key_alias=api_key_alias, **fields)
         except Exception:
             if completed:
                 raise

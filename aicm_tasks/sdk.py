@@ -25,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from aicm_tasks.errors import RecordTypeError
+from aicm_tasks.record import check_api_key_alias
 
 if TYPE_CHECKING:
     from aicm_tasks.tasks import TrackTask
@@ -59,7 +60,8 @@ class CeleryDelivery(Delivery):
     """An ``aicostmanager.delivery.Delivery`` that publishes with ``track``.
 
     ``task`` is the tracking task (default: ``aicm_tasks.track``, configured by
-    ``AICM_BROKER_URL``). It holds no API key, no HTTP client and no thread:
+    ``AICM_BROKER_URL``); ``api_key_alias`` tags every record with the workers'
+    key to deliver it with (``AICM_API_KEYS``; the SDK's own key is not used). It holds no API key, no HTTP client and no thread:
     producers need none. ``enqueue`` returns when the record is in Redis (or in
     the local spool while the broker does not answer), with
     ``{"queued": 1, "response_id": ..., "result": {"response_id": ..., "status":
@@ -75,11 +77,12 @@ class CeleryDelivery(Delivery):
     the worker, not the producer, talks to ``/track``.
     """
 
-    def __init__(self, task: TrackTask | None = None) -> None:
+    def __init__(self, task: TrackTask | None = None, *, api_key_alias: str | None = None) -> None:
         # Delivery.__init__ is not called on purpose: it reads the API key and
         # opens an HTTP client, neither of which a producer should hold. These
         # are the attributes the SDK's Tracker and Delivery.deliver() use.
         self._task = task
+        self.api_key_alias = None if api_key_alias is None else check_api_key_alias(api_key_alias)
         self.logger = logger
         self._body_key = "tracked"
 
@@ -104,7 +107,10 @@ class CeleryDelivery(Delivery):
 
     def _enqueue(self, payload: dict[str, Any]) -> dict[str, Any]:
         task = self.task
-        record = task.build((), sdk_record_fields(payload))
+        fields = sdk_record_fields(payload)
+        if self.api_key_alias is not None:
+            fields["api_key_alias"] = self.api_key_alias
+        record = task.build((), fields)
         task.publisher.publish(record)
         response_id = record.response_id
         return {

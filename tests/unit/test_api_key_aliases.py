@@ -148,3 +148,36 @@ def test_workers_read_keys_by_alias_from_aicm_api_keys(monkeypatch: pytest.Monke
     with pytest.raises(pydantic_settings.SettingsError) as unreadable:
         Settings()
     assert "secret-a" not in str(unreadable.value)
+
+
+def test_sdk_paths_tag_records_with_the_alias(real_redis: redis.Redis) -> None:
+    from aicostmanager import Tracker
+
+    from aicm_tasks import CeleryDelivery, track_llm_stream_usage, track_llm_usage
+    from aicm_tasks.app import create_app
+    from tests.conftest import TEST_REDIS_URL
+    from tests.support.llm import CHAT, RecordedVendor
+
+    app = create_app(Settings(broker_url=TEST_REDIS_URL, queue="alias.q"))
+    task = app.tasks["aicm_tasks.track"]
+    vendor = RecordedVendor()
+    with pytest.raises(RecordValueError):
+        CeleryDelivery(task, api_key_alias="not an alias")
+    tracker = Tracker(
+        aicm_api_key="sdk-key-never-sent", delivery=CeleryDelivery(task, api_key_alias="team-a")
+    )
+    tracker.track("openai::gpt-4o-mini", {"input_tokens": 1}, response_id="via-tracker")
+    completion = vendor.openai().chat.completions.create(**CHAT)
+    track_llm_usage("openai_chat", completion, task=task, api_key_alias="team-b")
+    stream = vendor.openai().chat.completions.create(
+        **CHAT, stream=True, stream_options={"include_usage": True}
+    )
+    list(track_llm_stream_usage("openai_chat", stream, task=task, api_key_alias="team-c"))
+    items = [decode(m) for m in reversed(real_redis.lrange("alias.q", 0, -1))]
+    assert [(i.api_key_alias, i.malformed) for i in items] == [
+        ("team-a", None),
+        ("team-b", None),
+        ("team-c", None),
+    ]
+    assert items[0].response_id == "via-tracker" and items[1].response_id == completion.id
+    assert not any(b"sdk-key-never-sent" in m for m in real_redis.lrange("alias.q", 0, -1))
