@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import redis
 
 from aicm_tasks.broker import RecordStore, Resolution
-from aicm_tasks.delivery import Post, Summary, deliver, plan
+from aicm_tasks.delivery import Post, Summary, attempt, plan
 from aicm_tasks.messages import decode
 from aicm_tasks.observe import BatchReport, Observer, notify
 from aicm_tasks.outcomes import BatchVerdict
@@ -187,11 +187,14 @@ class DeliveryService:
             return
         started = time.monotonic()
         items = [decode(message) for message in raw]
-        outcomes, requests = deliver(items, self.post, self.aliases)
+        done = attempt(items, self.post, self.aliases)
         resolution, summary = plan(
-            outcomes, self.policy, auth_retry_interval_s=self.auth_retry_interval_s
+            done.failed,
+            self.policy,
+            auth_retry_interval_s=self.auth_retry_interval_s,
+            delivered=len(done.delivered),
         )
-        summary = dataclasses.replace(summary, requests=requests)
+        summary = dataclasses.replace(summary, requests=done.requests)
         settled = self._retrying(
             "settle batch", lambda: self.store.resolve(self.consumer, batch_key, resolution)
         )
