@@ -27,7 +27,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 @contextmanager
 def serving(db_path: Path) -> Iterator[str]:
     """Run the server with uvicorn in a thread; yield its base URL; stop it on exit."""
-    app = create_server_app(api_key=API_KEY, db_path=str(db_path))
+    app = create_server_app(api_key=API_KEY, db=str(db_path))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -127,7 +127,7 @@ def test_run_server_serves_in_its_own_process(tmp_path: Path) -> None:
     port = free_port()
     code = (
         "from aicm_tasks.server import run_server; "
-        f"run_server(port={port}, api_key={API_KEY!r}, db_path={str(tmp_path / 'e.sqlite3')!r}, "
+        f"run_server(port={port}, api_key={API_KEY!r}, db={str(tmp_path / 'e.sqlite3')!r}, "
         "extra_services=['custom::thing'])"
     )
     process = subprocess.Popen([sys.executable, "-c", code])

@@ -1,4 +1,5 @@
-"""EventStore: SQLite events, deduplicated by response_id, with persistent counters."""
+"""EventStore over both storages (SQLite and PostgreSQL): events deduplicated by
+response_id, persistent counters, daily rollups."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from aicm_tasks.server.store import EventStore
+from aicm_tasks.server.sqlite_store import SqliteEventStore
+from aicm_tasks.server.store import EventStore, open_store
 
 
 def make_record(response_id: str, **overrides: Any) -> dict[str, Any]:
@@ -25,8 +27,8 @@ def make_record(response_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    with EventStore(str(tmp_path / "events.sqlite3")) as opened:
+def store(ledger_db: str) -> Iterator[EventStore]:
+    with open_store(ledger_db) as opened:
         yield opened
 
 
@@ -78,11 +80,10 @@ def test_an_unknown_counter_is_refused(store: EventStore) -> None:
         store.add_batch([], not_stored={"events": 1})  # derived from the inserts, not reported
 
 
-def test_events_and_counters_survive_a_restart(tmp_path: Path) -> None:
-    path = str(tmp_path / "events.sqlite3")
-    with EventStore(path) as store:
+def test_events_and_counters_survive_a_restart(ledger_db: str) -> None:
+    with open_store(ledger_db) as store:
         store.add_batch([make_record("a"), make_record("a")], not_stored={"errors": 1})
-    with EventStore(path) as reopened:
+    with open_store(ledger_db) as reopened:
         assert reopened.has("a")
         assert reopened.add_batch([make_record("a")]) == [False]  # dedupe spans restarts
         assert reopened.stats() == {
@@ -96,7 +97,7 @@ def test_events_and_counters_survive_a_restart(tmp_path: Path) -> None:
 
 def test_the_database_is_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite3"
-    with EventStore(str(path)):
+    with SqliteEventStore(str(path)):
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         conn.close()
@@ -144,7 +145,7 @@ def test_list_events_pages_and_filters(store: EventStore) -> None:
 
 
 def test_memory_database_works() -> None:
-    with EventStore(":memory:") as store:
+    with open_store(":memory:") as store:
         assert store.add_batch([make_record("a")]) == [True]
         assert store.stats()["events"] == 1
 
