@@ -185,11 +185,15 @@ def costs(
 
 @click.command()
 @click.option("--customer", default=None, help="This customer's budget instead of the total.")
+@click.option("--as-of", default=None, help="The day to judge the month at, YYYY-MM-DD [today].")
 @_with_server_options
 @json_option
-def budget(customer: str | None, url: str | None, api_key: str | None, as_json: bool) -> None:
+def budget(
+    customer: str | None, as_of: str | None, url: str | None, api_key: str | None, as_json: bool
+) -> None:
     """This month's spend against the budget; exit code 1 at warning, 2 at critical."""
-    status = _get("/budget-status", {"customer_key": customer or ""}, url, api_key)
+    params = {"customer_key": customer or "", "as_of": as_of or ""}
+    status = _get("/budget-status", params, url, api_key)
     if as_json:
         echo_json(status)
     else:
