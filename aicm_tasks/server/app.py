@@ -36,7 +36,13 @@ from starlette.routing import Route
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.server.catalog import ServiceCatalog, split_service_key
 from aicm_tasks.server.pricing import PriceBook
-from aicm_tasks.server.reports import GROUP_BY, budget_status, cost_report, default_range
+from aicm_tasks.server.reports import (
+    GROUP_BY,
+    ROLLUP_COLUMN,
+    budget_status,
+    cost_report,
+    default_range,
+)
 from aicm_tasks.server.store import MAX_LIST_LIMIT, open_store
 from aicm_tasks.server.track import TrackRequestError, handle_track_body
 
@@ -144,6 +150,8 @@ def create_server_app(
             end.isoformat(),
             customer_key=params.get("customer_key"),
             service_key=params.get("service_key"),
+            # The database sums over everything but the one column the grouping needs.
+            group_by=(ROLLUP_COLUMN[group_by],),
         )
         return JSONResponse(cost_report(rows, start=start, end=end, group_by=group_by))
 
@@ -153,7 +161,11 @@ def create_server_app(
         customer_key = params.get("customer_key")
         first_day = as_of.replace(day=1).isoformat()
         rows = await run_in_threadpool(
-            store.rollups, first_day, as_of.isoformat(), customer_key=customer_key
+            store.rollups,
+            first_day,
+            as_of.isoformat(),
+            customer_key=customer_key,
+            group_by=("customer_key",),
         )
         if customer_key is not None:
             return JSONResponse(

@@ -33,6 +33,16 @@ WARNING_PERCENT = 80.0
 USD_DECIMALS = 9
 #: Time groupings: their breakdown is in time order, the others by cost, largest first.
 _TIME_DIMENSIONS = ("day", "week", "month")
+#: The rollup column each grouping needs from the store (which sums over the others).
+ROLLUP_COLUMN = {
+    "day": "day",
+    "week": "day",
+    "month": "day",
+    "provider": "service_key",
+    "model": "service_key",
+    "service": "service_key",
+    "customer": "customer_key",
+}
 
 
 def _usd(nano_usd: int) -> float:

@@ -22,6 +22,7 @@ are (``bench/ledger.py`` measures it). Costs are whole nano-dollars
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -95,9 +96,19 @@ class RollupRow:
     cost_nano_usd: int
 
 
+#: Columns a rollup query may group by.
+ROLLUP_KEYS = ("day", "service_key", "customer_key")
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_name(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
 def utc_day(timestamp_s: float) -> str:
     """The UTC calendar day of an epoch timestamp, ``YYYY-MM-DD``."""
-    return datetime.fromtimestamp(timestamp_s, tz=timezone.utc).strftime("%Y-%m-%d")
+    # Epoch days are whole 86,400 s in UTC (no leap seconds in POSIX time).
+    return _day_name(int(timestamp_s // 86400))
 
 
 def _make_dumps() -> Callable[[Any], str]:
@@ -307,9 +318,20 @@ class EventStore(abc.ABC):
         *,
         customer_key: str | None = None,
         service_key: str | None = None,
+        group_by: Sequence[str] = ROLLUP_KEYS,
     ) -> list[RollupRow]:
-        """Daily rollup rows from ``start_day`` to ``end_day`` (``YYYY-MM-DD``, inclusive)."""
-        sql = "SELECT day, service_key, customer_key, " + ", ".join(ROLLUP_SUMS)
+        """Rollup sums from ``start_day`` to ``end_day`` (``YYYY-MM-DD``, inclusive).
+
+        One row per distinct value of the ``group_by`` columns (a subset of
+        :data:`ROLLUP_KEYS`; all three by default: the daily rows themselves),
+        summed by the database. Columns not grouped by read ``""`` (``day``,
+        ``service_key``) or None (``customer_key``).
+        """
+        unknown = set(group_by) - set(ROLLUP_KEYS)
+        if unknown:
+            raise ValueError(f"rollups group by {ROLLUP_KEYS}, not {sorted(unknown)}")
+        keys = [key if key in group_by else "''" for key in ROLLUP_KEYS]
+        sql = f"SELECT {', '.join(keys)}, " + ", ".join(f"SUM({c})" for c in ROLLUP_SUMS)
         sql += " FROM daily_rollups WHERE day >= ? AND day <= ?"
         params: list[Any] = [start_day, end_day]
         if customer_key is not None:
@@ -318,9 +340,13 @@ class EventStore(abc.ABC):
         if service_key is not None:
             sql += " AND service_key = ?"
             params.append(service_key)
+        if group_by:
+            columns = [key for key in ROLLUP_KEYS if key in group_by]
+            sql += f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
         return [
-            RollupRow(row[0], row[1], row[2] or None, *(int(v) for v in row[3:]))
-            for row in self._fetch(sql + " ORDER BY day", params)
+            RollupRow(row[0], row[1], row[2] or None, *(int(v or 0) for v in row[3:]))
+            for row in self._fetch(sql, params)
+            if row[3]  # an empty range sums to one row of NULLs
         ]
 
     @abc.abstractmethod

@@ -261,3 +261,29 @@ def test_the_postgres_location_hides_the_password() -> None:
     shown = redact("postgresql://aicm:s3cret@db.internal:5432/ledger")
     assert "s3cret" not in shown
     assert "db.internal" in shown
+
+
+def test_rollups_are_summed_by_the_database_over_the_columns_not_grouped(
+    store: EventStore,
+) -> None:
+    store.add_batch(
+        [
+            make_record("a", customer_key="c1", payload={"input_tokens": 10}),
+            make_record("b", customer_key="c2", payload={"input_tokens": 20}),
+            make_record("c", timestamp=DAY2, service_key="v::other", payload={"input_tokens": 5}),
+        ],
+        costs=[cost("1"), cost("2"), cost("4")],
+    )
+    by_service = store.rollups("2024-11-22", "2024-11-23", group_by=("service_key",))
+    assert [(r.service_key, r.requests, r.input_tokens, r.cost_nano_usd) for r in by_service] == [
+        ("openai::gpt-4o-mini", 2, 30, 3_000_000_000),
+        ("v::other", 1, 5, 4_000_000_000),
+    ]
+    assert by_service[0].day == "" and by_service[0].customer_key is None
+    by_day = store.rollups("2024-11-22", "2024-11-23", group_by=("day",))
+    assert [(r.day, r.requests) for r in by_day] == [("2024-11-22", 2), ("2024-11-23", 1)]
+    [everything] = store.rollups("2024-11-22", "2024-11-23", group_by=())
+    assert (everything.requests, everything.cost_nano_usd) == (3, 7_000_000_000)
+    assert store.rollups("2025-01-01", "2025-01-31", group_by=()) == []
+    with pytest.raises(ValueError, match="group by"):
+        store.rollups("2024-11-22", "2024-11-23", group_by=("payload",))
