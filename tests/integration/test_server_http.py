@@ -89,7 +89,7 @@ def test_a_batch_of_1000_gets_a_result_for_every_record(tmp_path: Path) -> None:
 
         assert set(results) == {record["response_id"] for record in batch}
         statuses = [results[record["response_id"]]["status"] for record in batch]
-        assert statuses == ["queued"] * 990 + ["service_key_unknown"] * 5 + ["error"] * 5
+        assert statuses == ["completed"] * 990 + ["service_key_unknown"] * 5 + ["error"] * 5
         assert results[batch[-1]["response_id"]]["errors"] == [
             "payload: input_tokens must not be negative"
         ]
@@ -101,9 +101,9 @@ def test_a_batch_of_1000_gets_a_result_for_every_record(tmp_path: Path) -> None:
             "errors": 5,
         }
 
-        # A replay of the whole batch: every known record is queued again, stored once.
+        # A replay of the whole batch: every known record is answered again, stored once.
         again = post(url, batch)
-        assert [again[r["response_id"]]["status"] for r in batch[:990]] == ["queued"] * 990
+        assert [again[r["response_id"]]["status"] for r in batch[:990]] == ["completed"] * 990
         assert stats(url)["duplicates"] == 990
         assert stats(url)["events"] == 990
 
