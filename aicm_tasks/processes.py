@@ -111,9 +111,12 @@ def start_redis(
 
 
 def start_server(
-    port: int, db_path: Path, api_key: str, *, extra_services: tuple[str, ...] = ()
+    port: int, db_path: Path | str, api_key: str, *, extra_services: tuple[str, ...] = ()
 ) -> subprocess.Popen[bytes]:
-    """Start ``aicm-tasks serve`` on 127.0.0.1:``port``; the key travels in the environment."""
+    """Start ``aicm-tasks serve`` on 127.0.0.1:``port``; the key travels in the environment.
+
+    ``db_path`` is an SQLite file or a ``postgresql://`` URL.
+    """
     args = [
         sys.executable,
         "-m",

@@ -119,7 +119,14 @@ class Settings(BaseSettings):
 
     # -- local server ----------------------------------------------------------
     server_api_key: SecretStr | None = None
+    #: An SQLite file path, or a ``postgresql://`` URL for the PostgreSQL ledger.
     server_db: str = "aicm-local.sqlite3"
+    #: Where ``aicm-tasks costs`` finds the local server.
+    server_url: str = "http://127.0.0.1:8000"
+    #: The monthly budget of all spend, in USD, for ``/budget-status``; none when unset.
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    #: Monthly budgets per customer key, in USD, as JSON: ``{"acme": 250}``.
+    customer_budgets_usd: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
     @field_validator("api_keys")
     @classmethod
@@ -133,7 +140,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"the key of alias {alias!r} is empty")
         return value
 
-    @field_validator("api_base", "api_url")
+    @field_validator("api_base", "api_url", "server_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")

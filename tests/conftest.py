@@ -85,3 +85,56 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(
             " | ".join(str(row[c]) if row[c] is not None else "-" for c in columns)
         )
+
+
+#: A PostgreSQL role allowed to create databases; the tests make one scratch
+#: database per session (random name, dropped at the end) and never touch others.
+TEST_POSTGRES_URL = os.environ.get(
+    "AICM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of a scratch PostgreSQL database for this test session."""
+    import uuid
+
+    try:
+        import psycopg
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs psycopg for the PostgreSQL tests: {exc}")
+        pytest.skip(f"psycopg is not installed: {exc}")
+    try:
+        admin = psycopg.connect(TEST_POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a PostgreSQL at {TEST_POSTGRES_URL}: {exc}")
+        pytest.skip(f"no PostgreSQL at {TEST_POSTGRES_URL}: {exc}")
+    name = f"aicm_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        yield urlunsplit(urlsplit(TEST_POSTGRES_URL)._replace(path=f"/{name}"))
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The scratch database, emptied of the ledger's tables before the test."""
+    import psycopg
+
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS events, counters, daily_rollups")
+    return postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    """The same test over both storages: an SQLite file and the scratch PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path) + "/ledger.sqlite3"
+    return str(request.getfixturevalue("postgres_url"))

@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from aicm_tasks.cli.costs import budget, costs
 from aicm_tasks.cli.demo import demo
 from aicm_tasks.cli.dlq import dlq
 from aicm_tasks.cli.migrate import import_sqlite
@@ -33,5 +34,7 @@ main.add_command(spool)
 main.add_command(status)
 main.add_command(monitor)
 main.add_command(import_sqlite)
+main.add_command(costs)
+main.add_command(budget)
 
 __all__ = ["main"]

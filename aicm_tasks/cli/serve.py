@@ -13,7 +13,10 @@ from aicm_tasks.cli.common import load_settings
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option(
-    "--db", "db_path", default=None, help="SQLite file for events [default: AICM_SERVER_DB]."
+    "--db",
+    "db",
+    default=None,
+    help="SQLite file, or a postgresql:// URL, for the ledger [default: AICM_SERVER_DB].",
 )
 @click.option(
     "--api-key",
@@ -26,6 +29,18 @@ from aicm_tasks.cli.common import load_settings
     help="A service key to accept besides the price catalog (repeatable).",
 )
 @click.option(
+    "--monthly-budget",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Monthly budget of all spend in USD [default: AICM_MONTHLY_BUDGET_USD].",
+)
+@click.option(
+    "--customer-budget",
+    multiple=True,
+    metavar="CUSTOMER=USD",
+    help="A customer's monthly budget (repeatable) [default: AICM_CUSTOMER_BUDGETS_USD].",
+)
+@click.option(
     "--log-level",
     "server_log_level",
     default="warning",
@@ -35,9 +50,11 @@ from aicm_tasks.cli.common import load_settings
 def serve(
     host: str,
     port: int,
-    db_path: str | None,
+    db: str | None,
     api_key: str | None,
     extra_service: tuple[str, ...],
+    monthly_budget: float | None,
+    customer_budget: tuple[str, ...],
     server_log_level: str,
 ) -> None:
     """Run a local server that speaks the /track contract (development, self-hosting)."""
@@ -52,15 +69,48 @@ def serve(
         click.echo(
             f"No API key configured; clients must send: Authorization: Bearer {api_key}", err=True
         )
-    db = db_path or settings.server_db
+    budgets = dict(settings.customer_budgets_usd)
+    budgets.update(_parse_budgets(customer_budget))
+    database = db or settings.server_db
     click.echo(
-        f"aicm-tasks local server on http://{host}:{port}/api/v1/track (events in {db})", err=True
+        f"aicm-tasks local server on http://{host}:{port}/api/v1/track"
+        f" (ledger in {_display(database)})",
+        err=True,
     )
     run_server(
         host=host,
         port=port,
         api_key=api_key,
-        db_path=db,
+        db=database,
         extra_services=extra_service,
         log_level=server_log_level,
+        monthly_budget_usd=monthly_budget
+        if monthly_budget is not None
+        else settings.monthly_budget_usd,
+        customer_budgets_usd=budgets,
     )
+
+
+def _parse_budgets(pairs: tuple[str, ...]) -> dict[str, float]:
+    """``("acme=250", ...)`` as ``{"acme": 250.0}``; a malformed pair is a usage error."""
+    budgets: dict[str, float] = {}
+    for pair in pairs:
+        customer, sep, amount = pair.rpartition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not customer or value < 0:
+            raise click.BadParameter(
+                f"{pair!r} is not CUSTOMER=USD (e.g. acme=250)", param_hint="--customer-budget"
+            )
+        budgets[customer] = value
+    return budgets
+
+
+def _display(database: str) -> str:
+    """The database as safe to print: a URL loses its password."""
+    if "://" in database and "@" in database:
+        scheme, _, rest = database.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return database

@@ -1,13 +1,16 @@
 """The local ``/track``-compatible server as a Starlette application.
 
 HTTP only: authentication, body limits, query parameters and status codes.
-What a ``/track`` body means is in ``track.py``; storage in ``store.py``.
+What a ``/track`` body means is in ``track.py``; storage in ``store.py``;
+cost reports and budgets in ``reports.py``.
 
 Routes (all but ``/healthz`` need ``Authorization: Bearer <api key>``)::
 
     POST /api/v1/track                     the contract's endpoint
     GET  /api/v1/stats                     counters: events, received, duplicates, ...
     GET  /api/v1/usage/events              stored events, paged and filtered
+    GET  /api/v1/costs                     cost report, grouped by day, model, customer, ...
+    GET  /api/v1/budget-status             this month's spend against the budget
     PUT  /api/v1/services/{service_key}    teach the catalog a service key
     GET  /healthz                          liveness, no key needed
 
@@ -20,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import date, datetime, timedelta, timezone
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -31,7 +35,15 @@ from starlette.routing import Route
 
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.server.catalog import ServiceCatalog, split_service_key
-from aicm_tasks.server.store import MAX_LIST_LIMIT, EventStore
+from aicm_tasks.server.pricing import PriceBook
+from aicm_tasks.server.reports import (
+    GROUP_BY,
+    ROLLUP_COLUMN,
+    budget_status,
+    cost_report,
+    default_range,
+)
+from aicm_tasks.server.store import MAX_LIST_LIMIT, open_store
 from aicm_tasks.server.track import TrackRequestError, handle_track_body
 
 logger = logging.getLogger(__name__)
@@ -49,14 +61,19 @@ Handler = Callable[[Request], Awaitable[Response]]
 def create_server_app(
     *,
     api_key: str,
-    db_path: str = ":memory:",
+    db: str = ":memory:",
     catalog: ServiceCatalog | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    monthly_budget_usd: float | None = None,
+    customer_budgets_usd: Mapping[str, float] | None = None,
 ) -> Starlette:
-    """Build the server: requests must carry ``api_key``; events go to ``db_path``.
+    """Build the server: requests must carry ``api_key``; events go to ``db``.
 
-    ``catalog`` defaults to a fresh :class:`ServiceCatalog`; ``max_body_bytes``
-    bounds one request body. The store and catalog are on ``app.state`` (tests
+    ``db`` is an SQLite path (``":memory:"`` by default) or a ``postgresql://``
+    URL. ``catalog`` defaults to a fresh :class:`ServiceCatalog`;
+    ``max_body_bytes`` bounds one request body. ``monthly_budget_usd`` is the
+    budget of all spend and ``customer_budgets_usd`` those of single customers,
+    for ``/budget-status``. The store and catalog are on ``app.state`` (tests
     read them). The store is closed when the application shuts down.
     Raises :class:`ConfigurationError` if ``api_key`` is empty.
     """
@@ -64,8 +81,10 @@ def create_server_app(
         raise ConfigurationError("the local server needs an API key (AICM_SERVER_API_KEY)")
     if max_body_bytes <= 0:
         raise ValueError("max_body_bytes must be positive")
-    store = EventStore(db_path)
+    store = open_store(db)
     known = catalog if catalog is not None else ServiceCatalog()
+    prices = PriceBook()
+    budgets = dict(customer_budgets_usd or {})
     expected_key = api_key.encode("utf-8")
 
     def authorized(handler: Handler) -> Handler:
@@ -88,7 +107,9 @@ def create_server_app(
         body = await _read_body(request, max_body_bytes)
         try:
             # Parsing, validation and the SQLite commit are blocking work; off the event loop.
-            document = await run_in_threadpool(handle_track_body, body, catalog=known, store=store)
+            document = await run_in_threadpool(
+                handle_track_body, body, catalog=known, prices=prices, store=store
+            )
         except TrackRequestError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
         return JSONResponse(document)
@@ -100,14 +121,72 @@ def create_server_app(
         params = request.query_params
         limit = min(_int_param(params.get("limit"), "limit", DEFAULT_LIST_LIMIT), MAX_LIST_LIMIT)
         offset = _int_param(params.get("offset"), "offset", 0)
+        start = _date_param(params.get("start"), "start")
+        end = _date_param(params.get("end"), "end")
         events = await run_in_threadpool(
             store.list_events,
             limit,
             offset,
             service_key=params.get("service_key"),
             customer_key=params.get("customer_key"),
+            start_s=None if start is None else _epoch_s(start),
+            end_s=None if end is None else _epoch_s(end + timedelta(days=1)),
         )
         return JSONResponse({"events": events, "limit": limit, "offset": offset})
+
+    async def costs(request: Request) -> Response:
+        params = request.query_params
+        group_by = params.get("group_by") or "day"
+        if group_by not in GROUP_BY:
+            raise HTTPException(400, f"group_by must be one of {', '.join(GROUP_BY)}")
+        first, last = default_range(_today())
+        start = _date_param(params.get("start"), "start") or first
+        end = _date_param(params.get("end"), "end") or max(last, start)
+        if end < start:
+            raise HTTPException(400, "end must not be before start")
+        rows = await run_in_threadpool(
+            store.rollups,
+            start.isoformat(),
+            end.isoformat(),
+            customer_key=params.get("customer_key"),
+            service_key=params.get("service_key"),
+            # The database sums over everything but the one column the grouping needs.
+            group_by=(ROLLUP_COLUMN[group_by],),
+        )
+        return JSONResponse(cost_report(rows, start=start, end=end, group_by=group_by))
+
+    async def budget(request: Request) -> Response:
+        params = request.query_params
+        as_of = _date_param(params.get("as_of"), "as_of") or _today()
+        customer_key = params.get("customer_key")
+        first_day = as_of.replace(day=1).isoformat()
+        rows = await run_in_threadpool(
+            store.rollups,
+            first_day,
+            as_of.isoformat(),
+            customer_key=customer_key,
+            group_by=("customer_key",),
+        )
+        if customer_key is not None:
+            return JSONResponse(
+                budget_status(
+                    rows,
+                    as_of=as_of,
+                    monthly_budget=budgets.get(customer_key),
+                    customer_key=customer_key,
+                )
+            )
+        document = budget_status(rows, as_of=as_of, monthly_budget=monthly_budget_usd)
+        document["customers"] = [
+            budget_status(
+                [row for row in rows if row.customer_key == key],
+                as_of=as_of,
+                monthly_budget=amount,
+                customer_key=key,
+            )
+            for key, amount in sorted(budgets.items())
+        ]
+        return JSONResponse(document)
 
     async def learn_service(request: Request) -> Response:
         service_key: str = request.path_params["service_key"]
@@ -124,8 +203,9 @@ def create_server_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logger.info(
-            "local /track server ready: db=%s, genai-prices %s",
-            db_path,
+            "local /track server ready: %s ledger at %s, genai-prices %s",
+            store.backend,
+            store.location,
             known.catalog_version,
         )
         try:
@@ -138,6 +218,8 @@ def create_server_app(
             Route(f"{API_PREFIX}/track", authorized(track), methods=["POST"]),
             Route(f"{API_PREFIX}/stats", authorized(stats), methods=["GET"]),
             Route(f"{API_PREFIX}/usage/events", authorized(usage_events), methods=["GET"]),
+            Route(f"{API_PREFIX}/costs", authorized(costs), methods=["GET"]),
+            Route(f"{API_PREFIX}/budget-status", authorized(budget), methods=["GET"]),
             Route(
                 f"{API_PREFIX}/services/{{service_key:path}}",
                 authorized(learn_service),
@@ -150,6 +232,7 @@ def create_server_app(
     )
     app.state.store = store
     app.state.catalog = known
+    app.state.prices = prices
     return app
 
 
@@ -188,6 +271,26 @@ def _int_param(raw: str | None, name: str, default: int) -> int:
     if value < 0:
         raise HTTPException(400, f"{name} must not be negative")
     return value
+
+
+def _date_param(raw: str | None, name: str) -> date | None:
+    """An ISO ``YYYY-MM-DD`` query parameter (UTC day), or HTTPException 400."""
+    if raw is None or raw == "":
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be a date YYYY-MM-DD, not {raw[:20]!r}") from None
+
+
+def _epoch_s(day: date) -> float:
+    """Midnight UTC at the start of ``day``, in epoch seconds."""
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+
+
+def _today() -> date:
+    """Today's date in UTC, the ledger's time zone."""
+    return datetime.now(timezone.utc).date()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -20,10 +20,10 @@ import functools
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import genai_prices
-from genai_prices import data_snapshot
+from genai_prices import data_snapshot, types
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,12 @@ _GEMINI_MODEL_PREFIX = "models/"
 
 @dataclass(frozen=True, slots=True)
 class CatalogMatch:
-    """The genai-prices entry a service key resolved to (for costing later)."""
+    """The genai-prices entry a service key resolved to; ``pricing.py`` costs with it."""
 
     provider_id: str
     model_id: str
+    provider: types.Provider | None = field(default=None, compare=False, repr=False)
+    model: types.ModelInfo | None = field(default=None, compare=False, repr=False)
 
 
 def split_service_key(service_key: str) -> tuple[str, str] | None:
@@ -136,4 +138,6 @@ class ServiceCatalog:
             provider, model_info = snapshot.find_provider_model(model, None, vendor, None)
         except LookupError:
             return None
-        return CatalogMatch(provider_id=provider.id, model_id=model_info.id)
+        return CatalogMatch(
+            provider_id=provider.id, model_id=model_info.id, provider=provider, model=model_info
+        )

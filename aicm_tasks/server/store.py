@@ -1,36 +1,37 @@
-"""The local server's event store: SQLite, deduplicated by response_id.
+"""The local server's cost ledger: events deduplicated by response_id, counters and daily rollups.
 
-Deduplication uses an in-memory set of the stored response_ids (rebuilt from
-the table when the store opens), not a unique index. Measured on the project's
-2-vCPU VM: with ``response_id`` as the PRIMARY KEY, every record of a batch of
-500 dirties its own random 4 KiB index page once the table holds more than a
-few thousand events, so each record costs ~4 KiB of WAL and checkpoint I/O and
-inserts fell to ~40,000 records/s at 500,000 events; without the random-key
-index the table only grows at its end and the same load runs at ~200,000
-records/s. The price: ~100 bytes of memory per stored event, and one server
-process per database file (a second writer would not see the first's set).
+Two storages behind one interface, :class:`EventStore`: SQLite (the default, one
+file; ``sqlite_store.py``) and PostgreSQL (``postgres_store.py``) when the
+database is given as a ``postgresql://`` URL. :func:`open_store` picks one.
 
-One connection guarded by a lock: SQLite serialises writers anyway, and the
-server calls in from uvicorn's threadpool. WAL with ``synchronous=NORMAL``
-syncs on checkpoints only; losing the last batches to a power cut is fine for a
-development server, and a crash of the process itself loses nothing committed.
+Why the standard library's ``sqlite3`` and ``psycopg`` 3 rather than an ORM or
+SQLAlchemy: the hot path is one statement per batch of 500 and each backend
+dedupes its own way (SQLite with an in-memory set, PostgreSQL with ``ON
+CONFLICT``), so a portability layer would hide exactly the part that differs;
+what they share (rows, rollups, queries, counters) lives here, written in the
+SQL both speak, with ``?`` placeholders the PostgreSQL store rewrites.
 
-Counters live in a table next to the events and are updated in the same
-transaction as the inserts, so ``stats()`` survives restarts and always agrees
-with the events table (it never needs a ``COUNT(*)`` scan).
+Every new event updates, in the same transaction, a row of ``daily_rollups``
+per (UTC day of the record's timestamp, service key, customer key): requests,
+tokens and cost. Cost reports read those rows, never the events, so a month's
+report reads at most 31 x services x customers rows however many events there
+are (``bench/ledger.py`` measures it). Costs are whole nano-dollars
+(``pricing.py``), so sums are exact in either database.
 """
 
 from __future__ import annotations
 
+import abc
+import functools
 import json
-import logging
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, ClassVar
 
-logger = logging.getLogger(__name__)
+from aicm_tasks.server.pricing import Cost
+from aicm_tasks.server.usage import TokenCounts, UsageError, token_counts
 
 #: Counter names kept in the ``counters`` table; ``stats()`` returns them all.
 COUNTERS = ("events", "received", "duplicates", "unknown_service", "errors")
@@ -38,31 +39,76 @@ COUNTERS = ("events", "received", "duplicates", "unknown_service", "errors")
 NOT_STORED_COUNTERS = ("unknown_service", "errors")
 #: Largest page ``list_events`` returns.
 MAX_LIST_LIMIT = 1000
+#: URL schemes that select the PostgreSQL store.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq          INTEGER PRIMARY KEY,
-    response_id  TEXT NOT NULL,
-    service_key  TEXT NOT NULL,
-    customer_key TEXT,
-    timestamp    REAL NOT NULL,
-    payload      TEXT NOT NULL,
-    context      TEXT,
-    received_at  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_service_key ON events (service_key);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
-
-_INSERT = (
-    "INSERT INTO events"
-    " (response_id, service_key, customer_key, timestamp, payload, context, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+#: Columns of ``events`` written per record, in the order of :func:`event_rows`' tuples.
+EVENT_COLUMNS = (
+    "response_id",
+    "service_key",
+    "customer_key",
+    "timestamp",
+    "payload",
+    "context",
+    "received_at",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nano_usd",
+    "catalog_version",
 )
-_BUMP = "UPDATE counters SET value = value + ? WHERE name = ?"
+#: Summed columns of ``daily_rollups``.
+ROLLUP_SUMS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cost_nano_usd",
+)
+
+UPSERT_ROLLUP = (
+    "INSERT INTO daily_rollups (day, service_key, customer_key, "
+    + ", ".join(ROLLUP_SUMS)
+    + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (day, service_key, customer_key) DO UPDATE SET "
+    + ", ".join(f"{c} = daily_rollups.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+)
+BUMP_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ?"
+
+EventRow = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RollupRow:
+    """Requests, tokens and cost of one UTC day, service key and customer key."""
+
+    day: str  # YYYY-MM-DD
+    service_key: str
+    customer_key: str | None
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    reasoning_tokens: int
+    cost_nano_usd: int
+
+
+#: Columns a rollup query may group by.
+ROLLUP_KEYS = ("day", "service_key", "customer_key")
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_name(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def utc_day(timestamp_s: float) -> str:
+    """The UTC calendar day of an epoch timestamp, ``YYYY-MM-DD``."""
+    # Epoch days are whole 86,400 s in UTC (no leap seconds in POSIX time).
+    return _day_name(int(timestamp_s // 86400))
 
 
 def _make_dumps() -> Callable[[Any], str]:
@@ -87,48 +133,28 @@ def _make_dumps() -> Callable[[Any], str]:
 _dumps = _make_dumps()
 
 
-class EventStore:
-    """Usage events, one per ``response_id``, with persistent counters.
+def event_rows(
+    records: Sequence[Mapping[str, Any]],
+    tokens: Sequence[TokenCounts] | None,
+    costs: Sequence[Cost | None] | None,
+) -> list[EventRow]:
+    """One row per valid contract record, in :data:`EVENT_COLUMNS` order.
 
-    ``db_path`` is a file path or ``":memory:"``. Safe to share between threads;
-    one store (one process) per database file, see the module docstring.
+    ``tokens`` and ``costs`` run parallel to ``records``; without ``tokens`` they
+    are read from each payload (a malformed payload counts zero tokens).
     """
-
-    def __init__(self, db_path: str = ":memory:") -> None:
-        """Open (creating if needed) the database at ``db_path``."""
-        self.db_path = db_path
-        self._lock = threading.Lock()
-        # isolation_level=None: transactions are begun explicitly, so a batch is
-        # exactly one transaction and nothing is left open between calls.
-        self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._conn.executemany(
-            "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
-            [(name,) for name in COUNTERS],
-        )
-        self._ids: set[str] = {
-            response_id for (response_id,) in self._conn.execute("SELECT response_id FROM events")
-        }
-        logger.debug("event store open at %s with %d events", db_path, len(self._ids))
-
-    def add_batch(
-        self,
-        records: Sequence[Mapping[str, Any]],
-        *,
-        not_stored: Mapping[str, int] | None = None,
-    ) -> list[bool]:
-        """Store valid contract records in one transaction; return which were new.
-
-        A record whose ``response_id`` is already stored (or appeared earlier in
-        the same batch) is a duplicate: it is not stored again and counts in
-        ``duplicates``. ``not_stored`` counts the other records of the same
-        request that were answered without being stored, by counter name
-        (``{"unknown_service": 2, "errors": 1}``); they count as received too.
-        """
-        received_at = time.time()
-        rows = [
+    received_at = time.time()
+    rows = []
+    for i, record in enumerate(records):
+        if tokens is not None:
+            counts = tokens[i]
+        else:
+            try:
+                counts = token_counts(record["payload"])
+            except UsageError:
+                counts = TokenCounts()
+        cost = costs[i] if costs is not None else None
+        rows.append(
             (
                 record["response_id"],
                 record["service_key"],
@@ -137,47 +163,89 @@ class EventStore:
                 _dumps(record["payload"]),
                 None if record.get("context") is None else _dumps(record["context"]),
                 received_at,
+                counts.input_tokens,
+                counts.output_tokens,
+                counts.cached_input_tokens,
+                counts.cache_write_tokens,
+                counts.reasoning_tokens,
+                None if cost is None else cost.nano_usd,
+                None if cost is None else cost.catalog_version,
             )
-            for record in records
-        ]
+        )
+    return rows
+
+
+def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
+    """The increments of ``daily_rollups`` for new event rows, sorted by key.
+
+    Sorted so that concurrent writers (several PostgreSQL servers) lock rollup
+    rows in the same order and cannot deadlock. No customer is stored as ''
+    (NULLs would never conflict in the unique key).
+    """
+    sums: dict[tuple[str, str, str], list[int]] = {}
+    for row in rows:
+        key = (utc_day(row[3]), row[1], row[2] or "")
+        acc = sums.get(key)
+        if acc is None:
+            acc = sums[key] = [0, 0, 0, 0, 0, 0]
+        acc[0] += 1
+        acc[1] += row[7]
+        acc[2] += row[8]
+        acc[3] += row[9]
+        acc[4] += row[11]
+        acc[5] += row[12] or 0
+    return [(*key, *acc) for key, acc in sorted(sums.items())]
+
+
+def counter_bumps(stored: int, received: int, extra: Mapping[str, int]) -> list[tuple[int, str]]:
+    """``(increment, name)`` pairs for the counters table, by name, zeros left out."""
+    bumps = {
+        "events": stored,
+        "duplicates": received - stored,
+        "received": received + sum(extra.values()),
+        **extra,
+    }
+    return [(n, name) for name, n in sorted(bumps.items()) if n]
+
+
+class EventStore(abc.ABC):
+    """Usage events, one per ``response_id``, with persistent counters and daily rollups.
+
+    Safe to share between threads. Use :func:`open_store` to open one.
+    """
+
+    #: Name of the storage, for logs and ``/stats``.
+    backend: ClassVar[str]
+    #: Where the events are: a file path or a URL without its password.
+    location: str
+
+    def add_batch(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        tokens: Sequence[TokenCounts] | None = None,
+        costs: Sequence[Cost | None] | None = None,
+        not_stored: Mapping[str, int] | None = None,
+    ) -> list[bool]:
+        """Store valid contract records in one transaction; return which were new.
+
+        A record whose ``response_id`` is already stored (or appeared earlier in
+        the same batch) is a duplicate: not stored again, counted in
+        ``duplicates``, left out of the rollups. ``tokens`` and ``costs`` run
+        parallel to ``records``. ``not_stored`` counts the other records of the
+        same request that were answered without being stored, by counter name
+        (``{"unknown_service": 2, "errors": 1}``); they count as received too.
+        """
         extra = dict(not_stored or {})
         unknown = set(extra) - set(NOT_STORED_COUNTERS)
         if unknown:
             raise ValueError(
                 f"unknown counters {sorted(unknown)} in not_stored; allowed: {NOT_STORED_COUNTERS}"
             )
+        rows = event_rows(records, tokens, costs)
         if not rows and not any(extra.values()):
             return []
-        with self._lock:
-            stored_ids = self._ids
-            batch_ids: set[str] = set()
-            new: list[bool] = []
-            new_rows = []
-            for row in rows:
-                response_id = row[0]
-                is_new = response_id not in stored_ids and response_id not in batch_ids
-                new.append(is_new)
-                if is_new:
-                    batch_ids.add(response_id)
-                    new_rows.append(row)
-            bumps = {
-                "events": len(new_rows),
-                "duplicates": len(rows) - len(new_rows),
-                "received": len(rows) + sum(extra.values()),
-                **extra,
-            }
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT, new_rows)
-                conn.executemany(_BUMP, [(n, name) for name, n in bumps.items() if n])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            # Only after the commit: a failed batch must leave its ids unseen.
-            stored_ids |= batch_ids
-        return new
+        return self._insert(rows, extra)
 
     def count(self, counts: Mapping[str, int]) -> None:
         """Add ``counts`` (counter name -> increment) without storing events."""
@@ -185,15 +253,8 @@ class EventStore:
 
     def stats(self) -> dict[str, int]:
         """Every counter: ``events`` (unique stored), ``received``, ``duplicates``, ..."""
-        with self._lock:
-            rows = self._conn.execute("SELECT name, value FROM counters").fetchall()
-        values = dict(rows)
+        values = dict(self._fetch("SELECT name, value FROM counters", ()))
         return {name: int(values.get(name, 0)) for name in COUNTERS}
-
-    def has(self, response_id: str) -> bool:
-        """True if an event with ``response_id`` is stored."""
-        with self._lock:
-            return response_id in self._ids
 
     def list_events(
         self,
@@ -201,21 +262,36 @@ class EventStore:
         offset: int = 0,
         service_key: str | None = None,
         customer_key: str | None = None,
+        start_s: float | None = None,
+        end_s: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored events in arrival order, optionally filtered; a page of at most ``limit``.
+        """Stored events in arrival order, filtered; a page of at most ``limit``.
 
-        Arrival order (not newest first) keeps ``offset`` paging stable while new
-        events keep coming. ``limit`` is capped at :data:`MAX_LIST_LIMIT`.
+        ``start_s`` (inclusive) and ``end_s`` (exclusive) bound the record's own
+        timestamp, in epoch seconds. Arrival order (not newest first) keeps
+        ``offset`` paging stable while new events keep coming. ``limit`` is
+        capped at :data:`MAX_LIST_LIMIT`.
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
-        where, params = _filters(service_key=service_key, customer_key=customer_key)
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("service_key = ?", service_key),
+            ("customer_key = ?", customer_key),
+            ("timestamp >= ?", start_s),
+            ("timestamp < ?", end_s),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
         sql = (
             "SELECT response_id, service_key, customer_key, timestamp, payload, context,"
-            f" received_at FROM events{where} ORDER BY seq LIMIT ? OFFSET ?"
+            " received_at, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens,"
+            f" cost_nano_usd, catalog_version FROM events{where} ORDER BY seq LIMIT ? OFFSET ?"
         )
-        with self._lock:
-            rows = self._conn.execute(sql, (*params, min(limit, MAX_LIST_LIMIT), offset)).fetchall()
+        rows = self._fetch(sql, (*params, min(limit, MAX_LIST_LIMIT), offset))
         return [
             {
                 "response_id": row[0],
@@ -225,14 +301,69 @@ class EventStore:
                 "payload": json.loads(row[4]),
                 "context": None if row[5] is None else json.loads(row[5]),
                 "received_at": row[6],
+                "input_tokens": row[7],
+                "output_tokens": row[8],
+                "cached_input_tokens": row[9],
+                "reasoning_tokens": row[10],
+                "cost": None if row[11] is None else row[11] / 1e9,
+                "price_catalog": None if row[12] is None else f"genai-prices {row[12]}",
             }
             for row in rows
         ]
 
+    def rollups(
+        self,
+        start_day: str,
+        end_day: str,
+        *,
+        customer_key: str | None = None,
+        service_key: str | None = None,
+        group_by: Sequence[str] = ROLLUP_KEYS,
+    ) -> list[RollupRow]:
+        """Rollup sums from ``start_day`` to ``end_day`` (``YYYY-MM-DD``, inclusive).
+
+        One row per distinct value of the ``group_by`` columns (a subset of
+        :data:`ROLLUP_KEYS`; all three by default: the daily rows themselves),
+        summed by the database. Columns not grouped by read ``""`` (``day``,
+        ``service_key``) or None (``customer_key``).
+        """
+        unknown = set(group_by) - set(ROLLUP_KEYS)
+        if unknown:
+            raise ValueError(f"rollups group by {ROLLUP_KEYS}, not {sorted(unknown)}")
+        keys = [key if key in group_by else "''" for key in ROLLUP_KEYS]
+        sql = f"SELECT {', '.join(keys)}, " + ", ".join(f"SUM({c})" for c in ROLLUP_SUMS)
+        sql += " FROM daily_rollups WHERE day >= ? AND day <= ?"
+        params: list[Any] = [start_day, end_day]
+        if customer_key is not None:
+            sql += " AND customer_key = ?"
+            params.append(customer_key)
+        if service_key is not None:
+            sql += " AND service_key = ?"
+            params.append(service_key)
+        if group_by:
+            columns = [key for key in ROLLUP_KEYS if key in group_by]
+            sql += f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
+        return [
+            RollupRow(row[0], row[1], row[2] or None, *(int(v or 0) for v in row[3:]))
+            for row in self._fetch(sql, params)
+            if row[3]  # an empty range sums to one row of NULLs
+        ]
+
+    @abc.abstractmethod
+    def has(self, response_id: str) -> bool:
+        """True if an event with ``response_id`` is stored."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""
-        with self._lock:
-            self._conn.close()
+
+    @abc.abstractmethod
+    def _insert(self, rows: list[EventRow], extra: dict[str, int]) -> list[bool]:
+        """Insert the new rows, their rollups and the counters in one transaction."""
+
+    @abc.abstractmethod
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a read query written with ``?`` placeholders; all its rows."""
 
     def __enter__(self) -> EventStore:
         return self
@@ -241,13 +372,25 @@ class EventStore:
         self.close()
 
 
-def _filters(**equal_to: str | None) -> tuple[str, list[str]]:
-    """A ``WHERE`` clause (or '') and its parameters for the non-None equalities."""
-    clauses: list[str] = []
-    params: list[str] = []
-    for column, value in equal_to.items():
-        if value is not None:
-            # Column names come from this module's keyword arguments, never from input.
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+def first_occurrences(rows: Sequence[EventRow], seen: Any = frozenset()) -> list[bool]:
+    """For each row, whether it is the first of its response_id here and not in ``seen``."""
+    batch_ids: set[str] = set()
+    flags = []
+    for row in rows:
+        response_id = row[0]
+        is_new = response_id not in seen and response_id not in batch_ids
+        flags.append(is_new)
+        if is_new:
+            batch_ids.add(response_id)
+    return flags
+
+
+def open_store(db: str) -> EventStore:
+    """Open the store at ``db``: a ``postgresql://`` URL, or an SQLite path / ``sqlite:///`` URL."""
+    if db.startswith(POSTGRES_SCHEMES):
+        from aicm_tasks.server.postgres_store import PostgresEventStore
+
+        return PostgresEventStore(db)
+    from aicm_tasks.server.sqlite_store import SqliteEventStore
+
+    return SqliteEventStore(db.removeprefix("sqlite:///") if db.startswith("sqlite:///") else db)

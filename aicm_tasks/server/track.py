@@ -1,7 +1,8 @@
 """What ``POST /track`` does with a request body, apart from HTTP: parse, answer, store.
 
-Plain functions over bytes, a :class:`~aicm_tasks.server.catalog.ServiceCatalog`
-and an :class:`~aicm_tasks.server.store.EventStore`, so the per-record rules are
+Plain functions over bytes, a :class:`~aicm_tasks.server.catalog.ServiceCatalog`,
+a :class:`~aicm_tasks.server.pricing.PriceBook` and an
+:class:`~aicm_tasks.server.store.EventStore`, so the per-record rules are
 tested without a server. ``app.py`` maps :class:`TrackRequestError` to a status.
 
 Per-record rules, in order:
@@ -13,8 +14,13 @@ Per-record rules, in order:
    result means "not delivered", which is the truth);
 2. a valid record whose service key the catalog does not know answers
    ``service_key_unknown`` and is not stored;
-3. every other record is stored (once per response_id) and answers ``queued``,
-   duplicates included: a retry of a delivered record must succeed.
+3. a record whose token counts cannot be read (``usage.py``) or that the
+   catalog refuses to price (cached tokens above input) answers ``error``;
+4. every other record is stored (once per response_id, with its tokens and
+   cost) and answers ``completed`` with its ``cost_events`` when the catalog
+   prices its model, or ``queued`` when its service key was only learned
+   (no price): duplicates included, since a retry of a delivered record must
+   succeed.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import logging
 from typing import Any
 
 from aicm_tasks.server.catalog import ServiceCatalog
+from aicm_tasks.server.pricing import Cost, PriceBook
 from aicm_tasks.server.store import EventStore
+from aicm_tasks.server.usage import TokenCounts, UsageError, token_counts
 from aicm_tasks.server.validation import validate_record
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,7 @@ MAX_RECORDS_PER_REQUEST = 1000
 
 #: Statuses of the contract this server answers with.
 STATUS_QUEUED = "queued"
+STATUS_COMPLETED = "completed"
 STATUS_SERVICE_KEY_UNKNOWN = "service_key_unknown"
 STATUS_ERROR = "error"
 
@@ -75,11 +84,13 @@ def unknown_service_message(service_key: str) -> str:
 
 
 def answer_batch(
-    tracked: list[Any], *, catalog: ServiceCatalog, store: EventStore
+    tracked: list[Any], *, catalog: ServiceCatalog, prices: PriceBook, store: EventStore
 ) -> list[dict[str, Any]]:
     """Answer each record per the module's rules, store the accepted ones, return the results."""
     results: list[dict[str, Any]] = []
     accepted: list[dict[str, Any]] = []
+    tokens: list[TokenCounts] = []
+    costs: list[Cost | None] = []
     unknown = errors = 0
     for record in tracked:
         problems = validate_record(record)
@@ -102,9 +113,37 @@ def answer_batch(
                 }
             )
             continue
+        match = catalog.resolve(service_key)
+        try:
+            counts = token_counts(record["payload"])
+            cost = None if match is None else prices.cost(match, counts, float(record["timestamp"]))
+        except (UsageError, ValueError) as exc:
+            # genai-prices' own refusals read "Invalid usage data: ...".
+            message = str(exc) if isinstance(exc, UsageError) else f"payload: {exc}"
+            errors += 1
+            results.append(
+                {"response_id": record["response_id"], "status": STATUS_ERROR, "errors": [message]}
+            )
+            continue
         accepted.append(record)
-        results.append({"response_id": record["response_id"], "status": STATUS_QUEUED})
-    new = store.add_batch(accepted, not_stored={"unknown_service": unknown, "errors": errors})
+        tokens.append(counts)
+        costs.append(cost)
+        if cost is None:
+            results.append({"response_id": record["response_id"], "status": STATUS_QUEUED})
+        else:
+            results.append(
+                {
+                    "response_id": record["response_id"],
+                    "status": STATUS_COMPLETED,
+                    "cost_events": cost.cost_events(service_key, counts),
+                }
+            )
+    new = store.add_batch(
+        accepted,
+        tokens=tokens,
+        costs=costs,
+        not_stored={"unknown_service": unknown, "errors": errors},
+    )
     logger.debug(
         "track: %d records, %d stored, %d duplicates, %d service_key_unknown, %d errors",
         len(tracked),
@@ -116,6 +155,8 @@ def answer_batch(
     return results
 
 
-def handle_track_body(body: bytes, *, catalog: ServiceCatalog, store: EventStore) -> dict[str, Any]:
+def handle_track_body(
+    body: bytes, *, catalog: ServiceCatalog, prices: PriceBook, store: EventStore
+) -> dict[str, Any]:
     """Parse a ``POST /track`` body and return the response document ``{"results": [...]}``."""
-    return {"results": answer_batch(parse_batch(body), catalog=catalog, store=store)}
+    return {"results": answer_batch(parse_batch(body), catalog=catalog, prices=prices, store=store)}

@@ -27,7 +27,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 @contextmanager
 def serving(db_path: Path) -> Iterator[str]:
     """Run the server with uvicorn in a thread; yield its base URL; stop it on exit."""
-    app = create_server_app(api_key=API_KEY, db_path=str(db_path))
+    app = create_server_app(api_key=API_KEY, db=str(db_path))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -89,7 +89,7 @@ def test_a_batch_of_1000_gets_a_result_for_every_record(tmp_path: Path) -> None:
 
         assert set(results) == {record["response_id"] for record in batch}
         statuses = [results[record["response_id"]]["status"] for record in batch]
-        assert statuses == ["queued"] * 990 + ["service_key_unknown"] * 5 + ["error"] * 5
+        assert statuses == ["completed"] * 990 + ["service_key_unknown"] * 5 + ["error"] * 5
         assert results[batch[-1]["response_id"]]["errors"] == [
             "payload: input_tokens must not be negative"
         ]
@@ -101,9 +101,9 @@ def test_a_batch_of_1000_gets_a_result_for_every_record(tmp_path: Path) -> None:
             "errors": 5,
         }
 
-        # A replay of the whole batch: every known record is queued again, stored once.
+        # A replay of the whole batch: every known record is answered again, stored once.
         again = post(url, batch)
-        assert [again[r["response_id"]]["status"] for r in batch[:990]] == ["queued"] * 990
+        assert [again[r["response_id"]]["status"] for r in batch[:990]] == ["completed"] * 990
         assert stats(url)["duplicates"] == 990
         assert stats(url)["events"] == 990
 
@@ -127,7 +127,7 @@ def test_run_server_serves_in_its_own_process(tmp_path: Path) -> None:
     port = free_port()
     code = (
         "from aicm_tasks.server import run_server; "
-        f"run_server(port={port}, api_key={API_KEY!r}, db_path={str(tmp_path / 'e.sqlite3')!r}, "
+        f"run_server(port={port}, api_key={API_KEY!r}, db={str(tmp_path / 'e.sqlite3')!r}, "
         "extra_services=['custom::thing'])"
     )
     process = subprocess.Popen([sys.executable, "-c", code])

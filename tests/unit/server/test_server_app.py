@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import genai_prices
 import pytest
 from starlette.testclient import TestClient
 
@@ -30,7 +31,7 @@ def make_record(response_id: str, service_key: str = "openai::gpt-4o-mini", **ex
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_server_app(
-        api_key=API_KEY, db_path=str(tmp_path / "events.sqlite3"), max_body_bytes=64 * 1024
+        api_key=API_KEY, db=str(tmp_path / "events.sqlite3"), max_body_bytes=64 * 1024
     )
     with TestClient(app) as test_client:
         yield test_client
@@ -124,8 +125,33 @@ def test_a_mixed_batch_gets_one_result_per_record(client: TestClient) -> None:
         ],
     )
     assert set(results) == {"ok-1", "ok-2", "unknown-1", "bad-1"}
-    assert results["ok-1"] == {"response_id": "ok-1", "status": "queued"}
-    assert results["ok-2"]["status"] == "queued"
+    # gpt-4o-mini: $0.15 per million input tokens, $0.60 per million output tokens.
+    version = f"genai-prices {genai_prices.__version__}"
+    assert results["ok-1"] == {
+        "response_id": "ok-1",
+        "status": "completed",
+        "cost_events": [
+            {
+                "provider_id": "openai",
+                "service_key": "openai::gpt-4o-mini",
+                "cost_unit_id": "input_tokens",
+                "quantity": 10,
+                "cost_per_unit": "0.00000015",
+                "cost": "0.0000015",
+                "price_catalog": version,
+            },
+            {
+                "provider_id": "openai",
+                "service_key": "openai::gpt-4o-mini",
+                "cost_unit_id": "output_tokens",
+                "quantity": 20,
+                "cost_per_unit": "0.0000006",
+                "cost": "0.000012",
+                "price_catalog": version,
+            },
+        ],
+    }
+    assert results["ok-2"]["status"] == "completed"
     assert results["unknown-1"] == {
         "response_id": "unknown-1",
         "status": "service_key_unknown",
@@ -149,9 +175,10 @@ def test_a_mixed_batch_gets_one_result_per_record(client: TestClient) -> None:
 
 
 def test_a_duplicate_is_queued_again_but_stored_once(client: TestClient) -> None:
-    assert track(client, [make_record("a"), make_record("b")])["a"]["status"] == "queued"
+    first = track(client, [make_record("a"), make_record("b")])["a"]
+    assert first["status"] == "completed"
     again = track(client, [make_record("a"), make_record("c")])
-    assert again["a"] == {"response_id": "a", "status": "queued"}
+    assert again["a"] == first
     stats = client.get("/api/v1/stats", headers=AUTH).json()
     assert (stats["events"], stats["received"], stats["duplicates"]) == (3, 4, 1)
 

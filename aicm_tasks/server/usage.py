@@ -1,0 +1,137 @@
+"""Token counts out of a record's payload, whichever vendor's usage shape it carries.
+
+The official SDK sends each vendor's own usage object as the payload, so one
+server sees several shapes. :func:`token_counts` reads them all into one
+:class:`TokenCounts`, where ``input_tokens`` is every input token (cached ones
+included) and ``output_tokens`` every output token (reasoning ones included):
+
+============================  ============================================  =========================
+shape                         input (cached, cache writes)                  output (reasoning)
+============================  ============================================  =========================
+flat (this project's README)  ``input_tokens`` (``cached_input_tokens``,    ``output_tokens``
+                              ``cache_write_tokens``) — included in input   (``reasoning_tokens``)
+OpenAI chat completions       ``prompt_tokens``                             ``completion_tokens``
+                              (``prompt_tokens_details.cached_tokens``)     (``completion_tokens_details
+                                                                            .reasoning_tokens``)
+OpenAI responses              ``input_tokens``                              ``output_tokens``
+                              (``input_tokens_details.cached_tokens``)      (``output_tokens_details
+                                                                            .reasoning_tokens``)
+Anthropic                     ``input_tokens`` + ``cache_read_input_tokens``  ``output_tokens``
+                              + ``cache_creation_input_tokens`` (Anthropic
+                              counts cache tokens apart from input)
+Gemini                        ``promptTokenCount``                          ``candidatesTokenCount`` +
+                              (``cachedContentTokenCount``)                 ``thoughtsTokenCount``
+Bedrock Converse              ``inputTokens`` + ``cacheReadInputTokens``    ``outputTokens``
+                              + ``cacheWriteInputTokens``
+============================  ============================================  =========================
+
+Pure functions; a count that is present but not a non-negative integer, or
+cached tokens above the input they are part of, raise :class:`UsageError`
+(the record then answers ``error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class UsageError(ValueError):
+    """A payload's token counts are malformed; the message is ``payload: <problem>``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """One record's tokens. ``cached_input_tokens`` and ``cache_write_tokens`` are
+    part of ``input_tokens``; ``reasoning_tokens`` are part of ``output_tokens``."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+#: Where each count may be found, first match wins: a name or a (parent, child) path.
+_INPUT = ("input_tokens", "prompt_tokens", "promptTokenCount", "inputTokens")
+_OUTPUT = ("output_tokens", "completion_tokens", "outputTokens")
+_CACHED = (
+    "cached_input_tokens",
+    "cache_read_tokens",
+    ("input_tokens_details", "cached_tokens"),
+    ("prompt_tokens_details", "cached_tokens"),
+    "cachedContentTokenCount",
+)
+_CACHE_WRITE = ("cache_write_tokens",)
+_REASONING = (
+    "reasoning_tokens",
+    ("output_tokens_details", "reasoning_tokens"),
+    ("completion_tokens_details", "reasoning_tokens"),
+)
+#: Cache counts that vendors report *beside* input, not inside it (Anthropic, Bedrock).
+_CACHE_READ_APART = ("cache_read_input_tokens", "cacheReadInputTokens")
+_CACHE_WRITE_APART = ("cache_creation_input_tokens", "cacheWriteInputTokens")
+
+
+def _count(payload: Mapping[str, Any], paths: tuple[str | tuple[str, str], ...]) -> int | None:
+    for path in paths:
+        if isinstance(path, tuple):
+            parent = payload.get(path[0])
+            value = parent.get(path[1]) if isinstance(parent, Mapping) else None
+            name = ".".join(path)
+        else:
+            value = payload.get(path)
+            name = path
+        if value is None:  # SDK usage objects serialise unset counts as null
+            continue
+        # bool is an int subclass in Python but not a count.
+        if type(value) is not int or value < 0:
+            raise UsageError(f"payload: {name} must be a non-negative integer")
+        return value
+    return None
+
+
+def token_counts(payload: Mapping[str, Any]) -> TokenCounts:
+    """Read the tokens of ``payload`` (any shape in the module docstring); absent counts are 0.
+
+    Raises :class:`UsageError` for a malformed count or cached tokens above input.
+    """
+    input_tokens = _count(payload, _INPUT) or 0
+    cached = _count(payload, _CACHED) or 0
+    cache_write = _count(payload, _CACHE_WRITE) or 0
+    read_apart = _count(payload, _CACHE_READ_APART)
+    write_apart = _count(payload, _CACHE_WRITE_APART)
+    if read_apart is not None or write_apart is not None:
+        cached += read_apart or 0
+        cache_write += write_apart or 0
+        input_tokens += (read_apart or 0) + (write_apart or 0)
+    elif cached + cache_write > input_tokens:
+        raise UsageError(
+            "payload: cached and cache-write tokens cannot exceed input tokens "
+            f"({cached} + {cache_write} > {input_tokens})"
+        )
+    output_tokens = _count(payload, _OUTPUT)
+    reasoning = _count(payload, _REASONING) or 0
+    if output_tokens is None:
+        # Gemini reports thoughts beside the candidates; both are billed as output.
+        candidates = _count(payload, ("candidatesTokenCount",)) or 0
+        thoughts = _count(payload, ("thoughtsTokenCount",)) or 0
+        output_tokens = candidates + thoughts
+        reasoning = reasoning or thoughts
+    if reasoning > output_tokens:
+        raise UsageError(
+            f"payload: reasoning tokens cannot exceed output tokens ({reasoning} > {output_tokens})"
+        )
+    return TokenCounts(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=cached,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+    )

@@ -1,0 +1,199 @@
+"""The local server's cost ledger: ingest rate and month-report time, SQLite and PostgreSQL.
+
+    python -m bench.ledger [--events 400000] [--steps 2] [--postgres-url URL]
+
+For each storage it fills a fresh ledger through the server's own ``/track``
+logic (``answer_batch``: validation, costing, store) in batches of 500, in
+``--steps`` equal steps, and after each step times (median of 20):
+
+- the month report as ``GET /api/v1/costs?group_by=model`` computes it, from
+  the daily rollups (``store.rollups`` + ``cost_report``);
+- the same figures by scanning the events table (``SUM ... GROUP BY`` over a
+  month of timestamps), which is what the rollups save.
+
+No Redis and no HTTP: this measures the ledger, not the pipeline. PostgreSQL
+runs in a scratch database (random name, dropped at the end) when one answers
+at ``--postgres-url`` (a role that may create databases). Writes
+``bench/results/ledger.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import genai_prices
+
+from aicm_tasks.server.catalog import ServiceCatalog
+from aicm_tasks.server.pricing import PriceBook
+from aicm_tasks.server.reports import cost_report
+from aicm_tasks.server.store import EventStore, open_store
+from aicm_tasks.server.track import answer_batch
+
+RESULTS = Path(__file__).parent / "results" / "ledger.md"
+MODELS = (
+    "openai::gpt-4o-mini",
+    "openai::gpt-4o",
+    "openai::o3-mini",
+    "anthropic::claude-3-5-haiku-20241022",
+    "anthropic::claude-sonnet-4-5",
+    "google::gemini-2.5-flash",
+    "google::gemini-2.5-pro",
+    "mistral::mistral-large-latest",
+)
+CUSTOMERS = 40
+#: Records are spread over these days; the report covers the last 30 of them.
+DAYS = 90
+FIRST_DAY = date(2025, 1, 1)
+BATCH = 500
+
+
+def records(count: int, rng: random.Random) -> Iterator[list[dict[str, Any]]]:
+    start = datetime(FIRST_DAY.year, FIRST_DAY.month, FIRST_DAY.day, tzinfo=timezone.utc)
+    base = start.timestamp()
+    for offset in range(0, count, BATCH):
+        yield [
+            {
+                "service_key": rng.choice(MODELS),
+                "response_id": uuid.uuid4().hex,
+                "timestamp": f"{base + rng.random() * DAYS * 86400:.3f}",
+                "payload": {
+                    "input_tokens": rng.randint(100, 20_000),
+                    "output_tokens": rng.randint(10, 2_000),
+                    "cached_input_tokens": 0,
+                },
+                "customer_key": f"customer-{rng.randrange(CUSTOMERS)}",
+                "context": {"route": "/chat"},
+            }
+            for _ in range(min(BATCH, count - offset))
+        ]
+
+
+def median_ms(func: Callable[[], object], repeat: int = 20) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        func()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def measure(store: EventStore, total: int, steps: int) -> list[dict[str, Any]]:
+    catalog, prices, rng = ServiceCatalog(), PriceBook(), random.Random(1)
+    month_end = date.fromordinal(FIRST_DAY.toordinal() + DAYS - 1)
+    month_start = date.fromordinal(month_end.toordinal() - 29)
+    lo = datetime(month_start.year, month_start.month, month_start.day, tzinfo=timezone.utc)
+    scan_sql = (
+        "SELECT service_key, COUNT(*), SUM(input_tokens + output_tokens), SUM(cost_nano_usd)"
+        " FROM events WHERE timestamp >= ? AND timestamp < ? GROUP BY service_key"
+    )
+    scan_params = (lo.timestamp(), lo.timestamp() + 30 * 86400)
+    rows: list[dict[str, Any]] = []
+    stored = 0
+    per_step = total // steps
+    for _ in range(steps):
+        started = time.perf_counter()
+        for batch in records(per_step, rng):
+            answer_batch(batch, catalog=catalog, prices=prices, store=store)
+        ingest_s = time.perf_counter() - started
+        stored += per_step
+
+        def report() -> dict[str, Any]:
+            rollups = store.rollups(
+                month_start.isoformat(), month_end.isoformat(), group_by=("service_key",)
+            )
+            return cost_report(rollups, start=month_start, end=month_end, group_by="model")
+
+        rollup_rows = len(store.rollups(month_start.isoformat(), month_end.isoformat()))
+        rows.append(
+            {
+                "events": stored,
+                "ingest_per_s": per_step / ingest_s,
+                "report_ms": median_ms(report),
+                "rollup_rows": rollup_rows,
+                "scan_ms": median_ms(lambda: store._fetch(scan_sql, scan_params), repeat=5),
+            }
+        )
+        print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+@contextmanager
+def scratch_postgres(admin_url: str) -> Iterator[str | None]:
+    try:
+        import psycopg
+
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        print(f"PostgreSQL skipped: {exc}")
+        yield None
+        return
+    name = f"aicm_bench_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        print("SQLite")
+        with open_store(f"{tmp}/ledger.sqlite3") as store:
+            results["SQLite"] = measure(store, args.events, args.steps)
+    with scratch_postgres(args.postgres_url) as url:
+        if url is not None:
+            print("PostgreSQL")
+            with open_store(url) as store:
+                results["PostgreSQL"] = measure(store, args.events, args.steps)
+    write(results, args)
+
+
+def write(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    lines = [
+        "# Ledger: ingest and month report",
+        "",
+        f"`python -m bench.ledger --events {args.events} --steps {args.steps}`, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
+        f"genai-prices {genai_prices.__version__}, {platform.machine()} with "
+        f"{__import__('os').cpu_count()} cores (shared).",
+        "",
+        f"Records over {DAYS} days, {len(MODELS)} models, {CUSTOMERS} customers, batches of "
+        f"{BATCH} through `answer_batch` (validation, costing, one transaction). The report is "
+        "the last 30 days grouped by model; the scan is the same sums straight off `events`.",
+        "",
+        "| storage | events stored | ingest (records/s) | daily rollup rows in the month | "
+        "month report from rollups (ms) | same from an events scan (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for storage, rows in results.items():
+        for row in rows:
+            lines.append(
+                f"| {storage} | {row['events']:,} | {row['ingest_per_s']:,.0f} | "
+                f"{row['rollup_rows']:,} | {row['report_ms']:.1f} | {row['scan_ms']:.1f} |"
+            )
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
