@@ -82,7 +82,10 @@ def _drain(basis: str) -> list[Target]:
 TARGETS: list[Target] = [
     Target("publish.aicm.p50_us", "<=", 0.35, "publish.celery.p50_us", "Celery .delay p50"),
     Target("publish.aicm.p50_us", "<=", 2, "publish.lpush.p50_us", "LPUSH p50"),
-    *_drain("spawn_all"),
+    # spawn→all is reported beside them, not targeted: it adds the worker
+    # process's one-time start-up (about 0.8 s of Python imports and Celery
+    # boot), which the SDK's clock (its thread start) never included.
+    *_drain("ready_all"),
     *_drain("steady"),
     Target("sustained.aicm", ">=", 3, "sustained.sdk", "SDK"),
     Target("latency.aicm.p99_ms", "<=", FLUSH_INTERVAL_MS + 250),

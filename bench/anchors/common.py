@@ -6,7 +6,9 @@ import os
 from typing import Any
 
 import httpx
+import redis
 from celery import Celery
+from celery.signals import worker_ready
 
 from bench.records import API_KEY
 
@@ -41,7 +43,20 @@ def base_app(name: str, queue: str) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
     )
+    worker_ready.connect(_mark_ready, weak=False)
     return app
+
+
+def ready_key(queue: str) -> str:
+    """The Redis key where an anchor worker writes when it is ready (see drain)."""
+    return f"bench:ready:{queue}"
+
+
+def _mark_ready(sender: Any = None, **_: Any) -> None:
+    """On Celery's ``worker_ready``: tell the benchmark, through its Redis."""
+    if broker_url() == UNSET_BROKER:
+        return
+    redis.Redis.from_url(broker_url()).set(ready_key(queue_name("")), "1")
 
 
 def post_records(records: list[dict[str, Any]]) -> None:

@@ -13,6 +13,12 @@ Two figures per contender, as the anchors reported them:
   includes worker start-up. For the SDK the clock starts when
   ``PersistentDelivery`` is constructed (its thread starts), after the
   producer process is up and the queue filled;
+* ready→all: records ÷ (last arrival − the moment the consumer is ready to
+  deliver): for aicm-tasks, when its delivery threads have registered their
+  lease in Redis; for the Celery anchors, when the worker logs ``ready.``;
+  for the SDK, the same clock as spawn→all (its thread start). This is the
+  like-for-like figure: a long-lived worker pays its start-up once, and the
+  SDK's clock never included starting its process;
 * steady: records ÷ (last − first arrival at the stub).
 
 Beside them: the consumer tree's peak RSS and CPU time per 1,000 records
@@ -27,8 +33,10 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.anchors.common import ready_key
 from bench.config import Counts
 from bench.harness import Bench
 from bench.sampling import TreeSampler, cpu_seconds
@@ -69,6 +77,7 @@ class Drained:
     """One drain: when the clock started, the stub's stats, and the consumer's resources."""
 
     start_s: float
+    ready_s: float
     stats: dict[str, float]
     peak_mb: float
     consumer_cpu_s: float
@@ -83,10 +92,13 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
         spawn_all = Figure(
             f"drain.{contender.kind}.spawn_all", f"drain: {contender.label}, spawn→all", "records/s"
         )
+        ready_all = Figure(
+            f"drain.{contender.kind}.ready_all", f"drain: {contender.label}, ready→all", "records/s"
+        )
         steady = Figure(
             f"drain.{contender.kind}.steady", f"drain: {contender.label}, steady", "records/s"
         )
-        spawn_all.note = steady.note = f"{contender.count:,} records pre-filled"
+        spawn_all.note = ready_all.note = steady.note = f"{contender.count:,} records pre-filled"
         if contender.kind == "sdk":
             spawn_all.note += "; clock starts at PersistentDelivery() (thread start)"
         for run_index in range(counts.runs):
@@ -94,15 +106,19 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
             try:
                 drained = drain_once(bench, contender)
             except Exception as exc:
-                attempt((spawn_all, steady), f"drain {contender.kind} run {run_index + 1}", exc)
+                attempt(
+                    (spawn_all, ready_all, steady), f"drain {contender.kind} run {run_index + 1}", exc
+                )
                 continue
             stats, per_1k = drained.stats, 1000 / contender.count
             last, first = stats["last_new_arrival"], stats["first_arrival"]
             spawn_all.values.append(contender.count / (last - drained.start_s))
+            ready_all.values.append(contender.count / (last - drained.ready_s))
             steady.values.append(contender.count / max(last - first, 1e-6))
             spawn_all.also.append(
                 {
                     "seconds": last - drained.start_s,
+                    "start-up s": drained.ready_s - drained.start_s,
                     "POSTs": stats["requests"],
                     "duplicates": stats["records"] - stats["unique"],
                     "peak RSS MB": drained.peak_mb,
@@ -111,7 +127,7 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
                     "Redis cmds/record": drained.redis_commands / contender.count,
                 }
             )
-        figures += [spawn_all, steady]
+        figures += [spawn_all, ready_all, steady]
     return figures
 
 
@@ -126,7 +142,7 @@ def drain_once(bench: Bench, contender: Contender) -> Drained:
         process, out = start_producer(bench, "sdk-drain", args, bench.env())
         try:
             start_s = float(wait_result(bench, process, out, timeout_s=120)["started_at"])
-            return watch(bench, process, start_s, count, timeout_s)
+            return watch(bench, process, start_s, start_s, count, timeout_s)
         finally:
             bench.stop(process)
     queue = bench.unique(f"drain-{contender.kind}")
@@ -134,6 +150,8 @@ def drain_once(bench: Bench, contender: Contender) -> Drained:
         run_producer(bench, "prefill-aicm", ["--count", str(count)], bench.aicm_env(queue))
         start_s = time.time()
         worker = start_aicm_worker(bench, queue)
+        consumers = f"{queue}-keys:consumers"
+        ready_s = wait_ready(worker, lambda: bench.redis.zcard(consumers) > 0)
     else:
         env = bench.anchor_env(queue)
         run_producer(bench, "celery-prefill", ["--app", contender.kind, "--count", str(count)], env)
@@ -144,14 +162,32 @@ def drain_once(bench: Bench, contender: Contender) -> Drained:
         name = bench.unique(f"{contender.kind}-worker")
         start_s = time.time()
         worker = bench.spawn(celery_worker_args(module, name, "-Q", queue, *pool), env, name)
+        ready_s = wait_ready(worker, lambda: bench.redis.exists(ready_key(queue)) > 0)
     try:
-        return watch(bench, worker, start_s, count, timeout_s)
+        return watch(bench, worker, start_s, ready_s, count, timeout_s)
     finally:
         bench.stop(worker)
 
 
+def wait_ready(
+    consumer: subprocess.Popen[bytes], ready: Callable[[], bool], timeout_s: float = 60
+) -> float:
+    """Poll ``ready`` every 2 ms; returns the time it first held."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if consumer.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the consumer never became ready")
+        time.sleep(0.002)
+    return time.time()
+
+
 def watch(
-    bench: Bench, consumer: subprocess.Popen[bytes], start_s: float, count: int, timeout_s: float
+    bench: Bench,
+    consumer: subprocess.Popen[bytes],
+    start_s: float,
+    ready_s: float,
+    count: int,
+    timeout_s: float,
 ) -> Drained:
     """Sample the consumer's tree until the stub has ``count`` records."""
     stub_cpu_before = cpu_seconds(bench.stub_pid)
@@ -163,4 +199,4 @@ def watch(
         sampler.stop()
     stub_cpu_s = cpu_seconds(bench.stub_pid) - stub_cpu_before
     commands = bench.redis_commands() - commands_before
-    return Drained(start_s, stats, sampler.peak_mb, sampler.cpu_used_s, stub_cpu_s, commands)
+    return Drained(start_s, ready_s, stats, sampler.peak_mb, sampler.cpu_used_s, stub_cpu_s, commands)
