@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -90,7 +90,7 @@ def build_record(
             "usage", f"must be a JSON object (a dict), not {type(usage).__name__}"
         )
     if response_id is None:
-        response_id = uuid.uuid4().hex
+        response_id = new_response_id()
     else:
         response_id = _check_key("response_id", response_id, required=True)
         if len(response_id) > MAX_RESPONSE_ID_LENGTH:
@@ -135,6 +135,18 @@ def check_api_key_alias(alias: Any) -> str:
             "never pass the key itself)",
         )
     return alias
+
+
+def new_response_id() -> str:
+    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` gives.
+
+    Written out because ``uuid.uuid4().hex`` builds a UUID object (and an int)
+    only to print it: 2.6 µs against 1 µs here, on every ``track.delay``.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def legacy_service_key(api_id: Any, service_id: Any) -> str:

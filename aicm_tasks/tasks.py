@@ -136,21 +136,26 @@ class TrackTask(Task):
     def build_many(self, records: Iterable[Mapping[str, Any]]) -> list[Record]:
         """Validate many records as :meth:`many` does (nothing is published)."""
         built: list[Record] = []
+        max_bytes = self.settings.max_record_bytes
         for index, fields in enumerate(records):
             if not isinstance(fields, Mapping):
                 raise RecordTypeError(
                     f"records[{index}]", f"must be a mapping, not {type(fields).__name__}"
                 )
             try:
-                built.append(self.build((), dict(fields)))
+                built.append(self.build((), dict(fields), max_bytes=max_bytes))
             except (RecordTypeError, RecordValueError) as exc:
                 raise type(exc)(
                     f"records[{index}].{exc.field}", str(exc).split(": ", 1)[-1]
                 ) from None
         return built
 
-    def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Record:
-        """Validate call arguments into a :class:`Record` (nothing is published)."""
+    def build(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, max_bytes: int | None = None
+    ) -> Record:
+        """Validate call arguments into a :class:`Record` (nothing is published).
+
+        ``max_bytes`` defaults to ``AICM_MAX_RECORD_BYTES``."""
         unknown = set(kwargs) - {*RECORD_FIELDS, "service_key", "usage"}
         if unknown:
             raise RecordTypeError(
@@ -174,7 +179,9 @@ class TrackTask(Task):
             )
         if "service_key" in kwargs or "usage" in kwargs:
             raise RecordTypeError("service_key", "given both positionally and by name")
-        return build_record(service_key, usage, max_bytes=self.settings.max_record_bytes, **kwargs)
+        if max_bytes is None:
+            max_bytes = self.settings.max_record_bytes
+        return build_record(service_key, usage, max_bytes=max_bytes, **kwargs)
 
 
 def _due_epoch_s(countdown: float | None, eta: datetime | None) -> float | None:

@@ -111,3 +111,15 @@ def test_optional_fields_are_omitted_when_not_given() -> None:
     assert set(record.data) == {"service_key", "response_id", "timestamp", "payload"}
     full = build_record("a::b", {"n": 1}, customer_key="c1", context={"env": "prod"})
     assert full.data["customer_key"] == "c1" and full.data["context"] == {"env": "prod"}
+
+
+def test_generated_response_ids_are_version_4_uuids_in_hex() -> None:
+    import uuid
+
+    from aicm_tasks.record import new_response_id
+
+    ids = [new_response_id() for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.hex == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
