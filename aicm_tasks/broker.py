@@ -18,7 +18,14 @@
 
 A record is removed from Redis only by RESOLVE, after its fate is final. A
 worker that dies stops renewing its lease; RECLAIM (any worker) then pushes its
-held batches back to the queue. These moves are Lua scripts because each must
+held batches back to the queue, and SWEEP returns any batch key that no live
+lease covers, whatever left it there. Leases, their expiry and retry due times
+are read off the Redis server's clock (``TIME`` inside the scripts), never a
+host's: hosts' clocks differ, and a worker running ahead by the redelivery
+timeout would otherwise reclaim live batches. A batch's registration in its
+worker's held set is its fencing token: granted once when the batch is created,
+revoked for good by a reclaim, so a worker can never settle (or dead-letter, or
+count) records another worker took back. These moves are Lua scripts because each must
 be atomic: kombu's own Redis consumer pops a message (BRPOP) and records it as
 unacknowledged in a second round trip, so a kill in between loses it.
 
@@ -28,17 +35,38 @@ standalone Redis or a primary with replicas/Sentinel, not Redis Cluster.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-FETCH_LUA = """
--- KEYS: queue, batch, held, consumers; ARGV: count, consumer, lease_deadline
-redis.call('SADD', KEYS[3], KEYS[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+#: Every script below reads the clock with ``TIME``: leases, their expiry and
+#: retry due times are decided on the Redis server's clock, never a host's, so a
+#: worker whose clock runs ahead cannot reclaim live batches. (Since Redis 5,
+#: scripts replicate their effects, so a script that reads TIME may write.)
+_NOW = """
+local _t = redis.call('TIME')
+local now = tonumber(_t[1]) + tonumber(_t[2]) / 1000000
+"""
+
+FETCH_LUA = (
+    """
+-- KEYS: queue, batch, held, consumers; ARGV: count, consumer, lease_s, first
+-- The first FETCH of a batch registers it in the held set; every later one
+-- (while the batch fills) requires it still to be there. Batch keys are never
+-- reused, so membership is a fencing token: granted once, at creation, and
+-- revoked for good by RECLAIM or SWEEP. A batch whose token was revoked takes
+-- nothing more from the queue (returns nil) and can never be settled.
+"""
+    + _NOW
+    + """
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[3], KEYS[2])
+elseif redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
+  return false
+end
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
 local n = tonumber(ARGV[1])
 if n <= 0 then return {} end
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
@@ -48,63 +76,79 @@ if #items > 0 then
 end
 return items
 """
+)
 
-RESOLVE_LUA = """
--- KEYS: batch, held, scheduled, dlq, dlq_index, stats, queue
--- ARGV: n_retry, n_dead, n_stats, then n_retry x (score, message),
---       n_dead x (id, entry, score), n_stats x (field, increment)
-if redis.call('SREM', KEYS[2], KEYS[1]) == 0 then
-  -- Not ours any more (reclaimed after a lapsed lease). Whatever the key still
-  -- holds (a BLMOVE that completed after the reclaim) goes back to the queue.
-  local items = redis.call('LRANGE', KEYS[1], 0, -1)
+#: Pushes what a batch key holds back to the consuming end of the queue and
+#: deletes it (in chunks: Lua's unpack takes about 8,000 values at most).
+_RETURN_BATCH = """
+local function return_batch(batch, queue)
+  local items = redis.call('LRANGE', batch, 0, -1)
   for i = 1, #items, 1000 do
-    redis.call('RPUSH', KEYS[7], unpack(items, i, math.min(i + 999, #items)))
+    redis.call('RPUSH', queue, unpack(items, i, math.min(i + 999, #items)))
   end
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', batch)
+  return #items
+end
+"""
+
+RESOLVE_LUA = (
+    """
+-- KEYS: batch, held, scheduled, dlq, dlq_index, stats, queue
+-- ARGV: n_retry, n_dead, n_stats, then n_retry x (delay_s, message),
+--       n_dead x (id, entry), n_stats x (field, increment)
+"""
+    + _NOW
+    + _RETURN_BATCH
+    + """
+if redis.call('SREM', KEYS[2], KEYS[1]) == 0 then
+  -- Not ours any more (fenced off by RECLAIM or SWEEP). Whatever the key still
+  -- holds (a BLMOVE that completed after the reclaim) goes back to the queue.
+  return_batch(KEYS[1], KEYS[7])
   return 0
 end
 redis.call('DEL', KEYS[1])
 local n_retry, n_dead, n_stats = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local i = 4
 for _ = 1, n_retry do
-  redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[i]), ARGV[i + 1]); i = i + 2
 end
 for _ = 1, n_dead do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[5], ARGV[i + 2], ARGV[i]); i = i + 3
+  redis.call('ZADD', KEYS[5], now, ARGV[i]); i = i + 2
 end
 for _ = 1, n_stats do
   redis.call('HINCRBY', KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2
 end
 return 1
 """
+)
 
-RELEASE_LUA = """
+RELEASE_LUA = (
+    """
 -- KEYS: batch, held, queue. Hands a batch back to the consuming end of the queue,
 -- registered or not: a key that still exists holds records nobody else will return.
-redis.call('SREM', KEYS[2], KEYS[1])
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = 1, #items, 1000 do
-  redis.call('RPUSH', KEYS[3], unpack(items, i, math.min(i + 999, #items)))
-end
-redis.call('DEL', KEYS[1])
-return #items
 """
+    + _RETURN_BATCH
+    + """
+redis.call('SREM', KEYS[2], KEYS[1])
+return return_batch(KEYS[1], KEYS[3])
+"""
+)
 
-RECLAIM_LUA = """
--- KEYS: consumers, queue; ARGV: now, key_prefix, the caller (never reclaims itself)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 16)
+RECLAIM_LUA = (
+    """
+-- KEYS: consumers, queue; ARGV: key_prefix, the caller (never reclaims itself)
+"""
+    + _NOW
+    + _RETURN_BATCH
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
 local moved = 0
 for _, consumer in ipairs(expired) do
-  if consumer ~= ARGV[3] then
-    local held = ARGV[2] .. ':held:' .. consumer
+  if consumer ~= ARGV[2] then
+    local held = ARGV[1] .. ':held:' .. consumer
     for _, batch in ipairs(redis.call('SMEMBERS', held)) do
-      local items = redis.call('LRANGE', batch, 0, -1)
-      for i = 1, #items, 1000 do
-        redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
-      end
-      moved = moved + #items
-      redis.call('DEL', batch)
+      moved = moved + return_batch(batch, KEYS[2])
     end
     redis.call('DEL', held)
     redis.call('ZREM', KEYS[1], consumer)
@@ -112,6 +156,39 @@ for _, consumer in ipairs(expired) do
 end
 return moved
 """
+)
+
+SWEEP_LUA = (
+    """
+-- KEYS: batch, held (of the batch's consumer), consumers, queue; ARGV: consumer
+-- Returns a batch key to the queue unless a live lease covers it: registered in
+-- its consumer's held set, and that consumer's lease not yet expired. Whatever
+-- left a key uncovered (a BLMOVE that completed after a reclaim, then a kill),
+-- its records go back; -1 when the key is covered and left alone.
+"""
+    + _NOW
+    + _RETURN_BATCH
+    + """
+if redis.call('SISMEMBER', KEYS[2], KEYS[1]) == 1 then
+  local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if deadline and tonumber(deadline) > now then return -1 end
+  redis.call('SREM', KEYS[2], KEYS[1])
+end
+return return_batch(KEYS[1], KEYS[4])
+"""
+)
+
+RENEW_LUA = (
+    """
+-- KEYS: consumers, seen; ARGV: consumer, lease_s. Returns the server's time.
+"""
+    + _NOW
+    + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], tostring(now))
+return tostring(now)
+"""
+)
 
 DROP_LEASE_LUA = """
 -- KEYS: consumers, held; ARGV: consumer. Only a consumer that holds nothing may leave
@@ -121,15 +198,40 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
 
-PROMOTE_LUA = """
--- KEYS: scheduled, queue; ARGV: now, limit
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+PROMOTE_LUA = (
+    """
+-- KEYS: scheduled, queue; ARGV: limit, now (empty: the server's clock)
+"""
+    + _NOW
+    + """
+if ARGV[2] ~= '' then now = tonumber(ARGV[2]) end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 if #due > 0 then
   redis.call('RPUSH', KEYS[2], unpack(due))
   redis.call('ZREM', KEYS[1], unpack(due))
 end
 return #due
 """
+)
+
+FORGET_UNSEEN_LUA = (
+    """
+-- KEYS: seen, consumers; ARGV: older_than_s. Drops ``seen`` entries of workers
+-- gone longer than that (and holding no lease), on the server's clock.
+"""
+    + _NOW
+    + """
+local flat = redis.call('HGETALL', KEYS[1])
+local dropped = 0
+for i = 1, #flat, 2 do
+  if tonumber(flat[i + 1]) < now - tonumber(ARGV[1])
+     and not redis.call('ZSCORE', KEYS[2], flat[i]) then
+    redis.call('HDEL', KEYS[1], flat[i]); dropped = dropped + 1
+  end
+end
+return dropped
+"""
+)
 
 #: Most scheduled records moved back to the queue by one PROMOTE call; the Lua
 #: ``unpack`` limit is about 8,000 values.
@@ -179,12 +281,13 @@ class Keys:
 class Resolution:
     """What to write when a batch's fate is final.
 
-    ``retries`` are ``(due_epoch_s, message)``; ``dead_letters`` are
-    ``(id, entry_json, failed_at_epoch_s)``; ``stats`` are counter increments.
+    ``retries`` are ``(delay_s, message)``: due that many seconds after the
+    settle, on the Redis server's clock. ``dead_letters`` are ``(id, entry_json)``,
+    indexed at the server's time of the settle. ``stats`` are counter increments.
     """
 
     retries: Sequence[tuple[float, bytes]] = ()
-    dead_letters: Sequence[tuple[str, str, float]] = ()
+    dead_letters: Sequence[tuple[str, str]] = ()
     stats: dict[str, int] | None = None
 
 
@@ -198,8 +301,11 @@ class RecordStore:
         self._resolve = client.register_script(RESOLVE_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._reclaim = client.register_script(RECLAIM_LUA)
+        self._sweep = client.register_script(SWEEP_LUA)
+        self._renew = client.register_script(RENEW_LUA)
         self._promote = client.register_script(PROMOTE_LUA)
         self._drop_lease = client.register_script(DROP_LEASE_LUA)
+        self._forget_unseen = client.register_script(FORGET_UNSEEN_LUA)
 
     # -- producer side ---------------------------------------------------------
     def push(self, message: bytes) -> None:
@@ -220,16 +326,26 @@ class RecordStore:
             self.client.zadd(self.keys.scheduled, mapping)
 
     # -- worker side -------------------------------------------------------------
-    def fetch(self, consumer: str, batch_key: str, count: int, lease_s: float) -> list[bytes]:
-        """Move up to ``count`` messages into ``batch_key`` atomically; renew the lease."""
-        deadline = time.time() + lease_s
+    def fetch(
+        self, consumer: str, batch_key: str, count: int, lease_s: float, *, first: bool = True
+    ) -> list[bytes] | None:
+        """Move up to ``count`` messages into ``batch_key`` atomically; renew the lease.
+
+        ``first`` registers the batch as held by ``consumer``; later calls for the
+        same batch (``first=False``) return None, and move nothing, once the
+        batch was reclaimed: the caller no longer owns it.
+        """
         keys = [self.keys.queue, batch_key, self.keys.held(consumer), self.keys.consumers]
-        return list(self._fetch(keys=keys, args=[count, consumer, deadline]))
+        taken = self._fetch(keys=keys, args=[count, consumer, lease_s, "1" if first else "0"])
+        return None if taken is None else list(taken)
 
     def wait_one(self, batch_key: str, timeout_s: float) -> bytes | None:
         """Block up to ``timeout_s`` for one message, moved into ``batch_key`` atomically.
 
-        ``batch_key`` must already be registered by :meth:`fetch`.
+        ``batch_key`` must already be registered by :meth:`fetch`. If it was
+        reclaimed meanwhile, the message lands in a key no lease covers: the
+        owner's :meth:`resolve` or :meth:`release`, or else :meth:`sweep`,
+        returns it to the queue.
         """
         # BLMOVE takes fractional seconds (Redis >= 6); redis-py's hint says int.
         result = self.client.blmove(
@@ -245,14 +361,15 @@ class RecordStore:
         """Apply a batch's final fate and forget it, atomically.
 
         Returns False when the batch was no longer held (reclaimed after a lost
-        lease): its records are back in the queue and nothing is written.
+        lease): its records are back in the queue and nothing is written, so no
+        two workers ever settle the same record.
         """
         stats = resolution.stats or {}
         args: list[Any] = [len(resolution.retries), len(resolution.dead_letters), len(stats)]
-        for due, message in resolution.retries:
-            args += [due, message]
-        for dead_id, entry, failed_at in resolution.dead_letters:
-            args += [dead_id, entry, failed_at]
+        for delay_s, message in resolution.retries:
+            args += [max(0.0, delay_s), message]
+        for dead_id, entry in resolution.dead_letters:
+            args += [dead_id, entry]
         for field, increment in stats.items():
             args += [field, increment]
         keys = [
@@ -271,23 +388,28 @@ class RecordStore:
         keys = [batch_key, self.keys.held(consumer), self.keys.queue]
         return int(self._release(keys=keys))
 
-    def renew_lease(self, consumer: str, lease_s: float) -> None:
-        """Extend ``consumer``'s lease on every batch it holds, and note it was seen."""
-        now = time.time()
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(self.keys.consumers, {consumer: now + lease_s})
-            pipe.hset(self.keys.seen, consumer, now)
-            pipe.execute()
+    def renew_lease(self, consumer: str, lease_s: float) -> float:
+        """Extend ``consumer``'s lease on every batch it holds, and note it was seen.
+
+        Returns the Redis server's time (epoch seconds), the clock every lease is
+        decided on.
+        """
+        keys = [self.keys.consumers, self.keys.seen]
+        return float(self._renew(keys=keys, args=[consumer, lease_s]))
+
+    def server_time(self) -> float:
+        """The Redis server's clock, in epoch seconds."""
+        seconds, micros = self.client.time()
+        return float(seconds) + float(micros) / 1e6
 
     def last_seen(self) -> dict[str, float]:
-        """When each worker last renewed its lease (epoch seconds)."""
+        """When each worker last renewed its lease (epoch seconds, server clock)."""
         return {_as_text(k): float(v) for k, v in self.client.hgetall(self.keys.seen).items()}
 
     def forget_unseen(self, older_than_s: float) -> int:
-        """Drop ``seen`` entries of workers gone for longer than ``older_than_s``."""
-        cutoff = time.time() - older_than_s
-        stale = [name for name, at in self.last_seen().items() if at < cutoff]
-        return int(self.client.hdel(self.keys.seen, *stale)) if stale else 0
+        """Drop ``seen`` entries of workers gone (no lease) for longer than ``older_than_s``."""
+        keys = [self.keys.seen, self.keys.consumers]
+        return int(self._forget_unseen(keys=keys, args=[older_than_s]))
 
     def drop_lease(self, consumer: str) -> bool:
         """Forget a consumer at clean shutdown, unless it still holds a batch."""
@@ -301,17 +423,37 @@ class RecordStore:
         pause) renews it next and keeps its batches, rather than racing itself.
         """
         keys = [self.keys.consumers, self.keys.queue]
-        return int(self._reclaim(keys=keys, args=[time.time(), self.keys.prefix, caller]))
+        return int(self._reclaim(keys=keys, args=[self.keys.prefix, caller]))
+
+    def sweep(self, scan_count: int = 1000) -> int:
+        """Return every batch key that no live lease covers to the queue.
+
+        RECLAIM returns what held sets list; this finds the rest, whatever left
+        it (a BLMOVE that completed into a reclaimed batch, then a kill). It
+        SCANs the database for batch keys: one round trip per ``scan_count``
+        keys of the database, so it runs rarely (SWEEP_INTERVAL_S).
+        """
+        head = f"{self.keys.prefix}:batch:"
+        moved = 0
+        for raw_key in self.client.scan_iter(match=_glob_escape(head) + "*", count=scan_count):
+            batch_key = _as_text(raw_key)
+            consumer = batch_key[len(head) :].rpartition(":")[0]
+            keys = [batch_key, self.keys.held(consumer), self.keys.consumers, self.keys.queue]
+            returned = int(self._sweep(keys=keys, args=[consumer]))
+            if returned > 0:
+                moved += returned
+        return moved
 
     def promote_due(self, now: float | None = None) -> int:
-        """Move scheduled messages whose time has come back to the queue."""
-        now = time.time() if now is None else now
+        """Move scheduled messages whose time has come back to the queue.
+
+        ``now`` (epoch seconds) defaults to the Redis server's clock.
+        """
         moved = 0
+        at = "" if now is None else repr(float(now))
         while True:
             count = int(
-                self._promote(
-                    keys=[self.keys.scheduled, self.keys.queue], args=[now, PROMOTE_CHUNK]
-                )
+                self._promote(keys=[self.keys.scheduled, self.keys.queue], args=[PROMOTE_CHUNK, at])
             )
             moved += count
             if count < PROMOTE_CHUNK:
@@ -346,6 +488,11 @@ class RecordStore:
         """The delivery counters (delivered, retried, dead_lettered:<reason>, ...)."""
         raw = self.client.hgetall(self.keys.stats)
         return {_as_text(k): int(v) for k, v in raw.items()}
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with the characters SCAN's MATCH treats as a pattern escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import redis
 
 from aicm_tasks.broker import RecordStore, Resolution
-from aicm_tasks.delivery import Post, Summary, attempt, plan
+from aicm_tasks.delivery import Post, Summary, attempt, plan, plan_after_error
 from aicm_tasks.messages import decode
 from aicm_tasks.observe import BatchReport, Observer, notify
 from aicm_tasks.outcomes import BatchVerdict
@@ -46,6 +46,16 @@ _EMPTY = Resolution()
 
 #: Housekeeping rounds between two depth readings for observers (gauges).
 DEPTH_EVERY_ROUNDS = 5
+#: Housekeeping rounds between two sweeps for batch keys no lease covers (a
+#: SCAN of the database: one round trip per 1,000 keys in it).
+SWEEP_EVERY_ROUNDS = 30
+#: ``seen`` entries of workers gone (no lease) this long are forgotten, in seconds.
+FORGET_UNSEEN_AFTER_S = 3600.0
+#: A host clock this far from the Redis server's is logged (leases do not
+#: depend on it; dead-letter times, ``eta`` and logs do), in seconds.
+CLOCK_SKEW_WARN_S = 2.0
+#: At most one clock-skew warning per this many seconds.
+CLOCK_SKEW_WARN_EVERY_S = 600.0
 
 
 class DeliveryService:
@@ -84,13 +94,14 @@ class DeliveryService:
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
         self._gather_lock = threading.Lock()
+        self._skew_warned_at = -CLOCK_SKEW_WARN_EVERY_S
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         """Register the lease and start the threads."""
         self._stop.clear()
         self._retrying(
-            "register lease", lambda: self.store.renew_lease(self.consumer, self.lease_s)
+            "register lease", lambda: self.store.renew_lease(self.consumer, self.lease_s) > 0
         )
         housekeeping = threading.Thread(
             target=self._housekeep, name="aicm-housekeeping", daemon=True
@@ -178,7 +189,21 @@ class DeliveryService:
                 self._held.discard(batch_key)
 
     def _run_one_batch(self, batch_key: str) -> None:
-        raw = self._gather(batch_key)
+        raw, owned = self._gather(batch_key)
+        if not owned:
+            # Reclaimed while it filled (a pause longer than the lease): what was
+            # taken before is back in the queue already; not sent, so no duplicates.
+            returned = self.store.release(self.consumer, batch_key)
+            with self._held_lock:
+                self._held.discard(batch_key)
+            logger.warning(
+                "batch %s was reclaimed while it filled (lease lost); %d records were "
+                "not sent and %d stray ones went back to the queue",
+                batch_key,
+                len(raw),
+                returned,
+            )
+            return
         if not raw:
             # Nothing arrived: the (empty) batch key is still registered; settle it.
             self.store.resolve(self.consumer, batch_key, _EMPTY)
@@ -186,15 +211,28 @@ class DeliveryService:
                 self._held.discard(batch_key)
             return
         started = time.monotonic()
-        items = [decode(message) for message in raw]
-        done = attempt(items, self.post, self.aliases)
-        resolution, summary = plan(
-            done.failed,
-            self.policy,
-            auth_retry_interval_s=self.auth_retry_interval_s,
-            delivered=len(done.delivered),
-        )
-        summary = dataclasses.replace(summary, requests=done.requests)
+        try:
+            items = [decode(message) for message in raw]
+            done = attempt(items, self.post, self.aliases)
+            resolution, summary = plan(
+                done.failed,
+                self.policy,
+                auth_retry_interval_s=self.auth_retry_interval_s,
+                delivered=len(done.delivered),
+            )
+            summary = dataclasses.replace(summary, requests=done.requests)
+        except Exception as exc:
+            # A bug, or a record no check foresaw: every record is retried with
+            # its attempt counted (so it ends, at worst as retries_exhausted), and
+            # one that cannot even be read is dead-lettered malformed. Handing the
+            # batch back uncounted would cycle it, and its batch-mates, forever.
+            logger.exception(
+                "could not process a batch of %d records; each is retried with the "
+                "attempt counted, or dead-lettered malformed",
+                len(raw),
+            )
+            items = []
+            resolution, summary = plan_after_error(raw, exc, self.policy)
         settled = self._retrying(
             "settle batch", lambda: self.store.resolve(self.consumer, batch_key, resolution)
         )
@@ -203,7 +241,8 @@ class DeliveryService:
         elapsed_s = time.monotonic() - started
         if not settled:
             logger.warning(
-                "batch %s was reclaimed while held (lease lost); its %d records will be delivered again",
+                "batch %s was reclaimed while held (lease lost); its %d records will be "
+                "delivered again by whoever takes them",
                 batch_key,
                 len(raw),
             )
@@ -222,9 +261,10 @@ class DeliveryService:
 
         return timed_post
 
-    def _gather(self, batch_key: str) -> list[bytes]:
+    def _gather(self, batch_key: str) -> tuple[list[bytes], bool]:
         """Take up to batch_size records: all at once from a backlog, or what
-        arrives within flush_interval_s of the first one.
+        arrives within flush_interval_s of the first one. Returns the records
+        and whether the batch is still ours (False: reclaimed while it filled).
 
         One thread gathers at a time, so a trickle of records fills one batch
         after another in arrival order instead of several half-empty batches
@@ -233,11 +273,11 @@ class DeliveryService:
         round trip per poll, not per record.
         """
         with self._gather_lock:
-            raw = self.store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s)
+            raw = self.store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s) or []
             if not raw:
                 first = self.store.wait_one(batch_key, MAX_WAIT_S)
                 if first is None:
-                    return []
+                    return [], True
                 raw = [first]
             flush_at = time.monotonic() + self.flush_interval_s
             while len(raw) < self.batch_size and not self._stop.is_set():
@@ -245,10 +285,13 @@ class DeliveryService:
                 if remaining_s <= 0:
                     break
                 self._stop.wait(min(remaining_s, GATHER_POLL_S))
-                raw += self.store.fetch(
-                    self.consumer, batch_key, self.batch_size - len(raw), self.lease_s
+                more = self.store.fetch(
+                    self.consumer, batch_key, self.batch_size - len(raw), self.lease_s, first=False
                 )
-            return raw
+                if more is None:
+                    return raw, False
+                raw += more
+            return raw, True
 
     def _log_batch(self, summary: Summary, elapsed_s: float) -> None:
         dead = sum(summary.dead_lettered.values())
@@ -290,7 +333,8 @@ class DeliveryService:
         while not self._stop.wait(pause_s):
             rounds += 1
             try:
-                self.store.renew_lease(self.consumer, self.lease_s)
+                server_now = self.store.renew_lease(self.consumer, self.lease_s)
+                self._check_clock(server_now)
                 if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
                     notify(self.observers, "housekeeping", self.store.depth())
                 self.store.promote_due()
@@ -299,10 +343,38 @@ class DeliveryService:
                     logger.warning(
                         "reclaimed %d records from workers whose lease expired", reclaimed
                     )
+                if rounds % SWEEP_EVERY_ROUNDS == 1:
+                    swept = self.store.sweep()
+                    if swept:
+                        logger.warning(
+                            "returned %d records to the queue from batch keys no lease covered",
+                            swept,
+                        )
+                    self.store.forget_unseen(FORGET_UNSEEN_AFTER_S)
                 pause_s = HOUSEKEEPING_INTERVAL_S
             except redis.RedisError as exc:
                 logger.warning("broker error in housekeeping: %s", exc)
                 pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+
+    def _check_clock(self, server_now: float) -> None:
+        """Warn when this host's clock is far from the Redis server's.
+
+        Leases and retry times are decided on the server's clock, so skew costs
+        no record; but dead-letter times, ``eta`` of producers and log times
+        come from hosts' clocks.
+        """
+        skew_s = time.time() - server_now
+        if abs(skew_s) < CLOCK_SKEW_WARN_S:
+            return
+        now = time.monotonic()
+        if now - self._skew_warned_at < CLOCK_SKEW_WARN_EVERY_S:
+            return
+        self._skew_warned_at = now
+        logger.warning(
+            "this host's clock is %+.1fs off the Redis server's; leases use the server's "
+            "clock, but timestamps this host writes (dead-letter times, logs) are off by as much",
+            skew_s,
+        )
 
     def _retrying(self, what: str, action: Callable[[], bool | None]) -> bool:
         """Run a broker write until it succeeds: a decided fate must reach Redis.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aicm_tasks.broker import Resolution
-from aicm_tasks.messages import Item, batch_body, encode, record_of
+from aicm_tasks.messages import Item, batch_body, decode, encode, malformed_id, record_of
 from aicm_tasks.outcomes import (
     DELIVERED_STATUSES,
     BatchVerdict,
@@ -22,6 +22,7 @@ from aicm_tasks.outcomes import (
     Reason,
     VerdictKind,
     record_fate,
+    suspects_a_record,
 )
 from aicm_tasks.retry import BackoffPolicy
 from aicm_tasks.transport import Post
@@ -107,7 +108,8 @@ def attempt(
     share a request; a record whose alias has no key is dead-lettered unsent.
     Copies of the same ``response_id`` (a redelivery) are sent once and share
     the fate. A whole-request 400/413/422 splits the batch in halves until
-    the refused records are isolated.
+    the refused records are isolated; so does a 5xx (but 503) for records
+    that failed before, until the record the server fails on is alone.
     """
     done = Attempt()
     delivered, failed = done.delivered, done.failed
@@ -133,15 +135,31 @@ def attempt(
         else:
             failed.append(outcome)
 
-    def send(group: list[Item], post: Post) -> None:
+    # Splitting on a 5xx: a server that answers 500 to one record answers 500 to
+    # every request holding it, exactly like an outage. What tells them apart is
+    # whether anything else in this attempt got through (``server_works``). Until
+    # then a failing group is split only ``blind`` levels deep, and only for
+    # records that failed before: during an outage a batch costs 1 request on
+    # its first attempt, then 3, 7, then at most 15 per attempt (blind depth
+    # MAX_BLIND_SPLIT_DEPTH), while its backoff doubles, so the request rate
+    # stays bounded. Once anything succeeded, failing groups are split down to
+    # single records, so one poison record holds no batch-mate past this attempt.
+    server_works = False
+    suspects: list[tuple[list[Item], BatchVerdict, Post]] = []
+
+    def send(group: list[Item], post: Post, blind: int) -> None:
+        nonlocal server_works
         done.requests += 1
         verdict = post(batch_body([item.body for item in group]))
-        if verdict.kind is _REFUSED and len(group) > 1:
-            middle = len(group) // 2
-            send(group[:middle], post)
-            send(group[middle:], post)
-            return
-        if verdict.kind is _RESULTS:
+        if verdict.kind is _REFUSED:
+            server_works = True
+            if len(group) > 1:
+                middle = len(group) // 2
+                send(group[:middle], post, blind)
+                send(group[middle:], post, blind)
+                return
+        elif verdict.kind is _RESULTS:
+            server_works = True
             results = verdict.results
             for item in group:
                 result = results.get(item.response_id)
@@ -150,13 +168,22 @@ def attempt(
                 else:
                     settle(item, _outcome_for(item, verdict))
             return
+        elif len(group) > 1 and suspects_a_record(verdict):
+            if server_works or blind > 0:
+                middle = len(group) // 2
+                send(group[:middle], post, blind - 1)
+                send(group[middle:], post, blind - 1)
+            else:
+                suspects.append((group, verdict, post))
+            return
         for item in group:
             settle(item, _outcome_for(item, verdict))
 
     for alias, group in _by_alias(list(first.values())).items():
         sender = post if alias is None else (aliases or {}).get(alias)
         if sender is not None:
-            send(group, sender)
+            blind = min(MAX_BLIND_SPLIT_DEPTH, max(item.retries for item in group))
+            send(group, sender, blind)
             continue
         detail = (
             "this worker has no default API key (AICM_API_KEY)"
@@ -168,8 +195,23 @@ def attempt(
                 item,
                 Outcome(item, Fate.DEAD_LETTER, detail, Reason.UNKNOWN_API_KEY_ALIAS, sent=False),
             )
+    # Groups left unsplit before anything got through: split them now that
+    # something did (their whole was answered 5xx already, so not sent again).
+    pending, suspects = suspects, []
+    for group, verdict, sender in pending:
+        if server_works:
+            middle = len(group) // 2
+            send(group[:middle], sender, 0)
+            send(group[middle:], sender, 0)
+        else:
+            for item in group:
+                settle(item, _outcome_for(item, verdict))
     return done
 
+
+#: How many levels a batch answered 5xx is split before any request of the
+#: attempt got through (see :func:`attempt`): at most 2**(depth+1) - 1 requests.
+MAX_BLIND_SPLIT_DEPTH = 3
 
 #: Enum members looked up once: on Python 3.11 ``VerdictKind.RESULTS`` goes
 #: through EnumType.__getattr__, four times the cost of a plain attribute.
@@ -236,34 +278,27 @@ def plan(
     """
     now = time.time() if now is None else now
     retries: list[tuple[float, bytes]] = []
-    dead: list[tuple[str, str, float]] = []
+    dead: list[tuple[str, str]] = []
     dead_counts: dict[str, int] = {}
     for outcome in outcomes:
         if outcome.fate is Fate.DELIVERED:
             delivered += 1
             continue
-        item = outcome.item
-        meta = _next_meta(item, outcome, now)
-        if outcome.fate is Fate.RETRY:
-            if not outcome.counts_as_retry:
-                retries.append((now + auth_retry_interval_s, encode(item.body, meta)))
-                continue
-            if item.retries < policy.max_retries:
-                delay_s = policy.delay_s(item.retries)
-                if outcome.retry_after_s is not None:
-                    delay_s = max(delay_s, outcome.retry_after_s)
-                meta["retries"] = item.retries + 1
-                retries.append((now + delay_s, encode(item.body, meta)))
-                continue
-            reason = Reason.RETRIES_EXHAUSTED
+        try:
+            decided = _decide(outcome, policy, auth_retry_interval_s, now)
+        except Exception as exc:  # a record we cannot even plan must not hold the rest
+            reason = Reason.MALFORMED
+            decided = (reason, _unplannable_entry(outcome.item, exc))
+        if isinstance(decided[0], Reason):
+            reason, entry = decided
+            dead.append((outcome.item.response_id, entry))
+            dead_counts[reason.value] = dead_counts.get(reason.value, 0) + 1
         else:
-            reason = outcome.reason or Reason.ERROR
-        dead.append((item.response_id, dead_letter_entry(item, outcome, reason, meta), now))
-        dead_counts[reason.value] = dead_counts.get(reason.value, 0) + 1
+            retries.append(decided)
     stats = {"delivered": delivered, "retried": len(retries)}
     stats.update({f"dead_lettered:{reason}": n for reason, n in dead_counts.items()})
     stats = {k: v for k, v in stats.items() if v}
-    dead_ids = tuple(dead_id for dead_id, _, _ in dead)
+    dead_ids = tuple(dead_id for dead_id, _ in dead)
     exhausted = set(dead_ids)
     retried_ids = tuple(
         o.item.response_id
@@ -282,6 +317,71 @@ def plan(
         unauthorized=any(not o.counts_as_retry for o in failures),
     )
     return Resolution(retries=retries, dead_letters=dead, stats=stats), summary
+
+
+def plan_after_error(
+    raw: Sequence[bytes], error: BaseException, policy: BackoffPolicy, now: float | None = None
+) -> tuple[Resolution, Summary]:
+    """Settle a batch whose processing raised ``error``: each record is retried
+    with the attempt counted (so it ends, at worst ``retries_exhausted``); one
+    that cannot even be read or planned is dead-lettered ``malformed``."""
+    now = time.time() if now is None else now
+    detail = f"the worker failed on this batch: {type(error).__name__}: {error}"[:500]
+    outcomes: list[Outcome] = []
+    for message in raw:
+        try:
+            item = decode(message)
+            fate = Fate.DEAD_LETTER if item.malformed else Fate.RETRY
+            reason = Reason.MALFORMED if item.malformed else None
+            outcomes.append(Outcome(item, fate, item.malformed or detail, reason))
+        except Exception:
+            item = Item(message, message, malformed_id(message), malformed=detail)
+            outcomes.append(Outcome(item, Fate.DEAD_LETTER, detail, Reason.MALFORMED))
+    return plan(outcomes, policy, auth_retry_interval_s=0.0, now=now)
+
+
+def _decide(
+    outcome: Outcome, policy: BackoffPolicy, auth_retry_interval_s: float, now: float
+) -> tuple[float, bytes] | tuple[Reason, str]:
+    """A failed record's next step: ``(delay_s, message)`` to retry, or
+    ``(reason, dead-letter entry)``."""
+    item = outcome.item
+    meta = _next_meta(item, outcome, now)
+    if outcome.fate is Fate.RETRY:
+        if not outcome.counts_as_retry:
+            return auth_retry_interval_s, encode(item.body, meta)
+        if item.retries < policy.max_retries:
+            delay_s = policy.delay_s(item.retries)
+            if outcome.retry_after_s is not None:
+                delay_s = max(delay_s, outcome.retry_after_s)
+            meta["retries"] = item.retries + 1
+            return delay_s, encode(item.body, meta)
+        reason = Reason.RETRIES_EXHAUSTED
+    else:
+        reason = outcome.reason or Reason.ERROR
+    return reason, dead_letter_entry(item, outcome, reason, meta)
+
+
+def _unplannable_entry(item: Item, exc: BaseException) -> str:
+    """A dead-letter entry built from the raw message alone, for a record whose
+    planning raised: nothing of it is parsed again."""
+    detail = f"the worker could not process this record: {type(exc).__name__}: {exc}"[:500]
+    entry: dict[str, Any] = {
+        "id": item.response_id,
+        "reason": Reason.MALFORMED.value,
+        "detail": detail,
+        "errors": [],
+        "http_status": None,
+        "attempts": 0,
+        "retries": 0,
+        "replays": 0,
+        "first_failure_at": None,
+        "last_failure_at": None,
+        "service_key": item.service_key,
+        "record": None,
+        "raw": item.raw.decode("utf-8", "replace"),
+    }
+    return json.dumps(entry, separators=(",", ":"))
 
 
 def _next_meta(item: Item, outcome: Outcome, now: float) -> dict[str, Any]:

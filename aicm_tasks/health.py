@@ -9,7 +9,6 @@ lease recently. ``aicm-tasks status`` and ``aicm-tasks monitor`` show these.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +60,9 @@ class Figures:
 def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Figures:
     """Read every figure once and judge health against ``thresholds``."""
     thresholds = thresholds or Thresholds()
-    now = time.time()
+    # The Redis server's clock: workers note when they were seen on it, so a
+    # status run on a host whose clock is off still judges them right.
+    now = store.server_time()
     depth = store.depth()
     stats = store.stats()
     client = store.client

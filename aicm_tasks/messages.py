@@ -38,12 +38,12 @@ class Item:
     @property
     def attempts(self) -> int:
         """POSTs this record has been part of before this one."""
-        return int(self.meta.get("attempts", 0))
+        return _count(self.meta.get("attempts")) if self.meta else 0
 
     @property
     def retries(self) -> int:
         """Retries scheduled since it was published or last replayed."""
-        return int(self.meta.get("retries", 0))
+        return _count(self.meta.get("retries")) if self.meta else 0
 
     @property
     def api_key_alias(self) -> str | None:
@@ -53,13 +53,26 @@ class Item:
         return None if alias is None else str(alias)
 
 
+def _count(value: Any) -> int:
+    """A count from delivery metadata; anything that is not one reads as 0 (the
+    next attempt writes a valid count back), never an exception that would
+    hold the record's batch-mates."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
+
+
 #: How every record written by :func:`aicm_tasks.record.build_record` begins.
 _FAST_PREFIX = b'{"service_key":"'
 _FAST_MIDDLE = b'","response_id":"'
 
 
 def decode(raw: bytes) -> Item:
-    """Split metadata from the record and read the record's identity."""
+    """Split metadata from the record and read the record's identity.
+
+    Never raises: a message that cannot be read is an Item marked ``malformed``
+    (dead-lettered with that reason), so it cannot hold its batch-mates.
+    """
     if raw.startswith(_FAST_PREFIX):
         fast = _decode_fast(raw, raw)
         if fast is not None:
@@ -106,7 +119,7 @@ def _decode_slow(raw: bytes) -> Item:
         body = raw[cut + 1 :]
         try:
             parsed_meta = json.loads(raw[:cut])
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed_meta = None
         if not isinstance(parsed_meta, dict):
             return Item(raw, body, malformed_id(raw), malformed="unreadable delivery metadata")
@@ -120,6 +133,11 @@ def _decode_slow(raw: bytes) -> Item:
         record = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return Item(raw, body, malformed_id(raw), meta=meta, malformed="not JSON")
+    except RecursionError:
+        # Deeper than this interpreter's parser goes (the limit differs between
+        # Python versions; the producer bounds depth far below it, see
+        # aicm_tasks.record): such a record can never be read here.
+        return Item(raw, body, malformed_id(raw), meta=meta, malformed="nested too deeply")
     if not isinstance(record, dict):
         return Item(raw, body, malformed_id(raw), meta=meta, malformed="not a JSON object")
     response_id, service_key = record.get("response_id"), record.get("service_key")
@@ -151,6 +169,6 @@ def record_of(item: Item) -> dict[str, Any] | None:
     """The record as a dict, or None when the message is not one."""
     try:
         record = json.loads(item.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return record if isinstance(record, dict) else None

@@ -10,7 +10,9 @@ Nothing here does I/O. The rules are the contract's tables
 * network errors, timeouts, 5xx, 429, other unexpected statuses and a 200 whose
   body is not the contract's shape are transient: the whole batch is retried;
 * 401/403 mean the key is wrong: records are kept, not burnt;
-* 400/413/422 refuse the request: the batch is split to isolate the poison.
+* 400/413/422 refuse the request: the batch is split to isolate the poison;
+  so is a 5xx but 503 for records that failed before (a server that fails on
+  one record), see :func:`aicm_tasks.delivery.attempt`.
 """
 
 from __future__ import annotations
@@ -111,6 +113,27 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> B
     retry_after = parse_retry_after(headers.get("retry-after")) if status in (429, 503) else None
     return BatchVerdict(
         VerdictKind.TRANSIENT, f"HTTP {status}: {excerpt(body)}", status, retry_after_s=retry_after
+    )
+
+
+#: Whole-request statuses that may be one record's fault (a server that fails
+#: on it): the batch is split to find it (see :func:`suspects_a_record`). 503
+#: says the server is unavailable, whoever asks, so it is not among them.
+NOT_A_RECORDS_FAULT_HTTP = frozenset({503})
+
+
+def suspects_a_record(verdict: BatchVerdict) -> bool:
+    """Whether a failed request may have failed because of one of its records.
+
+    True for a 5xx other than 503: a server that crashes on one record answers
+    500 to every request that holds it, so the batch is split to find it.
+    """
+    status = verdict.http_status
+    return (
+        verdict.kind is VerdictKind.TRANSIENT
+        and status is not None
+        and 500 <= status < 600
+        and status not in NOT_A_RECORDS_FAULT_HTTP
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -17,14 +16,7 @@ from aicm_tasks.deadletter import Selection
 from aicm_tasks.processes import stop_process, wait_until
 from tests.support.accounting import account
 from tests.support.faults import FaultProxy, hold
-from tests.support.pipeline import Pipeline, PrivateRedis, publish, publish_paced
-
-
-def in_background(target, *args) -> tuple[threading.Thread, list[str]]:
-    ids: list[str] = []
-    thread = threading.Thread(target=lambda: ids.extend(target(*args)), daemon=True)
-    thread.start()
-    return thread, ids
+from tests.support.pipeline import Pipeline, PrivateRedis, in_background, publish, publish_paced
 
 
 def test_repeated_sigkill_of_two_workers_over_50000_records(pipeline: Pipeline) -> None:

@@ -1,8 +1,8 @@
 """A fault-injecting reverse proxy in front of the local /track server.
 
 Tests switch its mode while a worker delivers through it: pass through, answer
-503 or 429 (with Retry-After), 401, hang past the client's timeout, or answer
-200 with a garbage body. It can also stand for a server that holds several API
+503 or 429 (with Retry-After), 401, hang past the client's timeout, answer
+200 with a garbage body, or 500 to any request holding a ``crash::`` record. It can also stand for a server that holds several API
 keys (``accept_keys``), recording which key sent which records.
 """
 
@@ -86,6 +86,9 @@ class FaultProxy:
             return Response("<html>definitely not json</html>", status_code=200)
         if mode == "flaky" and b"flaky::" in await request.body():
             return Response("unavailable", status_code=503)
+        if mode == "crash" and b"crash::" in await request.body():
+            # A server that fails on one record: 500 to every request holding it.
+            return Response("Internal Server Error", status_code=500)
         if mode == "poison" and b'"poison":true' in await request.body():
             return Response('{"detail": "request refused"}', status_code=422)
         if mode == "slow":

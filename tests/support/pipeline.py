@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -226,6 +227,14 @@ def publish_paced(
         if ahead_s > 0:
             time.sleep(ahead_s)
     return ids
+
+
+def in_background(target: Any, *args: Any) -> tuple[threading.Thread, list[str]]:
+    """Run a publishing function in a thread; the list fills with its ids when done."""
+    ids: list[str] = []
+    thread = threading.Thread(target=lambda: ids.extend(target(*args)), daemon=True)
+    thread.start()
+    return thread, ids
 
 
 def dump(value: Any) -> str:

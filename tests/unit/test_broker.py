@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import redis
 
@@ -25,7 +26,7 @@ def test_fetch_moves_the_oldest_records_into_a_held_batch(any_redis: redis.Redis
     assert any_redis.llen(KEYS.queue) == 2
     assert sorted(any_redis.lrange(batch, 0, -1)) == [b"m0", b"m1", b"m2"]
     assert any_redis.sismember(KEYS.held("c1"), batch)
-    assert any_redis.zscore(KEYS.consumers, "c1") > time.time()
+    assert any_redis.zscore(KEYS.consumers, "c1") > store.server_time() + 29
 
 
 def test_resolve_writes_every_fate_and_forgets_the_batch(any_redis: redis.Redis) -> None:
@@ -34,15 +35,19 @@ def test_resolve_writes_every_fate_and_forgets_the_batch(any_redis: redis.Redis)
     batch = KEYS.batch("c1", 0)
     store.fetch("c1", batch, 10, lease_s=30)
     resolution = Resolution(
-        retries=[(time.time() + 60, b"meta\nb")],
-        dead_letters=[("c", '{"id": "c"}', 123.0)],
+        retries=[(60.0, b"meta\nb")],
+        dead_letters=[("c", '{"id": "c"}')],
         stats={"delivered": 1, "retried": 1, "dead_lettered:error": 1},
     )
+    before = store.server_time()
     assert store.resolve("c1", batch, resolution) is True
+    after = store.server_time()
     assert not any_redis.exists(batch)
-    assert any_redis.zcard(KEYS.scheduled) == 1
+    # The retry is due 60 s after the settle, and the dead letter indexed at the
+    # settle, both on the server's clock.
+    assert before + 60 <= any_redis.zscore(KEYS.scheduled, b"meta\nb") <= after + 60
     assert any_redis.hget(KEYS.dlq, "c") == b'{"id": "c"}'
-    assert any_redis.zscore(KEYS.dlq_index, "c") == 123.0
+    assert before <= any_redis.zscore(KEYS.dlq_index, "c") <= after
     assert store.stats() == {"delivered": 1, "retried": 1, "dead_lettered:error": 1}
     # A second resolve of the same batch writes nothing.
     assert store.resolve("c1", batch, resolution) is False
@@ -57,7 +62,7 @@ def test_batches_of_a_consumer_whose_lease_expired_go_back_to_the_queue(
     store.fetch("dead", KEYS.batch("dead", 0), 2, lease_s=30)
     store.fetch("dead", KEYS.batch("dead", 1), 1, lease_s=30)
     assert store.reclaim_expired() == 0  # lease still valid
-    any_redis.zadd(KEYS.consumers, {"dead": time.time() - 1})
+    any_redis.zadd(KEYS.consumers, {"dead": store.server_time() - 1})
     assert store.reclaim_expired() == 3
     assert sorted(any_redis.lrange(KEYS.queue, 0, -1)) == [b"a", b"b", b"c"]
     assert not any_redis.exists(KEYS.held("dead"))
@@ -117,7 +122,7 @@ def test_a_worker_never_reclaims_its_own_batches(any_redis: redis.Redis) -> None
     store = store_of(any_redis)
     store.push_many([b"a", b"b"])
     store.fetch("me", KEYS.batch("me", 0), 2, lease_s=30)
-    any_redis.zadd(KEYS.consumers, {"me": time.time() - 1})
+    any_redis.zadd(KEYS.consumers, {"me": store.server_time() - 1})
     assert store.reclaim_expired("me") == 0
     assert store.reclaim_expired("someone-else") == 2
 
@@ -128,7 +133,7 @@ def test_a_record_moved_into_a_batch_after_it_was_reclaimed_goes_back_to_the_que
     store = store_of(any_redis)
     batch = KEYS.batch("slow", 0)
     assert store.fetch("slow", batch, 10, lease_s=30) == []  # registered, queue empty
-    any_redis.zadd(KEYS.consumers, {"slow": time.time() - 1})
+    any_redis.zadd(KEYS.consumers, {"slow": store.server_time() - 1})
     store.reclaim_expired("other")  # the lease lapsed: registration gone
     store.push(b"late")
     assert store.wait_one(batch, 0.1) == b"late"  # the blocked BLMOVE completes afterwards
@@ -143,3 +148,92 @@ def test_release_returns_records_even_of_an_unregistered_batch(any_redis: redis.
     any_redis.rpush(batch, b"x", b"y")
     assert store.release("c", batch) == 2
     assert sorted(any_redis.lrange(KEYS.queue, 0, -1)) == [b"x", b"y"]
+
+
+def test_a_batch_reclaimed_while_it_fills_takes_nothing_more_and_cannot_be_settled(
+    any_redis: redis.Redis,
+) -> None:
+    store = store_of(any_redis)
+    store.push_many([b"a", b"b"])
+    batch = KEYS.batch("slow", 0)
+    assert store.fetch("slow", batch, 1, lease_s=30) == [b"a"]
+    any_redis.zadd(KEYS.consumers, {"slow": store.server_time() - 1})
+    assert store.reclaim_expired("other") == 1
+    # The slow worker's next poll for the same batch is fenced off: it neither
+    # re-registers the batch nor takes "b" from the queue.
+    assert store.fetch("slow", batch, 1, lease_s=30, first=False) is None
+    assert sorted(any_redis.lrange(KEYS.queue, 0, -1)) == [b"a", b"b"]
+    assert not any_redis.sismember(KEYS.held("slow"), batch)
+    assert store.resolve("slow", batch, Resolution(stats={"delivered": 1})) is False
+    assert store.stats() == {}
+
+
+def test_leases_are_decided_on_the_servers_clock_not_the_hosts(real_redis: redis.Redis) -> None:
+    # Over the real Redis only: fakeredis answers TIME with this process's clock.
+    any_redis = real_redis
+    store = store_of(any_redis)
+    store.push_many([b"a", b"b"])
+    server_now = store.server_time()
+    # A worker whose clock runs an hour ahead holds a batch...
+    with mock.patch("time.time", return_value=time.time() + 3600):
+        store.fetch("ahead", KEYS.batch("ahead", 0), 1, lease_s=30)
+        store.renew_lease("ahead", 30)
+    assert server_now + 29 < any_redis.zscore(KEYS.consumers, "ahead") < server_now + 60
+    # ...and one whose clock runs an hour ahead cannot reclaim a live lease.
+    store.fetch("live", KEYS.batch("live", 0), 1, lease_s=30)
+    with mock.patch("time.time", return_value=time.time() + 3600):
+        assert store.reclaim_expired("ahead") == 0
+        assert store.promote_due() == 0
+    assert any_redis.llen(KEYS.batch("live", 0)) == 1
+
+
+def test_renew_lease_returns_the_servers_time_and_notes_the_worker_seen(
+    any_redis: redis.Redis,
+) -> None:
+    store = store_of(any_redis)
+    server_now = store.renew_lease("w", 30)
+    assert server_now <= store.server_time()
+    assert store.last_seen() == {"w": server_now}
+
+
+def test_sweep_returns_batch_keys_no_live_lease_covers(any_redis: redis.Redis) -> None:
+    store = store_of(any_redis)
+    store.push_many([b"a", b"b", b"c"])
+    consumer = "host:42:abcd"  # consumer names hold colons
+    live = KEYS.batch(consumer, 0)
+    store.fetch(consumer, live, 1, lease_s=30)
+    # An orphan: a BLMOVE completed into a batch key after its registration was
+    # reclaimed, then its worker was killed. Nothing lists it anywhere.
+    orphan = KEYS.batch(consumer, 7)
+    any_redis.rpush(orphan, b"o1", b"o2")
+    # A registered batch whose lease lapsed.
+    lapsed = KEYS.batch("gone:1:ffff", 0)
+    store.fetch("gone:1:ffff", lapsed, 1, lease_s=30)
+    any_redis.zadd(KEYS.consumers, {"gone:1:ffff": store.server_time() - 1})
+    assert store.sweep(scan_count=2) == 3
+    assert any_redis.llen(live) == 1  # covered: left alone
+    assert not any_redis.exists(orphan) and not any_redis.exists(lapsed)
+    assert not any_redis.sismember(KEYS.held("gone:1:ffff"), lapsed)
+    assert sorted(any_redis.lrange(KEYS.queue, 0, -1)) == [b"b", b"c", b"o1", b"o2"]
+    assert store.sweep() == 0
+
+
+def test_sweep_matches_only_its_own_prefix_literally(any_redis: redis.Redis) -> None:
+    keys = Keys("q", "we*ird[")
+    store = RecordStore(any_redis, keys)
+    any_redis.rpush(keys.batch("c", 0), b"x")
+    any_redis.rpush("weXirdY:batch:c:0", b"not ours")
+    assert store.sweep() == 1
+    assert any_redis.lrange("q", 0, -1) == [b"x"]
+    assert any_redis.exists("weXirdY:batch:c:0")
+
+
+def test_forget_unseen_drops_only_workers_gone_long_without_a_lease(
+    any_redis: redis.Redis,
+) -> None:
+    store = store_of(any_redis)
+    now = store.server_time()
+    any_redis.hset(KEYS.seen, mapping={"old": now - 7200, "recent": now - 10, "held": now - 7200})
+    any_redis.zadd(KEYS.consumers, {"held": now + 30})
+    assert store.forget_unseen(3600) == 1
+    assert set(store.last_seen()) == {"recent", "held"}

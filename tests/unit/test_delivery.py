@@ -89,7 +89,7 @@ def test_transient_failure_retries_the_whole_batch_with_retry_after() -> None:
     assert all(o.fate is Fate.RETRY and o.retry_after_s == 40 for o in outcomes)
     resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5, now=1000.0)
     assert summary.retried == 2
-    assert all(due >= 1040 for due, _ in resolution.retries)
+    assert all(delay_s >= 40 for delay_s, _ in resolution.retries)
     metas = [decode(message).meta for _, message in resolution.retries]
     assert all(
         m["retries"] == 1 and m["attempts"] == 1 and m["last_http_status"] == 429 for m in metas
@@ -103,8 +103,8 @@ def test_unauthorized_keeps_records_without_counting_a_retry() -> None:
     )
     resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5, now=1000.0)
     assert resolution.dead_letters == [] and summary.retried == 1
-    ((due, message),) = resolution.retries
-    assert due == 1005.0
+    ((delay_s, message),) = resolution.retries
+    assert delay_s == 5.0
     assert decode(message).meta["retries"] == 3  # not counted although at the limit
 
 
@@ -115,9 +115,9 @@ def test_retries_exhausted_become_dead_letters_with_the_whole_record() -> None:
     )
     resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5, now=2000.0)
     assert resolution.retries == [] and summary.dead_lettered == {"retries_exhausted": 1}
-    ((dead_id, entry_json, failed_at),) = resolution.dead_letters
+    ((dead_id, entry_json),) = resolution.dead_letters
     entry = json.loads(entry_json)
-    assert dead_id == "tired" and failed_at == 2000.0
+    assert dead_id == "tired"
     assert entry["reason"] == "retries_exhausted" and entry["attempts"] == 4
     assert (
         entry["http_status"] == 503
@@ -136,7 +136,7 @@ def test_malformed_messages_are_dead_lettered_without_being_sent() -> None:
     assert calls == [["fine"]]
     resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5)
     assert summary.dead_lettered == {"malformed": 2} and summary.delivered == 1
-    entries = [json.loads(e) for _, e, _ in resolution.dead_letters]
+    entries = [json.loads(e) for _, e in resolution.dead_letters]
     assert {e["raw"] for e in entries} == {"not json at all", '{"no": "id"}'}
 
 
@@ -149,3 +149,120 @@ def test_stats_count_every_fate() -> None:
         "retried": 1,
         "dead_lettered:service_key_unknown": 1,
     }
+
+
+def server_failing_on(poison: set[str], calls: list[list[str]], status: int = 500):
+    """A server that answers ``status`` to every request holding a poison record."""
+
+    def post(body: bytes) -> BatchVerdict:
+        ids = sent_ids(body)
+        calls.append(ids)
+        if poison & set(ids):
+            return BatchVerdict(VerdictKind.TRANSIENT, f"HTTP {status}", status)
+        return BatchVerdict(
+            VerdictKind.RESULTS, "200", 200, results={i: RecordResult("queued") for i in ids}
+        )
+
+    return post
+
+
+def test_a_first_500_retries_the_batch_whole() -> None:
+    calls: list[list[str]] = []
+    items = [item(f"r{n}") for n in range(50)]
+    outcomes, requests = deliver(items, server_failing_on({"r7"}, calls))
+    assert requests == 1 and all(o.fate is Fate.RETRY for o in outcomes)
+
+
+def test_a_500_for_records_that_failed_before_splits_until_the_poison_is_alone() -> None:
+    calls: list[list[str]] = []
+    items = [item(f"r{n}", meta={"attempts": 1, "retries": 1}) for n in range(49)]
+    items.insert(17, item("poison", meta={"attempts": 1, "retries": 1}))
+    outcomes, requests = deliver(items, server_failing_on({"poison"}, calls))
+    retried = [o.item.response_id for o in outcomes if o.fate is Fate.RETRY]
+    delivered = [o.item.response_id for o in outcomes if o.fate is Fate.DELIVERED]
+    assert retried == ["poison"] and len(delivered) == 49
+    # Bisection: two requests per level, about log2(50) levels.
+    assert requests <= 2 * 6 + 1
+
+
+def test_a_fresh_record_batched_with_a_returning_poison_is_not_held() -> None:
+    calls: list[list[str]] = []
+    items = [item(f"fresh{n}") for n in range(20)] + [
+        item("poison", meta={"attempts": 3, "retries": 3})
+    ]
+    outcomes, _ = deliver(items, server_failing_on({"poison"}, calls))
+    assert [o.item.response_id for o in outcomes if o.fate is Fate.RETRY] == ["poison"]
+
+
+def test_two_poisons_in_opposite_halves_are_isolated_once_anything_got_through() -> None:
+    calls: list[list[str]] = []
+    items = [item(f"r{n}", meta={"retries": 1}) for n in range(32)]
+    outcomes, _ = deliver(items, server_failing_on({"r3", "r20"}, calls))
+    # Blind depth 1: both halves fail, nothing got through, so nothing is learnt...
+    assert all(o.fate is Fate.RETRY for o in outcomes) and len(calls) == 3
+    # ...but at the next attempt (blind depth 2) quarters get through, and then
+    # every failing group is split down to its poison.
+    calls.clear()
+    again = [item(f"r{n}", meta={"retries": 2}) for n in range(32)]
+    outcomes, _ = deliver(again, server_failing_on({"r3", "r20"}, calls))
+    assert {o.item.response_id for o in outcomes if o.fate is Fate.RETRY} == {"r3", "r20"}
+
+
+def test_an_outage_costs_a_bounded_number_of_requests_per_attempt() -> None:
+    for retries, most in [(0, 1), (1, 3), (2, 7), (3, 15), (20, 15)]:
+        calls: list[list[str]] = []
+        items = [item(f"r{n}", meta={"retries": retries}) for n in range(500)]
+        outcomes, requests = deliver(items, server_failing_on({f"r{n}" for n in range(500)}, calls))
+        assert requests == most and all(o.fate is Fate.RETRY for o in outcomes)
+
+
+def test_503_is_an_outage_never_split() -> None:
+    calls: list[list[str]] = []
+    items = [item(f"r{n}", meta={"retries": 5}) for n in range(8)]
+    outcomes, requests = deliver(items, server_failing_on({"r1"}, calls, status=503))
+    assert requests == 1 and all(o.fate is Fate.RETRY for o in outcomes)
+
+
+def test_a_record_whose_planning_raises_is_dead_lettered_malformed_and_the_rest_settle(
+    monkeypatch,
+) -> None:
+    import aicm_tasks.delivery as delivery
+
+    real = delivery.dead_letter_entry
+
+    def explode_for_bad(it, outcome, reason, meta):
+        if it.response_id == "bad":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(it, outcome, reason, meta)
+
+    monkeypatch.setattr(delivery, "dead_letter_entry", explode_for_bad)
+    items = [item("bad"), item("other"), item("fine")]
+    statuses = {"bad": "error", "other": "error", "fine": "queued"}
+    outcomes, _ = deliver(items, results_post(statuses, []))
+    resolution, summary = plan(outcomes, POLICY, auth_retry_interval_s=5)
+    assert summary.delivered == 1 and summary.dead_lettered == {"malformed": 1, "error": 1}
+    entries = {dead_id: json.loads(e) for dead_id, e in resolution.dead_letters}
+    assert entries["bad"]["reason"] == "malformed" and "RecursionError" in entries["bad"]["detail"]
+    assert json.loads(entries["bad"]["raw"])["response_id"] == "bad"
+
+
+def test_plan_after_error_counts_an_attempt_for_every_record_until_they_end() -> None:
+    from aicm_tasks.delivery import plan_after_error
+
+    raw = [item("a").raw, b"\xff garbage"]
+    boom = RuntimeError("a bug")
+    for round_ in range(POLICY.max_retries + 1):
+        resolution, summary = plan_after_error(raw, boom, POLICY)
+        assert summary.dead_lettered.get("malformed") == 1  # the garbage, at once
+        if round_ < POLICY.max_retries:
+            ((_, message),) = resolution.retries
+            assert decode(message).retries == round_ + 1
+            raw = [message, b"\xff garbage"]
+    ((_, last),) = [d for d in resolution.dead_letters if d[0] == "a"]
+    assert json.loads(last)["reason"] == "retries_exhausted"
+    assert "RuntimeError: a bug" in json.loads(last)["detail"]
+
+
+def test_metadata_with_counts_of_the_wrong_type_reads_as_zero() -> None:
+    bad = decode(b'{"attempts":"x","retries":[1]}\n' + item("a").body)
+    assert bad.attempts == 0 and bad.retries == 0 and not bad.malformed

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import json
 
-from aicm_tasks.messages import batch_body, decode, encode
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aicm_tasks.messages import batch_body, decode, encode, record_of
 from aicm_tasks.record import build_record
 
 
@@ -64,3 +68,44 @@ def test_the_fast_path_reads_the_same_identity_as_a_full_parse() -> None:
 def test_records_in_another_key_order_take_the_full_parse() -> None:
     item = decode(b'{"response_id":"r9","service_key":"a::b","timestamp":"1","payload":{}}')
     assert item.response_id == "r9" and item.service_key == "a::b" and not item.malformed
+
+
+@given(st.binary(max_size=300))
+def test_decode_never_raises_on_any_bytes(raw: bytes) -> None:
+    decoded = decode(raw)
+    assert decoded.raw == raw
+    assert decoded.malformed is not None or decoded.response_id
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=20,
+    ),
+    st.binary(max_size=40),
+)
+def test_decode_never_raises_on_metadata_and_records_of_any_shape(
+    meta: object, tail: bytes
+) -> None:
+    raw = json.dumps(meta).encode() + b"\n" + tail
+    decode(raw)
+
+
+@pytest.mark.parametrize("depth", [100_000])
+def test_a_record_nested_past_any_pythons_parser_limit_is_malformed_not_an_exception(
+    depth: int,
+) -> None:
+    # Past the recursion limit of every supported Python (3.10 to 3.13 differ).
+    raw = (
+        b'{"service_key":"a::b","response_id":"deep","payload":'
+        + b"[" * depth
+        + b"]" * depth
+        + b"}"
+    )
+    shuffled = b'{"payload":' + raw[len(b'{"service_key":"a::b","response_id":"deep","payload":') :]
+    assert decode(raw).response_id == "deep"  # read by position, not parsed
+    assert record_of(decode(raw)) is None
+    for message in (shuffled, b'{"retries":1}\n' + shuffled):
+        decoded = decode(message)
+        assert decoded.raw == message and decoded.malformed == "nested too deeply"
