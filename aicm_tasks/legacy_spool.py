@@ -52,7 +52,7 @@ def import_legacy_files(
     """
     imported = 0
     for path in legacy_files(directory):
-        why = _not_ours(path)
+        why = not_ours(path)
         if why:
             skip(path, why)
             continue
@@ -75,8 +75,8 @@ def import_legacy_files(
     return imported
 
 
-def _not_ours(path: Path) -> str:
-    """Why a file must be left alone, or '' when we may import it."""
+def not_ours(path: Path) -> str:
+    """Why an old file must be left alone, or '' when we may import it."""
     try:
         info = path.stat()
     except FileNotFoundError:

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aicm_tasks.errors import SpoolFullError, SpoolWriteError
-from aicm_tasks.legacy_spool import import_legacy_files, legacy_files
+from aicm_tasks.legacy_spool import import_legacy_files, legacy_files, not_ours
 from aicm_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,6 @@ class Spool:
         self.max_bytes = max_bytes
         self.destination = destination
         self.busy_timeout_s = busy_timeout_s
-        self.path = directory / f"spool-{os.getuid()}.sqlite3"
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = -1
@@ -155,6 +154,11 @@ class Spool:
             destination=destination_of(settings.queue, settings.key_prefix),
             busy_timeout_s=settings.publish_timeout_s,
         )
+
+    @property
+    def path(self) -> Path:
+        """This user's database (the uid read each time: a child may change user)."""
+        return self.directory / f"spool-{os.getuid()}.sqlite3"
 
     # -- writing -------------------------------------------------------------------
     def append(self, message: bytes, due_epoch_s: float | None = None) -> None:
@@ -305,12 +309,17 @@ class Spool:
         )
 
     def _foreign_files(self) -> list[Path]:
-        """Spool databases of other users in the directory (never opened), logged once."""
+        """Files in the directory we leave alone (another user's, unreadable), logged once."""
         if not self.directory.is_dir():
             return []
         foreign = [p for p in self.directory.glob("spool-*.sqlite3") if p.name != self.path.name]
         for path in foreign:
             self._warn_once(path, "the spool of another user")
+        for path in legacy_files(self.directory):
+            why = not_ours(path)
+            if why:
+                self._warn_once(path, why)
+                foreign.append(path)
         return foreign
 
     # -- draining ------------------------------------------------------------------

@@ -141,11 +141,10 @@ def test_a_file_of_another_user_is_skipped_with_a_warning(
 def test_a_write_that_fails_raises_our_error_and_keeps_what_was_there(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=10**7)
     spool.append(body(1))
-    readonly = Spool(tmp_path, max_bytes=10**7)
-    readonly.path = tmp_path / "missing-dir" / "x" / "spool.sqlite3"  # cannot be opened
-    readonly.directory = Path("/proc/definitely/not/here")
+    (tmp_path / "file").write_bytes(b"")
+    broken = Spool(tmp_path / "file" / "spool", max_bytes=10**7)  # a directory it cannot make
     with pytest.raises(SpoolWriteError, match="AICM_SPOOL_DIR"):
-        readonly.append(body(2))
+        broken.append(body(2))
     assert spool.status().records == 1
 
 
