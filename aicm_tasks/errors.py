@@ -7,7 +7,8 @@
     │   ├── RecordValueError(ValueError)    a field has a bad value (unparseable timestamp, too big)
     │   └── RecordTypeError(TypeError)      a field has the wrong type (usage not a dict)
     ├── PublishError                    the broker did not take a valid record
-    │   └── SpoolFullError                  ...and the local spool is full, so it was not kept
+    │   ├── SpoolFullError                  ...and the local spool is at AICM_SPOOL_MAX_BYTES, so it was not kept
+    │   └── SpoolWriteError                 ...and the spool could not write it (disk full or failing, locked)
     ├── ConfigurationError              a setting is missing or inconsistent
     ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
     └── LocalRedisError                 no Redis answers and none could be started for the demo
@@ -44,6 +45,12 @@ class PublishError(AicmTasksError):
 
 class SpoolFullError(PublishError):
     """The broker is unreachable and the spool is at ``AICM_SPOOL_MAX_BYTES``."""
+
+
+class SpoolWriteError(PublishError):
+    """The broker is unreachable and the spool could not write the record (a full or
+    failing disk, a file-size limit, the spool locked past the publish timeout).
+    Records spooled before stay in the spool."""
 
 
 class ConfigurationError(AicmTasksError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -37,9 +38,7 @@ class Publisher:
         self.settings = settings
         self._store: RecordStore | None = None
         self._lock = threading.Lock()
-        self.spool: Spool | None = (
-            Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_enabled else None
-        )
+        self.spool: Spool | None = Spool.for_settings(settings) if settings.spool_enabled else None
         self._spooling = False
         self._checked_leftovers_pid = -1
 
@@ -71,7 +70,7 @@ class Publisher:
             else:
                 self.store.schedule([(due_epoch_s, record.message)])
         except redis.RedisError as exc:
-            self._fallback([record], exc)
+            self._fallback([record], exc, due_epoch_s)
             return
         self._spooling = False
 
@@ -84,7 +83,9 @@ class Publisher:
         except redis.RedisError as exc:
             self._fallback(records, exc)
 
-    def _fallback(self, records: Sequence[Record], exc: redis.RedisError) -> None:
+    def _fallback(
+        self, records: Sequence[Record], exc: redis.RedisError, due_epoch_s: float | None = None
+    ) -> None:
         where = redact_url(self.settings.broker_url)
         what = (
             f"record {records[0].response_id}"
@@ -96,8 +97,8 @@ class Publisher:
                 f"{what} was not published: the broker at {where} did not take it ({exc}); "
                 "the spool is off (AICM_SPOOL_ENABLED=false)"
             ) from exc
-        for record in records:
-            self.spool.append(record.message)  # raises SpoolFullError when full
+        # All or none, in one transaction; SpoolFullError / SpoolWriteError otherwise.
+        self.spool.append_many([record.message for record in records], due_epoch_s)
         if not self._spooling:
             logger.warning(
                 "the broker at %s does not answer (%s): spooling records to %s until it does",
@@ -106,13 +107,21 @@ class Publisher:
                 self.spool.directory,
             )
             self._spooling = True
-        self.spool.ensure_drainer(self.store.push_many, self._broker_answers)
+        self.spool.ensure_drainer(self.store, self._broker_answers)
 
     def _resume_leftovers(self) -> None:
-        """Once per process: records spooled by a process that died are pushed by us."""
+        """Once per process: records spooled for our queue by a process that died are
+        pushed by us. Never fails the publish: a spool we cannot read is logged."""
         self._checked_leftovers_pid = os.getpid()
-        if self.spool is not None and self.spool.status().files:
-            self.spool.ensure_drainer(self.store.push_many, self._broker_answers)
+        if self.spool is None:
+            return
+        try:
+            waiting = self.spool.has_records()
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("the spool in %s cannot be read: %s", self.spool.directory, exc)
+            return
+        if waiting:
+            self.spool.ensure_drainer(self.store, self._broker_answers)
 
     def _broker_answers(self) -> bool:
         try:

@@ -123,10 +123,10 @@ class CeleryDelivery(Delivery):
         """Push this process's spooled records to the broker, if any wait there."""
         publisher = self.task.publisher
         spool = publisher.spool
-        if spool is None or not spool.status().files:
+        if spool is None or not spool.has_records():
             return
         try:
-            spool.drain(publisher.store.push_many)
+            spool.drain(publisher.store)
         except redis.RedisError as exc:
             logger.warning(
                 "%d records stay spooled in %s: the broker does not answer (%s); the "

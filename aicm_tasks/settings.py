@@ -82,11 +82,12 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(default=32 * 1024, ge=256, le=1024 * 1024)
     #: Keep records in a local spool when the broker does not answer (see spool.py).
     spool_enabled: bool = True
-    #: Where spool files live; default: the user's cache directory.
+    #: Where the spool database lives (a local disk); default: the user's cache directory.
     spool_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_cache_dir("aicm-tasks")) / "spool"
     )
-    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    #: Spool size over which ``track`` raises SpoolFullError; at least a few SQLite pages.
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
 
     # -- delivery (workers) --------------------------------------------------
     api_key: SecretStr | None = None

@@ -20,27 +20,33 @@ def spool() -> None:
 @spool.command()
 @json_option
 def status(as_json: bool) -> None:
-    """How many records are spooled, in how many files."""
+    """How many records are spooled for the configured queue, and for others."""
     settings = load_settings()
-    figures = dataclasses.asdict(Spool(settings.spool_dir, settings.spool_max_bytes).status())
+    figures = dataclasses.asdict(Spool.for_settings(settings).status())
     if as_json:
         echo_json(figures)
         return
     click.echo(
-        f"{figures['records']} records in {figures['files']} files ({figures['bytes']} bytes) in {figures['directory']}"
+        f"{figures['records']} records for queue {settings.queue} in {figures['directory']} "
+        f"({figures['files']} files, {figures['bytes']} bytes)"
     )
+    if figures["other_records"]:
+        click.echo(
+            f"{figures['other_records']} records for other queues or key prefixes "
+            "(set AICM_QUEUE and AICM_KEY_PREFIX to theirs to drain them)"
+        )
+    if figures["skipped"]:
+        click.echo(f"{figures['skipped']} files skipped: another user's, or unreadable")
 
 
 @spool.command()
 @json_option
 def drain(as_json: bool) -> None:
-    """Push every spooled record to the broker now."""
+    """Push every record spooled for the configured queue to the broker now."""
     settings = load_settings()
     store = RecordStore(redis_client(settings), keys_of(settings))
     try:
-        pushed = Spool(settings.spool_dir, settings.spool_max_bytes).drain(
-            store.push_many, only_own_and_dead=False
-        )
+        pushed = Spool.for_settings(settings).drain(store)
     except redis.RedisError as exc:
         raise click.ClickException(
             f"the broker did not answer; records stay spooled: {exc}"

@@ -62,6 +62,13 @@ def test_spool_cli_reports_and_drains_by_hand(real_redis: redis.Redis, tmp_path:
     )
     track = create_app(down).tasks["aicm_tasks.track"]
     ids = [track.delay("a::b", {"n": n}).id for n in range(25)]
+    other = create_app(down.model_copy(update={"queue": "other.queue"})).tasks["aicm_tasks.track"]
+    other.delay("a::b", {"n": 0}, response_id="other-0")
+    # A file of an earlier version, left by a process that is gone: imported once.
+    (spool_dir / "otherhost-1-aaaa.spool").write_bytes(
+        track.build(("a::b", {"n": 99}), {"response_id": "legacy-0"}).message + b"\n"
+    )
+    ids.append("legacy-0")
     env = {**os.environ, "AICM_SPOOL_DIR": str(spool_dir), "AICM_BROKER_URL": TEST_REDIS_URL}
 
     def cli(*args: str) -> dict:
@@ -75,9 +82,11 @@ def test_spool_cli_reports_and_drains_by_hand(real_redis: redis.Redis, tmp_path:
         )
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
-    assert cli("status")["records"] == 25
-    assert cli("drain") == {"pushed": 25}
-    assert cli("status")["records"] == 0
+    figures = cli("status")
+    assert (figures["records"], figures["other_records"]) == (26, 1)
+    assert not list(spool_dir.glob("*.spool"))
+    assert cli("drain") == {"pushed": 26}
+    assert (cli("status")["records"], cli("status")["other_records"]) == (0, 1)
     assert {json.loads(m)["response_id"] for m in real_redis.lrange("aicm.tracking", 0, -1)} == set(
         ids
     )

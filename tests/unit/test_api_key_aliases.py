@@ -21,6 +21,7 @@ from aicm_tasks.record import build_record
 from aicm_tasks.retry import BackoffPolicy
 from aicm_tasks.settings import Settings
 from aicm_tasks.spool import Spool
+from tests.support.spool_sink import Sink
 
 
 def message(rid: str, alias: str | None) -> bytes:
@@ -127,9 +128,9 @@ def test_a_spooled_aliased_message_comes_back_byte_identical(tmp_path: Path) -> 
     for m in messages:
         spool.append(m)
     assert spool.status().records == 10
-    pushed: list[bytes] = []
-    spool.drain(pushed.extend)
-    assert pushed == messages
+    sink = Sink()
+    spool.drain(sink)
+    assert sink.pushed == messages
 
 
 def test_workers_read_keys_by_alias_from_aicm_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
