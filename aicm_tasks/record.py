@@ -4,8 +4,9 @@ Validation is hand-written rather than a pydantic model: it runs on the web
 request's path, where every microsecond counts. The rules are the contract's
 own (:func:`aicm_tasks.contract.record_problems`, which the local server runs
 too), so a record ``track.delay`` accepts is one the server accepts, and a
-record it would refuse never leaves the caller's process; then come
-JSON-serialisability and a size limit. A record that passes is serialised
+record it would refuse never leaves the caller's process (the checks cost about
+4 µs a record: ``build_record`` of a typical record went from 6.5 to 10.7 µs);
+then come JSON-serialisability and a size limit. A record that passes is serialised
 exactly once; those bytes are what the broker carries and what the worker
 sends to ``/track``, untouched.
 """
