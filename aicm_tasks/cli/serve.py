@@ -1,8 +1,15 @@
-"""``aicm-tasks serve``: the local ``/track``-compatible server."""
+"""``aicm-tasks serve``: the local ``/track``-compatible server.
+
+The key clients must send comes, first found wins, from ``--api-key-file``,
+``--api-key``, ``AICM_SERVER_API_KEY``, ``AICM_API_KEY``; else one is
+generated and printed. ``--api-key`` works but warns: a command line is
+readable by every user of the machine (``ps``, ``/proc/<pid>/cmdline``).
+"""
 
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import click
 
@@ -19,9 +26,16 @@ from aicm_tasks.cli.common import load_settings
     help="SQLite file, or a postgresql:// URL, for the ledger [default: AICM_SERVER_DB].",
 )
 @click.option(
+    "--api-key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the bearer key clients must send (surrounding whitespace ignored).",
+)
+@click.option(
     "--api-key",
     default=None,
-    help="Bearer key clients must send [default: AICM_SERVER_API_KEY, else AICM_API_KEY].",
+    help="Bearer key clients must send; visible in the process list, prefer --api-key-file "
+    "[default: AICM_SERVER_API_KEY, else AICM_API_KEY].",
 )
 @click.option(
     "--extra-service",
@@ -51,6 +65,7 @@ def serve(
     host: str,
     port: int,
     db: str | None,
+    api_key_file: Path | None,
     api_key: str | None,
     extra_service: tuple[str, ...],
     monthly_budget: float | None,
@@ -61,6 +76,18 @@ def serve(
     from aicm_tasks.server import run_server
 
     settings = load_settings()
+    if api_key_file is not None:
+        if api_key is not None:
+            raise click.UsageError("give --api-key-file or --api-key, not both")
+        api_key = api_key_file.read_text(encoding="utf-8").strip()
+        if not api_key:
+            raise click.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
+    elif api_key is not None:
+        click.echo(
+            "warning: --api-key puts the key in the process list, where every user of this "
+            "machine can read it; use --api-key-file PATH or AICM_SERVER_API_KEY instead",
+            err=True,
+        )
     if api_key is None:
         secret = settings.server_api_key or settings.api_key
         api_key = secret.get_secret_value() if secret is not None else None

@@ -14,17 +14,20 @@ Routes (all but ``/healthz`` need ``Authorization: Bearer <api key>``)::
     PUT  /api/v1/services/{service_key}    teach the catalog a service key
     GET  /healthz                          liveness, no key needed
 
-Errors are JSON ``{"detail": "..."}`` as the real API answers them. Neither the
-API key nor request bodies are ever logged.
+Errors are JSON ``{"detail": "..."}`` as the real API answers them: every bad
+query parameter, path parameter or body is a 400 (a 413 when too large), never
+a 500. Neither the API key nor request bodies are ever logged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -33,8 +36,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from aicm_tasks.contract import MAX_KEY_LENGTH, service_key_problem, text_problem
 from aicm_tasks.errors import ConfigurationError
-from aicm_tasks.server.catalog import ServiceCatalog, split_service_key
+from aicm_tasks.server.catalog import ServiceCatalog
 from aicm_tasks.server.pricing import PriceBook
 from aicm_tasks.server.reports import (
     GROUP_BY,
@@ -54,6 +58,10 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_LIST_LIMIT = 100
 #: Prefix of every API route, as in the real API's default ``AICM_API_URL``.
 API_PREFIX = "/api/v1"
+#: Largest integer query parameter (``offset``): both databases bind 64-bit integers.
+MAX_QUERY_INT = 2**63 - 1
+#: Seconds in a UTC day: the end of an ``end`` date is its midnight plus one day.
+_DAY_S = 86400
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -112,7 +120,7 @@ def create_server_app(
             )
         except TrackRequestError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        return JSONResponse(document)
+        return AsciiJSONResponse(document)
 
     async def stats(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(store.stats))
@@ -127,10 +135,11 @@ def create_server_app(
             store.list_events,
             limit,
             offset,
-            service_key=params.get("service_key"),
-            customer_key=params.get("customer_key"),
+            service_key=_text_param(params.get("service_key"), "service_key"),
+            customer_key=_text_param(params.get("customer_key"), "customer_key"),
             start_s=None if start is None else _epoch_s(start),
-            end_s=None if end is None else _epoch_s(end + timedelta(days=1)),
+            # Midnight after ``end``, added in seconds: date.max has no next day.
+            end_s=None if end is None else _epoch_s(end) + _DAY_S,
         )
         return JSONResponse({"events": events, "limit": limit, "offset": offset})
 
@@ -148,8 +157,8 @@ def create_server_app(
             store.rollups,
             start.isoformat(),
             end.isoformat(),
-            customer_key=params.get("customer_key"),
-            service_key=params.get("service_key"),
+            customer_key=_text_param(params.get("customer_key"), "customer_key"),
+            service_key=_text_param(params.get("service_key"), "service_key"),
             # The database sums over everything but the one column the grouping needs.
             group_by=(ROLLUP_COLUMN[group_by],),
         )
@@ -158,7 +167,7 @@ def create_server_app(
     async def budget(request: Request) -> Response:
         params = request.query_params
         as_of = _date_param(params.get("as_of"), "as_of") or _today()
-        customer_key = params.get("customer_key")
+        customer_key = _text_param(params.get("customer_key"), "customer_key")
         first_day = as_of.replace(day=1).isoformat()
         rows = await run_in_threadpool(
             store.rollups,
@@ -190,10 +199,9 @@ def create_server_app(
 
     async def learn_service(request: Request) -> Response:
         service_key: str = request.path_params["service_key"]
-        if split_service_key(service_key) is None:
-            raise HTTPException(
-                400, f"service key {service_key!r} is not of the form 'vendor::service'"
-            )
+        problem = service_key_problem(service_key)
+        if problem is not None:
+            raise HTTPException(400, str(problem))
         known.learn(service_key)
         return JSONResponse({"service_key": service_key, "known": True})
 
@@ -260,17 +268,49 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped.
+
+    ``/track`` echoes the ``response_id`` of a refused record, which may hold an
+    unpaired surrogate (JSON can spell one, UTF-8 cannot carry it): Starlette's
+    UTF-8 rendering would fail with a 500; ``\\udXXX`` escapes carry it intact.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode("ascii")
+
+
 def _int_param(raw: str | None, name: str, default: int) -> int:
-    """A non-negative integer query parameter, or HTTPException 400."""
+    """An integer query parameter from 0 to :data:`MAX_QUERY_INT`, or HTTPException 400."""
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
-    except ValueError:
+    except ValueError:  # also a number of more than 4,300 digits
         raise HTTPException(400, f"{name} must be an integer, not {raw[:20]!r}") from None
     if value < 0:
         raise HTTPException(400, f"{name} must not be negative")
+    if value > MAX_QUERY_INT:
+        raise HTTPException(400, f"{name} must be at most {MAX_QUERY_INT}")
     return value
+
+
+def _text_param(raw: str | None, name: str) -> str | None:
+    """A key filter (``service_key``, ``customer_key``), or HTTPException 400.
+
+    A value no record could hold (NUL, which PostgreSQL refuses in a query too;
+    longer than the contract allows) is refused rather than sent to the database.
+    """
+    if raw is None:
+        return None
+    if len(raw) > MAX_KEY_LENGTH:
+        raise HTTPException(400, f"{name} is {len(raw)} characters, at most {MAX_KEY_LENGTH}")
+    problem = text_problem(raw)
+    if problem is not None:
+        raise HTTPException(400, f"{name} {problem}")
+    return raw
 
 
 def _date_param(raw: str | None, name: str) -> date | None:

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import genai_prices
 from genai_prices import data_snapshot, types
 
+from aicm_tasks.contract import split_service_key
+
 logger = logging.getLogger(__name__)
 
-#: Separator between vendor and service in a service key.
-SERVICE_KEY_SEPARATOR = "::"
 #: Distinct service keys whose catalog answer is kept; lookups are repeated per
 #: record, and a bound keeps a flood of junk keys from growing memory forever.
 DEFAULT_CACHE_SIZE = 8192
@@ -55,12 +55,7 @@ class CatalogMatch:
     model: types.ModelInfo | None = field(default=None, compare=False, repr=False)
 
 
-def split_service_key(service_key: str) -> tuple[str, str] | None:
-    """Split ``vendor::service`` into its two non-empty parts, or return None."""
-    vendor, sep, service = service_key.partition(SERVICE_KEY_SEPARATOR)
-    if not sep or not vendor.strip() or not service.strip():
-        return None
-    return vendor, service
+__all__ = ["CatalogMatch", "ServiceCatalog", "split_service_key"]
 
 
 class ServiceCatalog:

@@ -29,7 +29,7 @@ import genai_prices
 from genai_prices import Usage, types
 
 from aicm_tasks.server.catalog import CatalogMatch
-from aicm_tasks.server.usage import TokenCounts
+from aicm_tasks.usage import TokenCounts
 
 #: Costs are stored as whole nano-dollars (1e-9 USD): integers sum exactly in any
 #: database, and a nano-dollar is far below any price step in the catalog.

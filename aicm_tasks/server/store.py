@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from aicm_tasks.server.pricing import Cost
-from aicm_tasks.server.usage import TokenCounts, UsageError, token_counts
+from aicm_tasks.usage import TokenCounts, UsageError, token_counts
 
 #: Counter names kept in the ``counters`` table; ``stats()`` returns them all.
 COUNTERS = ("events", "received", "duplicates", "unknown_service", "errors")

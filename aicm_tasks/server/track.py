@@ -8,14 +8,15 @@ tested without a server. ``app.py`` maps :class:`TrackRequestError` to a status.
 Per-record rules, in order:
 
 1. a record that fails :func:`~aicm_tasks.server.validation.validate_record`
-   answers ``error`` with the reasons. If it carries no string ``response_id``
+   (the rules of ``contract.py``, which the call site applies too) answers
+   ``error`` with the reasons. If it carries no string ``response_id``
    there is nothing a client could match the answer to, so it gets no result at
    all (it still counts in the ``errors`` counter; the contract says a missing
    result means "not delivered", which is the truth);
 2. a valid record whose service key the catalog does not know answers
    ``service_key_unknown`` and is not stored;
-3. a record whose token counts cannot be read (``usage.py``) or that the
-   catalog refuses to price (cached tokens above input) answers ``error``;
+3. a record that genai-prices refuses to price answers ``error`` (token
+   counts are already checked in step 1, so none is known to);
 4. every other record is stored (once per response_id, with its tokens and
    cost) and answers ``completed`` with its ``cost_events`` when the catalog
    prices its model, or ``queued`` when its service key was only learned
@@ -29,22 +30,34 @@ import json
 import logging
 from typing import Any
 
+from aicm_tasks.contract import (
+    MAX_NESTING_DEPTH,
+    MAX_RECORDS_PER_REQUEST,
+    STATUS_COMPLETED,
+    STATUS_ERROR,
+    STATUS_QUEUED,
+    STATUS_SERVICE_KEY_UNKNOWN,
+)
 from aicm_tasks.server.catalog import ServiceCatalog
 from aicm_tasks.server.pricing import Cost, PriceBook
 from aicm_tasks.server.store import EventStore
-from aicm_tasks.server.usage import TokenCounts, UsageError, token_counts
 from aicm_tasks.server.validation import validate_record
+from aicm_tasks.usage import TokenCounts, UsageError, token_counts
 
 logger = logging.getLogger(__name__)
 
-#: The contract's limit on records in one request.
-MAX_RECORDS_PER_REQUEST = 1000
-
-#: Statuses of the contract this server answers with.
-STATUS_QUEUED = "queued"
-STATUS_COMPLETED = "completed"
-STATUS_SERVICE_KEY_UNKNOWN = "service_key_unknown"
-STATUS_ERROR = "error"
+__all__ = [
+    "MAX_RECORDS_PER_REQUEST",
+    "STATUS_COMPLETED",
+    "STATUS_ERROR",
+    "STATUS_QUEUED",
+    "STATUS_SERVICE_KEY_UNKNOWN",
+    "TrackRequestError",
+    "answer_batch",
+    "handle_track_body",
+    "parse_batch",
+    "unknown_service_message",
+]
 
 
 class TrackRequestError(ValueError):
@@ -59,13 +72,23 @@ class TrackRequestError(ValueError):
 def parse_batch(body: bytes) -> list[Any]:
     """Return the ``tracked`` list of a request body, or raise :class:`TrackRequestError`.
 
-    400 if the body is not JSON or not ``{"tracked": [...]}``; 422 if it holds
-    more than :data:`MAX_RECORDS_PER_REQUEST` records.
+    400 if the body is not JSON, nests deeper than Python's parser can follow,
+    or is not ``{"tracked": [...]}``; 422 if it holds more than
+    :data:`MAX_RECORDS_PER_REQUEST` records.
     """
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise TrackRequestError(400, f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        # The parser's own limit (about 1,000 levels, less on 3.12+) is far above
+        # what a valid record may nest (contract.MAX_NESTING_DEPTH, 32), so such a
+        # body is refused whole; records nested between the two answer ``error``.
+        raise TrackRequestError(
+            400,
+            "request body nests too deeply to parse; a record's payload and context "
+            f"may nest at most {MAX_NESTING_DEPTH} levels",
+        ) from None
     if not isinstance(document, dict) or not isinstance(document.get("tracked"), list):
         raise TrackRequestError(400, 'request body must be a JSON object {"tracked": [...]}')
     tracked: list[Any] = document["tracked"]
@@ -118,8 +141,9 @@ def answer_batch(
             counts = token_counts(record["payload"])
             cost = None if match is None else prices.cost(match, counts, float(record["timestamp"]))
         except (UsageError, ValueError) as exc:
-            # genai-prices' own refusals read "Invalid usage data: ...".
-            message = str(exc) if isinstance(exc, UsageError) else f"payload: {exc}"
+            # Unreachable for a record validate_record passed (contract.py runs the
+            # same token reading); kept so a refusal is an answer, never a 500.
+            message = f"payload: {exc}"
             errors += 1
             results.append(
                 {"response_id": record["response_id"], "status": STATUS_ERROR, "errors": [message]}

@@ -12,7 +12,7 @@ from genai_prices import Usage, data_snapshot
 
 from aicm_tasks.server.catalog import ServiceCatalog
 from aicm_tasks.server.pricing import PriceBook, to_nano_usd
-from aicm_tasks.server.usage import TokenCounts, token_counts
+from aicm_tasks.usage import TokenCounts, token_counts
 
 #: 2025-11-01T00:00:00Z: prices are those in force on that day.
 AT = datetime(2025, 11, 1, tzinfo=timezone.utc).timestamp()

@@ -38,7 +38,7 @@ def test_extra_fields_are_ignored() -> None:
     assert validate_record(make_record(client_customer_key="x", anything=[1])) == []
 
 
-@pytest.mark.parametrize("timestamp", ["1732270000", "1732270000.123", "0.5"])
+@pytest.mark.parametrize("timestamp", ["1732270000", "1732270000.123", "946684800", "4102444800.0"])
 def test_decimal_epoch_second_strings_are_valid_timestamps(timestamp: str) -> None:
     assert validate_record(make_record(timestamp=timestamp)) == []
 
@@ -61,6 +61,12 @@ def test_decimal_epoch_second_strings_are_valid_timestamps(timestamp: str) -> No
         ),
         ({"timestamp": "-5"}, "timestamp: '-5' is not a decimal"),
         ({"timestamp": "nan"}, "timestamp: 'nan' is not a decimal"),
+        ({"timestamp": "1e+16"}, "timestamp: '1e+16' is not a decimal"),
+        (
+            {"timestamp": "1732270000123"},
+            "timestamp: 1732270000123.0 is after 2100-01-01; it looks like milliseconds",
+        ),
+        ({"timestamp": "0.5"}, "timestamp: 0.5 is before 2000-01-01"),
         ({"payload": _ABSENT}, "payload: must be a JSON object, not null"),
         ({"payload": [1, 2]}, "payload: must be a JSON object, not list"),
         ({"customer_key": 7}, "customer_key: must be a string or null, not int"),
@@ -78,17 +84,23 @@ def test_the_contracts_example_message_for_a_string_token_count() -> None:
     assert errors == ["payload: input_tokens must be an integer"]
 
 
+def payload_with(field: str, value: Any) -> dict[str, Any]:
+    """A payload holding ``value`` at ``field`` (``parent.child`` nests one level)."""
+    parent, _, child = field.partition(".")
+    return {parent: {child: value}} if child else {field: value}
+
+
 @pytest.mark.parametrize("field", TOKEN_FIELDS)
 @pytest.mark.parametrize("value", ["3", 1.5, 2.0, True, [1], {"n": 1}])
 def test_token_counts_must_be_integers(field: str, value: Any) -> None:
-    assert validate_record(make_record(payload={field: value})) == [
+    assert validate_record(make_record(payload=payload_with(field, value))) == [
         f"payload: {field} must be an integer"
     ]
 
 
 @pytest.mark.parametrize("field", TOKEN_FIELDS)
 def test_token_counts_must_not_be_negative(field: str) -> None:
-    assert validate_record(make_record(payload={field: -1})) == [
+    assert validate_record(make_record(payload=payload_with(field, -1))) == [
         f"payload: {field} must not be negative"
     ]
 

@@ -25,9 +25,10 @@ Bedrock Converse              ``inputTokens`` + ``cacheReadInputTokens``    ``ou
                               + ``cacheWriteInputTokens``
 ============================  ============================================  =========================
 
-Pure functions; a count that is present but not a non-negative integer, or
-cached tokens above the input they are part of, raise :class:`UsageError`
-(the record then answers ``error``).
+Pure functions, shared by the call site and the local server through
+``contract.py``: a count that is present but not a non-negative integer, or
+cached tokens above the input they are part of, raise :class:`UsageError`, and
+the record is refused (at the call site) or answers ``error`` (at the server).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 
 class UsageError(ValueError):
-    """A payload's token counts are malformed; the message is ``payload: <problem>``."""
+    """A payload's token counts are malformed; the message says which and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,37 @@ _REASONING = (
 #: Cache counts that vendors report *beside* input, not inside it (Anthropic, Bedrock).
 _CACHE_READ_APART = ("cache_read_input_tokens", "cacheReadInputTokens")
 _CACHE_WRITE_APART = ("cache_creation_input_tokens", "cacheWriteInputTokens")
+_GEMINI_OUTPUT = ("candidatesTokenCount", "thoughtsTokenCount")
+
+#: Counts that are part of another (cached within input, reasoning within output):
+#: only a payload holding one of them can fail :func:`token_counts`' consistency checks.
+PART_COUNT_PATHS: tuple[str | tuple[str, str], ...] = (
+    *_CACHED,
+    *_CACHE_WRITE,
+    *_REASONING,
+    "thoughtsTokenCount",
+)
+
+#: Every place in a payload that holds a token count: what :func:`token_counts`
+#: reads, plus the totals the SDKs write. When present (not null) each must be a
+#: non-negative integer (``contract.py`` also bounds it).
+TOKEN_COUNT_PATHS: tuple[str | tuple[str, str], ...] = tuple(
+    dict.fromkeys(
+        (
+            *_INPUT,
+            *_OUTPUT,
+            *_CACHED,
+            *_CACHE_WRITE,
+            *_REASONING,
+            *_CACHE_READ_APART,
+            *_CACHE_WRITE_APART,
+            *_GEMINI_OUTPUT,
+            "total_tokens",
+            "totalTokenCount",
+            "totalTokens",
+        )
+    )
+)
 
 
 def _count(payload: Mapping[str, Any], paths: tuple[str | tuple[str, str], ...]) -> int | None:
@@ -92,7 +124,7 @@ def _count(payload: Mapping[str, Any], paths: tuple[str | tuple[str, str], ...])
             continue
         # bool is an int subclass in Python but not a count.
         if type(value) is not int or value < 0:
-            raise UsageError(f"payload: {name} must be a non-negative integer")
+            raise UsageError(f"{name} must be a non-negative integer")
         return value
     return None
 
@@ -113,7 +145,7 @@ def token_counts(payload: Mapping[str, Any]) -> TokenCounts:
         input_tokens += (read_apart or 0) + (write_apart or 0)
     elif cached + cache_write > input_tokens:
         raise UsageError(
-            "payload: cached and cache-write tokens cannot exceed input tokens "
+            "cached and cache-write tokens cannot exceed input tokens "
             f"({cached} + {cache_write} > {input_tokens})"
         )
     output_tokens = _count(payload, _OUTPUT)
@@ -126,7 +158,7 @@ def token_counts(payload: Mapping[str, Any]) -> TokenCounts:
         reasoning = reasoning or thoughts
     if reasoning > output_tokens:
         raise UsageError(
-            f"payload: reasoning tokens cannot exceed output tokens ({reasoning} > {output_tokens})"
+            f"reasoning tokens cannot exceed output tokens ({reasoning} > {output_tokens})"
         )
     return TokenCounts(
         input_tokens=input_tokens,
