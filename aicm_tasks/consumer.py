@@ -297,8 +297,8 @@ class DeliveryService:
             try:
                 self.store.renew_lease(self.consumer, self.lease_s)
                 if time.monotonic() - checked_at >= self.settings_check_interval_s:
-                    self.check_redis_settings()
                     checked_at = time.monotonic()
+                    self._check_redis_settings_safely()
                 if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
                     notify(self.observers, "housekeeping", self.store.depth())
                 self.store.promote_due()
@@ -311,6 +311,15 @@ class DeliveryService:
             except redis.RedisError as exc:
                 logger.warning("broker error in housekeeping: %s", exc)
                 pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+
+    def _check_redis_settings_safely(self) -> None:
+        """A bug in the check must not stop this thread: it renews the lease."""
+        try:
+            self.check_redis_settings()
+        except redis.RedisError:
+            raise
+        except Exception:
+            logger.exception("could not check the Redis settings")
 
     def check_redis_settings(self) -> list[Finding]:
         """Read the broker's eviction and persistence settings, log what is wrong, tell observers.
