@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu import Queue
+from kombu.utils.objects import cached_property
 
 from aicm_tasks.bootstep import DeliveryStep
 from aicm_tasks.settings import Settings
@@ -18,10 +22,32 @@ from aicm_tasks.tasks import TrackTask
 DEFAULT_TASK_QUEUE = "aicm.tasks"
 
 
+class TrackingQueueAMQP(AMQP):
+    """Celery's queue bookkeeping, with the tracking queue left out of ``amqp.queues``.
+
+    ``celery purge`` deletes every queue in ``app.amqp.queues`` and
+    ``app.control.purge()`` every queue Celery's consumer reads; with the
+    tracking queue among them, a habitual ``celery -A aicm_tasks purge -f``
+    would delete every queued billing record. It stays declared in
+    ``conf.task_queues`` (what Flower reads when no worker answers) and workers
+    report it in ``inspect active_queues`` (see bootstep.py), so both still
+    show it. Only naming it (``celery purge -Q aicm.tracking``) deletes it.
+    """
+
+    @cached_property
+    def queues(self) -> Any:
+        """Queue name ⇒ declaration, without the tracking queue."""
+        settings: Settings | None = getattr(self.app, "aicm_settings", None)
+        tracking = settings.queue if settings is not None else None
+        declared = [q for q in self.app.conf.task_queues or () if q.name != tracking]
+        return self.Queues(declared)
+
+
 class AicmCelery(Celery):
     """A Celery app that carries the aicm-tasks :class:`Settings`."""
 
     aicm_settings: Settings
+    amqp_cls = f"{__name__}:TrackingQueueAMQP"
 
 
 def create_app(settings: Settings | None = None) -> AicmCelery:
@@ -35,7 +61,8 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
     app.aicm_settings = settings
     app.conf.update(
         # Declared here so Celery tools (Flower's broker view, `celery inspect`)
-        # know the tracking queue even while no worker runs.
+        # know the tracking queue even while no worker runs; left out of
+        # app.amqp.queues (TrackingQueueAMQP) so `celery purge` leaves it alone.
         task_queues=[
             Queue(settings.queue, routing_key=settings.queue),
             Queue(DEFAULT_TASK_QUEUE, routing_key=DEFAULT_TASK_QUEUE),

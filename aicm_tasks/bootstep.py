@@ -45,7 +45,8 @@ class DeliveryStep(bootsteps.StartStopStep):
         self.service: DeliveryService | None = None
         self.events: TaskEvents | None = None
         # Celery's consumer must not take records one by one: it would race the
-        # bulk reader and acknowledge what it cannot process.
+        # bulk reader and acknowledge what it cannot process. The queue is not in
+        # app.amqp.queues (app.py) unless named with `worker -Q`, which adds it.
         queues = worker.app.amqp.queues
         if self.settings.queue in queues:
             queues.deselect(self.settings.queue)
@@ -139,11 +140,13 @@ def active_queues(state: Any) -> list[dict[str, Any]]:
         else []
     )
     app = consumer.app
-    tracking = getattr(app, "aicm_settings", None)
-    if (
-        tracking is not None
-        and tracking.queue in app.amqp.queues
-        and all(q.get("name") != tracking.queue for q in queues)
-    ):
-        queues.append(dict(app.amqp.queues[tracking.queue].as_dict(recurse=True)))
+    tracking: Settings | None = getattr(app, "aicm_settings", None)
+    if tracking is None:
+        return queues
+    # Not in app.amqp.queues (kept out so `celery purge` spares it, see app.py):
+    # described from the declaration in conf.task_queues, as Celery would.
+    declared = [q for q in app.conf.task_queues or () if q.name == tracking.queue]
+    if declared and all(q.get("name") != tracking.queue for q in queues):
+        described = app.amqp.Queues(declared)[tracking.queue]
+        queues.append(dict(described.as_dict(recurse=True)))
     return queues

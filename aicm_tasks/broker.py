@@ -270,6 +270,11 @@ class Keys:
         """Hash: consumer -> when it last renewed its lease (epoch seconds)."""
         return f"{self.prefix}:seen"
 
+    @property
+    def redis_settings(self) -> str:
+        """Hash: the broker's eviction and persistence settings as a worker last read them."""
+        return f"{self.prefix}:redis-settings"
+
     def held(self, consumer: str) -> str:
         return f"{self.prefix}:held:{consumer}"
 

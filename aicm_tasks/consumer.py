@@ -25,6 +25,7 @@ from aicm_tasks.delivery import Post, Summary, attempt, plan, plan_after_error
 from aicm_tasks.messages import decode
 from aicm_tasks.observe import BatchReport, Observer, notify
 from aicm_tasks.outcomes import BatchVerdict
+from aicm_tasks.redis_settings import CHECK_INTERVAL_S, Finding, judge_settings, read_settings
 from aicm_tasks.retry import BackoffPolicy
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class DeliveryService:
         redelivery_timeout_s: float,
         observers: Sequence[Observer] = (),
         aliases: Mapping[str, Post] | None = None,
+        settings_check_interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
         self.store = store
         #: How batches are sent: with the default key (None: no default key),
@@ -87,6 +89,8 @@ class DeliveryService:
         self.auth_retry_interval_s = auth_retry_interval_s
         self.lease_s = redelivery_timeout_s
         self.observers = list(observers)
+        self.settings_check_interval_s = settings_check_interval_s
+        self._last_findings: list[Finding] | None = None
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._numbers = itertools.count()
         self._stop = threading.Event()
@@ -330,11 +334,15 @@ class DeliveryService:
     def _housekeep(self) -> None:
         pause_s = HOUSEKEEPING_INTERVAL_S
         rounds = 0
+        checked_at = -float("inf")
         while not self._stop.wait(pause_s):
             rounds += 1
             try:
                 server_now = self.store.renew_lease(self.consumer, self.lease_s)
                 self._check_clock(server_now)
+                if time.monotonic() - checked_at >= self.settings_check_interval_s:
+                    checked_at = time.monotonic()
+                    self._check_redis_settings_safely()
                 if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
                     notify(self.observers, "housekeeping", self.store.depth())
                 self.store.promote_due()
@@ -375,6 +383,40 @@ class DeliveryService:
             "clock, but timestamps this host writes (dead-letter times, logs) are off by as much",
             skew_s,
         )
+
+    def _check_redis_settings_safely(self) -> None:
+        """A bug in the check must not stop this thread: it renews the lease."""
+        try:
+            self.check_redis_settings()
+        except redis.RedisError:
+            raise
+        except Exception:
+            logger.exception("could not check the Redis settings")
+
+    def check_redis_settings(self) -> list[Finding]:
+        """Read the broker's eviction and persistence settings, log what is wrong, tell observers.
+
+        An error (an evicting policy) is logged at every check, since records
+        are at risk for as long as it lasts; a warning only when the findings
+        change, so a Redis without AOF gives one line, not one a minute.
+        """
+        settings = read_settings(self.store.client, read_by=self.consumer)
+        findings = judge_settings(settings)
+        changed = findings != self._last_findings
+        self._last_findings = findings
+        for finding in findings:
+            if finding.level == "error":
+                logger.error("Redis settings put records at risk: %s", finding.message)
+            elif changed:
+                logger.warning("Redis settings: %s", finding.message)
+        if changed and not findings:
+            logger.info(
+                "Redis settings: maxmemory-policy %s, AOF on (read with %s)",
+                settings.maxmemory_policy,
+                settings.source,
+            )
+        notify(self.observers, "redis_settings_read", settings, findings)
+        return findings
 
     def _retrying(self, what: str, action: Callable[[], bool | None]) -> bool:
         """Run a broker write until it succeeds: a decided fate must reach Redis.

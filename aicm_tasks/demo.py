@@ -35,7 +35,7 @@ from aicm_tasks.processes import (
     stop_process,
     wait_until,
 )
-from aicm_tasks.publisher import redact_url
+from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)

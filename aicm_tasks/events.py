@@ -26,6 +26,7 @@ from celery import Celery
 
 from aicm_tasks.messages import Item, record_of
 from aicm_tasks.observe import BatchReport
+from aicm_tasks.redis_settings import BrokerSettings, Finding
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class TaskEvents:
         return None
 
     def housekeeping(self, depth: dict[str, int]) -> None:
+        return None
+
+    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         return None
 
     def batch_settled(self, report: BatchReport) -> None:

@@ -2,8 +2,9 @@
 
 Read from Redis only (no worker needs to answer): queue depth, records held by
 workers and waiting for a retry, the delivery rate over the last minute, dead
-letters by reason, the last delivery errors, and which workers renewed their
-lease recently. ``aicm-tasks status`` and ``aicm-tasks monitor`` show these.
+letters by reason, the last delivery errors, which workers renewed their
+lease recently, and the broker's eviction and persistence settings (read
+directly, or as a worker last read them when this client may not). ``aicm-tasks status`` and ``aicm-tasks monitor`` show these.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from aicm_tasks.broker import RecordStore
 from aicm_tasks.messages import decode, record_of
 from aicm_tasks.observe import RATE_BUCKET_S, errors_key, rate_key
+from aicm_tasks.redis_settings import UNKNOWN, BrokerSettings, judge_settings, read_settings
 
 #: A worker that renewed its lease within this many seconds counts as alive.
 ALIVE_WITHIN_S = 60.0
@@ -45,6 +47,10 @@ class Figures:
     oldest_queued_s: float | None
     totals: dict[str, int]
     last_errors: list[dict[str, Any]]
+    #: The broker's eviction and persistence settings (see redis_settings.py).
+    redis_settings: dict[str, Any] = field(default_factory=dict)
+    #: What deserves a look but does not make the pipeline unhealthy (AOF off).
+    warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -97,8 +103,24 @@ def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Fi
         totals=stats,
         last_errors=[json.loads(e) for e in errors_raw],
     )
+    settings = redis_settings_of(store)
+    figures.redis_settings.update(settings.as_hash())
+    for finding in judge_settings(settings):
+        (figures.problems if finding.level == "error" else figures.warnings).append(finding.message)
     figures.problems.extend(judge(figures, thresholds))
     return figures
+
+
+def redis_settings_of(store: RecordStore) -> BrokerSettings:
+    """The broker's settings read now, or, when this client may run neither CONFIG
+    nor INFO, as a worker last read and stored them."""
+    settings = read_settings(store.client, read_by="status")
+    if settings.source != UNKNOWN:
+        return settings
+    stored = BrokerSettings.from_hash(store.client.hgetall(store.keys.redis_settings))
+    if stored is None or stored.source == UNKNOWN:
+        return settings
+    return stored
 
 
 def judge(figures: Figures, thresholds: Thresholds) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from aicm_tasks.observe import BatchReport
+from aicm_tasks.redis_settings import BrokerSettings, Finding, evicts_records
 
 BATCH_BUCKETS = (1, 10, 50, 100, 200, 500, 750, 1000)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -56,6 +57,21 @@ class Metrics:
             "aicm_records", "Records by where they are in Redis.", ["state"], registry=r
         )
         self.workers = Gauge("aicm_workers_with_lease", "Workers holding a live lease.", registry=r)
+        self.broker_evicting = Gauge(
+            "aicm_broker_evicting",
+            "1: the broker's maxmemory-policy may evict records (allkeys-*); 0: it may not; "
+            "-1: unknown (CONFIG and INFO refused).",
+            registry=r,
+        )
+        self.broker_aof = Gauge(
+            "aicm_broker_aof_enabled", "1: the broker's AOF is on; 0: off; -1: unknown.", registry=r
+        )
+        self.broker_settings = Gauge(
+            "aicm_broker_settings_info",
+            "Always 1; the labels are the broker's settings as last read.",
+            ["maxmemory_policy", "appendonly", "source"],
+            registry=r,
+        )
 
     def request_done(self, http_status: int | None, seconds: float) -> None:
         self.request_seconds.observe(seconds)
@@ -73,6 +89,18 @@ class Metrics:
         for state in ("queued", "scheduled", "held", "dead_letters"):
             self.depth.labels(state=state).set(depth.get(state, 0))
         self.workers.set(depth.get("workers", 0))
+
+    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+        evicting = evicts_records(settings)
+        self.broker_evicting.set(-1 if evicting is None else int(evicting))
+        aof = settings.aof_enabled
+        self.broker_aof.set(-1 if aof is None else int(aof))
+        self.broker_settings.clear()  # one series: the labels of the last reading
+        self.broker_settings.labels(
+            maxmemory_policy=settings.maxmemory_policy or "unknown",
+            appendonly="unknown" if aof is None else ("yes" if aof else "no"),
+            source=settings.source,
+        ).set(1)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``port`` from a background thread."""

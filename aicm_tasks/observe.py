@@ -3,7 +3,7 @@
 :class:`DeliveryService` calls every :class:`Observer` after each POST, each
 settled batch and each housekeeping round. Observers: Celery task events for
 Flower (:mod:`aicm_tasks.events`), Prometheus metrics (:mod:`aicm_tasks.metrics`)
-and the figures ``aicm-tasks status`` and ``monitor`` read from Redis
+and the figures (and the broker's settings, see :mod:`aicm_tasks.redis_settings`) ``aicm-tasks status`` and ``monitor`` read from Redis
 (:class:`RedisFigures`, here).
 """
 
@@ -21,6 +21,7 @@ import redis
 from aicm_tasks.broker import Keys
 from aicm_tasks.delivery import Summary
 from aicm_tasks.messages import Item
+from aicm_tasks.redis_settings import BrokerSettings, Finding
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Observer(Protocol):
     def batch_settled(self, report: BatchReport) -> None: ...
 
     def housekeeping(self, depth: dict[str, int]) -> None: ...
+
+    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None: ...
 
 
 def rate_key(keys: Keys, bucket: int) -> str:
@@ -96,6 +99,15 @@ class RedisFigures:
 
     def housekeeping(self, depth: dict[str, int]) -> None:
         return None
+
+    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+        """Keep what the worker read, for a ``status`` that may not run CONFIG itself."""
+        key = self.keys.redis_settings
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            # redis-py's hint wants Mapping[str | bytes | ..., ...]; a dict[str, str] is one.
+            pipe.hset(key, mapping=settings.as_hash())  # type: ignore[arg-type]
+            pipe.execute()
 
 
 def notify(observers: Sequence[Observer], method: str, *args: object) -> None:

@@ -15,7 +15,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -24,6 +23,7 @@ from redis.retry import Retry
 from aicm_tasks.broker import Keys, RecordStore
 from aicm_tasks.errors import PublishError
 from aicm_tasks.record import Record
+from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
 from aicm_tasks.spool import Spool
 
@@ -144,15 +144,3 @@ def producer_client(settings: Settings) -> redis.Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
     )
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -11,12 +11,14 @@ import logging
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aicm_tasks.record import API_KEY_ALIAS_PATTERN
+from aicm_tasks.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"the key of alias {alias!r} is empty")
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        problem = url_problem(value, ("redis", "rediss", "unix"))
+        if problem:
+            # Only the redacted URL: urllib's own error would quote part of the password.
+            raise ValueError(
+                f"{redact_url(value)} is not a usable broker URL: {problem}. Percent-encode "
+                "/ # ? @ : in the password (urllib.parse.quote(password, safe=''))"
+            )
+        return value
+
+    @field_validator("server_db")
+    @classmethod
+    def _check_server_db(cls, value: str) -> str:
+        if "://" not in value or value.startswith("sqlite:"):
+            return value
+        problem = url_problem(value, ("postgresql", "postgres", "postgresql+psycopg"))
+        if problem:
+            raise ValueError(
+                f"{redact_url(value)} is not a usable database URL: {problem}. Percent-encode "
+                "/ # ? @ : in the password"
+            )
+        return value
+
     @field_validator("api_base", "api_url", "server_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -157,6 +184,30 @@ class Settings(BaseSettings):
         settings = cls()
         warn_unknown_variables(os.environ)
         return settings
+
+
+def url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Why ``url`` cannot be what it claims to be (None when it can).
+
+    Catches what an unencoded ``/``, ``#`` or ``?`` in a password does: the
+    host part ends early, so the "port" is a piece of the password or the host
+    is missing, and the client would connect somewhere else or fail with an
+    error that quotes that piece.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        return f"the scheme must be one of {', '.join(s + '://' for s in schemes)}"
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return "what follows the host is not a port number"
+    if parts.scheme == "unix":
+        return None if parts.path else "it names no socket path"
+    if not parts.hostname:
+        return "it names no host"
+    if parts.fragment:
+        return "it holds a '#'"
+    return None
 
 
 def warn_unknown_variables(environ: os._Environ[str] | dict[str, str]) -> list[str]:

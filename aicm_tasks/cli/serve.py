@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from aicm_tasks.cli.common import load_settings
+from aicm_tasks.redact import redact_url
 
 
 @click.command()
@@ -101,7 +102,7 @@ def serve(
     database = db or settings.server_db
     click.echo(
         f"aicm-tasks local server on http://{host}:{port}/api/v1/track"
-        f" (ledger in {_display(database)})",
+        f" (ledger in {redact_url(database)})",
         err=True,
     )
     run_server(
@@ -133,11 +134,3 @@ def _parse_budgets(pairs: tuple[str, ...]) -> dict[str, float]:
             )
         budgets[customer] = value
     return budgets
-
-
-def _display(database: str) -> str:
-    """The database as safe to print: a URL loses its password."""
-    if "://" in database and "@" in database:
-        scheme, _, rest = database.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return database

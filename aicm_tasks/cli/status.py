@@ -11,6 +11,7 @@ import click
 import redis
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from aicm_tasks.broker import RecordStore
@@ -125,6 +126,17 @@ def render(figures: Figures) -> Group:
     )
     main.add_row("workers alive", ", ".join(figures.workers_alive) or "none")
     main.add_row("dead letters", f"{figures.dead_letters:,}")
+    broker = figures.redis_settings
+    read = broker.get("source", "unknown")
+    if broker.get("read_by") and broker.get("read_by") != "status":
+        read += f", by worker {broker['read_by']}"
+    main.add_row(
+        "Redis maxmemory-policy", f"{broker.get('maxmemory_policy') or 'unknown'} ({read})"
+    )
+    aof = {"1": "on", "0": "off"}.get(broker.get("aof_enabled", ""), "unknown")
+    main.add_row("Redis AOF", aof)
+    for warning in figures.warnings:
+        main.add_row("[yellow]warning[/yellow]", f"[yellow]{escape(warning)}[/yellow]")
     for reason, count in sorted(figures.dead_letters_by_reason.items()):
         main.add_row(f"  dead-lettered since start: {reason}", f"{count:,}")
     errors = Table(title="last delivery errors")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aicm_tasks.errors import ConfigurationError
+from aicm_tasks.redact import redact_url
 from aicm_tasks.server.store import (
     BUMP_COUNTER,
     COUNTERS,
@@ -35,7 +36,6 @@ from aicm_tasks.server.store import (
 
 try:
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 except ImportError:  # pragma: no cover - exercised only without the extra
     psycopg = None  # type: ignore[assignment]
 
@@ -104,16 +104,6 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-def redact(url: str) -> str:
-    """``url`` without its password, for logs."""
-    if psycopg is None:
-        return url.split("@")[-1]
-    params = conninfo_to_dict(url)
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo("", **params)
-
-
 class PostgresEventStore(EventStore):
     """The ledger in the PostgreSQL database at a ``postgresql://`` URL."""
 
@@ -129,7 +119,7 @@ class PostgresEventStore(EventStore):
                 'a PostgreSQL database needs psycopg: pip install "aicm-tasks[postgres]"'
             )
         self._url = url.replace("postgresql+psycopg://", "postgresql://", 1)
-        self.location = redact(self._url)
+        self.location = redact_url(self._url)
         self._lock = threading.Lock()
         self._conn = self._connect()
         with self._conn.transaction():

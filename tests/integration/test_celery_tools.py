@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
+from aicm_tasks.app import DEFAULT_TASK_QUEUE
 from aicm_tasks.processes import wait_until
+from tests.support.accounting import account
 from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -32,3 +38,61 @@ def test_a_worker_without_an_api_key_stops_with_a_clear_error(pipeline: Pipeline
     worker = pipeline.start_worker(wait=False, AICM_API_KEY="")
     assert worker.wait(60) != 0
     assert "AICM_API_KEY is not set" in pipeline.logs()
+
+
+def _celery_purge(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "aicm_tasks", "purge", *args],
+        env={**os.environ, **pipeline.cli_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_celery_purge_leaves_every_queued_scheduled_and_held_record(pipeline: Pipeline) -> None:
+    # Three ordinary Celery tasks in the app's task queue: purge must still delete
+    # those, or this test would pass with a purge that does nothing.
+    pipeline.client.delete(DEFAULT_TASK_QUEUE)
+    for n in range(3):
+        pipeline.app.send_task("aicm_tasks.not_a_record", args=[n], queue=DEFAULT_TASK_QUEUE)
+    queued = pipeline.track.many(
+        [{"service_key": "openai::gpt-4o-mini", "usage": {"input_tokens": n}} for n in range(1000)]
+    )
+    scheduled = [
+        pipeline.track.apply_async(
+            ("openai::gpt-4o-mini", {"input_tokens": n}), countdown=1, task_id=f"later-{n}"
+        ).id
+        for n in range(50)
+    ]
+    # 100 records held by a worker that has gone (a one-second lease, never renewed).
+    holder = "gone-worker:1:abc"
+    held = pipeline.store.fetch(holder, pipeline.store.keys.batch(holder, 0), 100, lease_s=1)
+    assert len(held) == 100
+    before = pipeline.store.depth()
+    assert (before["queued"], before["scheduled"], before["held"]) == (900, 50, 100)
+
+    purged = _celery_purge(pipeline, "-f")
+
+    assert purged.returncode == 0, purged.stderr
+    assert "Purged 3 messages from 1 known task queue" in purged.stdout, purged.stdout
+    assert pipeline.settings.queue not in purged.stdout + purged.stderr
+    after = pipeline.store.depth()
+    assert (after["queued"], after["scheduled"], after["held"]) == (900, 50, 100)
+    assert pipeline.client.llen(DEFAULT_TASK_QUEUE) == 0
+    # app.control.purge() (Celery's API) spares it too.
+    assert pipeline.app.control.purge() == 0
+    assert pipeline.store.depth()["queued"] == 900
+
+    # And every one of the 1,050 records is delivered once a worker runs.
+    pipeline.start_worker()
+    pipeline.wait_drained()
+    published = set(queued) | set(scheduled)
+    result = account(pipeline, "celery purge -f before delivery", published)
+    assert (result.published, result.delivered, result.dead_lettered, result.lost) == (
+        1050,
+        1050,
+        0,
+        0,
+    )

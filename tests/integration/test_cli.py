@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from aicm_tasks.outcomes import BatchVerdict, RecordResult, VerdictKind
 from aicm_tasks.processes import free_port
 from aicm_tasks.record import build_record
 from aicm_tasks.retry import BackoffPolicy
+from aicm_tasks.spool import Spool
 from tests.conftest import TEST_REDIS_URL
 from tests.support.cli import run_cli
 
@@ -134,3 +136,29 @@ def test_dlq_export_writes_json_lines_to_stdout_and_to_a_file(
     )
     assert summary["exported"] == 1
     assert json.loads(out.read_text())["id"] == "e1"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status", "--json"), ("monitor", "--once"), ("dlq", "stats"), ("spool", "drain")],
+    ids=" ".join,
+)
+@pytest.mark.parametrize(
+    "password", ["pa55/wo#rd?x", "s3cret-word", "p@ss:word"], ids=["unencoded", "plain", "at"]
+)
+def test_no_cli_command_shows_the_broker_password(
+    command: tuple[str, ...], password: str, tmp_path: Path
+) -> None:
+    # Nothing listens on the port: each command fails and says why, or the URL
+    # is refused when loaded (unencoded / # ?); neither may show the password.
+    url = f"redis://aicm:{password}@127.0.0.1:{free_port()}/0"
+    spooled = Spool(tmp_path / "spool", 1024 * 1024)  # so that `spool drain` connects
+    spooled.append(build_record("openai::gpt-4o-mini", {"input_tokens": 1}).message)
+    env = {"AICM_BROKER_URL": url, "AICM_SPOOL_DIR": str(tmp_path / "spool")}
+    result = run_cli(*command, env=env, timeout_s=60)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0, said
+    assert "127.0.0.1" in said or "not a usable broker URL" in said, said
+    assert password not in said
+    for piece in ("pa55", "wo#rd", "s3cret", "ss:word"):
+        assert piece not in said, said

@@ -242,17 +242,25 @@ def dump(value: Any) -> str:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own (AOF on), which it may stop and restart
-    on the same port and data directory."""
+    """A redis-server of the test's own (AOF on unless ``appendonly=False``), which
+    it may stop and restart on the same port and data directory. ``extra_args``
+    go to redis-server after the defaults, so they override them
+    (``--maxmemory-policy allkeys-lru``)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self, data_dir: Path, *, appendonly: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.appendonly = appendonly
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = start_redis(self.port, self.data_dir, appendonly=True)
+        self.process = start_redis(
+            self.port, self.data_dir, appendonly=self.appendonly, extra_args=self.extra_args
+        )
 
     def stop(self) -> None:
         """SIGTERM: Redis flushes its AOF and exits."""

@@ -42,4 +42,14 @@ def test_the_worker_does_not_consume_celerys_default_queue() -> None:
 
     assert "celery" not in app.amqp.queues
     assert app.conf.task_default_queue != "celery"
-    assert app.aicm_settings.queue in app.amqp.queues
+
+
+def test_the_tracking_queue_is_declared_but_out_of_reach_of_celery_purge() -> None:
+    app = create_app(Settings(broker_url="redis://127.0.0.1:2/0"))
+    tracking = app.aicm_settings.queue
+
+    assert tracking in {q.name for q in app.conf.task_queues}  # Flower reads this
+    # `celery purge` deletes app.amqp.queues; app.control.purge() what is consumed.
+    assert tracking not in app.amqp.queues
+    assert tracking not in app.amqp.queues.consume_from
+    assert "aicm.tasks" in app.amqp.queues

@@ -1,0 +1,165 @@
+"""The worker and ``aicm-tasks status`` check the broker's eviction policy and
+persistence, over private redis-servers set up the way operators get them wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aicm_tasks.processes import free_port, wait_until
+from tests.support.cli import run_cli
+from tests.support.pipeline import Pipeline, PrivateRedis
+
+#: A managed Redis's habit: CONFIG is gone (answers "unknown command").
+NO_CONFIG = ("--rename-command", "CONFIG", "")
+#: An operator account that may run neither CONFIG nor INFO (ACL, Redis >= 6).
+OPERATOR = ("--user", "ops", "on", ">ops-pass", "~*", "&*", "+@all", "-config", "-info")
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[Any]:
+    started: list[PrivateRedis] = []
+
+    def make(*, appendonly: bool = True, extra_args: tuple[str, ...] = ()) -> PrivateRedis:
+        server = PrivateRedis(
+            tmp_path / f"redis-{len(started)}", appendonly=appendonly, extra_args=extra_args
+        )
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def start_checked_worker(pipeline: Pipeline) -> int:
+    """A worker with metrics on; returns the metrics port once it has read the settings."""
+    port = free_port()
+    pipeline.start_worker(AICM_METRICS_PORT=str(port))
+    wait_until(
+        lambda: pipeline.client.exists(pipeline.store.keys.redis_settings) == 1,
+        60,
+        "the worker to read the broker's settings",
+    )
+    return port
+
+
+def metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(line.split()[1])
+
+
+def status(pipeline: Pipeline, broker_url: str | None = None) -> tuple[int, dict[str, Any]]:
+    env = pipeline.cli_env()
+    if broker_url is not None:
+        env["AICM_BROKER_URL"] = broker_url
+    result: subprocess.CompletedProcess[str] = run_cli("status", "--json", env=env)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_an_evicting_redis_is_an_error_a_metric_and_an_unhealthy_status(
+    pipeline_factory: Any, make_redis: Any
+) -> None:
+    redis_server = make_redis(extra_args=("--maxmemory-policy", "allkeys-lru"))
+    pipeline: Pipeline = pipeline_factory(broker_url=redis_server.url)
+    port = start_checked_worker(pipeline)
+
+    wait_until(
+        lambda: "ERROR" in pipeline.logs() and "maxmemory-policy is allkeys-lru" in pipeline.logs(),
+        30,
+        "the worker to log the evicting policy",
+    )
+    assert metric(port, "aicm_broker_evicting") == 1
+    assert metric(port, "aicm_broker_aof_enabled") == 1
+    code, figures = status(pipeline)
+    assert code == 1
+    assert len(figures["problems"]) == 1, figures["problems"]  # a worker is alive: only this
+    assert "maxmemory-policy is allkeys-lru" in figures["problems"][0]
+    assert figures["redis_settings"]["maxmemory_policy"] == "allkeys-lru"
+    assert figures["redis_settings"]["source"] == "CONFIG"
+    assert figures["warnings"] == []  # AOF is on
+
+
+def test_noeviction_without_aof_is_a_warning_shown_by_a_healthy_status(
+    pipeline_factory: Any, make_redis: Any
+) -> None:
+    redis_server = make_redis(appendonly=False)
+    pipeline: Pipeline = pipeline_factory(broker_url=redis_server.url)
+    port = start_checked_worker(pipeline)
+
+    wait_until(lambda: "AOF and RDB snapshots are off" in pipeline.logs(), 30, "the warning")
+    logs = pipeline.logs()
+    assert "WARNING" in logs and "put records at risk" not in logs
+    assert metric(port, "aicm_broker_evicting") == 0
+    assert metric(port, "aicm_broker_aof_enabled") == 0
+    code, figures = status(pipeline)
+    assert code == 0, figures
+    assert figures["healthy"] and figures["problems"] == []
+    (warning,) = figures["warnings"]
+    assert "AOF and RDB snapshots are off" in warning
+    assert figures["redis_settings"]["aof_enabled"] == "0"
+
+
+def test_without_config_the_worker_and_status_read_info(
+    pipeline_factory: Any, make_redis: Any
+) -> None:
+    redis_server = make_redis(extra_args=("--maxmemory-policy", "allkeys-lru", *NO_CONFIG))
+    pipeline: Pipeline = pipeline_factory(broker_url=redis_server.url)
+    port = start_checked_worker(pipeline)
+
+    stored = {
+        k.decode(): v.decode()
+        for k, v in pipeline.client.hgetall(pipeline.store.keys.redis_settings).items()
+    }
+    assert stored["source"] == "INFO" and stored["maxmemory_policy"] == "allkeys-lru"
+    assert "CONFIG GET refused" in stored["note"] and "unknown command" in stored["note"]
+    assert stored["aof_enabled"] == "1"
+    wait_until(
+        lambda: "maxmemory-policy is allkeys-lru" in pipeline.logs(), 30, "the worker's error"
+    )
+    assert metric(port, "aicm_broker_evicting") == 1
+    code, figures = status(pipeline)
+    assert code == 1 and "maxmemory-policy is allkeys-lru" in figures["problems"][0]
+    assert figures["redis_settings"]["source"] == "INFO"
+
+
+def test_a_status_that_may_run_neither_config_nor_info_shows_what_the_worker_read(
+    pipeline_factory: Any, make_redis: Any
+) -> None:
+    redis_server = make_redis(extra_args=("--maxmemory-policy", "allkeys-lru", *OPERATOR))
+    pipeline: Pipeline = pipeline_factory(broker_url=redis_server.url)
+    start_checked_worker(pipeline)
+    operator_url = f"redis://ops:ops-pass@127.0.0.1:{redis_server.port}/0"
+
+    code, figures = status(pipeline, broker_url=operator_url)
+
+    assert code == 1
+    assert "maxmemory-policy is allkeys-lru" in figures["problems"][0]
+    assert figures["redis_settings"]["read_by"] != "status"  # the worker's reading
+    assert figures["redis_settings"]["source"] == "CONFIG"
+
+
+def test_when_nothing_can_be_read_the_settings_are_unknown_with_the_reason(
+    pipeline_factory: Any, make_redis: Any
+) -> None:
+    redis_server = make_redis(extra_args=OPERATOR)
+    # The worker runs as the restricted user too: CONFIG and INFO both refused.
+    operator_url = f"redis://ops:ops-pass@127.0.0.1:{redis_server.port}/0"
+    pipeline: Pipeline = pipeline_factory(broker_url=operator_url)
+    port = start_checked_worker(pipeline)
+
+    assert metric(port, "aicm_broker_evicting") == -1
+    wait_until(lambda: "maxmemory-policy is unknown" in pipeline.logs(), 30, "the warning")
+    code, figures = status(pipeline)
+    assert code == 0, figures  # unknown is a warning, not unhealthy
+    assert figures["redis_settings"]["source"] == "unknown"
+    assert any("no permissions to run the 'info' command" in w for w in figures["warnings"])
+    assert "ops-pass" not in pipeline.logs()
