@@ -9,6 +9,7 @@ never mixes with real data in a shared Redis.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import secrets
@@ -35,6 +36,7 @@ from aicm_tasks.processes import (
     stop_process,
     wait_until,
 )
+from aicm_tasks.record import build_record
 from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
 
@@ -180,8 +182,17 @@ class Demo:
                 service = UNKNOWN_SERVICE
                 expected["service_key_unknown"] += 1
             elif draw < self.unknown_share + self.rejected_share:
-                usage["input_tokens"] = "lots"  # the server answers `error` for this record
+                # The call site refuses what the server would answer `error`
+                # for, so such a record can only come from a producer that
+                # skipped its checks (an older version, a hand-made LPUSH):
+                # the demo writes one that way.
+                record = build_record(
+                    service, usage, customer_key=f"customer-{n % 17}", context={"demo": self.run_id}
+                )
+                payload = {**record.data["payload"], "input_tokens": "lots"}
+                self.store.push(json.dumps({**record.data, "payload": payload}).encode())
                 expected["error"] += 1
+                continue
             track.delay(
                 service, usage, customer_key=f"customer-{n % 17}", context={"demo": self.run_id}
             )

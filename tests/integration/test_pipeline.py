@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from aicm_tasks.processes import wait_until
+from aicm_tasks.record import build_record
 from tests.support.faults import FaultProxy, hold
 from tests.support.pipeline import Pipeline, dump, publish
 
@@ -26,12 +29,15 @@ def test_a_mixed_batch_is_routed_to_delivered_and_each_dead_letter_reason(
 ) -> None:
     good = publish(pipeline, 50, prefix="good")
     unknown = publish(pipeline, 5, service="acme::imaginary", prefix="unknown")
-    rejected = [
-        pipeline.track.delay(
-            "openai::gpt-4o-mini", {"input_tokens": "many"}, response_id=f"bad{n}"
-        ).id
-        for n in range(3)
-    ]
+    # The call site refuses such records now; one written past it (an older
+    # producer, a hand-made LPUSH) is answered `error` by the server.
+    rejected = []
+    for n in range(3):
+        record = build_record("openai::gpt-4o-mini", {"input_tokens": 1}, response_id=f"bad{n}")
+        pipeline.store.push(
+            json.dumps({**record.data, "payload": {"input_tokens": "many"}}).encode()
+        )
+        rejected.append(record.response_id)
     pipeline.start_worker()
     pipeline.wait_settled(58)
     assert pipeline.server.response_ids() == set(good)
