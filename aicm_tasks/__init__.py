@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aicm_tasks.aio import track_async, track_many_async
 from aicm_tasks.app import AicmCelery, create_app
 from aicm_tasks.errors import (
     AicmTasksError,
@@ -21,6 +20,7 @@ from aicm_tasks.errors import (
     RecordTypeError,
     RecordValueError,
 )
+from aicm_tasks.producer.aio import track_async, track_many_async
 from aicm_tasks.settings import Settings
 from aicm_tasks.tasks import TrackTask
 
@@ -38,11 +38,11 @@ settings: Settings = app.aicm_settings
 #: Names that need the official SDK (the extra ``aicm-tasks[sdk]``), imported on
 #: first use so that ``import aicm_tasks`` works without it.
 _SDK_NAMES = {
-    "CeleryDelivery": "aicm_tasks.sdk",
-    "track_llm_usage": "aicm_tasks.llm",
-    "track_llm_usage_async": "aicm_tasks.llm",
-    "track_llm_stream_usage": "aicm_tasks.llm",
-    "track_llm_stream_usage_async": "aicm_tasks.llm",
+    "CeleryDelivery": "aicm_tasks.producer.sdk",
+    "track_llm_usage": "aicm_tasks.producer.llm",
+    "track_llm_usage_async": "aicm_tasks.producer.llm",
+    "track_llm_stream_usage": "aicm_tasks.producer.llm",
+    "track_llm_stream_usage_async": "aicm_tasks.producer.llm",
 }
 
 

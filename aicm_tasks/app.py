@@ -12,9 +12,9 @@ from celery.app.amqp import AMQP
 from kombu import Queue
 from kombu.utils.objects import cached_property
 
-from aicm_tasks.bootstep import DeliveryStep
 from aicm_tasks.settings import Settings
 from aicm_tasks.tasks import TrackTask
+from aicm_tasks.worker.bootstep import DeliveryStep
 
 #: Queue for ordinary Celery tasks (none are needed for delivery). Not Celery's
 #: default ``celery``: a user's own Celery app on the same Redis uses that one,
@@ -30,7 +30,7 @@ class TrackingQueueAMQP(AMQP):
     tracking queue among them, a habitual ``celery -A aicm_tasks purge -f``
     would delete every queued billing record. It stays declared in
     ``conf.task_queues`` (what Flower reads when no worker answers) and workers
-    report it in ``inspect active_queues`` (see bootstep.py), so both still
+    report it in ``inspect active_queues`` (see worker/bootstep.py), so both still
     show it. Only naming it (``celery purge -Q aicm.tracking``) deletes it.
     """
 
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         ],
         task_default_queue=DEFAULT_TASK_QUEUE,
         task_routes={TrackTask.name: {"queue": settings.queue}},
-        # Delivery runs in threads of the worker's main process (see bootstep.py);
+        # Delivery runs in threads of the worker's main process (see worker/bootstep.py);
         # the Celery pool only serves ordinary tasks, so a small thread pool is
         # enough and keeps the worker one process (one httpx pool, one lease).
         worker_pool="threads",

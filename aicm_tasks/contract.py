@@ -1,6 +1,6 @@
 """The ``/track`` contract once: limits, statuses, field names and the rules of a record.
 
-Both sides use this module: the call site (``record.py``) refuses a record the
+Both sides use this module: the call site (``producer/record.py``) refuses a record the
 contract refuses before anything is published, and the local server
 (``server/validation.py``, ``server/track.py``) answers ``error`` for exactly
 the same records. Pure Python, importing nothing of aicm-tasks, so either side

@@ -13,7 +13,7 @@
     ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
     └── LocalRedisError                 no Redis answers and none could be started for the demo
 
-Per-record delivery statuses are data (:class:`aicm_tasks.outcomes.Fate`), not exceptions.
+Per-record delivery statuses are data (:class:`aicm_tasks.worker.outcomes.Fate`), not exceptions.
 """
 
 from __future__ import annotations

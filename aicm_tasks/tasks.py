@@ -16,8 +16,8 @@ from celery import Task
 from celery.result import AsyncResult
 
 from aicm_tasks.errors import RecordTypeError, RecordValueError
-from aicm_tasks.publisher import Publisher
-from aicm_tasks.record import Record, build_record, legacy_service_key
+from aicm_tasks.producer.publisher import Publisher
+from aicm_tasks.producer.record import Record, build_record, legacy_service_key
 from aicm_tasks.settings import Settings
 
 #: ``apply_async`` options that have no meaning for a record and are accepted

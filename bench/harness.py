@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from aicm_tasks.processes import free_port, start_redis, stop_process, wait_until
+from aicm_tasks.devtools.processes import free_port, start_redis, stop_process, wait_until
 from bench.records import API_KEY
 from bench.stub_client import StubClient
 

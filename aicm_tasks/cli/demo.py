@@ -8,8 +8,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aicm_tasks.cli.common import echo_json, json_option, load_settings
-from aicm_tasks.demo import Demo
-from aicm_tasks.demo import Progress as DemoProgress
+from aicm_tasks.devtools.demo import Demo
+from aicm_tasks.devtools.demo import Progress as DemoProgress
 from aicm_tasks.errors import LocalRedisError
 
 

@@ -12,10 +12,10 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection, selection_of
 from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
-from aicm_tasks.deadletter import DeadLetterStore, Selection, selection_of
 from aicm_tasks.errors import DeadLetterNotFoundError
-from aicm_tasks.outcomes import Reason
+from aicm_tasks.worker.outcomes import Reason
 
 REASONS = [reason.value for reason in Reason]
 

@@ -9,7 +9,7 @@ import redis
 
 from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
 from aicm_tasks.errors import ConfigurationError
-from aicm_tasks.migration import DEFAULT_CHUNK, SDK_STATUSES, import_sqlite_queue
+from aicm_tasks.producer.sqlite_import import DEFAULT_CHUNK, SDK_STATUSES, import_sqlite_queue
 from aicm_tasks.redact import redact_url
 
 

@@ -7,9 +7,9 @@ import dataclasses
 import click
 import redis
 
-from aicm_tasks.broker import RecordStore
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
-from aicm_tasks.spool import Spool
+from aicm_tasks.producer.spool import Spool
 
 
 @click.group()

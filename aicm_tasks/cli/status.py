@@ -14,9 +14,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from aicm_tasks.broker import RecordStore
+from aicm_tasks.broker.figures import ALIVE_WITHIN_S, Figures, Thresholds, read_figures
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
-from aicm_tasks.health import ALIVE_WITHIN_S, Figures, Thresholds, read_figures
 
 
 def _store() -> RecordStore:

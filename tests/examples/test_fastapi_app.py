@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aicm_tasks.processes import free_port
+from aicm_tasks.devtools.processes import free_port
 from tests.support.examples import (
     EXAMPLES,
     SERVICE_KEY,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from aicm_tasks.deadletter import Selection
-from aicm_tasks.processes import stop_process
+from aicm_tasks.broker.dead_letters import Selection
+from aicm_tasks.devtools.processes import stop_process
 from tests.support.cli import run_cli
 from tests.support.faults import FaultProxy
 from tests.support.pipeline import Pipeline, dump

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from aicm_tasks import create_app, track_async, track_many_async
-from aicm_tasks.processes import stop_process
+from aicm_tasks.devtools.processes import stop_process
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from tests.support.pipeline import Pipeline

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from aicm_tasks.app import DEFAULT_TASK_QUEUE
-from aicm_tasks.processes import wait_until
+from aicm_tasks.devtools.processes import wait_until
 from tests.support.accounting import account
 from tests.support.pipeline import Pipeline
 

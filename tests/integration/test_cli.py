@@ -9,15 +9,15 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from aicm_tasks.broker import Keys, RecordStore
+from aicm_tasks.broker.messages import decode
+from aicm_tasks.broker.records import Keys, RecordStore
 from aicm_tasks.cli import main
-from aicm_tasks.delivery import deliver, plan
-from aicm_tasks.messages import decode
-from aicm_tasks.outcomes import BatchVerdict, RecordResult, VerdictKind
-from aicm_tasks.processes import free_port
-from aicm_tasks.record import build_record
-from aicm_tasks.retry import BackoffPolicy
-from aicm_tasks.spool import Spool
+from aicm_tasks.devtools.processes import free_port
+from aicm_tasks.producer.record import build_record
+from aicm_tasks.producer.spool import Spool
+from aicm_tasks.worker.delivery import deliver, plan
+from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
+from aicm_tasks.worker.retry import BackoffPolicy
 from tests.conftest import TEST_REDIS_URL
 from tests.support.cli import run_cli
 

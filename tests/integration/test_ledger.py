@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aicm_tasks.processes import free_port, start_server, stop_process
+from aicm_tasks.devtools.processes import free_port, start_server, stop_process
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from tests.support.cli import run_cli

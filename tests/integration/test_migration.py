@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from aicm_tasks.cli import main
-from aicm_tasks.record import normalize_timestamp
+from aicm_tasks.producer.record import normalize_timestamp
 from tests.support.cli import run_cli
 from tests.support.pipeline import Pipeline
 from tests.support.sdk_queue import write_sdk_queue

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from aicm_tasks.processes import free_port, stop_process, wait_until
+from aicm_tasks.devtools.processes import free_port, stop_process, wait_until
 from tests.support.cli import run_cli
 from tests.support.pipeline import Pipeline, publish
 

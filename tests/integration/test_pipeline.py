@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from aicm_tasks.processes import wait_until
-from aicm_tasks.record import build_record
+from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.producer.record import build_record
 from tests.support.faults import FaultProxy, hold
 from tests.support.pipeline import Pipeline, dump, publish
 
@@ -73,7 +73,7 @@ def test_a_dead_letter_is_replayed_and_delivered_once_the_server_knows_its_key(
     pipeline.wait_settled(1)
     assert pipeline.dead_letters.get(rid)["reason"] == "service_key_unknown"
     pipeline.server.learn("acme::brand-new-model")
-    from aicm_tasks.deadletter import Selection
+    from aicm_tasks.broker.dead_letters import Selection
 
     assert pipeline.dead_letters.replay(Selection(ids=(rid,))) == [rid]
     pipeline.wait_settled(2)
@@ -139,6 +139,6 @@ def test_a_batch_in_backoff_does_not_stall_the_others(pipeline_factory) -> None:
 
 
 def _all_dead(pipeline: Pipeline) -> list[dict]:
-    from aicm_tasks.deadletter import Selection
+    from aicm_tasks.broker.dead_letters import Selection
 
     return pipeline.dead_letters.list(Selection(all=True))

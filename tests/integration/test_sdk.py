@@ -230,7 +230,7 @@ def test_closing_the_tracker_pushes_what_was_spooled_while_redis_was_down(
     assert spool.status().records == 1
     spool.stop_drainer()  # so that only close() can push it
 
-    caplog.set_level(logging.WARNING, logger="aicm_tasks.sdk")
+    caplog.set_level(logging.WARNING, logger="aicm_tasks.producer.sdk")
     tracker.close()
     assert "1 records stay spooled" in caplog.text
     server.start()

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aicm_tasks.devtools.processes import free_port, stop_process, wait_until
 from aicm_tasks.errors import RecordError
-from aicm_tasks.processes import free_port, stop_process, wait_until
-from aicm_tasks.record import build_record
+from aicm_tasks.producer.record import build_record
 from tests.support.contract import call_site_inputs
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from aicm_tasks.processes import free_port, wait_until
+from aicm_tasks.devtools.processes import free_port, wait_until
 from aicm_tasks.server import create_server_app
 
 pytestmark = pytest.mark.integration

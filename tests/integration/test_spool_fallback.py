@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from aicm_tasks import create_app
-from aicm_tasks.processes import free_port, start_redis, stop_process, wait_until
+from aicm_tasks.devtools.processes import free_port, start_redis, stop_process, wait_until
 from aicm_tasks.settings import Settings
 from tests.support.pipeline import Pipeline
 

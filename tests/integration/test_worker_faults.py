@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aicm_tasks.processes import free_port, start_redis, stop_process, wait_until
+from aicm_tasks.devtools.processes import free_port, start_redis, stop_process, wait_until
 from tests.support.pipeline import Pipeline, publish, publish_paced
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from aicm_tasks import create_app
-from aicm_tasks.deadletter import Selection
-from aicm_tasks.processes import stop_process, wait_until
+from aicm_tasks.broker.dead_letters import Selection
+from aicm_tasks.devtools.processes import stop_process, wait_until
 from tests.support.accounting import account
 from tests.support.faults import FaultProxy, hold
 from tests.support.pipeline import Pipeline, PrivateRedis, in_background, publish, publish_paced

@@ -8,9 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from aicm_tasks.deadletter import Selection
-from aicm_tasks.processes import wait_until
-from aicm_tasks.record import build_record
+from aicm_tasks.broker.dead_letters import Selection
+from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.producer.record import build_record
 from tests.support.accounting import account
 from tests.support.faults import FaultProxy, hold
 from tests.support.pipeline import Pipeline, in_background, publish, publish_paced

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aicm_tasks.processes import free_port, wait_until
+from aicm_tasks.devtools.processes import free_port, wait_until
 from tests.support.cli import run_cli
 from tests.support.pipeline import Pipeline, PrivateRedis
 

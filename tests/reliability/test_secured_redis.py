@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aicm_tasks.processes import free_port, start_redis, stop_process
+from aicm_tasks.devtools.processes import free_port, start_redis, stop_process
 from tests.support.accounting import account
 from tests.support.pipeline import Pipeline, publish
 

@@ -6,8 +6,8 @@ import os
 
 import redis
 
-from aicm_tasks.deadletter import Selection
-from aicm_tasks.processes import free_port
+from aicm_tasks.broker.dead_letters import Selection
+from aicm_tasks.devtools.processes import free_port
 from tests.support.cli import run_cli
 from tests.support.pipeline import Pipeline, publish
 

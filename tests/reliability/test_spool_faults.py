@@ -29,10 +29,10 @@ import pytest
 import redis
 
 from aicm_tasks import create_app
-from aicm_tasks.broker import Keys, RecordStore
-from aicm_tasks.processes import free_port
+from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.devtools.processes import free_port
+from aicm_tasks.producer.spool import Spool
 from aicm_tasks.settings import Settings
-from aicm_tasks.spool import Spool
 from tests.conftest import TEST_REDIS_URL
 from tests.support.accounting import account
 from tests.support.pipeline import Pipeline, PrivateRedis

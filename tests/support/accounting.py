@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aicm_tasks.deadletter import Selection
+from aicm_tasks.broker.dead_letters import Selection
 from tests.support.pipeline import Pipeline
 
 #: Where each scenario appends its figures; conftest prints them at the end.

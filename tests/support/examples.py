@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aicm_tasks.processes import stop_process, wait_until
+from aicm_tasks.devtools.processes import stop_process, wait_until
 from tests.support.llm_stub import RECORDED_COMPLETION, LLMStub
 from tests.support.pipeline import LocalServer, Pipeline
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from aicm_tasks.processes import free_port, wait_until
+from aicm_tasks.devtools.processes import free_port, wait_until
 
 
 @dataclass

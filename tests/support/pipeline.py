@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from aicm_tasks import create_app
-from aicm_tasks.broker import Keys, RecordStore
-from aicm_tasks.deadletter import DeadLetterStore
-from aicm_tasks.processes import (
+from aicm_tasks.broker.dead_letters import DeadLetterStore
+from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.devtools.processes import (
     free_port,
     start_redis,
     start_server,

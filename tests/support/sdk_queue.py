@@ -20,7 +20,7 @@ from aicostmanager import PersistentDelivery, Tracker
 from aicostmanager.delivery import DeliveryConfig
 from aicostmanager.ini_manager import IniManager
 
-from aicm_tasks.processes import free_port, wait_until
+from aicm_tasks.devtools.processes import free_port, wait_until
 
 #: Records with an API id instead of a service key: the SDK queues them, the
 #: server would refuse them, the importer leaves them in the file.

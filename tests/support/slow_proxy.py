@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from aicm_tasks.processes import free_port, wait_until
+from aicm_tasks.devtools.processes import free_port, wait_until
 
 
 def _pipe(source: socket.socket, target: socket.socket, delay_s: float) -> None:

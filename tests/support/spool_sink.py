@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from aicm_tasks.record import build_record
+from aicm_tasks.producer.record import build_record
 
 
 def body(n: int, prefix: str = "r") -> bytes:

@@ -11,16 +11,16 @@ import pydantic_settings
 import pytest
 import redis
 
-from aicm_tasks.broker import Keys, RecordStore
-from aicm_tasks.deadletter import DeadLetterStore, Selection
-from aicm_tasks.delivery import deliver, plan
+from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection
+from aicm_tasks.broker.messages import decode
+from aicm_tasks.broker.records import Keys, RecordStore
 from aicm_tasks.errors import RecordTypeError, RecordValueError
-from aicm_tasks.messages import decode
-from aicm_tasks.outcomes import BatchVerdict, Fate, Reason, RecordResult, VerdictKind
-from aicm_tasks.record import build_record
-from aicm_tasks.retry import BackoffPolicy
+from aicm_tasks.producer.record import build_record
+from aicm_tasks.producer.spool import Spool
 from aicm_tasks.settings import Settings
-from aicm_tasks.spool import Spool
+from aicm_tasks.worker.delivery import deliver, plan
+from aicm_tasks.worker.outcomes import BatchVerdict, Fate, Reason, RecordResult, VerdictKind
+from aicm_tasks.worker.retry import BackoffPolicy
 from tests.support.spool_sink import Sink
 
 

@@ -7,7 +7,7 @@ from unittest import mock
 
 import redis
 
-from aicm_tasks.broker import Keys, RecordStore, Resolution
+from aicm_tasks.broker.records import Keys, RecordStore, Resolution
 
 KEYS = Keys("aicm.tracking", "aicm")
 

@@ -19,7 +19,7 @@ from aicm_tasks.contract import (
     TIMESTAMP_PATTERN,
 )
 from aicm_tasks.errors import RecordError, RecordTypeError, RecordValueError
-from aicm_tasks.record import build_record, legacy_service_key, normalize_timestamp
+from aicm_tasks.producer.record import build_record, legacy_service_key, normalize_timestamp
 from aicm_tasks.server.validation import validate_record
 
 

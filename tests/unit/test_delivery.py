@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import json
 
-from aicm_tasks.delivery import deliver, plan
-from aicm_tasks.messages import Item, decode, encode
-from aicm_tasks.outcomes import BatchVerdict, Fate, Reason, RecordResult, VerdictKind
-from aicm_tasks.record import build_record
-from aicm_tasks.retry import BackoffPolicy
+from aicm_tasks.broker.messages import Item, decode, encode
+from aicm_tasks.producer.record import build_record
+from aicm_tasks.worker.delivery import deliver, plan
+from aicm_tasks.worker.outcomes import BatchVerdict, Fate, Reason, RecordResult, VerdictKind
+from aicm_tasks.worker.retry import BackoffPolicy
 
 POLICY = BackoffPolicy(base_s=1, max_s=60, max_retries=3)
 
@@ -226,7 +226,7 @@ def test_503_is_an_outage_never_split() -> None:
 def test_a_record_whose_planning_raises_is_dead_lettered_malformed_and_the_rest_settle(
     monkeypatch,
 ) -> None:
-    import aicm_tasks.delivery as delivery
+    import aicm_tasks.worker.delivery as delivery
 
     real = delivery.dead_letter_entry
 
@@ -247,7 +247,7 @@ def test_a_record_whose_planning_raises_is_dead_lettered_malformed_and_the_rest_
 
 
 def test_plan_after_error_counts_an_attempt_for_every_record_until_they_end() -> None:
-    from aicm_tasks.delivery import plan_after_error
+    from aicm_tasks.worker.delivery import plan_after_error
 
     raw = [item("a").raw, b"\xff garbage"]
     boom = RuntimeError("a bug")

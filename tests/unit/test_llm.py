@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from aicm_tasks import create_app, track_llm_stream_usage, track_llm_usage
 from aicm_tasks.errors import RecordValueError
-from aicm_tasks.llm import api_id_of, service_key_for
+from aicm_tasks.producer.llm import api_id_of, service_key_for
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from tests.support.llm import recorded
@@ -48,7 +48,7 @@ def test_an_explicit_response_id_and_service_key_win(track, real_redis) -> None:
 
 
 def test_a_response_without_usage_is_not_tracked(track, real_redis, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="aicm_tasks.llm")
+    caplog.set_level(logging.WARNING, logger="aicm_tasks.producer.llm")
     track_llm_usage("openai_chat", {"id": "x", "model": "m"}, task=track)
     assert queued(real_redis) == []
     assert "no usage found in the response" in caplog.text
@@ -60,7 +60,7 @@ def test_an_openai_stream_without_usage_says_how_to_get_it(track, real_redis, ca
         '"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}'
     )
     chunks = [ChatCompletionChunk.model_validate(chunk)] * 3
-    caplog.set_level(logging.WARNING, logger="aicm_tasks.llm")
+    caplog.set_level(logging.WARNING, logger="aicm_tasks.producer.llm")
     assert list(track_llm_stream_usage("openai_chat", chunks, task=track)) == chunks
     assert queued(real_redis) == []
     assert "include_usage" in caplog.text

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aicm_tasks.messages import batch_body, decode, encode, record_of
-from aicm_tasks.record import build_record
+from aicm_tasks.broker.messages import batch_body, decode, encode, record_of
+from aicm_tasks.producer.record import build_record
 
 
 def test_fresh_messages_are_the_record_bytes_untouched() -> None:
@@ -47,7 +47,7 @@ def test_unreadable_messages_are_marked_malformed_with_a_stable_id() -> None:
 
 
 def test_the_fast_path_reads_the_same_identity_as_a_full_parse() -> None:
-    from aicm_tasks.messages import _decode_slow
+    from aicm_tasks.broker.messages import _decode_slow
 
     for service, rid in [
         ("a::b", "r1"),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from aicm_tasks.broker import Keys
-from aicm_tasks.migration import import_sqlite_queue, imported_key
+from aicm_tasks.broker.records import Keys
+from aicm_tasks.producer.sqlite_import import import_sqlite_queue, imported_key
 
 KEYS = Keys("aicm.tracking", "aicm")
 SDK_SCHEMA = """CREATE TABLE queue (

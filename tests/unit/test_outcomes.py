@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from aicm_tasks.outcomes import (
+from aicm_tasks.worker.outcomes import (
     Fate,
     Reason,
     RecordResult,

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from aicm_tasks.errors import RecordError, RecordTypeError, RecordValueError
-from aicm_tasks.record import build_record, legacy_service_key, normalize_timestamp
+from aicm_tasks.producer.record import build_record, legacy_service_key, normalize_timestamp
 
 
 def test_a_record_gets_a_uuid4_hex_response_id_and_a_timestamp_string() -> None:
@@ -116,7 +116,7 @@ def test_optional_fields_are_omitted_when_not_given() -> None:
 def test_generated_response_ids_are_version_4_uuids_in_hex() -> None:
     import uuid
 
-    from aicm_tasks.record import new_response_id
+    from aicm_tasks.producer.record import new_response_id
 
     ids = [new_response_id() for _ in range(2000)]
     assert len(set(ids)) == 2000

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from aicm_tasks.contract import MAX_TIMESTAMP_S, MIN_TIMESTAMP_S, TIMESTAMP_PATTERN
 from aicm_tasks.errors import RecordError, RecordTypeError, RecordValueError
-from aicm_tasks.record import build_record
+from aicm_tasks.producer.record import build_record
 from aicm_tasks.server.validation import validate_record
 from tests.support.contract import call_site_inputs, fields_of, same_record, wire_records
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aicm_tasks.redis_settings import BrokerSettings, evicts_records, judge_settings
+from aicm_tasks.broker.redis_settings import BrokerSettings, evicts_records, judge_settings
 
 POLICIES = [
     "noeviction",

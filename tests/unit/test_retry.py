@@ -6,7 +6,12 @@ from email.utils import format_datetime
 
 import pytest
 
-from aicm_tasks.retry import JITTER_FLOOR, MAX_RETRY_AFTER_S, BackoffPolicy, parse_retry_after
+from aicm_tasks.worker.retry import (
+    JITTER_FLOOR,
+    MAX_RETRY_AFTER_S,
+    BackoffPolicy,
+    parse_retry_after,
+)
 
 
 def test_the_default_schedule_rides_out_at_least_an_hour() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aicm_tasks.errors import PublishError, SpoolFullError, SpoolWriteError
-from aicm_tasks.spool import CLAIM_EXPIRY_S, Spool, destination_of
+from aicm_tasks.producer.spool import CLAIM_EXPIRY_S, Spool, destination_of
 from tests.support.spool_sink import BrokerGoneError, Sink, body
 
 
@@ -131,7 +131,7 @@ def test_a_file_of_another_user_is_skipped_with_a_warning(
     foreign = tmp_path / "host-1-cccc.spool"
     foreign.write_bytes(body(9) + b"\n")
     os.chown(foreign, 12345, 12345)
-    caplog.set_level(logging.WARNING, logger="aicm_tasks.spool")
+    caplog.set_level(logging.WARNING, logger="aicm_tasks.producer.spool")
     spool = Spool(tmp_path, max_bytes=10**7)
     spool.append(body(1))
     assert spool.drain(Sink()) == 1

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from aicm_tasks.errors import SpoolFullError
-from aicm_tasks.spool import Spool
+from aicm_tasks.producer.spool import Spool
 from tests.support.spool_sink import BrokerGoneError, Sink, body
 
 

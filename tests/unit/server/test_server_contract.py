@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from aicm_tasks.contract import MAX_NESTING_DEPTH, STATUS_ERROR
 from aicm_tasks.errors import RecordError
-from aicm_tasks.record import build_record
+from aicm_tasks.producer.record import build_record
 from aicm_tasks.server import create_server_app
 from tests.support.contract import call_site_inputs, fields_of, nest, same_record, wire_records
 

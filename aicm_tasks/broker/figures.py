@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aicm_tasks.broker import RecordStore
-from aicm_tasks.messages import decode, record_of
-from aicm_tasks.observe import RATE_BUCKET_S, errors_key, rate_key
-from aicm_tasks.redis_settings import UNKNOWN, BrokerSettings, judge_settings, read_settings
+from aicm_tasks.broker.messages import decode, record_of
+from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.redis_settings import UNKNOWN, BrokerSettings, judge_settings, read_settings
+from aicm_tasks.worker.observe import RATE_BUCKET_S, errors_key, rate_key
 
 #: A worker that renewed its lease within this many seconds counts as alive.
 ALIVE_WITHIN_S = 60.0

@@ -2,7 +2,7 @@
 
 :func:`deliver` sends a batch through a ``post`` callable (the transport) and
 returns one :class:`Outcome` per message; :func:`plan` turns outcomes into the
-:class:`~aicm_tasks.broker.Resolution` that the broker applies atomically.
+:class:`~aicm_tasks.broker.records.Resolution` that the broker applies atomically.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aicm_tasks.broker import Resolution
-from aicm_tasks.messages import Item, batch_body, decode, encode, malformed_id, record_of
-from aicm_tasks.outcomes import (
+from aicm_tasks.broker.messages import Item, batch_body, decode, encode, malformed_id, record_of
+from aicm_tasks.broker.records import Resolution
+from aicm_tasks.worker.outcomes import (
     DELIVERED_STATUSES,
     BatchVerdict,
     Fate,
@@ -24,8 +24,8 @@ from aicm_tasks.outcomes import (
     record_fate,
     suspects_a_record,
 )
-from aicm_tasks.retry import BackoffPolicy
-from aicm_tasks.transport import Post
+from aicm_tasks.worker.retry import BackoffPolicy
+from aicm_tasks.worker.transport import Post
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, and

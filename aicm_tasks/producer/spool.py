@@ -42,7 +42,7 @@ Choices, and what they cost or risk:
   records (``page_count - freelist_count``, two cheap pragmas); pages freed by
   a drain are reused, and the WAL adds at most ``JOURNAL_SIZE_LIMIT_BYTES``.
 - Files of earlier versions (``*.spool`` / ``*.draining`` lines) are imported
-  once, then removed (:mod:`aicm_tasks.legacy_spool`).
+  once, then removed (:mod:`aicm_tasks.producer.legacy_spool`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aicm_tasks.errors import SpoolFullError, SpoolWriteError
-from aicm_tasks.legacy_spool import import_legacy_files, legacy_files, not_ours
+from aicm_tasks.producer.legacy_spool import import_legacy_files, legacy_files, not_ours
 from aicm_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ CREATE INDEX IF NOT EXISTS records_by_destination ON records (destination, id);
 
 
 class SpoolTarget(Protocol):
-    """Where a drain puts records: :class:`aicm_tasks.broker.RecordStore` is one."""
+    """Where a drain puts records: :class:`aicm_tasks.broker.records.RecordStore` is one."""
 
     def push_many(self, messages: Sequence[bytes]) -> None: ...
 

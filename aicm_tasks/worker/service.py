@@ -1,8 +1,8 @@
 """The delivery loop a worker process runs: fetch a batch, deliver it, settle it.
 
 :class:`DeliveryService` owns a few delivery threads and one housekeeping
-thread. It knows Redis (through :class:`~aicm_tasks.broker.RecordStore`) and
-the transport, but not Celery: the bootstep in :mod:`aicm_tasks.bootstep`
+thread. It knows Redis (through :class:`~aicm_tasks.broker.records.RecordStore`) and
+the transport, but not Celery: the bootstep in :mod:`aicm_tasks.worker.bootstep`
 starts and stops it.
 """
 
@@ -20,13 +20,18 @@ from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
-from aicm_tasks.broker import RecordStore, Resolution
-from aicm_tasks.delivery import Post, Summary, attempt, plan, plan_after_error
-from aicm_tasks.messages import decode
-from aicm_tasks.observe import BatchReport, Observer, notify
-from aicm_tasks.outcomes import BatchVerdict
-from aicm_tasks.redis_settings import CHECK_INTERVAL_S, Finding, judge_settings, read_settings
-from aicm_tasks.retry import BackoffPolicy
+from aicm_tasks.broker.messages import decode
+from aicm_tasks.broker.records import RecordStore, Resolution
+from aicm_tasks.broker.redis_settings import (
+    CHECK_INTERVAL_S,
+    Finding,
+    judge_settings,
+    read_settings,
+)
+from aicm_tasks.worker.delivery import Post, Summary, attempt, plan, plan_after_error
+from aicm_tasks.worker.observe import BatchReport, Observer, notify
+from aicm_tasks.worker.outcomes import BatchVerdict
+from aicm_tasks.worker.retry import BackoffPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "track_llm_usage needs the official SDK: pip install 'aicm-tasks[sdk]'"
     ) from exc
 
-from aicm_tasks.aio import _default_task, track_async
 from aicm_tasks.errors import RecordValueError
+from aicm_tasks.producer.aio import _default_task, track_async
 
 if TYPE_CHECKING:
     from aicm_tasks.tasks import TrackTask

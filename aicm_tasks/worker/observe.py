@@ -2,8 +2,8 @@
 
 :class:`DeliveryService` calls every :class:`Observer` after each POST, each
 settled batch and each housekeeping round. Observers: Celery task events for
-Flower (:mod:`aicm_tasks.events`), Prometheus metrics (:mod:`aicm_tasks.metrics`)
-and the figures (and the broker's settings, see :mod:`aicm_tasks.redis_settings`) ``aicm-tasks status`` and ``monitor`` read from Redis
+Flower (:mod:`aicm_tasks.worker.events`), Prometheus metrics (:mod:`aicm_tasks.worker.metrics`)
+and the figures (and the broker's settings, see :mod:`aicm_tasks.broker.redis_settings`) ``aicm-tasks status`` and ``monitor`` read from Redis
 (:class:`RedisFigures`, here).
 """
 
@@ -18,10 +18,10 @@ from typing import Protocol
 
 import redis
 
-from aicm_tasks.broker import Keys
-from aicm_tasks.delivery import Summary
-from aicm_tasks.messages import Item
-from aicm_tasks.redis_settings import BrokerSettings, Finding
+from aicm_tasks.broker.messages import Item
+from aicm_tasks.broker.records import Keys
+from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
+from aicm_tasks.worker.delivery import Summary
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aicm_tasks.broker import Keys, RecordStore
+from aicm_tasks.broker.records import Keys, RecordStore
 from aicm_tasks.errors import PublishError
-from aicm_tasks.record import Record
+from aicm_tasks.producer.record import Record
+from aicm_tasks.producer.spool import Spool
 from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
-from aicm_tasks.spool import Spool
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from aicm_tasks.broker.messages import encode
 from aicm_tasks.contract import (
     MAX_KEY_LENGTH,
     MAX_RESPONSE_ID_LENGTH,
@@ -32,7 +33,6 @@ from aicm_tasks.contract import (
     timestamp_problem,
 )
 from aicm_tasks.errors import RecordError, RecordTypeError, RecordValueError
-from aicm_tasks.messages import encode
 
 __all__ = [
     "API_KEY_ALIAS_PATTERN",

@@ -24,9 +24,9 @@ from typing import Any
 
 from celery import Celery
 
-from aicm_tasks.messages import Item, record_of
-from aicm_tasks.observe import BatchReport
-from aicm_tasks.redis_settings import BrokerSettings, Finding
+from aicm_tasks.broker.messages import Item, record_of
+from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
+from aicm_tasks.worker.observe import BatchReport
 
 logger = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def _count(value: Any) -> int:
     return 0
 
 
-#: How every record written by :func:`aicm_tasks.record.build_record` begins.
+#: How every record written by :func:`aicm_tasks.producer.record.build_record` begins.
 _FAST_PREFIX = b'{"service_key":"'
 _FAST_MIDDLE = b'","response_id":"'
 
@@ -136,7 +136,7 @@ def _decode_slow(raw: bytes) -> Item:
     except RecursionError:
         # Deeper than this interpreter's parser goes (the limit differs between
         # Python versions; the producer bounds depth far below it, see
-        # aicm_tasks.record): such a record can never be read here.
+        # aicm_tasks.producer.record): such a record can never be read here.
         return Item(raw, body, malformed_id(raw), meta=meta, malformed="nested too deeply")
     if not isinstance(record, dict):
         return Item(raw, body, malformed_id(raw), meta=meta, malformed="not a JSON object")

@@ -26,8 +26,8 @@ import httpx
 import redis
 
 from aicm_tasks.app import create_app
-from aicm_tasks.broker import Keys, RecordStore
-from aicm_tasks.processes import (
+from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.devtools.processes import (
     free_port,
     redis_answers,
     start_redis,
@@ -36,7 +36,7 @@ from aicm_tasks.processes import (
     stop_process,
     wait_until,
 )
-from aicm_tasks.record import build_record
+from aicm_tasks.producer.record import build_record
 from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
 

@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from aicm_tasks.errors import RecordTypeError
-from aicm_tasks.record import check_api_key_alias
+from aicm_tasks.producer.record import check_api_key_alias
 
 if TYPE_CHECKING:
     from aicm_tasks.tasks import TrackTask

@@ -1,7 +1,7 @@
 """The dead-letter store: list, inspect, replay, purge and export dead letters.
 
 Dead letters live in the broker's Redis (written atomically by the worker when
-a batch is settled, see :mod:`aicm_tasks.broker`): a hash ``<prefix>:dlq`` of
+a batch is settled, see :mod:`aicm_tasks.broker.records`): a hash ``<prefix>:dlq`` of
 ``id -> entry JSON`` and a sorted set ``<prefix>:dlq:index`` of ids by last
 failure time. An entry's id is the record's ``response_id``, so a record that
 fails again after a replay replaces its own entry, its attempts counted.
@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 import redis
 
-from aicm_tasks.broker import Keys
+from aicm_tasks.broker.messages import encode
+from aicm_tasks.broker.records import Keys
 from aicm_tasks.errors import DeadLetterNotFoundError
-from aicm_tasks.messages import encode
 
 REPLAY_LUA = """
 -- KEYS: dlq, dlq_index, queue; ARGV: id, message. Only an entry still stored is replayed.

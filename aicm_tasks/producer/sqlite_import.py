@@ -36,9 +36,9 @@ from typing import Any
 
 import redis
 
-from aicm_tasks.broker import Keys
+from aicm_tasks.broker.records import Keys
 from aicm_tasks.errors import ConfigurationError, RecordError
-from aicm_tasks.record import Record, build_record
+from aicm_tasks.producer.record import Record, build_record
 
 #: The SDK's statuses of records still to deliver.
 SDK_STATUSES = ("queued", "processing", "failed")

@@ -17,15 +17,15 @@ import redis
 from celery import bootsteps
 from celery.worker import control
 
-from aicm_tasks.broker import Keys, RecordStore
-from aicm_tasks.consumer import MAX_WAIT_S, DeliveryService
+from aicm_tasks.broker.records import Keys, RecordStore
 from aicm_tasks.errors import ConfigurationError
-from aicm_tasks.events import TaskEvents
-from aicm_tasks.metrics import Metrics
-from aicm_tasks.observe import Observer, RedisFigures
-from aicm_tasks.retry import BackoffPolicy
 from aicm_tasks.settings import Settings
-from aicm_tasks.transport import TrackTransport
+from aicm_tasks.worker.events import TaskEvents
+from aicm_tasks.worker.metrics import Metrics
+from aicm_tasks.worker.observe import Observer, RedisFigures
+from aicm_tasks.worker.retry import BackoffPolicy
+from aicm_tasks.worker.service import MAX_WAIT_S, DeliveryService
+from aicm_tasks.worker.transport import TrackTransport
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Nothing here does I/O. The rules are the contract's tables
 * 401/403 mean the key is wrong: records are kept, not burnt;
 * 400/413/422 refuse the request: the batch is split to isolate the poison;
   so is a 5xx but 503 for records that failed before (a server that fails on
-  one record), see :func:`aicm_tasks.delivery.attempt`.
+  one record), see :func:`aicm_tasks.worker.delivery.attempt`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from aicm_tasks.retry import parse_retry_after
+from aicm_tasks.worker.retry import parse_retry_after
 
 #: Statuses meaning the record was accepted.
 DELIVERED_STATUSES = frozenset({"queued", "completed"})

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
-from aicm_tasks.outcomes import BatchVerdict, classify_exception, classify_response
+from aicm_tasks.worker.outcomes import BatchVerdict, classify_exception, classify_response
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Developer tools: the ``aicm-tasks demo`` run and the local processes it starts."""
