@@ -10,8 +10,14 @@ install:
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
 
+# Style, formatting and the import rules of the layout (pyproject.toml,
+# [tool.importlinter]: which folder may import which).
+LINTED := aicm_tasks tests docs/examples bench
+
 lint:
-	$(BIN)/ruff check aicm_tasks tests docs/examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
 
 typecheck:
 	$(BIN)/mypy

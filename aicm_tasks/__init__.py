@@ -4,13 +4,23 @@
 record in the caller's process and publishes it in one Redis round trip; a
 ``celery -A aicm_tasks worker`` pool delivers records in batches to the
 AICostManager-compatible ``/track`` endpoint and dead-letters what is refused.
+
+Importing the package loads no Celery and reads no environment: ``app``,
+``track``, ``track_many`` and ``settings`` are built from the ``AICM_*``
+variables on first use of any of them, which is also how
+``celery -A aicm_tasks`` finds ``app``; the other names are imported on first
+use (PEP 562 module ``__getattr__``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from aicm_tasks.app import AicmCelery, create_app
 from aicm_tasks.errors import (
     AicmTasksError,
     ConfigurationError,
@@ -20,24 +30,38 @@ from aicm_tasks.errors import (
     RecordTypeError,
     RecordValueError,
 )
-from aicm_tasks.producer.aio import track_async, track_many_async
-from aicm_tasks.settings import Settings
-from aicm_tasks.tasks import TrackTask
+
+if TYPE_CHECKING:
+    from aicm_tasks.app import AicmCelery, create_app
+    from aicm_tasks.producer.aio import track_async, track_many_async
+    from aicm_tasks.producer.llm import (
+        track_llm_stream_usage,
+        track_llm_stream_usage_async,
+        track_llm_usage,
+        track_llm_usage_async,
+    )
+    from aicm_tasks.producer.sdk import CeleryDelivery
+    from aicm_tasks.settings import Settings
+    from aicm_tasks.tasks import TrackTask
+
+    # What type checkers see; at run time these are properties of _Package.
+    app: AicmCelery
+    track: TrackTask
+    track_many: Callable[[Iterable[Mapping[str, Any]]], list[str]]
+    settings: Settings
 
 __version__ = "0.1.0"
 
-#: The Celery app; ``celery -A aicm_tasks worker`` runs it.
-app: AicmCelery = create_app()
-#: The tracking task: ``track.delay(service_key, usage, ...)``.
-track: TrackTask = app.tasks[TrackTask.name]
-#: Publish many records in one round trip: ``track_many([{...}, ...])``.
-track_many = track.many
-#: The settings the app was built with, read from ``AICM_*`` variables at import.
-settings: Settings = app.aicm_settings
-
-#: Names that need the official SDK (the extra ``aicm-tasks[sdk]``), imported on
-#: first use so that ``import aicm_tasks`` works without it.
-_SDK_NAMES = {
+#: Names imported on first use, so that ``import aicm_tasks`` loads neither
+#: Celery nor the official SDK (the extra ``aicm-tasks[sdk]``, which
+#: ``CeleryDelivery`` and ``track_llm_*`` need) and reads no environment.
+_LAZY_NAMES = {
+    "AicmCelery": "aicm_tasks.app",
+    "create_app": "aicm_tasks.app",
+    "Settings": "aicm_tasks.settings",
+    "TrackTask": "aicm_tasks.tasks",
+    "track_async": "aicm_tasks.producer.aio",
+    "track_many_async": "aicm_tasks.producer.aio",
     "CeleryDelivery": "aicm_tasks.producer.sdk",
     "track_llm_usage": "aicm_tasks.producer.llm",
     "track_llm_usage_async": "aicm_tasks.producer.llm",
@@ -47,13 +71,85 @@ _SDK_NAMES = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _SDK_NAMES.get(name)
+    # PEP 562: called only for names not in the module's namespace.
+    module = _LAZY_NAMES.get(name)
     if module is None:
         raise AttributeError(f"module 'aicm_tasks' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)
 
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _DefaultApp:
+    """The package's app, built from ``AICM_*`` once, on first use."""
+
+    #: Two threads touching ``track`` first at once must not build two apps (two
+    #: publishers, two spools on one directory).
+    _lock = threading.Lock()
+    _built: tuple[AicmCelery, TrackTask] | None = None
+
+    @classmethod
+    def get(cls) -> tuple[AicmCelery, TrackTask]:
+        if cls._built is None:
+            with cls._lock:
+                if cls._built is None:
+                    from aicm_tasks.app import create_app
+                    from aicm_tasks.tasks import TrackTask
+
+                    built = create_app()
+                    cls._built = (built, built.tasks[TrackTask.name])
+        return cls._built
+
+
+class _Package(types.ModuleType):
+    """This module's class: ``app``, ``track``, ``track_many`` and ``settings`` are
+    properties, so they are built on first use.
+
+    Properties and not PEP 562 ``__getattr__``: ``aicm_tasks.app`` and
+    ``aicm_tasks.settings`` are also submodules, and importing a submodule sets it
+    as an attribute of its package, which would then hide the name from
+    ``__getattr__`` (and hand ``celery -A aicm_tasks`` a module, not the app).
+    The setters drop that assignment; ``from aicm_tasks.app import create_app``
+    still works (it reads ``sys.modules``).
+    """
+
+    @property
+    def app(self) -> AicmCelery:
+        """The Celery app; ``celery -A aicm_tasks worker`` runs it."""
+        return _DefaultApp.get()[0]
+
+    @app.setter
+    def app(self, value: object) -> None:
+        _drop_submodule("app", value)
+
+    @property
+    def track(self) -> TrackTask:
+        """The tracking task: ``track.delay(service_key, usage, ...)``."""
+        return _DefaultApp.get()[1]
+
+    @property
+    def track_many(self) -> Callable[[Iterable[Mapping[str, Any]]], list[str]]:
+        """Publish many records in one round trip: ``track_many([{...}, ...])``."""
+        return _DefaultApp.get()[1].many
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the app was built with, read from ``AICM_*`` variables."""
+        return _DefaultApp.get()[0].aicm_settings
+
+    @settings.setter
+    def settings(self, value: object) -> None:
+        _drop_submodule("settings", value)
+
+
+def _drop_submodule(name: str, value: object) -> None:
+    if not isinstance(value, types.ModuleType):
+        raise AttributeError(f"aicm_tasks.{name} is read-only")
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AicmCelery",

@@ -74,6 +74,12 @@ FIELDS = ("service_key", "response_id", "timestamp", "payload", "customer_key", 
 
 #: Separator between vendor and service in a service key.
 SERVICE_KEY_SEPARATOR = "::"
+#: Ways the local server's ledger API (``GET /api/v1/costs?group_by=``) groups
+#: costs; the CLI offers the same choices without loading the server.
+COST_GROUP_BY = ("day", "week", "month", "provider", "model", "service", "customer")
+#: What an API-key alias (``AICM_API_KEYS``, ``api_key_alias=``) may look like:
+#: a short name, safe in logs and metrics. Never sent: it picks the worker's key.
+API_KEY_ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Longest response_id accepted; the server keys events on it.
 MAX_RESPONSE_ID_LENGTH = 255
 #: Longest service_key / customer_key accepted.

@@ -17,7 +17,7 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aicm_tasks.producer.record import API_KEY_ALIAS_PATTERN
+from aicm_tasks.contract import API_KEY_ALIAS_PATTERN
 from aicm_tasks.redact import redact_url
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""``track``: the Celery task users call; thin, the work lives in record/publisher.
+"""``track``: the Celery task users call; a thin adapter over :mod:`aicm_tasks.producer.api`.
 
 ``track.delay(service_key, usage, ...)`` validates the record in the caller's
 process, gives it its identity and publishes it in one round trip; the
@@ -15,9 +15,10 @@ from typing import Any
 from celery import Task
 from celery.result import AsyncResult
 
-from aicm_tasks.errors import RecordTypeError, RecordValueError
+from aicm_tasks.errors import RecordValueError
+from aicm_tasks.producer.api import Producer
 from aicm_tasks.producer.publisher import Publisher
-from aicm_tasks.producer.record import Record, build_record, legacy_service_key
+from aicm_tasks.producer.record import Record
 from aicm_tasks.settings import Settings
 
 #: ``apply_async`` options that have no meaning for a record and are accepted
@@ -55,7 +56,6 @@ IGNORED_OPTIONS = frozenset(
         "chord",
     }
 )
-RECORD_FIELDS = ("response_id", "timestamp", "customer_key", "context", "api_key_alias")
 
 
 class TrackTask(Task):
@@ -64,17 +64,24 @@ class TrackTask(Task):
     name = "aicm_tasks.track"
     ignore_result = True
     typing = False
-    _publisher: Publisher | None = None
+    _producer: Producer | None = None
 
     @property
     def settings(self) -> Settings:
         return self.app.aicm_settings
 
     @property
+    def producer(self) -> Producer:
+        """Builds and publishes this task's records: one per task, so ``track.delay``,
+        ``track_async`` and ``CeleryDelivery`` share its publisher and spool."""
+        if self._producer is None:
+            self._producer = Producer(self.settings)
+        return self._producer
+
+    @property
     def publisher(self) -> Publisher:
-        if self._publisher is None:
-            self._publisher = Publisher(self.settings)
-        return self._publisher
+        """The producer's publisher (its Redis pool and spool)."""
+        return self.producer.publisher
 
     def run(self, *args: Any, **kwargs: Any) -> str:
         """Runs only if an ordinary Celery message for this task reaches a worker
@@ -116,8 +123,8 @@ class TrackTask(Task):
                     "response_id", f"{given!r} differs from task_id {task_id!r}; give one of them"
                 )
             fields["response_id"] = task_id
-        record = self.build(tuple(args or ()), fields)
-        self.publisher.publish(record, due_epoch_s=_due_epoch_s(countdown, eta))
+        record = self.producer.build(tuple(args or ()), fields)
+        self.producer.publish(record, due_epoch_s=_due_epoch_s(countdown, eta))
         return self.AsyncResult(record.response_id)
 
     def many(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -129,26 +136,13 @@ class TrackTask(Task):
         published: one bad record raises (its index in the message) and none
         is published.
         """
-        built = self.build_many(records)
-        self.publisher.publish_many(built)
+        built = self.producer.build_many(records)
+        self.producer.publish_many(built)
         return [record.response_id for record in built]
 
     def build_many(self, records: Iterable[Mapping[str, Any]]) -> list[Record]:
         """Validate many records as :meth:`many` does (nothing is published)."""
-        built: list[Record] = []
-        max_bytes = self.settings.max_record_bytes
-        for index, fields in enumerate(records):
-            if not isinstance(fields, Mapping):
-                raise RecordTypeError(
-                    f"records[{index}]", f"must be a mapping, not {type(fields).__name__}"
-                )
-            try:
-                built.append(self.build((), dict(fields), max_bytes=max_bytes))
-            except (RecordTypeError, RecordValueError) as exc:
-                raise type(exc)(
-                    f"records[{index}].{exc.field}", str(exc).split(": ", 1)[-1]
-                ) from None
-        return built
+        return self.producer.build_many(records)
 
     def build(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, max_bytes: int | None = None
@@ -156,32 +150,7 @@ class TrackTask(Task):
         """Validate call arguments into a :class:`Record` (nothing is published).
 
         ``max_bytes`` defaults to ``AICM_MAX_RECORD_BYTES``."""
-        unknown = set(kwargs) - {*RECORD_FIELDS, "service_key", "usage"}
-        if unknown:
-            raise RecordTypeError(
-                sorted(unknown)[0],
-                "is not a field of a record "
-                "(service_key, usage, response_id, timestamp, customer_key, context, "
-                "api_key_alias)",
-            )
-        if len(args) == 3:  # the older (api_id, service_id, usage) shape
-            service_key, usage = legacy_service_key(args[0], args[1]), args[2]
-        elif len(args) == 2:
-            service_key, usage = args
-        elif len(args) == 1:
-            service_key, usage = args[0], kwargs.pop("usage", None)
-        elif not args:
-            service_key, usage = kwargs.pop("service_key", None), kwargs.pop("usage", None)
-        else:
-            raise RecordTypeError(
-                "args",
-                f"takes (service_key, usage) or (api_id, service_id, usage), got {len(args)} values",
-            )
-        if "service_key" in kwargs or "usage" in kwargs:
-            raise RecordTypeError("service_key", "given both positionally and by name")
-        if max_bytes is None:
-            max_bytes = self.settings.max_record_bytes
-        return build_record(service_key, usage, max_bytes=max_bytes, **kwargs)
+        return self.producer.build(args, kwargs, max_bytes=max_bytes)
 
 
 def _due_epoch_s(countdown: float | None, eta: datetime | None) -> float | None:

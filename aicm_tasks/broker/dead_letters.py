@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 import redis
 
+from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import encode
-from aicm_tasks.broker.records import Keys
 from aicm_tasks.errors import DeadLetterNotFoundError
 
 REPLAY_LUA = """

@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from aicm_tasks.broker.keys import RATE_BUCKET_S
 from aicm_tasks.broker.messages import decode, record_of
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import UNKNOWN, BrokerSettings, judge_settings, read_settings
-from aicm_tasks.worker.observe import RATE_BUCKET_S, errors_key, rate_key
 
 #: A worker that renewed its lease within this many seconds counts as alive.
 ALIVE_WITHIN_S = 60.0
@@ -73,12 +73,12 @@ def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Fi
     stats = store.stats()
     client = store.client
     current = int(now // RATE_BUCKET_S)
-    buckets = [rate_key(store.keys, current - n) for n in range(int(60 // RATE_BUCKET_S) + 1)]
+    buckets = [store.keys.rate(current - n) for n in range(int(60 // RATE_BUCKET_S) + 1)]
     with client.pipeline(transaction=False) as pipe:
         for key in buckets:
             pipe.hget(key, "delivered")
         pipe.lindex(store.keys.queue, -1)
-        pipe.lrange(errors_key(store.keys), 0, 9)
+        pipe.lrange(store.keys.errors, 0, 9)
         *rates, oldest_raw, errors_raw = pipe.execute()
     # The current bucket is partial: count the six before it plus the current one,
     # over the time they really span.

@@ -41,6 +41,8 @@ from typing import Any
 
 import redis
 
+from aicm_tasks.broker.keys import Keys
+
 #: Every script below reads the clock with ``TIME``: leases, their expiry and
 #: retry due times are decided on the Redis server's clock, never a host's, so a
 #: worker whose clock runs ahead cannot reclaim live batches. (Since Redis 5,
@@ -239,50 +241,6 @@ PROMOTE_CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
-class Keys:
-    """The Redis key names for one queue and key prefix."""
-
-    queue: str
-    prefix: str
-
-    @property
-    def scheduled(self) -> str:
-        return f"{self.prefix}:scheduled"
-
-    @property
-    def consumers(self) -> str:
-        return f"{self.prefix}:consumers"
-
-    @property
-    def dlq(self) -> str:
-        return f"{self.prefix}:dlq"
-
-    @property
-    def dlq_index(self) -> str:
-        return f"{self.prefix}:dlq:index"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.prefix}:stats"
-
-    @property
-    def seen(self) -> str:
-        """Hash: consumer -> when it last renewed its lease (epoch seconds)."""
-        return f"{self.prefix}:seen"
-
-    @property
-    def redis_settings(self) -> str:
-        """Hash: the broker's eviction and persistence settings as a worker last read them."""
-        return f"{self.prefix}:redis-settings"
-
-    def held(self, consumer: str) -> str:
-        return f"{self.prefix}:held:{consumer}"
-
-    def batch(self, consumer: str, number: int) -> str:
-        return f"{self.prefix}:batch:{consumer}:{number}"
-
-
-@dataclass(frozen=True, slots=True)
 class Resolution:
     """What to write when a batch's fate is final.
 
@@ -438,7 +396,7 @@ class RecordStore:
         SCANs the database for batch keys: one round trip per ``scan_count``
         keys of the database, so it runs rarely (SWEEP_INTERVAL_S).
         """
-        head = f"{self.keys.prefix}:batch:"
+        head = self.keys.batch_prefix
         moved = 0
         for raw_key in self.client.scan_iter(match=_glob_escape(head) + "*", count=scan_count):
             batch_key = _as_text(raw_key)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import redis
 
-from aicm_tasks.broker.records import Keys
+from aicm_tasks.broker.keys import Keys
 from aicm_tasks.settings import Settings
 
 

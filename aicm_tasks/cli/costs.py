@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aicm_tasks.cli.common import echo_json, json_option, load_settings
-from aicm_tasks.server.reports import GROUP_BY
+from aicm_tasks.contract import COST_GROUP_BY
 
 #: Width of the bar chart column, in characters.
 BAR_WIDTH = 30
@@ -107,7 +107,7 @@ def _with_server_options(func: Any) -> Any:
 @click.command()
 @click.option(
     "--group-by",
-    type=click.Choice(GROUP_BY),
+    type=click.Choice(COST_GROUP_BY),
     default="day",
     show_default=True,
     help="How to break the costs down.",

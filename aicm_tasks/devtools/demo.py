@@ -26,7 +26,8 @@ import httpx
 import redis
 
 from aicm_tasks.app import create_app
-from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import (
     free_port,
     redis_answers,

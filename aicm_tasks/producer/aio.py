@@ -16,20 +16,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from aicm_tasks.tasks import TrackTask
-
-
-def _default_task() -> TrackTask:
-    # Imported here: aicm_tasks/__init__.py builds the app and imports this module.
-    from aicm_tasks import track
-
-    return track
+from aicm_tasks.producer.api import HasProducer, default_task
 
 
-async def track_async(*args: Any, task: TrackTask | None = None, **fields: Any) -> str:
+async def track_async(*args: Any, task: HasProducer | None = None, **fields: Any) -> str:
     """Publish one record without blocking the event loop; returns its ``response_id``.
 
     Arguments are those of ``track.delay``: ``(service_key, usage, *, response_id=None,
@@ -39,21 +31,21 @@ async def track_async(*args: Any, task: TrackTask | None = None, **fields: Any) 
     record and the spool could not keep it. Once the publish has started, cancelling
     the awaiting task does not stop it.
     """
-    task = task or _default_task()
-    record = task.build(args, fields)
-    await asyncio.get_running_loop().run_in_executor(None, task.publisher.publish, record)
+    producer = (task or default_task()).producer
+    record = producer.build(args, fields)
+    await asyncio.get_running_loop().run_in_executor(None, producer.publish, record)
     return record.response_id
 
 
 async def track_many_async(
-    records: Iterable[Mapping[str, Any]], *, task: TrackTask | None = None
+    records: Iterable[Mapping[str, Any]], *, task: HasProducer | None = None
 ) -> list[str]:
     """``track_many`` for async code: validate on the loop, one round trip off it.
 
     Every record is validated before any is published; returns the response_ids.
     """
-    task = task or _default_task()
-    built = task.build_many(records)
+    producer = (task or default_task()).producer
+    built = producer.build_many(records)
     if built:
-        await asyncio.get_running_loop().run_in_executor(None, task.publisher.publish_many, built)
+        await asyncio.get_running_loop().run_in_executor(None, producer.publish_many, built)
     return [record.response_id for record in built]

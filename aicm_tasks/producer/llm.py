@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 try:
     from aicostmanager.usage_utils import (
@@ -36,10 +36,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from aicm_tasks.errors import RecordValueError
-from aicm_tasks.producer.aio import _default_task, track_async
-
-if TYPE_CHECKING:
-    from aicm_tasks.tasks import TrackTask
+from aicm_tasks.producer.aio import track_async
+from aicm_tasks.producer.api import HasProducer, default_task
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +144,7 @@ def track_llm_usage(
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
     api_key_alias: str | None = None,
-    task: TrackTask | None = None,
+    task: HasProducer | None = None,
 ) -> Any:
     """Publish the usage of one LLM response; returns the response (for chaining).
 
@@ -171,8 +169,8 @@ def track_llm_usage(
         customer_key,
         context,
     )
-    result = (task or _default_task()).delay(**fields, api_key_alias=api_key_alias)
-    _attach(response, str(result.id))
+    producer = (task or default_task()).producer
+    _attach(response, producer.track({**fields, "api_key_alias": api_key_alias}))
     return response
 
 
@@ -185,7 +183,7 @@ async def track_llm_usage_async(
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
     api_key_alias: str | None = None,
-    task: TrackTask | None = None,
+    task: HasProducer | None = None,
 ) -> Any:
     """:func:`track_llm_usage` for async code: the publish runs off the event loop."""
     usage = get_usage_from_response(response, api_id_of(service_key_or_api_id))
@@ -256,7 +254,7 @@ def track_llm_stream_usage(
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
     api_key_alias: str | None = None,
-    task: TrackTask | None = None,
+    task: HasProducer | None = None,
 ) -> Iterator[Any]:
     """Yield the stream's chunks unchanged; publish its usage once, when it ends.
 
@@ -275,7 +273,7 @@ def track_llm_stream_usage(
         try:
             fields = seen.fields(response_id, timestamp, customer_key, context)
             if fields is not None:
-                (task or _default_task()).delay(**fields, api_key_alias=api_key_alias)
+                (task or default_task()).producer.track({**fields, "api_key_alias": api_key_alias})
         except Exception:
             if completed:
                 raise
@@ -291,7 +289,7 @@ async def track_llm_stream_usage_async(
     customer_key: str | None = None,
     context: dict[str, Any] | None = None,
     api_key_alias: str | None = None,
-    task: TrackTask | None = None,
+    task: HasProducer | None = None,
 ) -> AsyncIterator[Any]:
     """:func:`track_llm_stream_usage` for an async stream; the publish runs off the loop."""
     seen = StreamUsage(service_key_or_api_id, stream)

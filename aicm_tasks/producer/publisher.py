@@ -20,7 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.errors import PublishError
 from aicm_tasks.producer.record import Record
 from aicm_tasks.producer.spool import Spool

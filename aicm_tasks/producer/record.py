@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 from aicm_tasks.broker.messages import encode
 from aicm_tasks.contract import (
+    API_KEY_ALIAS_PATTERN,
     MAX_KEY_LENGTH,
     MAX_RESPONSE_ID_LENGTH,
     Problem,
@@ -45,9 +45,6 @@ __all__ = [
     "new_response_id",
     "normalize_timestamp",
 ]
-
-#: What an API-key alias may look like: a short name, safe in logs and metrics.
-API_KEY_ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 _dumps = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True

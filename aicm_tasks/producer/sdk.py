@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
@@ -25,10 +25,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from aicm_tasks.errors import RecordTypeError
+from aicm_tasks.producer.api import HasProducer, default_task
 from aicm_tasks.producer.record import check_api_key_alias
-
-if TYPE_CHECKING:
-    from aicm_tasks.tasks import TrackTask
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +75,9 @@ class CeleryDelivery(Delivery):
     the worker, not the producer, talks to ``/track``.
     """
 
-    def __init__(self, task: TrackTask | None = None, *, api_key_alias: str | None = None) -> None:
+    def __init__(
+        self, task: HasProducer | None = None, *, api_key_alias: str | None = None
+    ) -> None:
         # Delivery.__init__ is not called on purpose: it reads the API key and
         # opens an HTTP client, neither of which a producer should hold. These
         # are the attributes the SDK's Tracker and Delivery.deliver() use.
@@ -87,12 +87,10 @@ class CeleryDelivery(Delivery):
         self._body_key = "tracked"
 
     @property
-    def task(self) -> TrackTask:
+    def task(self) -> HasProducer:
         """The tracking task records are published with."""
         if self._task is None:
-            from aicm_tasks import track
-
-            self._task = track
+            self._task = default_task()
         return self._task
 
     # ``Tracker.__init__`` writes ``delivery.type`` to the user's AICM.INI when the
@@ -106,12 +104,12 @@ class CeleryDelivery(Delivery):
         return self._enqueue(payload)
 
     def _enqueue(self, payload: dict[str, Any]) -> dict[str, Any]:
-        task = self.task
+        producer = self.task.producer
         fields = sdk_record_fields(payload)
         if self.api_key_alias is not None:
             fields["api_key_alias"] = self.api_key_alias
-        record = task.build((), fields)
-        task.publisher.publish(record)
+        record = producer.build((), fields)
+        producer.publish(record)
         response_id = record.response_id
         return {
             "queued": 1,
@@ -121,7 +119,7 @@ class CeleryDelivery(Delivery):
 
     def close(self) -> None:
         """Push this process's spooled records to the broker, if any wait there."""
-        publisher = self.task.publisher
+        publisher = self.task.producer.publisher
         spool = publisher.spool
         if spool is None or not spool.has_records():
             return

@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from aicm_tasks.broker.records import Keys
+from aicm_tasks.broker.keys import Keys
 from aicm_tasks.errors import ConfigurationError, RecordError
 from aicm_tasks.producer.record import Record, build_record
 
@@ -82,11 +82,6 @@ class ImportReport:
             "invalid": len(self.invalid),
             "invalid_rows": [{"id": row, "reason": reason} for row, reason in self.invalid],
         }
-
-
-def imported_key(keys: Keys) -> str:
-    """The Redis set of response_ids an import has published."""
-    return f"{keys.prefix}:imported"
 
 
 def open_queue(path: Path, *, read_only: bool) -> sqlite3.Connection:
@@ -166,7 +161,7 @@ def import_sqlite_queue(
     """
     report = ImportReport(path=str(path), dry_run=dry_run)
     conn = open_queue(path, read_only=dry_run)
-    remembered = imported_key(keys)
+    remembered = keys.imported
     try:
         if not dry_run:
             with conn:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from aicm_tasks.contract import COST_GROUP_BY
 from aicm_tasks.server.catalog import split_service_key
 from aicm_tasks.server.store import RollupRow
 
-#: Ways ``GET /costs`` can group.
-GROUP_BY = ("day", "week", "month", "provider", "model", "service", "customer")
+#: Ways ``GET /costs`` can group (the contract's list).
+GROUP_BY = COST_GROUP_BY
 #: Utilisation at which a budget's status turns to ``warning``, in percent.
 WARNING_PERCENT = 80.0
 #: Dollars are reported rounded to this many decimals (costs are kept in nano-dollars).

@@ -17,7 +17,8 @@ import redis
 from celery import bootsteps
 from celery.worker import control
 
-from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.settings import Settings
 from aicm_tasks.worker.events import TaskEvents

@@ -18,15 +18,13 @@ from typing import Protocol
 
 import redis
 
+from aicm_tasks.broker.keys import RATE_BUCKET_S, Keys
 from aicm_tasks.broker.messages import Item
-from aicm_tasks.broker.records import Keys
 from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
 from aicm_tasks.worker.delivery import Summary
 
 logger = logging.getLogger(__name__)
 
-#: Width of one delivery-rate bucket, in seconds; status sums the last minute.
-RATE_BUCKET_S = 10
 #: How long rate buckets are kept, in seconds.
 RATE_KEEP_S = 3600
 #: Recent delivery errors kept for the monitor.
@@ -55,14 +53,6 @@ class Observer(Protocol):
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None: ...
 
 
-def rate_key(keys: Keys, bucket: int) -> str:
-    return f"{keys.prefix}:rate:{bucket}"
-
-
-def errors_key(keys: Keys) -> str:
-    return f"{keys.prefix}:errors"
-
-
 class RedisFigures:
     """Writes delivery-rate buckets and the last errors to Redis for status/monitor."""
 
@@ -76,7 +66,7 @@ class RedisFigures:
     def batch_settled(self, report: BatchReport) -> None:
         summary = report.summary
         now = time.time()
-        key = rate_key(self.keys, int(now // RATE_BUCKET_S))
+        key = self.keys.rate(int(now // RATE_BUCKET_S))
         with self.client.pipeline(transaction=False) as pipe:
             if summary.delivered:
                 pipe.hincrby(key, "delivered", summary.delivered)
@@ -93,8 +83,8 @@ class RedisFigures:
                     "retried": summary.retried,
                     "dead_lettered": summary.dead_lettered,
                 }
-                pipe.lpush(errors_key(self.keys), json.dumps(error))
-                pipe.ltrim(errors_key(self.keys), 0, LAST_ERRORS - 1)
+                pipe.lpush(self.keys.errors, json.dumps(error))
+                pipe.ltrim(self.keys.errors, 0, LAST_ERRORS - 1)
             pipe.execute()
 
     def housekeeping(self, depth: dict[str, int]) -> None:

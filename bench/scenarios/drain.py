@@ -107,7 +107,9 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
                 drained = drain_once(bench, contender)
             except Exception as exc:
                 attempt(
-                    (spawn_all, ready_all, steady), f"drain {contender.kind} run {run_index + 1}", exc
+                    (spawn_all, ready_all, steady),
+                    f"drain {contender.kind} run {run_index + 1}",
+                    exc,
                 )
                 continue
             stats, per_1k = drained.stats, 1000 / contender.count
@@ -199,4 +201,6 @@ def watch(
         sampler.stop()
     stub_cpu_s = cpu_seconds(bench.stub_pid) - stub_cpu_before
     commands = bench.redis_commands() - commands_before
-    return Drained(start_s, ready_s, stats, sampler.peak_mb, sampler.cpu_used_s, stub_cpu_s, commands)
+    return Drained(
+        start_s, ready_s, stats, sampler.peak_mb, sampler.cpu_used_s, stub_cpu_s, commands
+    )

@@ -9,8 +9,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import decode
-from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.cli import main
 from aicm_tasks.devtools.processes import free_port
 from aicm_tasks.producer.record import build_record

@@ -29,7 +29,8 @@ import pytest
 import redis
 
 from aicm_tasks import create_app
-from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import free_port
 from aicm_tasks.producer.spool import Spool
 from aicm_tasks.settings import Settings

@@ -20,7 +20,8 @@ import redis
 
 from aicm_tasks import create_app
 from aicm_tasks.broker.dead_letters import DeadLetterStore
-from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import (
     free_port,
     start_redis,

@@ -7,7 +7,8 @@ from unittest import mock
 
 import redis
 
-from aicm_tasks.broker.records import Keys, RecordStore, Resolution
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import RecordStore, Resolution
 
 KEYS = Keys("aicm.tracking", "aicm")
 

@@ -11,7 +11,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from aicm_tasks.broker.records import Keys, RecordStore, Resolution
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import RecordStore, Resolution
 from tests.conftest import _real_redis_or_skip
 
 KEYS = Keys("sm.queue", "sm")

@@ -7,8 +7,9 @@ import pytest
 import redis
 
 from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection
+from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import decode
-from aicm_tasks.broker.records import Keys, RecordStore
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.errors import DeadLetterNotFoundError
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.worker.delivery import deliver, plan

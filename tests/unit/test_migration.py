@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from aicm_tasks.broker.records import Keys
-from aicm_tasks.producer.sqlite_import import import_sqlite_queue, imported_key
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.producer.sqlite_import import import_sqlite_queue
 
 KEYS = Keys("aicm.tracking", "aicm")
 SDK_SCHEMA = """CREATE TABLE queue (
@@ -59,7 +59,7 @@ def test_valid_rows_are_published_in_order_across_chunks(
     report = import_sqlite_queue(path, any_redis, KEYS, chunk=2)
     assert report.published == 5 and report.found == {"queued": 5, "processing": 0, "failed": 0}
     assert pushed(any_redis) == [f"r{n}" for n in range(5)]
-    assert any_redis.scard(imported_key(KEYS)) == 5
+    assert any_redis.scard(KEYS.imported) == 5
     assert left_in_queue(path) == []
 
 

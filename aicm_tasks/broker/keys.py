@@ -1,0 +1,88 @@
+"""Every Redis key name aicm-tasks uses, for one queue and key prefix.
+
+One place, so that a reader (or a new broker layout: Redis Cluster hash tags)
+sees the whole keyspace at once::
+
+    <queue>                        list: records ready for delivery (LPUSH in, taken from the right)
+    <prefix>:batch:<consumer>:<n>  list: one batch held by a worker
+    <prefix>:held:<consumer>       set: that worker's batch keys (its fencing tokens)
+    <prefix>:consumers             zset: worker -> lease deadline (server clock)
+    <prefix>:seen                  hash: worker -> when it last renewed its lease
+    <prefix>:scheduled             zset: retries and countdowns, by due time
+    <prefix>:dlq, <prefix>:dlq:index   hash + zset: dead letters and their times
+    <prefix>:stats                 hash: totals (delivered, dead_lettered:<reason>, ...)
+    <prefix>:rate:<bucket>         hash: delivered per RATE_BUCKET_S bucket
+    <prefix>:errors                list: the last delivery errors, for the monitor
+    <prefix>:redis-settings        hash: the broker's settings as a worker last read them
+    <prefix>:imported              set: SDK queue rows already imported
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Width of one delivery-rate bucket, in seconds; status sums the last minute.
+RATE_BUCKET_S = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The Redis key names for one queue and key prefix."""
+
+    queue: str
+    prefix: str
+
+    @property
+    def scheduled(self) -> str:
+        return f"{self.prefix}:scheduled"
+
+    @property
+    def consumers(self) -> str:
+        return f"{self.prefix}:consumers"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}:dlq"
+
+    @property
+    def dlq_index(self) -> str:
+        return f"{self.prefix}:dlq:index"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+    @property
+    def seen(self) -> str:
+        """Hash: consumer -> when it last renewed its lease (epoch seconds)."""
+        return f"{self.prefix}:seen"
+
+    @property
+    def redis_settings(self) -> str:
+        """Hash: the broker's eviction and persistence settings as a worker last read them."""
+        return f"{self.prefix}:redis-settings"
+
+    @property
+    def errors(self) -> str:
+        """List: the last delivery errors, newest first (for ``monitor``)."""
+        return f"{self.prefix}:errors"
+
+    @property
+    def imported(self) -> str:
+        """Set: the SDK queue rows (by payload digest) already imported."""
+        return f"{self.prefix}:imported"
+
+    @property
+    def batch_prefix(self) -> str:
+        """How every batch key begins (what SWEEP scans for)."""
+        return f"{self.prefix}:batch:"
+
+    def rate(self, bucket: int) -> str:
+        """Hash: what was delivered in rate bucket ``bucket`` (epoch seconds // RATE_BUCKET_S)."""
+        return f"{self.prefix}:rate:{bucket}"
+
+    def held(self, consumer: str) -> str:
+        return f"{self.prefix}:held:{consumer}"
+
+    def batch(self, consumer: str, number: int) -> str:
+        return f"{self.prefix}:batch:{consumer}:{number}"

@@ -1,0 +1,140 @@
+"""The producer's one entry point: build records, publish them.
+
+``track.delay`` (``tasks.py``), ``track_async`` (``aio.py``), ``CeleryDelivery``
+(``sdk.py``) and ``track_llm_usage`` (``llm.py``) all go through a
+:class:`Producer`: one per tracking task, so they share its publisher (one
+Redis connection pool) and its spool directory. Nothing here knows Celery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from aicm_tasks.errors import RecordTypeError, RecordValueError
+from aicm_tasks.producer.publisher import Publisher
+from aicm_tasks.producer.record import Record, build_record, legacy_service_key
+from aicm_tasks.settings import Settings
+
+#: The keyword fields of a record besides ``service_key`` and ``usage``.
+RECORD_FIELDS = ("response_id", "timestamp", "customer_key", "context", "api_key_alias")
+
+
+def build(args: tuple[Any, ...], fields: dict[str, Any], *, max_bytes: int) -> Record:
+    """Validate call arguments into a :class:`Record` (nothing is published).
+
+    ``args`` is ``(service_key, usage)``, ``(service_key,)`` with ``usage`` in
+    ``fields``, the older ``(api_id, service_id, usage)``, or empty with both in
+    ``fields``. ``fields`` is consumed (``service_key`` and ``usage`` are popped).
+    ``max_bytes`` is the largest serialised record (``AICM_MAX_RECORD_BYTES``).
+    """
+    unknown = set(fields) - {*RECORD_FIELDS, "service_key", "usage"}
+    if unknown:
+        raise RecordTypeError(
+            sorted(unknown)[0],
+            "is not a field of a record "
+            "(service_key, usage, response_id, timestamp, customer_key, context, "
+            "api_key_alias)",
+        )
+    if len(args) == 3:  # the older (api_id, service_id, usage) shape
+        service_key, usage = legacy_service_key(args[0], args[1]), args[2]
+    elif len(args) == 2:
+        service_key, usage = args
+    elif len(args) == 1:
+        service_key, usage = args[0], fields.pop("usage", None)
+    elif not args:
+        service_key, usage = fields.pop("service_key", None), fields.pop("usage", None)
+    else:
+        raise RecordTypeError(
+            "args",
+            f"takes (service_key, usage) or (api_id, service_id, usage), got {len(args)} values",
+        )
+    if "service_key" in fields or "usage" in fields:
+        raise RecordTypeError("service_key", "given both positionally and by name")
+    return build_record(service_key, usage, max_bytes=max_bytes, **fields)
+
+
+def build_many(records: Iterable[Mapping[str, Any]], *, max_bytes: int) -> list[Record]:
+    """Validate many records, each a mapping of :func:`build`'s keyword fields.
+
+    Every record is validated before any is returned: one bad record raises,
+    its index in the message (``records[3].usage: ...``).
+    """
+    built: list[Record] = []
+    for index, fields in enumerate(records):
+        if not isinstance(fields, Mapping):
+            raise RecordTypeError(
+                f"records[{index}]", f"must be a mapping, not {type(fields).__name__}"
+            )
+        try:
+            built.append(build((), dict(fields), max_bytes=max_bytes))
+        except (RecordTypeError, RecordValueError) as exc:
+            raise type(exc)(f"records[{index}].{exc.field}", str(exc).split(": ", 1)[-1]) from None
+    return built
+
+
+class Producer:
+    """Build and publish records with one :class:`Settings`.
+
+    The publisher (and its Redis pool and spool) is opened on the first
+    publish, not when the producer is made: building one costs nothing.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._publisher: Publisher | None = None
+
+    @property
+    def publisher(self) -> Publisher:
+        """The publisher records go through (opened on first use)."""
+        if self._publisher is None:
+            self._publisher = Publisher(self.settings)
+        return self._publisher
+
+    def build(
+        self, args: tuple[Any, ...], fields: dict[str, Any], *, max_bytes: int | None = None
+    ) -> Record:
+        """:func:`build` with ``max_bytes`` defaulting to ``AICM_MAX_RECORD_BYTES``."""
+        if max_bytes is None:
+            max_bytes = self.settings.max_record_bytes
+        return build(args, fields, max_bytes=max_bytes)
+
+    def build_many(self, records: Iterable[Mapping[str, Any]]) -> list[Record]:
+        """:func:`build_many` with ``AICM_MAX_RECORD_BYTES``."""
+        return build_many(records, max_bytes=self.settings.max_record_bytes)
+
+    def publish(self, record: Record, *, due_epoch_s: float | None = None) -> None:
+        """Publish one record (deliverable from ``due_epoch_s``, default now)."""
+        self.publisher.publish(record, due_epoch_s=due_epoch_s)
+
+    def track(self, fields: dict[str, Any]) -> str:
+        """Build one record from keyword ``fields`` and publish it; its ``response_id``."""
+        record = self.build((), fields)
+        self.publish(record)
+        return record.response_id
+
+    def publish_many(self, records: Sequence[Record]) -> None:
+        """Publish many records in one broker round trip."""
+        self.publisher.publish_many(records)
+
+
+class HasProducer(Protocol):
+    """What ``track_async``, ``CeleryDelivery`` and ``track_llm_usage`` take as
+    ``task``: a tracking task (``aicm_tasks.track``, or one of another app)."""
+
+    @property
+    def producer(self) -> Producer: ...
+
+
+def default_task() -> HasProducer:
+    """The package's ``track`` task: its app is built on first use from ``AICM_*``.
+
+    Looked up at call time, not import time: ``aicm_tasks/__init__.py`` imports
+    this package, and a helper given its own ``task`` never builds the default
+    app. The one import upwards in the producer (import-linter allows exactly
+    this one, see pyproject.toml).
+    """
+    import aicm_tasks
+
+    track: HasProducer = aicm_tasks.track
+    return track
