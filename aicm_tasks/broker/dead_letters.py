@@ -17,27 +17,10 @@ from typing import Any, TextIO
 
 import redis
 
+from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import encode
 from aicm_tasks.errors import DeadLetterNotFoundError
-
-REPLAY_LUA = """
--- KEYS: dlq, dlq_index, queue; ARGV: id, message. Only an entry still stored is replayed.
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('LPUSH', KEYS[3], ARGV[2])
-return 1
-"""
-
-PURGE_LUA = """
--- KEYS: dlq, dlq_index; ARGV: ids
-local removed = 0
-for _, id in ipairs(ARGV) do
-  removed = removed + redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
-return removed
-"""
 
 #: Entries read per round trip when scanning the store.
 PAGE = 500
@@ -72,8 +55,8 @@ class DeadLetterStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._replay = client.register_script(REPLAY_LUA)
-        self._purge = client.register_script(PURGE_LUA)
+        self._replay = client.register_script(scripts.source("replay"))
+        self._purge = client.register_script(scripts.source("purge"))
 
     def count(self) -> int:
         """How many dead letters are stored."""

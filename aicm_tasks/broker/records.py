@@ -25,7 +25,8 @@ host's: hosts' clocks differ, and a worker running ahead by the redelivery
 timeout would otherwise reclaim live batches. A batch's registration in its
 worker's held set is its fencing token: granted once when the batch is created,
 revoked for good by a reclaim, so a worker can never settle (or dead-letter, or
-count) records another worker took back. These moves are Lua scripts because each must
+count) records another worker took back. These moves are Lua scripts
+(``broker/lua/*.lua``, read by :mod:`aicm_tasks.broker.scripts`) because each must
 be atomic: kombu's own Redis consumer pops a message (BRPOP) and records it as
 unacknowledged in a second round trip, so a kill in between loses it.
 
@@ -41,199 +42,8 @@ from typing import Any
 
 import redis
 
+from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
-
-#: Every script below reads the clock with ``TIME``: leases, their expiry and
-#: retry due times are decided on the Redis server's clock, never a host's, so a
-#: worker whose clock runs ahead cannot reclaim live batches. (Since Redis 5,
-#: scripts replicate their effects, so a script that reads TIME may write.)
-_NOW = """
-local _t = redis.call('TIME')
-local now = tonumber(_t[1]) + tonumber(_t[2]) / 1000000
-"""
-
-FETCH_LUA = (
-    """
--- KEYS: queue, batch, held, consumers; ARGV: count, consumer, lease_s, first
--- The first FETCH of a batch registers it in the held set; every later one
--- (while the batch fills) requires it still to be there. Batch keys are never
--- reused, so membership is a fencing token: granted once, at creation, and
--- revoked for good by RECLAIM or SWEEP. A batch whose token was revoked takes
--- nothing more from the queue (returns nil) and can never be settled.
-"""
-    + _NOW
-    + """
-if ARGV[4] == '1' then
-  redis.call('SADD', KEYS[3], KEYS[2])
-elseif redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
-  return false
-end
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
-local n = tonumber(ARGV[1])
-if n <= 0 then return {} end
-local items = redis.call('LRANGE', KEYS[1], -n, -1)
-if #items > 0 then
-  redis.call('LTRIM', KEYS[1], 0, -(#items) - 1)
-  redis.call('RPUSH', KEYS[2], unpack(items))
-end
-return items
-"""
-)
-
-#: Pushes what a batch key holds back to the consuming end of the queue and
-#: deletes it (in chunks: Lua's unpack takes about 8,000 values at most).
-_RETURN_BATCH = """
-local function return_batch(batch, queue)
-  local items = redis.call('LRANGE', batch, 0, -1)
-  for i = 1, #items, 1000 do
-    redis.call('RPUSH', queue, unpack(items, i, math.min(i + 999, #items)))
-  end
-  redis.call('DEL', batch)
-  return #items
-end
-"""
-
-RESOLVE_LUA = (
-    """
--- KEYS: batch, held, scheduled, dlq, dlq_index, stats, queue
--- ARGV: n_retry, n_dead, n_stats, then n_retry x (delay_s, message),
---       n_dead x (id, entry), n_stats x (field, increment)
-"""
-    + _NOW
-    + _RETURN_BATCH
-    + """
-if redis.call('SREM', KEYS[2], KEYS[1]) == 0 then
-  -- Not ours any more (fenced off by RECLAIM or SWEEP). Whatever the key still
-  -- holds (a BLMOVE that completed after the reclaim) goes back to the queue.
-  return_batch(KEYS[1], KEYS[7])
-  return 0
-end
-redis.call('DEL', KEYS[1])
-local n_retry, n_dead, n_stats = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local i = 4
-for _ = 1, n_retry do
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[i]), ARGV[i + 1]); i = i + 2
-end
-for _ = 1, n_dead do
-  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[5], now, ARGV[i]); i = i + 2
-end
-for _ = 1, n_stats do
-  redis.call('HINCRBY', KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2
-end
-return 1
-"""
-)
-
-RELEASE_LUA = (
-    """
--- KEYS: batch, held, queue. Hands a batch back to the consuming end of the queue,
--- registered or not: a key that still exists holds records nobody else will return.
-"""
-    + _RETURN_BATCH
-    + """
-redis.call('SREM', KEYS[2], KEYS[1])
-return return_batch(KEYS[1], KEYS[3])
-"""
-)
-
-RECLAIM_LUA = (
-    """
--- KEYS: consumers, queue; ARGV: key_prefix, the caller (never reclaims itself)
-"""
-    + _NOW
-    + _RETURN_BATCH
-    + """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
-local moved = 0
-for _, consumer in ipairs(expired) do
-  if consumer ~= ARGV[2] then
-    local held = ARGV[1] .. ':held:' .. consumer
-    for _, batch in ipairs(redis.call('SMEMBERS', held)) do
-      moved = moved + return_batch(batch, KEYS[2])
-    end
-    redis.call('DEL', held)
-    redis.call('ZREM', KEYS[1], consumer)
-  end
-end
-return moved
-"""
-)
-
-SWEEP_LUA = (
-    """
--- KEYS: batch, held (of the batch's consumer), consumers, queue; ARGV: consumer
--- Returns a batch key to the queue unless a live lease covers it: registered in
--- its consumer's held set, and that consumer's lease not yet expired. Whatever
--- left a key uncovered (a BLMOVE that completed after a reclaim, then a kill),
--- its records go back; -1 when the key is covered and left alone.
-"""
-    + _NOW
-    + _RETURN_BATCH
-    + """
-if redis.call('SISMEMBER', KEYS[2], KEYS[1]) == 1 then
-  local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
-  if deadline and tonumber(deadline) > now then return -1 end
-  redis.call('SREM', KEYS[2], KEYS[1])
-end
-return return_batch(KEYS[1], KEYS[4])
-"""
-)
-
-RENEW_LUA = (
-    """
--- KEYS: consumers, seen; ARGV: consumer, lease_s. Returns the server's time.
-"""
-    + _NOW
-    + """
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], tostring(now))
-return tostring(now)
-"""
-)
-
-DROP_LEASE_LUA = """
--- KEYS: consumers, held; ARGV: consumer. Only a consumer that holds nothing may leave
--- at once; one still holding batches keeps its lease so that RECLAIM returns them.
-if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
-"""
-
-PROMOTE_LUA = (
-    """
--- KEYS: scheduled, queue; ARGV: limit, now (empty: the server's clock)
-"""
-    + _NOW
-    + """
-if ARGV[2] ~= '' then now = tonumber(ARGV[2]) end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
-if #due > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(due))
-  redis.call('ZREM', KEYS[1], unpack(due))
-end
-return #due
-"""
-)
-
-FORGET_UNSEEN_LUA = (
-    """
--- KEYS: seen, consumers; ARGV: older_than_s. Drops ``seen`` entries of workers
--- gone longer than that (and holding no lease), on the server's clock.
-"""
-    + _NOW
-    + """
-local flat = redis.call('HGETALL', KEYS[1])
-local dropped = 0
-for i = 1, #flat, 2 do
-  if tonumber(flat[i + 1]) < now - tonumber(ARGV[1])
-     and not redis.call('ZSCORE', KEYS[2], flat[i]) then
-    redis.call('HDEL', KEYS[1], flat[i]); dropped = dropped + 1
-  end
-end
-return dropped
-"""
-)
 
 #: Most scheduled records moved back to the queue by one PROMOTE call; the Lua
 #: ``unpack`` limit is about 8,000 values.
@@ -260,15 +70,15 @@ class RecordStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._fetch = client.register_script(FETCH_LUA)
-        self._resolve = client.register_script(RESOLVE_LUA)
-        self._release = client.register_script(RELEASE_LUA)
-        self._reclaim = client.register_script(RECLAIM_LUA)
-        self._sweep = client.register_script(SWEEP_LUA)
-        self._renew = client.register_script(RENEW_LUA)
-        self._promote = client.register_script(PROMOTE_LUA)
-        self._drop_lease = client.register_script(DROP_LEASE_LUA)
-        self._forget_unseen = client.register_script(FORGET_UNSEEN_LUA)
+        self._fetch = client.register_script(scripts.source("fetch"))
+        self._resolve = client.register_script(scripts.source("resolve"))
+        self._release = client.register_script(scripts.source("release"))
+        self._reclaim = client.register_script(scripts.source("reclaim"))
+        self._sweep = client.register_script(scripts.source("sweep"))
+        self._renew = client.register_script(scripts.source("renew"))
+        self._promote = client.register_script(scripts.source("promote"))
+        self._drop_lease = client.register_script(scripts.source("drop_lease"))
+        self._forget_unseen = client.register_script(scripts.source("forget_unseen"))
 
     # -- producer side ---------------------------------------------------------
     def push(self, message: bytes) -> None:
