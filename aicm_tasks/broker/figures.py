@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aicm_tasks.broker.keys import RATE_BUCKET_S
+from aicm_tasks.broker.keys import RATE_BUCKET_S, dead_lettered_by_reason
 from aicm_tasks.broker.messages import decode, record_of
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import UNKNOWN, BrokerSettings, judge_settings, read_settings
@@ -92,9 +92,7 @@ def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Fi
         held=depth["held"],
         scheduled=depth["scheduled"],
         dead_letters=depth["dead_letters"],
-        dead_letters_by_reason={
-            k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("dead_lettered:")
-        },
+        dead_letters_by_reason=dead_lettered_by_reason(stats),
         delivered_last_minute=delivered,
         delivered_per_s=round(delivered / span_s, 1),
         workers_alive=alive,

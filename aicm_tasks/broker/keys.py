@@ -19,7 +19,12 @@ sees the whole keyspace at once::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+#: Field of the ``<prefix>:stats`` hash counting records dead-lettered for one
+#: reason: ``dead_lettered:<reason>``.
+DEAD_LETTERED_FIELD = "dead_lettered:"
 
 #: Width of one delivery-rate bucket, in seconds; status sums the last minute.
 RATE_BUCKET_S = 10
@@ -86,3 +91,17 @@ class Keys:
 
     def batch(self, consumer: str, number: int) -> str:
         return f"{self.prefix}:batch:{consumer}:{number}"
+
+
+def dead_lettered_field(reason: str) -> str:
+    """The stats field counting records dead-lettered for ``reason``."""
+    return DEAD_LETTERED_FIELD + reason
+
+
+def dead_lettered_by_reason(stats: Mapping[str, int]) -> dict[str, int]:
+    """Reason -> count, read from the stats hash's ``dead_lettered:<reason>`` fields."""
+    return {
+        field.removeprefix(DEAD_LETTERED_FIELD): count
+        for field, count in stats.items()
+        if field.startswith(DEAD_LETTERED_FIELD)
+    }

@@ -26,7 +26,7 @@ import httpx
 import redis
 
 from aicm_tasks.app import create_app
-from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.keys import Keys, dead_lettered_by_reason
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import (
     free_port,
@@ -220,9 +220,7 @@ class Demo:
         return Summary(
             published=self.records,
             delivered=stats.get("delivered", 0),
-            dead_lettered={
-                k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("dead_lettered:")
-            },
+            dead_lettered=dead_lettered_by_reason(stats),
             unique_at_server=int(server.get("events", 0)),
             duplicates_at_server=int(server.get("duplicates", 0)),
             seconds=seconds,
@@ -234,7 +232,7 @@ class Demo:
 
     def _progress(self, published: int, started: float) -> Progress:
         stats = self.store.stats()
-        dead = sum(v for k, v in stats.items() if k.startswith("dead_lettered:"))
+        dead = sum(dead_lettered_by_reason(stats).values())
         return Progress(published, stats.get("delivered", 0), dead, time.monotonic() - started)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aicm_tasks.broker.keys import dead_lettered_field
 from aicm_tasks.broker.messages import Item, batch_body, decode, encode, malformed_id, record_of
 from aicm_tasks.broker.records import Resolution
 from aicm_tasks.worker.outcomes import (
@@ -296,7 +297,7 @@ def plan(
         else:
             retries.append(decided)
     stats = {"delivered": delivered, "retried": len(retries)}
-    stats.update({f"dead_lettered:{reason}": n for reason, n in dead_counts.items()})
+    stats.update({dead_lettered_field(reason): n for reason, n in dead_counts.items()})
     stats = {k: v for k, v in stats.items() if v}
     dead_ids = tuple(dead_id for dead_id, _ in dead)
     exhausted = set(dead_ids)

@@ -20,7 +20,7 @@ import redis
 
 from aicm_tasks import create_app
 from aicm_tasks.broker.dead_letters import DeadLetterStore
-from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.keys import Keys, dead_lettered_by_reason
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import (
     free_port,
@@ -143,9 +143,7 @@ class Pipeline:
 
     def settled(self) -> int:
         stats = self.store.stats()
-        return stats.get("delivered", 0) + sum(
-            v for k, v in stats.items() if k.startswith("dead_lettered:")
-        )
+        return stats.get("delivered", 0) + sum(dead_lettered_by_reason(stats).values())
 
     def wait_settled(self, count: int, timeout_s: float = 120) -> None:
         wait_until(
