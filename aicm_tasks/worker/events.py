@@ -25,8 +25,7 @@ from typing import Any
 from celery import Celery
 
 from aicm_tasks.broker.messages import Item, record_of
-from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
-from aicm_tasks.worker.observe import BatchReport
+from aicm_tasks.worker.observe import BatchReport, Observer
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ TASK_NAME = "aicm_tasks.deliver_batch"
 SHOWN = 10
 
 
-class TaskEvents:
+class TaskEvents(Observer):
     """Sends a settled batch as task events from the worker's hostname."""
 
     def __init__(self, app: Celery, hostname: str, *, show_payloads: bool = False) -> None:
@@ -45,15 +44,6 @@ class TaskEvents:
         self.show_payloads = show_payloads
         self._lock = threading.Lock()  # a kombu producer is not thread-safe
         self._dispatcher: Any = None
-
-    def request_done(self, http_status: int | None, seconds: float) -> None:
-        return None
-
-    def housekeeping(self, depth: dict[str, int]) -> None:
-        return None
-
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
-        return None
 
     def batch_settled(self, report: BatchReport) -> None:
         task_id = uuid.uuid4().hex

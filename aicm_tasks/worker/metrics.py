@@ -11,13 +11,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from aicm_tasks.broker.redis_settings import BrokerSettings, Finding, evicts_records
-from aicm_tasks.worker.observe import BatchReport
+from aicm_tasks.worker.observe import BatchReport, Observer
 
 BATCH_BUCKETS = (1, 10, 50, 100, 200, 500, 750, 1000)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class Metrics:
+class Metrics(Observer):
     """The worker's metrics; an observer of the delivery service."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import redis
 
@@ -41,27 +40,59 @@ class BatchReport:
     items: Sequence[Item]
 
 
-class Observer(Protocol):
-    """Receives what the delivery service does; must not raise, must be quick."""
+class Observer:
+    """Receives what the delivery service does; must be quick. Each method does
+    nothing here: an observer overrides the ones it cares about."""
 
-    def request_done(self, http_status: int | None, seconds: float) -> None: ...
+    def request_done(self, http_status: int | None, seconds: float) -> None:
+        """After each POST: its HTTP status (None: no response) and its duration."""
 
-    def batch_settled(self, report: BatchReport) -> None: ...
+    def batch_settled(self, report: BatchReport) -> None:
+        """After each batch's fate was written to Redis."""
 
-    def housekeeping(self, depth: dict[str, int]) -> None: ...
+    def housekeeping(self, depth: dict[str, int]) -> None:
+        """Every few housekeeping rounds: the queue depth, held, scheduled, dead letters."""
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None: ...
+    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+        """After each reading of the broker's eviction and persistence settings."""
 
 
-class RedisFigures:
+class Observers(Observer):
+    """Every observer, called in turn. One that raises is logged and the others
+    still hear: a broken metrics exporter must never stop a delivery."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self.observers = tuple(observers)
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+    def _each(self, call: Callable[[Observer], None], what: str) -> None:
+        for observer in self.observers:
+            try:
+                call(observer)
+            except Exception:
+                logger.exception("observer %s failed in %s", type(observer).__name__, what)
+
+    def request_done(self, http_status: int | None, seconds: float) -> None:
+        self._each(lambda o: o.request_done(http_status, seconds), "request_done")
+
+    def batch_settled(self, report: BatchReport) -> None:
+        self._each(lambda o: o.batch_settled(report), "batch_settled")
+
+    def housekeeping(self, depth: dict[str, int]) -> None:
+        self._each(lambda o: o.housekeeping(depth), "housekeeping")
+
+    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+        self._each(lambda o: o.redis_settings_read(settings, findings), "redis_settings_read")
+
+
+class RedisFigures(Observer):
     """Writes delivery-rate buckets and the last errors to Redis for status/monitor."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-
-    def request_done(self, http_status: int | None, seconds: float) -> None:
-        return None
 
     def batch_settled(self, report: BatchReport) -> None:
         summary = report.summary
@@ -87,9 +118,6 @@ class RedisFigures:
                 pipe.ltrim(self.keys.errors, 0, LAST_ERRORS - 1)
             pipe.execute()
 
-    def housekeeping(self, depth: dict[str, int]) -> None:
-        return None
-
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         """Keep what the worker read, for a ``status`` that may not run CONFIG itself."""
         key = self.keys.redis_settings
@@ -98,12 +126,3 @@ class RedisFigures:
             # redis-py's hint wants Mapping[str | bytes | ..., ...]; a dict[str, str] is one.
             pipe.hset(key, mapping=settings.as_hash())  # type: ignore[arg-type]
             pipe.execute()
-
-
-def notify(observers: Sequence[Observer], method: str, *args: object) -> None:
-    """Call ``method`` on every observer; an observer's failure is logged, never raised."""
-    for observer in observers:
-        try:
-            getattr(observer, method)(*args)
-        except Exception:
-            logger.exception("observer %s failed in %s", type(observer).__name__, method)

@@ -29,7 +29,7 @@ from aicm_tasks.broker.redis_settings import (
     read_settings,
 )
 from aicm_tasks.worker.delivery import Post, Summary, attempt, plan, plan_after_error
-from aicm_tasks.worker.observe import BatchReport, Observer, notify
+from aicm_tasks.worker.observe import BatchReport, Observer, Observers
 from aicm_tasks.worker.outcomes import BatchVerdict
 from aicm_tasks.worker.retry import BackoffPolicy
 
@@ -93,7 +93,7 @@ class DeliveryService:
         self.policy = policy
         self.auth_retry_interval_s = auth_retry_interval_s
         self.lease_s = redelivery_timeout_s
-        self.observers = list(observers)
+        self.observers = Observers(observers)
         self.settings_check_interval_s = settings_check_interval_s
         self._last_findings: list[Finding] | None = None
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -257,7 +257,7 @@ class DeliveryService:
             )
             return
         self._log_batch(summary, elapsed_s=elapsed_s)
-        notify(self.observers, "batch_settled", BatchReport(batch_key, summary, elapsed_s, items))
+        self.observers.batch_settled(BatchReport(batch_key, summary, elapsed_s, items))
 
     def _timed(self, post: Post) -> Post:
         """``post``, telling observers how each request went."""
@@ -265,7 +265,7 @@ class DeliveryService:
         def timed_post(body: bytes) -> BatchVerdict:
             started = time.monotonic()
             verdict = post(body)
-            notify(self.observers, "request_done", verdict.http_status, time.monotonic() - started)
+            self.observers.request_done(verdict.http_status, time.monotonic() - started)
             return verdict
 
         return timed_post
@@ -349,7 +349,7 @@ class DeliveryService:
                     checked_at = time.monotonic()
                     self._check_redis_settings_safely()
                 if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
-                    notify(self.observers, "housekeeping", self.store.depth())
+                    self.observers.housekeeping(self.store.depth())
                 self.store.promote_due()
                 reclaimed = self.store.reclaim_expired(self.consumer)
                 if reclaimed:
@@ -420,7 +420,7 @@ class DeliveryService:
                 settings.maxmemory_policy,
                 settings.source,
             )
-        notify(self.observers, "redis_settings_read", settings, findings)
+        self.observers.redis_settings_read(settings, findings)
         return findings
 
     def _retrying(self, what: str, action: Callable[[], bool | None]) -> bool:
