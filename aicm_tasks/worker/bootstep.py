@@ -121,6 +121,9 @@ def build_service(
     store = RecordStore(client, Keys(settings.queue, settings.key_prefix))
     options["observers"] = [RedisFigures(client, store.keys), *extra_observers]
     options["aliases"] = {alias: transport.sender(alias) for alias in transport.aliases}
+    # Its pooled connections are closed when the service stops (not at exit):
+    # a worker stopped and started again by Celery builds a new transport.
+    options["on_stopped"] = [transport.close]
     options.update(overrides)
     return DeliveryService(store, transport.poster(), **options)
 

@@ -81,8 +81,12 @@ class DeliveryService:
         observers: Sequence[Observer] = (),
         aliases: Mapping[str, Post] | None = None,
         settings_check_interval_s: float = CHECK_INTERVAL_S,
+        on_stopped: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.store = store
+        #: Called once every thread has stopped (the transport's close): never
+        #: while a delivery thread that outlived the grace period may still POST.
+        self.on_stopped = tuple(on_stopped)
         #: How batches are sent: with the default key (None: no default key),
         #: and with each API-key alias's key.
         self.post = self._timed(post) if post is not None else None
@@ -155,6 +159,12 @@ class DeliveryService:
                 self.store.drop_lease(self.consumer)
             except redis.RedisError as exc:
                 logger.warning("could not drop lease at shutdown: %s", exc)
+        if not any(t.is_alive() for t in self._threads):
+            for close in self.on_stopped:
+                try:
+                    close()
+                except Exception:
+                    logger.exception("could not close %r at shutdown", close)
         logger.info("delivery stopped: consumer=%s", self.consumer)
 
     @property
@@ -174,7 +184,7 @@ class DeliveryService:
             except redis.RedisError as exc:
                 logger.warning("broker error in delivery (%s); retrying in %.1fs", exc, pause_s)
                 self._stop.wait(pause_s)
-                pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+                pause_s = _next_pause_s(pause_s)
             except Exception:  # a bug must not kill the thread
                 logger.exception("unexpected error in delivery; the batch goes back to the queue")
                 self._stop.wait(REDIS_RETRY_MAX_S)
@@ -367,7 +377,7 @@ class DeliveryService:
                 pause_s = HOUSEKEEPING_INTERVAL_S
             except redis.RedisError as exc:
                 logger.warning("broker error in housekeeping: %s", exc)
-                pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+                pause_s = _next_pause_s(pause_s)
 
     def _check_clock(self, server_now: float) -> None:
         """Warn when this host's clock is far from the Redis server's.
@@ -449,7 +459,15 @@ class DeliveryService:
                     "broker error (%s) while trying to %s; retrying in %.1fs", exc, what, pause_s
                 )
                 time.sleep(pause_s)
-                pause_s = min(pause_s * 2, REDIS_RETRY_MAX_S)
+                pause_s = _next_pause_s(pause_s)
+
+
+def _next_pause_s(pause_s: float) -> float:
+    """The wait after another broker error: doubled, at most REDIS_RETRY_MAX_S.
+
+    No jitter: one worker's threads back off from one Redis, and a reconnect
+    storm of a few threads per worker is not worth spreading out."""
+    return min(pause_s * 2, REDIS_RETRY_MAX_S)
 
 
 def _some(ids: tuple[str, ...], most: int = 10) -> str:
