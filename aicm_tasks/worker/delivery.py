@@ -1,7 +1,7 @@
 """Deliver one batch and decide every record's fate; plain functions, no Celery, no Redis.
 
-:func:`deliver` sends a batch through a ``post`` callable (the transport) and
-returns one :class:`Outcome` per message; :func:`plan` turns outcomes into the
+:func:`attempt` sends a batch through a ``post`` callable (the transport) and
+decides every record's fate (an :class:`Attempt`); :func:`plan` turns those into the
 :class:`~aicm_tasks.broker.records.Resolution` that the broker applies atomically.
 """
 
@@ -80,21 +80,6 @@ class Attempt:
     failed: list[Outcome] = field(default_factory=list)
     #: POSTs it took.
     requests: int = 0
-
-    def outcomes(self) -> list[Outcome]:
-        """One outcome per record, the delivered ones included."""
-        delivered = [Outcome(item, Fate.DELIVERED, "delivered") for item in self.delivered]
-        return delivered + self.failed
-
-
-def deliver(
-    items: Sequence[Item],
-    post: Post | None,
-    aliases: Mapping[str, Post] | None = None,
-) -> tuple[list[Outcome], int]:
-    """:func:`attempt`, as one outcome per item and how many POSTs it took."""
-    done = attempt(items, post, aliases)
-    return done.outcomes(), done.requests
 
 
 def attempt(

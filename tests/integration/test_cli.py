@@ -16,11 +16,12 @@ from aicm_tasks.cli import main
 from aicm_tasks.devtools.processes import free_port
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.producer.spool import Spool
-from aicm_tasks.worker.delivery import deliver, plan
+from aicm_tasks.worker.delivery import plan
 from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
 from tests.conftest import TEST_REDIS_URL
 from tests.support.cli import run_cli
+from tests.support.delivery import deliver
 
 pytestmark = pytest.mark.integration
 KEYS = Keys("aicm.tracking", "aicm")

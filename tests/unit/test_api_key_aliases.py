@@ -19,9 +19,10 @@ from aicm_tasks.errors import RecordTypeError, RecordValueError
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.producer.spool import Spool
 from aicm_tasks.settings import Settings
-from aicm_tasks.worker.delivery import deliver, plan
+from aicm_tasks.worker.delivery import plan
 from aicm_tasks.worker.outcomes import BatchVerdict, Fate, Reason, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
+from tests.support.delivery import deliver
 from tests.support.spool_sink import Sink
 
 

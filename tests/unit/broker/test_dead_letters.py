@@ -12,9 +12,10 @@ from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.errors import DeadLetterNotFoundError
 from aicm_tasks.producer.record import build_record
-from aicm_tasks.worker.delivery import deliver, plan
+from aicm_tasks.worker.delivery import plan
 from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
+from tests.support.delivery import deliver
 
 KEYS = Keys("aicm.tracking", "aicm")
 

@@ -4,9 +4,10 @@ import json
 
 from aicm_tasks.broker.messages import Item, decode, encode
 from aicm_tasks.producer.record import build_record
-from aicm_tasks.worker.delivery import deliver, plan
+from aicm_tasks.worker.delivery import plan
 from aicm_tasks.worker.outcomes import BatchVerdict, Fate, Reason, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
+from tests.support.delivery import deliver
 
 POLICY = BackoffPolicy(base_s=1, max_s=60, max_retries=3)
 
