@@ -138,3 +138,15 @@ def test_any_track_answer_leaves_every_record_exactly_one_fate(
     assert len(resolution.retries) + len(resolution.dead_letters) == len(done.failed)
     assert summary.delivered + summary.retried + sum(summary.dead_lettered.values()) == len(items)
     assert all(0 <= delay_s <= 3600 for delay_s, _ in resolution.retries)
+
+
+def test_an_answer_past_the_size_limit_is_abandoned_as_transient(monkeypatch) -> None:
+    monkeypatch.setattr("aicm_tasks.transport.MAX_ANSWER_BYTES", 1000)
+    body = json.dumps({"results": [{"response_id": "r0", "status": "queued"}] * 100}).encode()
+    transport = TrackTransport(
+        "http://track.test/track",
+        "key",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body)),
+    )
+    done = attempt([item("r0", 0)], transport.poster())
+    assert done.delivered == [] and done.failed[0].detail.startswith("timeout: HTTP 200 answer")
