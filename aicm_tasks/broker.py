@@ -41,6 +41,14 @@ from typing import Any
 
 import redis
 
+#: Under ``maxmemory`` with ``noeviction``, Redis refuses a script whose first
+#: write is one that may grow memory (LPUSH, ZADD, SADD, HSET: "deny-oom"), and
+#: lets a script that has written once run to its end, so it never stops midway.
+#: Every script that moves records therefore removes before it adds (LTRIM, DEL,
+#: ZREM, SREM first): a full Redis still lets workers register, take the queue
+#: and settle it, which frees the memory, instead of refusing them all until an
+#: operator raises the limit while producers fill their spools.
+#:
 #: Every script below reads the clock with ``TIME``: leases, their expiry and
 #: retry due times are decided on the Redis server's clock, never a host's, so a
 #: worker whose clock runs ahead cannot reclaim live batches. (Since Redis 5,
@@ -61,19 +69,19 @@ FETCH_LUA = (
 """
     + _NOW
     + """
-if ARGV[4] == '1' then
-  redis.call('SADD', KEYS[3], KEYS[2])
-elseif redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
+if ARGV[4] ~= '1' and redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
   return false
 end
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
 local n = tonumber(ARGV[1])
-if n <= 0 then return {} end
-local items = redis.call('LRANGE', KEYS[1], -n, -1)
-if #items > 0 then
-  redis.call('LTRIM', KEYS[1], 0, -(#items) - 1)
-  redis.call('RPUSH', KEYS[2], unpack(items))
+local items = {}
+if n > 0 then
+  items = redis.call('LRANGE', KEYS[1], -n, -1)
+  -- LTRIM before anything that may grow memory: see the note on maxmemory.
+  if #items > 0 then redis.call('LTRIM', KEYS[1], 0, -(#items) - 1) end
 end
+if ARGV[4] == '1' then redis.call('SADD', KEYS[3], KEYS[2]) end
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
+if #items > 0 then redis.call('RPUSH', KEYS[2], unpack(items)) end
 return items
 """
 )
@@ -83,10 +91,10 @@ return items
 _RETURN_BATCH = """
 local function return_batch(batch, queue)
   local items = redis.call('LRANGE', batch, 0, -1)
+  redis.call('DEL', batch)
   for i = 1, #items, 1000 do
     redis.call('RPUSH', queue, unpack(items, i, math.min(i + 999, #items)))
   end
-  redis.call('DEL', batch)
   return #items
 end
 """
@@ -181,9 +189,11 @@ return return_batch(KEYS[1], KEYS[4])
 RENEW_LUA = (
     """
 -- KEYS: consumers, seen; ARGV: consumer, lease_s. Returns the server's time.
+-- ZREM first, so a full Redis still renews leases (see the note on maxmemory).
 """
     + _NOW
     + """
+redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], tostring(now))
 return tostring(now)
@@ -207,8 +217,8 @@ PROMOTE_LUA = (
 if ARGV[2] ~= '' then now = tonumber(ARGV[2]) end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 if #due > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(due))
   redis.call('ZREM', KEYS[1], unpack(due))
+  redis.call('RPUSH', KEYS[2], unpack(due))
 end
 return #due
 """
