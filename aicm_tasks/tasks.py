@@ -7,15 +7,18 @@ returned ``AsyncResult.id`` is the record's ``response_id``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from celery import Task
 from celery.result import AsyncResult
 
-from aicm_tasks.errors import RecordValueError
+from aicm_tasks.errors import RecordTypeError, RecordValueError
 from aicm_tasks.producer.api import Producer
 from aicm_tasks.producer.publisher import Publisher
 from aicm_tasks.producer.record import Record
@@ -100,20 +103,23 @@ class TrackTask(Task):
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         task_id: str | None = None,
-        countdown: float | None = None,
+        countdown: float | Decimal | None = None,
         eta: datetime | None = None,
         **options: Any,
     ) -> AsyncResult:
         """Publish one record, with Celery's calling options.
 
         ``task_id`` becomes the ``response_id`` when none is given; ``countdown``
-        and ``eta`` defer delivery; other Celery options are accepted and have no
-        effect on a record. An unknown option raises ``TypeError``.
+        (seconds, finite) and ``eta`` (a datetime; naive means UTC, as Celery's
+        default ``enable_utc``) defer delivery; other Celery options are accepted
+        and have no effect on a record. An unknown option, or a countdown or eta
+        that is not one, raises :class:`RecordTypeError` / :class:`RecordValueError`
+        and publishes nothing.
         """
         unknown = set(options) - IGNORED_OPTIONS
         if unknown:
-            raise TypeError(
-                f"track.apply_async() got unknown options: {', '.join(sorted(unknown))}"
+            raise RecordTypeError(
+                "options", f"track.apply_async() got unknown options: {', '.join(sorted(unknown))}"
             )
         fields = dict(kwargs or {})
         if task_id is not None:
@@ -153,14 +159,43 @@ class TrackTask(Task):
         return self.producer.build(args, kwargs, max_bytes=max_bytes)
 
 
-def _due_epoch_s(countdown: float | None, eta: datetime | None) -> float | None:
+def _due_epoch_s(countdown: Any, eta: Any) -> float | None:
+    """When a deferred record is due (epoch seconds), None for now.
+
+    Checked like a record's fields, before anything is published: a countdown
+    of ``inf`` would have parked the record in the scheduled set for good (no
+    due time is ever reached), ``nan`` would have sent it at once, and a string
+    would have raised an ``AttributeError`` from deep inside.
+    """
     if countdown is not None and eta is not None:
-        raise TypeError("give countdown or eta, not both")
+        raise RecordTypeError("countdown", "give countdown or eta, not both")
     if countdown is not None:
-        return time.time() + float(countdown) if countdown > 0 else None
+        # numbers.Real takes NumPy's numbers too; bool is an int, never a delay.
+        if isinstance(countdown, bool) or not isinstance(countdown, numbers.Real | Decimal):
+            raise RecordTypeError(
+                "countdown", f"must be a number of seconds, not {type(countdown).__name__}"
+            )
+        try:
+            seconds = float(countdown)
+        except (OverflowError, ValueError):  # an int past float's range, Decimal('sNaN')
+            seconds = math.inf
+        if not math.isfinite(seconds) or time.time() + seconds > MAX_DUE_EPOCH_S:
+            raise RecordValueError(
+                "countdown", f"{seconds:g} s is not finite or ends past the year 9999"
+            )
+        return time.time() + seconds if seconds > 0 else None
     if eta is not None:
+        if not isinstance(eta, datetime):
+            raise RecordTypeError("eta", f"must be a datetime, not {type(eta).__name__}")
         if eta.tzinfo is None:
             eta = eta.replace(tzinfo=timezone.utc)
-        due = eta.timestamp()
+        try:
+            due = eta.timestamp()
+        except (OverflowError, ValueError) as exc:  # a tzinfo that moves it past year 9999
+            raise RecordValueError("eta", f"{eta!r} is not a time a record can wait for") from exc
         return due if due > time.time() else None
     return None
+
+
+#: The latest due time a countdown may reach: the end of year 9999 UTC, as for ``eta``.
+MAX_DUE_EPOCH_S = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()

@@ -45,6 +45,14 @@ import redis
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
 
+# Under ``maxmemory`` with ``noeviction``, Redis refuses a script whose first
+# write is one that may grow memory (LPUSH, ZADD, SADD, HSET: "deny-oom"), and
+# lets a script that has written once run to its end, so it never stops midway.
+# Every script that moves records therefore removes before it adds (LTRIM, DEL,
+# ZREM, SREM first, in ``lua/``): a full Redis still lets workers register, take
+# the queue and settle it, which frees the memory, instead of refusing them all
+# until an operator raises the limit while producers fill their spools.
+
 #: Most scheduled records moved back to the queue by one PROMOTE call; the Lua
 #: ``unpack`` limit is about 8,000 values.
 PROMOTE_CHUNK = 1000

@@ -360,13 +360,19 @@ class Spool:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # SELECT then UPDATE inside one IMMEDIATE transaction (it holds
+                # the write lock), rather than UPDATE ... RETURNING: that needs
+                # SQLite 3.35, newer than some systems' Python links against.
                 rows = conn.execute(
-                    "UPDATE records SET claimed_by = ?, claimed_at_s = ? WHERE id IN ("
-                    " SELECT id FROM records WHERE destination = ? AND id <= ?"
-                    " AND (claimed_by IS NULL OR claimed_at_s < ?) ORDER BY id LIMIT ?)"
-                    " RETURNING id, message, due_epoch_s",
-                    (token, now, self.destination, last, now - CLAIM_EXPIRY_S, DRAIN_CHUNK),
+                    "SELECT id, message, due_epoch_s FROM records WHERE destination = ?"
+                    " AND id <= ? AND (claimed_by IS NULL OR claimed_at_s < ?)"
+                    " ORDER BY id LIMIT ?",
+                    (self.destination, last, now - CLAIM_EXPIRY_S, DRAIN_CHUNK),
                 ).fetchall()
+                conn.executemany(
+                    "UPDATE records SET claimed_by = ?, claimed_at_s = ? WHERE id = ?",
+                    [(token, now, row_id) for row_id, _, _ in rows],
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):

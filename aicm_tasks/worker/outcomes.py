@@ -141,7 +141,11 @@ def parse_results(body: bytes) -> dict[str, RecordResult] | None:
     """Read ``{"results": [{"response_id", "status", "errors"?}, ...]}``; None if malformed."""
     try:
         document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # RecursionError: a body nested past the parser's limit (about 1,000
+        # levels on CPython 3.11, from a 2 kB answer) is garbage like any other,
+        # not an exception that would end the attempt (and its splits) early.
+        # UnicodeDecodeError (not UTF-8) is a ValueError.
         return None
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         return None

@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 import httpx
 
-from aicm_tasks.worker.outcomes import BatchVerdict, classify_exception, classify_response
+from aicm_tasks.worker.outcomes import (
+    BatchVerdict,
+    VerdictKind,
+    classify_exception,
+    classify_response,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Largest answer read from /track: one for a batch of the contract's largest
+#: size, every record with errors, is a few hundred kB; past this the answer is
+#: abandoned as transient rather than held in the worker's memory.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 Post = Callable[[bytes], BatchVerdict]
 
@@ -43,6 +54,7 @@ class TrackTransport:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url
+        self._timeout_s = timeout_s
         self._auth = {alias: _bearer(key) for alias, key in (keys or {}).items()}
         self._default = _bearer(api_key) if api_key else None
         self._client = httpx.Client(
@@ -72,11 +84,35 @@ class TrackTransport:
         return self._post(body, headers=self._default or {})
 
     def _post(self, body: bytes, headers: dict[str, str]) -> BatchVerdict:
+        # httpx's timeout bounds each socket read, not the answer: a server (or a
+        # proxy) that drips its body a byte at a time, each within the timeout,
+        # held a delivery thread and its batch for good (the worker is alive, so
+        # nobody reclaims it). The body is read in chunks against a deadline of
+        # timeout_s for the whole POST, and past MAX_ANSWER_BYTES, instead.
+        deadline = time.monotonic() + self._timeout_s
         try:
-            response = self._client.post(self.url, content=body, headers=headers)
+            with self._client.stream("POST", self.url, content=body, headers=headers) as response:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        return self._cut(
+                            response.status_code, f"more than {MAX_ANSWER_BYTES} bytes"
+                        )
+                    if time.monotonic() > deadline:
+                        return self._cut(
+                            response.status_code, f"not complete in {self._timeout_s:g}s"
+                        )
         except httpx.HTTPError as exc:
             return classify_exception(exc)
-        return classify_response(response.status_code, response.headers, response.content)
+        return classify_response(response.status_code, response.headers, b"".join(chunks))
+
+    @staticmethod
+    def _cut(status: int, why: str) -> BatchVerdict:
+        """An answer abandoned while it was being read: transient, whatever its status."""
+        return BatchVerdict(VerdictKind.TRANSIENT, f"timeout: HTTP {status} answer {why}", status)
 
     def close(self) -> None:
         """Close the pooled connections."""

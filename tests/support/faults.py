@@ -1,8 +1,9 @@
 """A fault-injecting reverse proxy in front of the local /track server.
 
 Tests switch its mode while a worker delivers through it: pass through, answer
-503 or 429 (with Retry-After), 401, hang past the client's timeout, answer
-200 with a garbage body, or 500 to any request holding a ``crash::`` record. It can also stand for a server that holds several API
+503 or 429 (with Retry-After), 401, hang past the client's timeout, drip a
+200 answer a byte at a time (each byte within the client's read timeout, the
+whole never), answer 200 with a garbage body, or 500 to any request holding a ``crash::`` record. It can also stand for a server that holds several API
 keys (``accept_keys``), recording which key sent which records.
 """
 
@@ -12,13 +13,14 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from aicm_tasks.devtools.processes import free_port, wait_until
@@ -30,6 +32,9 @@ class FaultState:
     retry_after_s: str | None = None
     hang_s: float = 30.0
     slow_s: float = 1.0
+    #: "drip": one byte every drip_s, for hang_s in all, whatever the mode becomes.
+    drip_s: float = 0.5
+    closing: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     #: When set, only these Bearer keys are let through (others get 401), and
     #: requests go upstream with ``upstream_key`` instead.
@@ -64,6 +69,7 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.state.closing = True
         self._server.should_exit = True
         self._thread.join(10)
 
@@ -93,6 +99,8 @@ class FaultProxy:
             return Response('{"detail": "request refused"}', status_code=422)
         if mode == "slow":
             await asyncio.sleep(self.state.slow_s)
+        if mode == "drip":
+            return StreamingResponse(self._drip(), status_code=200)
         if mode == "hang":
             await asyncio.sleep(self.state.hang_s)
             return Response("too late", status_code=504)
@@ -117,6 +125,12 @@ class FaultProxy:
         return Response(
             upstream.content, status_code=upstream.status_code, media_type="application/json"
         )
+
+    async def _drip(self) -> AsyncIterator[bytes]:
+        started = time.monotonic()
+        while time.monotonic() - started < self.state.hang_s and not self.state.closing:
+            yield b" "
+            await asyncio.sleep(self.state.drip_s)
 
 
 def hold(seconds: float) -> None:

@@ -6,17 +6,17 @@
 -- nothing more from the queue (returns nil) and can never be settled.
 --#include _now
 
-if ARGV[4] == '1' then
-  redis.call('SADD', KEYS[3], KEYS[2])
-elseif redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
+if ARGV[4] ~= '1' and redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
   return false
 end
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
 local n = tonumber(ARGV[1])
-if n <= 0 then return {} end
-local items = redis.call('LRANGE', KEYS[1], -n, -1)
-if #items > 0 then
-  redis.call('LTRIM', KEYS[1], 0, -(#items) - 1)
-  redis.call('RPUSH', KEYS[2], unpack(items))
+local items = {}
+if n > 0 then
+  items = redis.call('LRANGE', KEYS[1], -n, -1)
+  -- LTRIM before anything that may grow memory: see records.py on maxmemory.
+  if #items > 0 then redis.call('LTRIM', KEYS[1], 0, -(#items) - 1) end
 end
+if ARGV[4] == '1' then redis.call('SADD', KEYS[3], KEYS[2]) end
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
+if #items > 0 then redis.call('RPUSH', KEYS[2], unpack(items)) end
 return items

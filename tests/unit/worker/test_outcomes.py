@@ -26,6 +26,8 @@ GOOD = json.dumps({"results": [{"response_id": "r1", "status": "queued"}]}).enco
         (200, {}, b'{"results": "nope"}', VerdictKind.TRANSIENT, None),
         (200, {}, b'{"results": [{"status": "queued"}]}', VerdictKind.TRANSIENT, None),
         (200, {}, b"[]", VerdictKind.TRANSIENT, None),
+        (200, {}, b'{"results":' + b"[" * 100_000, VerdictKind.TRANSIENT, None),
+        (200, {}, b"\xff\xfe", VerdictKind.TRANSIENT, None),
         (500, {}, b"boom", VerdictKind.TRANSIENT, None),
         (502, {}, b"", VerdictKind.TRANSIENT, None),
         (503, {"retry-after": "7"}, b"", VerdictKind.TRANSIENT, 7.0),
