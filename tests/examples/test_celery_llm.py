@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import TEST_REDIS_URL
-from tests.support.examples import (
-    EXAMPLES,
-    SERVICE_KEY,
-    USAGE,
-    example_env,
-    run_example,
-    wait_for_events,
-)
-from tests.support.llm_stub import LLMStub
-from tests.support.pipeline import Pipeline
+from tests.examples.conftest import Example
+from tests.support.examples import EXAMPLES, SERVICE_KEY, USAGE
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +24,18 @@ for n in range(3):
 
 
 def test_a_task_of_the_users_app_tracks_its_llm_call_from_inside_the_worker(
-    pipeline: Pipeline, llm_stub: LLMStub, tmp_path: Path
+    example: Example,
 ) -> None:
     # The aicm-tasks worker and the user's app share one Redis database, and the
     # user's tasks use Celery's default queue.
-    pipeline.start_worker()
-    env = example_env(pipeline, llm_stub, CELERY_BROKER_URL=TEST_REDIS_URL)
+    pipeline, llm_stub = example.pipeline, example.llm
+    env = example.env(CELERY_BROKER_URL=TEST_REDIS_URL)
     worker = [
         "-m", "celery", "-A", "celery_llm", "worker",
         "--concurrency=1", "--loglevel=INFO", "-n", "users-worker@%h",
     ]  # fmt: skip
-    log_path = tmp_path / "users-worker.log"
-    with run_example(worker, cwd=EXAMPLES, env=env, log_path=log_path):
+    log_path = example.log("users-worker.log")
+    with example.run(worker, log_name="users-worker.log", env=env):
         sent = subprocess.run(
             [sys.executable, "-c", SEND], cwd=EXAMPLES, env=env, capture_output=True, text=True
         )
@@ -52,7 +43,7 @@ def test_a_task_of_the_users_app_tracks_its_llm_call_from_inside_the_worker(
         pipeline.wait_settled(3, timeout_s=90)
 
     assert len(llm_stub.response_ids) == 3, log_path.read_text()[-4000:]
-    events = wait_for_events(pipeline.server, llm_stub.response_ids)
+    events = example.events(llm_stub.response_ids)
     assert sorted(e["customer_key"] for e in events.values()) == ["cust0", "cust1", "cust2"]
     for response_id, request in llm_stub.calls:
         event = events[response_id]

@@ -3,39 +3,22 @@ get their records delivered."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
 from aicm_tasks.devtools.processes import free_port
-from tests.support.examples import (
-    EXAMPLES,
-    SERVICE_KEY,
-    USAGE,
-    example_env,
-    run_example,
-    wait_for_events,
-)
-from tests.support.llm_stub import RECORDED_COMPLETION, LLMStub
-from tests.support.pipeline import Pipeline
+from tests.examples.conftest import Example
+from tests.support.examples import SERVICE_KEY, USAGE
+from tests.support.llm_stub import RECORDED_COMPLETION
 
 pytestmark = pytest.mark.integration
 
 
-def test_route_and_middleware_usage_reach_the_track_server(
-    pipeline: Pipeline, llm_stub: LLMStub, tmp_path: Path
-) -> None:
-    pipeline.start_worker()
+def test_route_and_middleware_usage_reach_the_track_server(example: Example) -> None:
+    pipeline, llm_stub = example.pipeline, example.llm
     port = free_port()
     command = ["-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)]
-    with run_example(
-        command,
-        cwd=EXAMPLES,
-        env=example_env(pipeline, llm_stub),
-        log_path=tmp_path / "uvicorn.log",
-        port=port,
-    ):
+    with example.run(command, log_name="uvicorn.log", port=port):
         url = f"http://127.0.0.1:{port}"
         answer = RECORDED_COMPLETION["choices"][0]["message"]["content"]
         chat = httpx.post(f"{url}/chat", json={"text": "hi", "customer": "acme"}, timeout=30)
@@ -50,7 +33,7 @@ def test_route_and_middleware_usage_reach_the_track_server(
 
     chat_id, summary_id = llm_stub.response_ids
     assert llm_stub.calls[1][1]["messages"][0]["content"] == "Summarize: a long text"
-    events = wait_for_events(pipeline.server, [chat_id, summary_id])
+    events = example.events([chat_id, summary_id])
     assert events[chat_id]["service_key"] == SERVICE_KEY
     assert events[chat_id]["payload"] == USAGE
     assert events[chat_id]["customer_key"] == "acme"

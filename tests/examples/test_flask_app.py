@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
 from aicm_tasks.devtools.processes import free_port
-from tests.support.examples import (
-    EXAMPLES,
-    SERVICE_KEY,
-    USAGE,
-    example_env,
-    run_example,
-    wait_for_events,
-)
-from tests.support.llm_stub import RECORDED_COMPLETION, LLMStub
-from tests.support.pipeline import Pipeline
+from tests.examples.conftest import Example
+from tests.support.examples import SERVICE_KEY, USAGE
+from tests.support.llm_stub import RECORDED_COMPLETION
 
 pytestmark = pytest.mark.integration
 
 
-def test_the_views_usage_reaches_the_track_server(
-    pipeline: Pipeline, llm_stub: LLMStub, tmp_path: Path
-) -> None:
-    pipeline.start_worker()
+def test_the_views_usage_reaches_the_track_server(example: Example) -> None:
     port = free_port()
     command = [
         "-m",
@@ -38,13 +26,7 @@ def test_the_views_usage_reaches_the_track_server(
         "--port",
         str(port),
     ]
-    with run_example(
-        command,
-        cwd=EXAMPLES,
-        env=example_env(pipeline, llm_stub),
-        log_path=tmp_path / "flask.log",
-        port=port,
-    ):
+    with example.run(command, log_name="flask.log", port=port):
         answers = [
             httpx.post(
                 f"http://127.0.0.1:{port}/chat",
@@ -57,9 +39,9 @@ def test_the_views_usage_reaches_the_track_server(
         {"answer": RECORDED_COMPLETION["choices"][0]["message"]["content"]}
     ] * 3
 
-    events = wait_for_events(pipeline.server, llm_stub.response_ids)
+    events = example.events(example.llm.response_ids)
     assert len(events) == 3
-    for n, response_id in enumerate(llm_stub.response_ids):
+    for n, response_id in enumerate(example.llm.response_ids):
         assert events[response_id]["service_key"] == SERVICE_KEY
         assert events[response_id]["payload"] == USAGE
         assert events[response_id]["customer_key"] == f"cust{n}"

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from tests.support.examples import EXAMPLES, SERVICE_KEY, USAGE, example_env, wait_for_events
-from tests.support.llm_stub import RECORDED_COMPLETION, LLMStub
-from tests.support.pipeline import Pipeline
+from tests.examples.conftest import Example
+from tests.support.examples import EXAMPLES, SERVICE_KEY, USAGE
+from tests.support.llm_stub import RECORDED_COMPLETION
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +34,12 @@ print(json.dumps({"shown": shown, "exceptions": [str(e.value) for e in app.excep
 """
 
 
-def test_each_question_asked_is_tracked_across_reruns(
-    pipeline: Pipeline, llm_stub: LLMStub
-) -> None:
-    pipeline.start_worker()
+def test_each_question_asked_is_tracked_across_reruns(example: Example) -> None:
+    pipeline, llm_stub = example.pipeline, example.llm
     done = subprocess.run(
         [sys.executable, "-c", DRIVER],
         cwd=EXAMPLES,
-        env=example_env(pipeline, llm_stub),
+        env=example.env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -54,7 +52,7 @@ def test_each_question_asked_is_tracked_across_reruns(
 
     # Two clicks, two LLM calls, two records; the other reruns tracked nothing.
     assert len(llm_stub.response_ids) == 2
-    events = wait_for_events(pipeline.server, llm_stub.response_ids)
+    events = example.events(llm_stub.response_ids)
     for event in events.values():
         assert event["service_key"] == SERVICE_KEY
         assert event["payload"] == USAGE

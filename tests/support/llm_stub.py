@@ -1,10 +1,10 @@
 """A tiny OpenAI-compatible HTTP stub on 127.0.0.1 for the examples' tests.
 
 ``POST /v1/chat/completions`` answers with a recorded chat completion
-(``data/openai_chat_completion.json``) under a fresh ``id`` per call, so a test
-can tell which LLM responses an example received and look for exactly those
-``response_id``s at the /track server. No network: the real ``openai`` package
-is pointed at it through ``OPENAI_BASE_URL``.
+(``tests/fixtures/examples/openai_chat_completion.json``) under a fresh ``id``
+per call, so a test can tell which LLM responses an example received and look
+for exactly those ``response_id``s at the /track server. No network: the real
+``openai`` package is pointed at it through ``OPENAI_BASE_URL``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+#: The one folder of test data (recorded answers): tests/fixtures.
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 #: A chat completion as the OpenAI API returned it.
 RECORDED_COMPLETION: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "data" / "openai_chat_completion.json").read_text()
+    (FIXTURES / "examples" / "openai_chat_completion.json").read_text()
 )
 
 
