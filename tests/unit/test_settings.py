@@ -1,0 +1,266 @@
+"""Settings: every ``AICM_*`` variable's type, default and range, read from the environment.
+
+The table below is the one in docs/configuration.md, as data: a variable added
+to Settings without a row here (and there) fails
+:func:`test_the_table_names_every_setting_and_docs_list_each`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from aicm_tasks.contract import MAX_RECORDS_PER_REQUEST
+from aicm_tasks.settings import (
+    CONTRACT_MAX_BATCH,
+    SDK_VARIABLES,
+    Settings,
+    url_problem,
+    warn_unknown_variables,
+)
+
+CONFIGURATION_MD = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+class Row(NamedTuple):
+    """One variable: its default, values it takes (as set -> as read), values it refuses."""
+
+    field: str
+    default: Any
+    good: list[tuple[str, Any]]
+    bad: list[str]
+
+
+TABLE = [
+    Row(
+        "broker_url",
+        "redis://localhost:6379/0",
+        [("rediss://:pw@redis.internal:6380/2", "rediss://:pw@redis.internal:6380/2"),
+         ("unix:///run/redis.sock", "unix:///run/redis.sock")],
+        ["http://localhost:6379", "redis://:pa/ss@host:6379/0", "redis://", "redis://h/0#x"],
+    ),
+    Row("queue", "aicm.tracking", [("billing.q", "billing.q")], []),
+    Row("key_prefix", "aicm", [("acme", "acme")], []),
+    Row("publish_timeout_s", 1.0, [("0.25", 0.25)], ["0", "-1", "soon"]),
+    Row("max_record_bytes", 32768, [("256", 256), ("1048576", 1048576)], ["255", "1048577", "1e3x"]),
+    Row("spool_enabled", True, [("false", False), ("0", False), ("yes", True)], ["maybe"]),
+    Row("spool_max_bytes", 256 * 1024 * 1024, [("65536", 65536)], ["65535"]),
+    Row("api_key", None, [], []),
+    Row("api_keys", {}, [], ['["not", "an", "object"]', '{"bad alias!": "k"}', '{"a": ""}']),
+    Row("api_base", "https://aicostmanager.com", [("https://x.test/", "https://x.test")], []),
+    Row("api_url", "/api/v1", [("/api/v2/", "/api/v2")], []),
+    Row("batch_size", 500, [("1", 1), (str(CONTRACT_MAX_BATCH), CONTRACT_MAX_BATCH)],
+        ["0", str(CONTRACT_MAX_BATCH + 1)]),
+    Row("flush_interval_s", 1.0, [("0.05", 0.05)], ["0"]),
+    Row("http_timeout_s", 30.0, [("5", 5.0)], ["0", "-3"]),
+    Row("delivery_concurrency", 4, [("1", 1), ("64", 64)], ["0", "65"]),
+    Row("max_retries", 25, [("0", 0), ("1000", 1000)], ["-1", "1001"]),
+    Row("retry_base_s", 1.0, [("0.5", 0.5)], ["0"]),
+    Row("retry_max_s", 300.0, [("60", 60.0)], ["0"]),
+    Row("auth_retry_interval_s", 60.0, [("5", 5.0)], ["0"]),
+    Row("redelivery_timeout_s", 60.0, [("2", 2.0)], ["1.9", "0"]),
+    Row("events_enabled", True, [("false", False)], ["sometimes"]),
+    Row("events_show_payloads", False, [("true", True)], ["sometimes"]),
+    Row("metrics_port", None, [("9100", 9100), ("1", 1), ("65535", 65535)], ["0", "65536"]),
+    Row("server_api_key", None, [], []),
+    Row(
+        "server_db",
+        "aicm-local.sqlite3",
+        [("/var/lib/ledger.sqlite3", "/var/lib/ledger.sqlite3"),
+         ("sqlite:///x.db", "sqlite:///x.db"),
+         ("postgresql://u:p@db:5432/ledger", "postgresql://u:p@db:5432/ledger")],
+        ["mysql://u:p@db/ledger", "postgresql://u:pa/ss@db:5432/ledger"],
+    ),
+    Row("server_url", "http://127.0.0.1:8000", [("http://ledger:9000/", "http://ledger:9000")], []),
+    Row("monthly_budget_usd", None, [("250.5", 250.5), ("0", 0.0)], ["-1"]),
+    Row("customer_budgets_usd", {}, [('{"acme": 250}', {"acme": 250.0})], ['{"acme": -1}']),
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No AICM_* variable of the machine or of tests/conftest.py leaks in."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AICM_"):
+            monkeypatch.delenv(name)
+    yield
+
+
+def variable(field: str) -> str:
+    return f"AICM_{field.upper()}"
+
+
+def test_the_table_names_every_setting_and_docs_list_each() -> None:
+    assert sorted([row.field for row in TABLE] + ["spool_dir"]) == sorted(Settings.model_fields)
+    documented = CONFIGURATION_MD.read_text()
+    for field in Settings.model_fields:
+        assert f"| `{variable(field)}` |" in documented, f"{variable(field)} not in the docs table"
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[row.field for row in TABLE])
+def test_each_setting_has_its_documented_default(row: Row) -> None:
+    assert getattr(Settings(), row.field) == row.default
+
+
+def test_the_spool_lives_in_the_users_cache_directory_by_default() -> None:
+    assert Settings().spool_dir.parts[-2:] == ("aicm-tasks", "spool")
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "expected"),
+    [(row.field, text, expected) for row in TABLE for text, expected in row.good],
+)
+def test_each_setting_is_read_from_its_variable_with_its_type(
+    monkeypatch: pytest.MonkeyPatch, field: str, text: str, expected: Any
+) -> None:
+    monkeypatch.setenv(variable(field), text)
+    value = getattr(Settings(), field)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("field", "text"), [(row.field, text) for row in TABLE for text in row.bad]
+)
+def test_a_value_out_of_range_or_of_the_wrong_type_fails_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, field: str, text: str
+) -> None:
+    monkeypatch.setenv(variable(field), text)
+    with pytest.raises(ValidationError) as failure:
+        Settings()
+    assert field in str(failure.value)
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AICM_METRICS_PORT", "")
+    monkeypatch.setenv("AICM_BATCH_SIZE", "")
+    settings = Settings()
+    assert settings.metrics_port is None
+    assert settings.batch_size == 500
+
+
+def test_the_batch_size_cap_is_the_contracts_limit() -> None:
+    assert CONTRACT_MAX_BATCH == MAX_RECORDS_PER_REQUEST
+    limits = [getattr(m, "le", None) for m in Settings.model_fields["batch_size"].metadata]
+    assert MAX_RECORDS_PER_REQUEST in limits
+
+
+def test_the_track_url_joins_base_and_path_without_double_slashes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_API_BASE", "https://track.example/")
+    monkeypatch.setenv("AICM_API_URL", "/api/v1/")
+    assert Settings().track_url == "https://track.example/api/v1/track"
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+def test_keys_are_secret_strings_never_shown_in_repr_or_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_API_KEY", "sk-default-abcdef")
+    monkeypatch.setenv("AICM_API_KEYS", '{"team-a": "sk-team-a-123456"}')
+    monkeypatch.setenv("AICM_SERVER_API_KEY", "sk-server-987654")
+    settings = Settings()
+    assert isinstance(settings.api_key, SecretStr)
+    assert isinstance(settings.server_api_key, SecretStr)
+    assert isinstance(settings.api_keys["team-a"], SecretStr)
+    assert settings.api_key.get_secret_value() == "sk-default-abcdef"
+    assert settings.api_keys["team-a"].get_secret_value() == "sk-team-a-123456"
+    shown = repr(settings) + str(settings) + repr(settings.model_dump())
+    for secret in ("sk-default-abcdef", "sk-team-a-123456", "sk-server-987654"):
+        assert secret not in shown
+
+
+def test_an_error_in_another_variable_does_not_echo_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_API_KEYS", '{"bad alias!": "sk-team-secret-42"}')
+    with pytest.raises(ValidationError) as failure:
+        Settings()
+    assert "sk-team-secret-42" not in str(failure.value)
+    assert "'bad alias!' is not an alias name" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cr/et@redis:6379/0",  # '/' ends the host part early
+        "redis://:s3cr#et@redis:6379/0",  # '#' starts a fragment
+        "redis://user:s3cr?et@redis:6379/0",  # '?' starts a query
+    ],
+)
+def test_a_broker_url_that_does_not_parse_is_refused_with_its_password_hidden(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("AICM_BROKER_URL", url)
+    with pytest.raises(ValidationError) as failure:
+        Settings()
+    message = str(failure.value)
+    assert "is not a usable broker URL" in message
+    assert "s3cr" not in message
+    assert "Percent-encode" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://localhost:6379/0", None),
+        ("rediss://:p%2Fw@host:6380/1", None),
+        ("unix:///tmp/redis.sock", None),
+        ("unix://", "it names no socket path"),
+        ("http://localhost", "the scheme must be one of redis://, rediss://, unix://"),
+        ("redis://:pw@host:notaport/0", "what follows the host is not a port number"),
+        ("redis:///0", "it names no host"),
+        ("redis://host:6379/0#frag", "it holds a '#'"),
+    ],
+)
+def test_url_problem_names_what_is_wrong(url: str, problem: str | None) -> None:
+    assert url_problem(url, ("redis", "rediss", "unix")) == problem
+
+
+# -- unknown variables ---------------------------------------------------------------------
+
+
+def test_an_unknown_variable_is_warned_about_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AICM_BACTH_SIZE", "100")
+    monkeypatch.setenv("AICM_BATCH_SIZE", "100")
+    with caplog.at_level(logging.WARNING, logger="aicm_tasks.settings"):
+        settings = Settings.from_env()
+    assert settings.batch_size == 100
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown setting AICM_BACTH_SIZE is ignored; did you mean AICM_BATCH_SIZE?"
+    ]
+
+
+def test_the_official_sdks_variables_and_other_prefixes_are_not_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    environ = {name: "1" for name in SDK_VARIABLES}
+    environ |= {"AICM_QUEUE": "q", "CELERY_BROKER_URL": "redis://", "AICMX": "1"}
+    with caplog.at_level(logging.WARNING, logger="aicm_tasks.settings"):
+        assert warn_unknown_variables(environ) == []
+    assert caplog.records == []
+
+
+def test_an_unknown_variable_far_from_any_name_gets_no_hint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="aicm_tasks.settings"):
+        assert warn_unknown_variables({"AICM_ZZZZZZZZZZZZZZ": "1"}) == ["AICM_ZZZZZZZZZZZZZZ"]
+    assert caplog.records[0].getMessage() == "unknown setting AICM_ZZZZZZZZZZZZZZ is ignored"
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        Settings().batch_size = 10  # type: ignore[misc]
