@@ -10,8 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import TEST_REDIS_URL
-from tests.examples.conftest import Example
-from tests.support.examples import EXAMPLES, SERVICE_KEY, USAGE
+from tests.support.examples import EXAMPLES, SERVICE_KEY, USAGE, Example
 
 pytestmark = pytest.mark.integration
 

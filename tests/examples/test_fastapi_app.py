@@ -7,8 +7,7 @@ import httpx
 import pytest
 
 from aicm_tasks.devtools.processes import free_port
-from tests.examples.conftest import Example
-from tests.support.examples import SERVICE_KEY, USAGE
+from tests.support.examples import SERVICE_KEY, USAGE, Example
 from tests.support.llm_stub import RECORDED_COMPLETION
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from tests.examples.conftest import Example
-from tests.support.examples import EXAMPLES, SERVICE_KEY, USAGE
+from tests.support.examples import EXAMPLES, SERVICE_KEY, USAGE, Example
 from tests.support.llm_stub import RECORDED_COMPLETION
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,44 @@ def wait_for_events(
 
     wait_until(arrived, timeout_s, f"{len(wanted)} events at the /track server", interval_s=0.1)
     return found
+
+
+@dataclass
+class Example:
+    """One example's test bench: the running pipeline, the LLM stub, where logs go."""
+
+    pipeline: Pipeline
+    llm: LLMStub
+    log_dir: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A producer's environment for the example (plus ``extra`` variables)."""
+        return example_env(self.pipeline, self.llm, **extra)
+
+    @contextmanager
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        log_name: str,
+        cwd: Path = EXAMPLES,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """Run ``python <args>`` as the example's user would (see run_example)."""
+        with run_example(
+            args,
+            cwd=cwd,
+            env=env if env is not None else self.env(),
+            log_path=self.log(log_name),
+            port=port,
+        ) as process:
+            yield process
+
+    def log(self, name: str) -> Path:
+        """Where the example's process ``name`` writes its output."""
+        return self.log_dir / name
+
+    def events(self, response_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The /track server's events for ``response_ids``, once all arrived."""
+        return wait_for_events(self.pipeline.server, response_ids)
