@@ -8,7 +8,6 @@ starts and stops it.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -21,16 +20,18 @@ from collections.abc import Callable, Mapping, Sequence
 import redis
 
 from aicm_tasks.broker.messages import decode
-from aicm_tasks.broker.records import RecordStore, Resolution
+from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import (
     CHECK_INTERVAL_S,
     Finding,
     judge_settings,
     read_settings,
 )
-from aicm_tasks.worker.delivery import Post, Summary, attempt, plan, plan_after_error
+from aicm_tasks.broker.resolution import Resolution
+from aicm_tasks.worker.attempts import attempt
+from aicm_tasks.worker.delivery import Summary, plan, plan_after_error
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
-from aicm_tasks.worker.outcomes import BatchVerdict
+from aicm_tasks.worker.outcomes import BatchVerdict, Post
 from aicm_tasks.worker.retry import BackoffPolicy
 
 logger = logging.getLogger(__name__)
@@ -238,8 +239,8 @@ class DeliveryService:
                 self.policy,
                 auth_retry_interval_s=self.auth_retry_interval_s,
                 delivered=len(done.delivered),
+                requests=done.requests,
             )
-            summary = dataclasses.replace(summary, requests=done.requests)
         except Exception as exc:
             # A bug, or a record no check foresaw: every record is retried with
             # its attempt counted (so it ends, at worst as retries_exhausted), and
