@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     publish_timeout_s: PositiveSeconds = 1.0
     #: Largest serialised record accepted at the call site, in bytes.
     max_record_bytes: int = Field(default=32 * 1024, ge=256, le=1024 * 1024)
-    #: Keep records in a local spool when the broker does not answer (see producer/spool.py).
+    #: Keep records in a local spool when the broker does not answer (see producer/spool/).
     spool_enabled: bool = True
     #: Where the spool database lives (a local disk); default: the user's cache directory.
     spool_dir: Path = Field(

@@ -37,13 +37,15 @@ standalone Redis or a primary with replicas/Sentinel, not Redis Cluster.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
+
+# Re-exported: callers name it from here, beside RecordStore.resolve.
+from aicm_tasks.broker.resolution import Resolution as Resolution
 
 # Under ``maxmemory`` with ``noeviction``, Redis refuses a script whose first
 # write is one that may grow memory (LPUSH, ZADD, SADD, HSET: "deny-oom"), and
@@ -56,20 +58,6 @@ from aicm_tasks.broker.keys import Keys
 #: Most scheduled records moved back to the queue by one PROMOTE call; the Lua
 #: ``unpack`` limit is about 8,000 values.
 PROMOTE_CHUNK = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What to write when a batch's fate is final.
-
-    ``retries`` are ``(delay_s, message)``: due that many seconds after the
-    settle, on the Redis server's clock. ``dead_letters`` are ``(id, entry_json)``,
-    indexed at the server's time of the settle. ``stats`` are counter increments.
-    """
-
-    retries: Sequence[tuple[float, bytes]] = ()
-    dead_letters: Sequence[tuple[str, str]] = ()
-    stats: dict[str, int] | None = None
 
 
 class RecordStore:

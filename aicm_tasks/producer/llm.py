@@ -107,6 +107,7 @@ def _record_fields(
     timestamp: Timestamp,
     customer_key: str | None,
     context: dict[str, Any] | None,
+    api_key_alias: str | None,
 ) -> dict[str, Any]:
     return {
         "service_key": service_key_for(service_key_or_api_id, model),
@@ -115,6 +116,7 @@ def _record_fields(
         "timestamp": timestamp,
         "customer_key": customer_key,
         "context": context,
+        "api_key_alias": api_key_alias,
     }
 
 
@@ -133,6 +135,56 @@ def _no_usage(what: str, service_key_or_api_id: str) -> None:
     logger.warning(
         "no usage found in the %s for %s: nothing tracked%s", what, service_key_or_api_id, hint
     )
+
+
+def response_fields(
+    service_key_or_api_id: str,
+    response: Any,
+    *,
+    response_id: str | None = None,
+    timestamp: Timestamp = None,
+    customer_key: str | None = None,
+    context: dict[str, Any] | None = None,
+    api_key_alias: str | None = None,
+) -> dict[str, Any] | None:
+    """The record's keyword fields for one LLM response, or None (and a warning)
+    when it has no usage. Pure: :func:`track_llm_usage` and its async twin publish
+    what this returns."""
+    usage = get_usage_from_response(response, api_id_of(service_key_or_api_id))
+    if not usage:
+        _no_usage("response", service_key_or_api_id)
+        return None
+    return _record_fields(
+        service_key_or_api_id,
+        usage,
+        model_of(response),
+        response_id or response_id_of(response),
+        timestamp,
+        customer_key,
+        context,
+        api_key_alias,
+    )
+
+
+def _publish(fields: dict[str, Any], task: HasProducer | None) -> str:
+    return (task or default_task()).producer.track(fields)
+
+
+async def _publish_async(fields: dict[str, Any], task: HasProducer | None) -> str:
+    return await track_async(task=task, **fields)
+
+
+@contextlib.contextmanager
+def _kept_quiet_if_left_early(completed: bool) -> Iterator[None]:
+    """Around a stream's final publish: a tracking error raises when the stream
+    ran to its end, and is only logged when it was left early, so that it never
+    replaces the caller's own exception (or ``GeneratorExit``)."""
+    try:
+        yield
+    except Exception:
+        if completed:
+            raise
+        logger.exception("usage of a stream left early was not tracked")
 
 
 def track_llm_usage(
@@ -156,21 +208,17 @@ def track_llm_usage(
     key that delivers it (``AICM_API_KEYS``). A response without usage is not
     tracked (a warning is logged).
     """
-    usage = get_usage_from_response(response, api_id_of(service_key_or_api_id))
-    if not usage:
-        _no_usage("response", service_key_or_api_id)
-        return response
-    fields = _record_fields(
+    fields = response_fields(
         service_key_or_api_id,
-        usage,
-        model_of(response),
-        response_id or response_id_of(response),
-        timestamp,
-        customer_key,
-        context,
+        response,
+        response_id=response_id,
+        timestamp=timestamp,
+        customer_key=customer_key,
+        context=context,
+        api_key_alias=api_key_alias,
     )
-    producer = (task or default_task()).producer
-    _attach(response, producer.track({**fields, "api_key_alias": api_key_alias}))
+    if fields is not None:
+        _attach(response, _publish(fields, task))
     return response
 
 
@@ -186,20 +234,17 @@ async def track_llm_usage_async(
     task: HasProducer | None = None,
 ) -> Any:
     """:func:`track_llm_usage` for async code: the publish runs off the event loop."""
-    usage = get_usage_from_response(response, api_id_of(service_key_or_api_id))
-    if not usage:
-        _no_usage("response", service_key_or_api_id)
-        return response
-    fields = _record_fields(
+    fields = response_fields(
         service_key_or_api_id,
-        usage,
-        model_of(response),
-        response_id or response_id_of(response),
-        timestamp,
-        customer_key,
-        context,
+        response,
+        response_id=response_id,
+        timestamp=timestamp,
+        customer_key=customer_key,
+        context=context,
+        api_key_alias=api_key_alias,
     )
-    _attach(response, await track_async(task=task, api_key_alias=api_key_alias, **fields))
+    if fields is not None:
+        _attach(response, await _publish_async(fields, task))
     return response
 
 
@@ -229,6 +274,7 @@ class StreamUsage:
         timestamp: Timestamp,
         customer_key: str | None,
         context: dict[str, Any] | None,
+        api_key_alias: str | None,
     ) -> dict[str, Any] | None:
         """The record's fields, or None (and a warning) when no chunk had usage."""
         if not self.usage:
@@ -242,6 +288,7 @@ class StreamUsage:
             timestamp,
             customer_key,
             context,
+            api_key_alias,
         )
 
 
@@ -270,14 +317,10 @@ def track_llm_stream_usage(
             yield chunk
         completed = True
     finally:
-        try:
-            fields = seen.fields(response_id, timestamp, customer_key, context)
+        with _kept_quiet_if_left_early(completed):
+            fields = seen.fields(response_id, timestamp, customer_key, context, api_key_alias)
             if fields is not None:
-                (task or default_task()).producer.track({**fields, "api_key_alias": api_key_alias})
-        except Exception:
-            if completed:
-                raise
-            logger.exception("usage of a stream left early was not tracked")
+                _publish(fields, task)
 
 
 async def track_llm_stream_usage_async(
@@ -300,11 +343,7 @@ async def track_llm_stream_usage_async(
             yield chunk
         completed = True
     finally:
-        try:
-            fields = seen.fields(response_id, timestamp, customer_key, context)
+        with _kept_quiet_if_left_early(completed):
+            fields = seen.fields(response_id, timestamp, customer_key, context, api_key_alias)
             if fields is not None:
-                await track_async(task=task, api_key_alias=api_key_alias, **fields)
-        except Exception:
-            if completed:
-                raise
-            logger.exception("usage of a stream left early was not tracked")
+                await _publish_async(fields, task)

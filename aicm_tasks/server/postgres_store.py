@@ -22,16 +22,22 @@ from typing import Any
 
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.redact import redact_url
-from aicm_tasks.server.store import (
-    BUMP_COUNTER,
-    COUNTERS,
-    EVENT_COLUMNS,
-    UPSERT_ROLLUP,
+from aicm_tasks.server.ledger import (
     EventRow,
     EventStore,
     counter_bumps,
     first_occurrences,
     rollup_deltas,
+)
+from aicm_tasks.server.schema import (
+    BUMP_COUNTER,
+    COUNTERS,
+    EVENT_COLUMNS,
+    EVENTS,
+    POSTGRES,
+    POSTGRES_ARRAY_TYPES,
+    SEED_COUNTER,
+    UPSERT_ROLLUP,
 )
 
 try:
@@ -41,58 +47,11 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq                 BIGSERIAL PRIMARY KEY,
-    response_id         TEXT NOT NULL UNIQUE,
-    service_key         TEXT NOT NULL,
-    customer_key        TEXT,
-    timestamp           DOUBLE PRECISION NOT NULL,
-    payload             TEXT NOT NULL,
-    context             TEXT,
-    received_at         DOUBLE PRECISION NOT NULL,
-    input_tokens        BIGINT NOT NULL DEFAULT 0,
-    output_tokens       BIGINT NOT NULL DEFAULT 0,
-    cached_input_tokens BIGINT NOT NULL DEFAULT 0,
-    cache_write_tokens  BIGINT NOT NULL DEFAULT 0,
-    reasoning_tokens    BIGINT NOT NULL DEFAULT 0,
-    cost_nano_usd       BIGINT,
-    catalog_version     TEXT
-);
-CREATE INDEX IF NOT EXISTS events_service_key ON events (service_key);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS daily_rollups (
-    day                 TEXT NOT NULL,
-    service_key         TEXT NOT NULL,
-    customer_key        TEXT NOT NULL,
-    requests            BIGINT NOT NULL,
-    input_tokens        BIGINT NOT NULL,
-    output_tokens       BIGINT NOT NULL,
-    cached_input_tokens BIGINT NOT NULL,
-    reasoning_tokens    BIGINT NOT NULL,
-    cost_nano_usd       BIGINT NOT NULL,
-    PRIMARY KEY (day, service_key, customer_key)
-);
-"""
-
-#: PostgreSQL array type of each event column, for the one-statement unnest insert.
-_ARRAY_TYPES = {
-    "timestamp": "float8[]",
-    "received_at": "float8[]",
-    "input_tokens": "int8[]",
-    "output_tokens": "int8[]",
-    "cached_input_tokens": "int8[]",
-    "cache_write_tokens": "int8[]",
-    "reasoning_tokens": "int8[]",
-    "cost_nano_usd": "int8[]",
-}
+_KINDS = {column.name: column.kind for column in EVENTS.columns}
 _INSERT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"
     f" SELECT {', '.join(EVENT_COLUMNS)} FROM unnest("
-    + ", ".join(f"%s::{_ARRAY_TYPES.get(c, 'text[]')}" for c in EVENT_COLUMNS)
+    + ", ".join(f"%s::{POSTGRES_ARRAY_TYPES[_KINDS[c]]}" for c in EVENT_COLUMNS)
     + f") WITH ORDINALITY AS batch ({', '.join(EVENT_COLUMNS)}, position)"
     " ORDER BY position"
     " ON CONFLICT (response_id) DO NOTHING RETURNING response_id"
@@ -123,11 +82,8 @@ class PostgresEventStore(EventStore):
         self._lock = threading.Lock()
         self._conn = self._connect()
         with self._conn.transaction():
-            self._conn.execute(_SCHEMA)
-            self._conn.cursor().executemany(
-                "INSERT INTO counters (name, value) VALUES (%s, 0) ON CONFLICT DO NOTHING",
-                [(name,) for name in COUNTERS],
-            )
+            self._conn.execute(POSTGRES.create_tables())
+            self._conn.cursor().executemany(_pg(SEED_COUNTER), [(name,) for name in COUNTERS])
         logger.debug("event store open at %s", self.location)
 
     def _connect(self) -> psycopg.Connection[Any]:

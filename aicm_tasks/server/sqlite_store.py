@@ -24,60 +24,24 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from aicm_tasks.server.store import (
-    BUMP_COUNTER,
-    COUNTERS,
-    EVENT_COLUMNS,
-    UPSERT_ROLLUP,
+from aicm_tasks.server.ledger import (
     EventRow,
     EventStore,
     counter_bumps,
     first_occurrences,
     rollup_deltas,
 )
+from aicm_tasks.server.schema import (
+    BUMP_COUNTER,
+    COUNTERS,
+    EVENT_COLUMNS,
+    EVENTS,
+    SEED_COUNTER,
+    SQLITE,
+    UPSERT_ROLLUP,
+)
 
 logger = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq                 INTEGER PRIMARY KEY,
-    response_id         TEXT NOT NULL,
-    service_key         TEXT NOT NULL,
-    customer_key        TEXT,
-    timestamp           REAL NOT NULL,
-    payload             TEXT NOT NULL,
-    context             TEXT,
-    received_at         REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_service_key ON events (service_key);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS daily_rollups (
-    day                 TEXT NOT NULL,
-    service_key         TEXT NOT NULL,
-    customer_key        TEXT NOT NULL,
-    requests            INTEGER NOT NULL,
-    input_tokens        INTEGER NOT NULL,
-    output_tokens       INTEGER NOT NULL,
-    cached_input_tokens INTEGER NOT NULL,
-    reasoning_tokens    INTEGER NOT NULL,
-    cost_nano_usd       INTEGER NOT NULL,
-    PRIMARY KEY (day, service_key, customer_key)
-);
-"""
-#: Ledger columns added to ``events`` after its first version; added in place to
-#: older files (their events count zero tokens and no cost).
-_LEDGER_COLUMNS = {
-    "input_tokens": "INTEGER NOT NULL DEFAULT 0",
-    "output_tokens": "INTEGER NOT NULL DEFAULT 0",
-    "cached_input_tokens": "INTEGER NOT NULL DEFAULT 0",
-    "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
-    "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
-    "cost_nano_usd": "INTEGER",
-    "catalog_version": "TEXT",
-}
 
 _INSERT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"
@@ -99,15 +63,14 @@ class SqliteEventStore(EventStore):
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        self._conn.executescript(SQLITE.create_tables())
+        # A file from before the ledger columns: they are added in place (its
+        # events count zero tokens and no cost).
         present = {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}
-        for column, declaration in _LEDGER_COLUMNS.items():
+        for column, declaration in SQLITE.added_columns(EVENTS).items():
             if column not in present:
                 self._conn.execute(f"ALTER TABLE events ADD COLUMN {column} {declaration}")
-        self._conn.executemany(
-            "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
-            [(name,) for name in COUNTERS],
-        )
+        self._conn.executemany(SEED_COUNTER, [(name,) for name in COUNTERS])
         self._ids: set[str] = {
             response_id for (response_id,) in self._conn.execute("SELECT response_id FROM events")
         }

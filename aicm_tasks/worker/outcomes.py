@@ -12,18 +12,20 @@ Nothing here does I/O. The rules are the contract's tables
 * 401/403 mean the key is wrong: records are kept, not burnt;
 * 400/413/422 refuse the request: the batch is split to isolate the poison;
   so is a 5xx but 503 for records that failed before (a server that fails on
-  one record), see :func:`aicm_tasks.worker.delivery.attempt`.
+  one record), see :func:`aicm_tasks.worker.attempts.attempt`.
+
+A request that got no answer at all is classified by the transport
+(:func:`aicm_tasks.worker.transport.classify_exception`), the one module that
+knows httpx: this one stays free of it, and so does the planning that uses it.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
 
 from aicm_tasks.worker.retry import parse_retry_after
 
@@ -84,15 +86,9 @@ class BatchVerdict:
     results: Mapping[str, RecordResult] = field(default_factory=dict)
 
 
-def classify_exception(exc: BaseException) -> BatchVerdict:
-    """A request that got no HTTP answer: always transient."""
-    if isinstance(exc, httpx.TimeoutException):
-        detail = f"timeout: {type(exc).__name__}"
-    elif isinstance(exc, httpx.HTTPError):
-        detail = f"network: {type(exc).__name__}: {exc}"
-    else:
-        detail = f"{type(exc).__name__}: {exc}"
-    return BatchVerdict(VerdictKind.TRANSIENT, detail[:BODY_EXCERPT_CHARS])
+#: How a batch body is sent: one POST, its answer classified. The transport
+#: (:mod:`aicm_tasks.worker.transport`) makes these; tests pass plain functions.
+Post = Callable[[bytes], BatchVerdict]
 
 
 def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> BatchVerdict:

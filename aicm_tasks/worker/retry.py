@@ -1,4 +1,4 @@
-"""Backoff policy: when a record that could not be delivered gets its next try.
+"""Backoff: when an undelivered record gets its next try, and a broker error the next attempt.
 
 Hand-written rather than tenacity: tenacity retries a call inside one process,
 while here the wait is a due time written to Redis (the record leaves the
@@ -67,3 +67,16 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if seconds != seconds:  # NaN
         return None
     return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
+
+
+#: Wait after a Redis error before trying again, growing to the maximum, in seconds.
+REDIS_RETRY_MIN_S, REDIS_RETRY_MAX_S = 0.2, 5.0
+
+
+def next_pause_s(pause_s: float) -> float:
+    """The wait after another broker error: doubled, at most REDIS_RETRY_MAX_S.
+
+    The one backoff of the worker's threads against Redis (delivery, settling,
+    housekeeping). No jitter: one worker's threads back off from one Redis, and
+    a reconnect storm of a few threads per worker is not worth spreading out."""
+    return min(pause_s * 2, REDIS_RETRY_MAX_S)

@@ -1,14 +1,13 @@
 """The delivery loop a worker process runs: fetch a batch, deliver it, settle it.
 
 :class:`DeliveryService` owns a few delivery threads and one housekeeping
-thread. It knows Redis (through :class:`~aicm_tasks.broker.records.RecordStore`) and
+thread (:mod:`aicm_tasks.worker.housekeeping`). It knows Redis (through :class:`~aicm_tasks.broker.records.RecordStore`) and
 the transport, but not Celery: the bootstep in :mod:`aicm_tasks.worker.bootstep`
 starts and stops it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -21,47 +20,32 @@ from collections.abc import Callable, Mapping, Sequence
 import redis
 
 from aicm_tasks.broker.messages import decode
-from aicm_tasks.broker.records import RecordStore, Resolution
-from aicm_tasks.broker.redis_settings import (
-    CHECK_INTERVAL_S,
-    Finding,
-    judge_settings,
-    read_settings,
-)
-from aicm_tasks.worker.delivery import Post, Summary, attempt, plan, plan_after_error
+from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.redis_settings import CHECK_INTERVAL_S, Finding
+from aicm_tasks.broker.resolution import Resolution
+from aicm_tasks.worker.attempts import attempt
+from aicm_tasks.worker.delivery import Summary, plan, plan_after_error
+from aicm_tasks.worker.housekeeping import Housekeeping
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
-from aicm_tasks.worker.outcomes import BatchVerdict
-from aicm_tasks.worker.retry import BackoffPolicy
+from aicm_tasks.worker.outcomes import BatchVerdict, Post
+from aicm_tasks.worker.retry import (
+    REDIS_RETRY_MAX_S,
+    REDIS_RETRY_MIN_S,
+    BackoffPolicy,
+    next_pause_s,
+)
 
 logger = logging.getLogger(__name__)
 
-#: How often the housekeeping thread renews the lease, promotes due retries and
-#: reclaims batches of dead workers, at most, in seconds.
-HOUSEKEEPING_INTERVAL_S = 1.0
 #: Longest single wait for the queue, so a stop request is noticed quickly.
 MAX_WAIT_S = 1.0
 #: While a batch fills, how often to take what has arrived, in seconds.
 GATHER_POLL_S = 0.02
-#: Wait after a Redis error before trying again, growing to the maximum.
-REDIS_RETRY_MIN_S, REDIS_RETRY_MAX_S = 0.2, 5.0
 #: During shutdown, how long to keep trying to settle a batch while Redis is
 #: unreachable; after that it stays held and returns when the lease expires.
 SETTLE_GIVE_UP_WHEN_STOPPING_S = 10.0
 
 _EMPTY = Resolution()
-
-#: Housekeeping rounds between two depth readings for observers (gauges).
-DEPTH_EVERY_ROUNDS = 5
-#: Housekeeping rounds between two sweeps for batch keys no lease covers (a
-#: SCAN of the database: one round trip per 1,000 keys in it).
-SWEEP_EVERY_ROUNDS = 30
-#: ``seen`` entries of workers gone (no lease) this long are forgotten, in seconds.
-FORGET_UNSEEN_AFTER_S = 3600.0
-#: A host clock this far from the Redis server's is logged (leases do not
-#: depend on it; dead-letter times, ``eta`` and logs do), in seconds.
-CLOCK_SKEW_WARN_S = 2.0
-#: At most one clock-skew warning per this many seconds.
-CLOCK_SKEW_WARN_EVERY_S = 600.0
 
 
 class DeliveryService:
@@ -98,16 +82,20 @@ class DeliveryService:
         self.auth_retry_interval_s = auth_retry_interval_s
         self.lease_s = redelivery_timeout_s
         self.observers = Observers(observers)
-        self.settings_check_interval_s = settings_check_interval_s
-        self._last_findings: list[Finding] | None = None
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.housekeeping = Housekeeping(
+            store,
+            self.consumer,
+            lease_s=self.lease_s,
+            observers=self.observers,
+            settings_check_interval_s=settings_check_interval_s,
+        )
         self._numbers = itertools.count()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
         self._gather_lock = threading.Lock()
-        self._skew_warned_at = -CLOCK_SKEW_WARN_EVERY_S
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -117,7 +105,7 @@ class DeliveryService:
             "register lease", lambda: self.store.renew_lease(self.consumer, self.lease_s) > 0
         )
         housekeeping = threading.Thread(
-            target=self._housekeep, name="aicm-housekeeping", daemon=True
+            target=self.housekeeping.run, args=(self._stop,), name="aicm-housekeeping", daemon=True
         )
         self._threads = [housekeeping]
         for n in range(self.concurrency):
@@ -184,7 +172,7 @@ class DeliveryService:
             except redis.RedisError as exc:
                 logger.warning("broker error in delivery (%s); retrying in %.1fs", exc, pause_s)
                 self._stop.wait(pause_s)
-                pause_s = _next_pause_s(pause_s)
+                pause_s = next_pause_s(pause_s)
             except Exception:  # a bug must not kill the thread
                 logger.exception("unexpected error in delivery; the batch goes back to the queue")
                 self._stop.wait(REDIS_RETRY_MAX_S)
@@ -238,8 +226,8 @@ class DeliveryService:
                 self.policy,
                 auth_retry_interval_s=self.auth_retry_interval_s,
                 delivered=len(done.delivered),
+                requests=done.requests,
             )
-            summary = dataclasses.replace(summary, requests=done.requests)
         except Exception as exc:
             # A bug, or a record no check foresaw: every record is retried with
             # its attempt counted (so it ends, at worst as retries_exhausted), and
@@ -346,92 +334,10 @@ class DeliveryService:
             )
 
     # -- housekeeping ------------------------------------------------------------
-    def _housekeep(self) -> None:
-        pause_s = HOUSEKEEPING_INTERVAL_S
-        rounds = 0
-        checked_at = -float("inf")
-        while not self._stop.wait(pause_s):
-            rounds += 1
-            try:
-                server_now = self.store.renew_lease(self.consumer, self.lease_s)
-                self._check_clock(server_now)
-                if time.monotonic() - checked_at >= self.settings_check_interval_s:
-                    checked_at = time.monotonic()
-                    self._check_redis_settings_safely()
-                if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
-                    self.observers.housekeeping(self.store.depth())
-                self.store.promote_due()
-                reclaimed = self.store.reclaim_expired(self.consumer)
-                if reclaimed:
-                    logger.warning(
-                        "reclaimed %d records from workers whose lease expired", reclaimed
-                    )
-                if rounds % SWEEP_EVERY_ROUNDS == 1:
-                    swept = self.store.sweep()
-                    if swept:
-                        logger.warning(
-                            "returned %d records to the queue from batch keys no lease covered",
-                            swept,
-                        )
-                    self.store.forget_unseen(FORGET_UNSEEN_AFTER_S)
-                pause_s = HOUSEKEEPING_INTERVAL_S
-            except redis.RedisError as exc:
-                logger.warning("broker error in housekeeping: %s", exc)
-                pause_s = _next_pause_s(pause_s)
-
-    def _check_clock(self, server_now: float) -> None:
-        """Warn when this host's clock is far from the Redis server's.
-
-        Leases and retry times are decided on the server's clock, so skew costs
-        no record; but dead-letter times, ``eta`` of producers and log times
-        come from hosts' clocks.
-        """
-        skew_s = time.time() - server_now
-        if abs(skew_s) < CLOCK_SKEW_WARN_S:
-            return
-        now = time.monotonic()
-        if now - self._skew_warned_at < CLOCK_SKEW_WARN_EVERY_S:
-            return
-        self._skew_warned_at = now
-        logger.warning(
-            "this host's clock is %+.1fs off the Redis server's; leases use the server's "
-            "clock, but timestamps this host writes (dead-letter times, logs) are off by as much",
-            skew_s,
-        )
-
-    def _check_redis_settings_safely(self) -> None:
-        """A bug in the check must not stop this thread: it renews the lease."""
-        try:
-            self.check_redis_settings()
-        except redis.RedisError:
-            raise
-        except Exception:
-            logger.exception("could not check the Redis settings")
-
     def check_redis_settings(self) -> list[Finding]:
-        """Read the broker's eviction and persistence settings, log what is wrong, tell observers.
-
-        An error (an evicting policy) is logged at every check, since records
-        are at risk for as long as it lasts; a warning only when the findings
-        change, so a Redis without AOF gives one line, not one a minute.
-        """
-        settings = read_settings(self.store.client, read_by=self.consumer)
-        findings = judge_settings(settings)
-        changed = findings != self._last_findings
-        self._last_findings = findings
-        for finding in findings:
-            if finding.level == "error":
-                logger.error("Redis settings put records at risk: %s", finding.message)
-            elif changed:
-                logger.warning("Redis settings: %s", finding.message)
-        if changed and not findings:
-            logger.info(
-                "Redis settings: maxmemory-policy %s, AOF on (read with %s)",
-                settings.maxmemory_policy,
-                settings.source,
-            )
-        self.observers.redis_settings_read(settings, findings)
-        return findings
+        """Read the broker's eviction and persistence settings, log what is wrong,
+        tell observers (see :meth:`Housekeeping.check_redis_settings`)."""
+        return self.housekeeping.check_redis_settings()
 
     def _retrying(self, what: str, action: Callable[[], bool | None]) -> bool:
         """Run a broker write until it succeeds: a decided fate must reach Redis.
@@ -459,15 +365,7 @@ class DeliveryService:
                     "broker error (%s) while trying to %s; retrying in %.1fs", exc, what, pause_s
                 )
                 time.sleep(pause_s)
-                pause_s = _next_pause_s(pause_s)
-
-
-def _next_pause_s(pause_s: float) -> float:
-    """The wait after another broker error: doubled, at most REDIS_RETRY_MAX_S.
-
-    No jitter: one worker's threads back off from one Redis, and a reconnect
-    storm of a few threads per worker is not worth spreading out."""
-    return min(pause_s * 2, REDIS_RETRY_MAX_S)
+                pause_s = next_pause_s(pause_s)
 
 
 def _some(ids: tuple[str, ...], most: int = 10) -> str:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import httpx
 
 from aicm_tasks.worker.outcomes import (
+    BODY_EXCERPT_CHARS,
     BatchVerdict,
+    Post,
     VerdictKind,
-    classify_exception,
     classify_response,
 )
 
@@ -29,7 +30,16 @@ logger = logging.getLogger(__name__)
 #: abandoned as transient rather than held in the worker's memory.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
-Post = Callable[[bytes], BatchVerdict]
+
+def classify_exception(exc: BaseException) -> BatchVerdict:
+    """A request that got no HTTP answer: always transient."""
+    if isinstance(exc, httpx.TimeoutException):
+        detail = f"timeout: {type(exc).__name__}"
+    elif isinstance(exc, httpx.HTTPError):
+        detail = f"network: {type(exc).__name__}: {exc}"
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return BatchVerdict(VerdictKind.TRANSIENT, detail[:BODY_EXCERPT_CHARS])
 
 
 def _bearer(key: str) -> dict[str, str]:

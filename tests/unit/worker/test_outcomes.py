@@ -10,10 +10,10 @@ from aicm_tasks.worker.outcomes import (
     Reason,
     RecordResult,
     VerdictKind,
-    classify_exception,
     classify_response,
     record_fate,
 )
+from aicm_tasks.worker.transport import classify_exception
 
 GOOD = json.dumps({"results": [{"response_id": "r1", "status": "queued"}]}).encode()
 

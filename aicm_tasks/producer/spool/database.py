@@ -1,11 +1,10 @@
-"""The producer's local spool: where a validated record waits when the broker is down.
+"""The spool's SQLite database: appends, and the claims a drain takes and releases.
 
-When publishing fails, :class:`Spool` inserts the record (already validated,
-with its ``response_id`` and its due time, if any) into an SQLite database of
-the user in ``AICM_SPOOL_DIR``, and the ``track`` call succeeds. A background
-thread of the same process pushes spooled records back to the broker once it
-answers (checked every few seconds), and ``aicm-tasks spool drain`` does the
-same by hand.
+:class:`SpoolDatabase` keeps each record the broker did not take (already
+validated, with its ``response_id`` and its due time, if any) in an SQLite
+database of the user in ``AICM_SPOOL_DIR``;
+:class:`~aicm_tasks.producer.spool.Spool` adds its status, the drains and the
+background drainer.
 
 Why SQLite (standard library ``sqlite3``, WAL mode) rather than the hand-written
 line files of earlier versions: those lost records in four ways (a failed drain
@@ -50,25 +49,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from aicm_tasks.errors import SpoolFullError, SpoolWriteError
-from aicm_tasks.producer.legacy_spool import import_legacy_files, legacy_files, not_ours
-from aicm_tasks.settings import Settings
+from aicm_tasks.producer.legacy_spool import import_legacy_files
 
 logger = logging.getLogger(__name__)
 
-#: How often the drain thread looks for the broker, in seconds.
-DRAIN_INTERVAL_S = 5.0
 #: Records claimed and pushed per broker round trip when draining.
 DRAIN_CHUNK = 1000
 #: A claim older than this belongs to a drainer that died mid-push; it is taken
@@ -90,38 +82,18 @@ CREATE INDEX IF NOT EXISTS records_by_destination ON records (destination, id);
 """
 
 
-class SpoolTarget(Protocol):
-    """Where a drain puts records: :class:`aicm_tasks.broker.records.RecordStore` is one."""
-
-    def push_many(self, messages: Sequence[bytes]) -> None: ...
-
-    def schedule(self, items: Iterable[tuple[float, bytes]]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolStatus:
-    """What the spool holds right now.
-
-    ``records`` are those of this spool's destination (queue and key prefix);
-    ``other_records`` those spooled for other queues; ``skipped`` counts files in
-    the directory that are not ours or cannot be read (each logged once).
-    """
-
-    directory: str
-    files: int
-    records: int
-    bytes: int
-    other_records: int = 0
-    skipped: int = 0
-
-
 def destination_of(queue: str, key_prefix: str) -> str:
     """The destination a spooled record keeps: its queue and key prefix."""
     return f"{key_prefix} {queue}"
 
 
-class Spool:
-    """The user's spool database in ``directory``, safe across threads, processes, forks."""
+class SpoolDatabase:
+    """The user's spool database in ``directory``, safe across threads, processes, forks.
+
+    Appends, and a drain's claims (:meth:`_claim`, :meth:`_release`,
+    :meth:`_forget`); :class:`~aicm_tasks.producer.spool.Spool` adds the
+    status, the drain itself and the background drainer.
+    """
 
     def __init__(
         self,
@@ -141,19 +113,7 @@ class Spool:
         #: Connections inherited across fork: kept, never used nor closed.
         self._inherited: list[sqlite3.Connection] = []
         self._warned: set[str] = set()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        _reset_lock_after_fork(self)
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Spool:
-        """The spool of ``AICM_SPOOL_DIR`` for the configured queue and key prefix."""
-        return cls(
-            settings.spool_dir,
-            settings.spool_max_bytes,
-            destination=destination_of(settings.queue, settings.key_prefix),
-            busy_timeout_s=settings.publish_timeout_s,
-        )
+        _reset_after_fork(self)
 
     @property
     def path(self) -> Path:
@@ -274,86 +234,7 @@ class Spool:
             self._warned.add(str(path))
             logger.warning("spool file %s skipped: %s", path, why)
 
-    # -- reading -------------------------------------------------------------------
-    def has_records(self) -> bool:
-        """Whether anything waits for this destination (cheap when nothing was spooled)."""
-        if not self.path.exists() and not legacy_files(self.directory):
-            return False
-        with self._lock:
-            conn = self._connection()
-            row = conn.execute(
-                "SELECT 1 FROM records WHERE destination = ? LIMIT 1", (self.destination,)
-            ).fetchone()
-        return row is not None
-
-    def status(self) -> SpoolStatus:
-        """Records (this destination's and others'), files and bytes spooled."""
-        skipped = self._foreign_files()
-        if not self.path.exists() and not legacy_files(self.directory):
-            return SpoolStatus(str(self.directory), 0, 0, 0, 0, len(skipped))
-        with self._lock:
-            conn = self._connection()
-            counts = dict(
-                conn.execute(
-                    "SELECT destination = ?, COUNT(*) FROM records GROUP BY destination = ?",
-                    (self.destination, self.destination),
-                ).fetchall()
-            )
-        size = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(FileNotFoundError):
-                size += os.stat(f"{self.path}{suffix}").st_size
-        files = 1 + len(legacy_files(self.directory))
-        return SpoolStatus(
-            str(self.directory), files, counts.get(1, 0), size, counts.get(0, 0), len(skipped)
-        )
-
-    def _foreign_files(self) -> list[Path]:
-        """Files in the directory we leave alone (another user's, unreadable), logged once."""
-        if not self.directory.is_dir():
-            return []
-        foreign = [p for p in self.directory.glob("spool-*.sqlite3") if p.name != self.path.name]
-        for path in foreign:
-            self._warn_once(path, "the spool of another user")
-        for path in legacy_files(self.directory):
-            why = not_ours(path)
-            if why:
-                self._warn_once(path, why)
-                foreign.append(path)
-        return foreign
-
-    # -- draining ------------------------------------------------------------------
-    def drain(self, target: SpoolTarget) -> int:
-        """Push this destination's spooled records to ``target``; returns how many.
-
-        Each chunk is claimed in a transaction, pushed (records with a future due
-        time to the scheduled set), and deleted only after ``target`` took it. If
-        pushing fails, the claim is released and the error propagates; nothing
-        appended meanwhile is touched. Records appended after the drain started
-        wait for the next one.
-        """
-        if not self.path.exists() and not legacy_files(self.directory):
-            return 0
-        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        with self._lock:
-            conn = self._connection()
-            last = conn.execute("SELECT MAX(id) FROM records").fetchone()[0] or 0
-        pushed = 0
-        while True:
-            rows = self._claim(token, last)
-            if not rows:
-                break
-            try:
-                _push(target, rows)
-            except BaseException:
-                self._release(token)
-                raise
-            self._forget(token)
-            pushed += len(rows)
-        if pushed:
-            logger.warning("pushed %d spooled records to the broker", pushed)
-        return pushed
-
+    # -- a drain's claims ------------------------------------------------------------
     def _claim(self, token: str, last: int) -> list[tuple[bytes, float | None]]:
         now = time.time()
         with self._lock:
@@ -397,32 +278,9 @@ class Spool:
         with self._lock:
             self._connection().execute("DELETE FROM records WHERE claimed_by = ?", (token,))
 
-    # -- the background drainer -----------------------------------------------------
-    def ensure_drainer(self, target: SpoolTarget, broker_ok: Callable[[], bool]) -> None:
-        """Start this process's drain thread unless it runs already."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._drain_loop,
-                args=(target, broker_ok),
-                name="aicm-spool-drainer",
-                daemon=True,
-            )
-            self._thread.start()
-
-    def stop_drainer(self) -> None:
-        """Ask the drain thread to stop after its current round."""
-        self._stop.set()
-
-    def _drain_loop(self, target: SpoolTarget, broker_ok: Callable[[], bool]) -> None:
-        while not self._stop.wait(DRAIN_INTERVAL_S):
-            try:
-                if self.has_records() and broker_ok():
-                    self.drain(target)
-            except Exception as exc:
-                logger.warning("spooled records not pushed yet: %s", exc)
+    def _after_fork_in_child(self) -> None:
+        """A child forked while another thread held the lock would wait forever on it."""
+        self._lock = threading.Lock()
 
 
 def _insert(conn: sqlite3.Connection, destination: str, messages: Sequence[bytes]) -> None:
@@ -440,25 +298,13 @@ def _insert(conn: sqlite3.Connection, destination: str, messages: Sequence[bytes
         raise
 
 
-def _push(target: SpoolTarget, rows: Sequence[tuple[bytes, float | None]]) -> None:
-    """Records due later to the scheduled set, the rest to the queue."""
-    now = time.time()
-    later = [(due, message) for message, due in rows if due is not None and due > now]
-    ready = [message for message, due in rows if due is None or due <= now]
-    if later:
-        target.schedule(later)
-    if ready:
-        target.push_many(ready)
-
-
-def _reset_lock_after_fork(spool: Spool) -> None:
-    """A child forked while another thread held the lock would wait forever on it."""
+def _reset_after_fork(spool: SpoolDatabase) -> None:
+    """Run the spool's ``_after_fork_in_child`` in every child forked while it lives."""
     ref = weakref.ref(spool)
 
     def reset() -> None:
         alive = ref()
         if alive is not None:
-            alive._lock = threading.Lock()
-            alive._thread = None  # threads do not survive fork
+            alive._after_fork_in_child()
 
     os.register_at_fork(after_in_child=reset)

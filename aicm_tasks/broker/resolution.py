@@ -1,0 +1,25 @@
+"""What settles a batch: the writes the broker applies in one atomic step.
+
+A plain value, apart from :mod:`aicm_tasks.broker.records` (which needs redis)
+so that the worker's pure planning (:mod:`aicm_tasks.worker.delivery`) can build
+one without importing a Redis client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What to write when a batch's fate is final.
+
+    ``retries`` are ``(delay_s, message)``: due that many seconds after the
+    settle, on the Redis server's clock. ``dead_letters`` are ``(id, entry_json)``,
+    indexed at the server's time of the settle. ``stats`` are counter increments.
+    """
+
+    retries: Sequence[tuple[float, bytes]] = ()
+    dead_letters: Sequence[tuple[str, str]] = ()
+    stats: dict[str, int] | None = None

@@ -1,0 +1,152 @@
+"""The worker's housekeeping thread: its lease, due retries, dead workers' batches.
+
+:class:`Housekeeping` runs in one thread of the :class:`~aicm_tasks.worker.service.DeliveryService`,
+beside its delivery threads: about once a second it renews this worker's lease
+(so nobody reclaims its batches), promotes due retries to the queue and
+reclaims the batches of workers whose lease expired; less often it sweeps for
+batch keys no lease covers, forgets ``seen`` entries of gone workers, reads the
+queue depths for observers and checks the Redis server's settings and clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.redis_settings import Finding, judge_settings, read_settings
+from aicm_tasks.worker.observe import Observers
+from aicm_tasks.worker.retry import next_pause_s
+
+logger = logging.getLogger(__name__)
+
+#: How often the housekeeping thread renews the lease, promotes due retries and
+#: reclaims batches of dead workers, at most, in seconds.
+HOUSEKEEPING_INTERVAL_S = 1.0
+#: Housekeeping rounds between two depth readings for observers (gauges).
+DEPTH_EVERY_ROUNDS = 5
+#: Housekeeping rounds between two sweeps for batch keys no lease covers (a
+#: SCAN of the database: one round trip per 1,000 keys in it).
+SWEEP_EVERY_ROUNDS = 30
+#: ``seen`` entries of workers gone (no lease) this long are forgotten, in seconds.
+FORGET_UNSEEN_AFTER_S = 3600.0
+#: A host clock this far from the Redis server's is logged (leases do not
+#: depend on it; dead-letter times, ``eta`` and logs do), in seconds.
+CLOCK_SKEW_WARN_S = 2.0
+#: At most one clock-skew warning per this many seconds.
+CLOCK_SKEW_WARN_EVERY_S = 600.0
+
+
+class Housekeeping:
+    """The periodic broker chores of one worker process (``consumer``)."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        consumer: str,
+        *,
+        lease_s: float,
+        observers: Observers,
+        settings_check_interval_s: float,
+    ) -> None:
+        self.store = store
+        self.consumer = consumer
+        self.lease_s = lease_s
+        self.observers = observers
+        self.settings_check_interval_s = settings_check_interval_s
+        self._last_findings: list[Finding] | None = None
+        self._skew_warned_at = -CLOCK_SKEW_WARN_EVERY_S
+
+    def run(self, stop: threading.Event) -> None:
+        """Do the chores every HOUSEKEEPING_INTERVAL_S until ``stop`` is set.
+
+        A broker error backs off (doubling) and tries again: this thread must
+        outlive any Redis outage, since it renews the lease."""
+        pause_s = HOUSEKEEPING_INTERVAL_S
+        rounds = 0
+        checked_at = -float("inf")
+        while not stop.wait(pause_s):
+            rounds += 1
+            try:
+                server_now = self.store.renew_lease(self.consumer, self.lease_s)
+                self._check_clock(server_now)
+                if time.monotonic() - checked_at >= self.settings_check_interval_s:
+                    checked_at = time.monotonic()
+                    self._check_redis_settings_safely()
+                if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
+                    self.observers.housekeeping(self.store.depth())
+                self.store.promote_due()
+                reclaimed = self.store.reclaim_expired(self.consumer)
+                if reclaimed:
+                    logger.warning(
+                        "reclaimed %d records from workers whose lease expired", reclaimed
+                    )
+                if rounds % SWEEP_EVERY_ROUNDS == 1:
+                    swept = self.store.sweep()
+                    if swept:
+                        logger.warning(
+                            "returned %d records to the queue from batch keys no lease covered",
+                            swept,
+                        )
+                    self.store.forget_unseen(FORGET_UNSEEN_AFTER_S)
+                pause_s = HOUSEKEEPING_INTERVAL_S
+            except redis.RedisError as exc:
+                logger.warning("broker error in housekeeping: %s", exc)
+                pause_s = next_pause_s(pause_s)
+
+    def _check_clock(self, server_now: float) -> None:
+        """Warn when this host's clock is far from the Redis server's.
+
+        Leases and retry times are decided on the server's clock, so skew costs
+        no record; but dead-letter times, ``eta`` of producers and log times
+        come from hosts' clocks.
+        """
+        skew_s = time.time() - server_now
+        if abs(skew_s) < CLOCK_SKEW_WARN_S:
+            return
+        now = time.monotonic()
+        if now - self._skew_warned_at < CLOCK_SKEW_WARN_EVERY_S:
+            return
+        self._skew_warned_at = now
+        logger.warning(
+            "this host's clock is %+.1fs off the Redis server's; leases use the server's "
+            "clock, but timestamps this host writes (dead-letter times, logs) are off by as much",
+            skew_s,
+        )
+
+    def _check_redis_settings_safely(self) -> None:
+        """A bug in the check must not stop this thread: it renews the lease."""
+        try:
+            self.check_redis_settings()
+        except redis.RedisError:
+            raise
+        except Exception:
+            logger.exception("could not check the Redis settings")
+
+    def check_redis_settings(self) -> list[Finding]:
+        """Read the broker's eviction and persistence settings, log what is wrong, tell observers.
+
+        An error (an evicting policy) is logged at every check, since records
+        are at risk for as long as it lasts; a warning only when the findings
+        change, so a Redis without AOF gives one line, not one a minute.
+        """
+        settings = read_settings(self.store.client, read_by=self.consumer)
+        findings = judge_settings(settings)
+        changed = findings != self._last_findings
+        self._last_findings = findings
+        for finding in findings:
+            if finding.level == "error":
+                logger.error("Redis settings put records at risk: %s", finding.message)
+            elif changed:
+                logger.warning("Redis settings: %s", finding.message)
+        if changed and not findings:
+            logger.info(
+                "Redis settings: maxmemory-policy %s, AOF on (read with %s)",
+                settings.maxmemory_policy,
+                settings.source,
+            )
+        self.observers.redis_settings_read(settings, findings)
+        return findings
