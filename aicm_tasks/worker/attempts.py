@@ -9,6 +9,7 @@ writes that settle the batch.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -102,17 +103,18 @@ def attempt(
 
     # Splitting on a 5xx: a server that answers 500 to one record answers 500 to
     # every request holding it, exactly like an outage. What tells them apart is
-    # whether anything else in this attempt got through (``server_works``). Until
-    # then a failing group is split only ``blind`` levels deep, and only for
-    # records that failed before: during an outage a batch costs 1 request on
-    # its first attempt, then 3, 7, then at most 15 per attempt (blind depth
-    # MAX_BLIND_SPLIT_DEPTH), while its backoff doubles, so the request rate
-    # stays bounded. Once anything succeeded, failing groups are split down to
-    # single records, so one poison record holds no batch-mate past this attempt.
+    # whether anything else in this attempt got through (``server_works``).
+    # Once anything did, a group answered 5xx is split down to single records,
+    # so poison records, however many, hold no batch-mate past this attempt.
+    # When nothing did, records that failed before are probed: a couple of them
+    # (drawn at random, so no placement of poison defeats it) are sent alone;
+    # one answered means the server works. An outage thus costs a batch 1
+    # request on its first attempt and 1 + PROBES_PER_GROUP after, whatever its
+    # size or how often it failed; blind bisection would cost up to 2n - 1.
     server_works = False
     suspects: list[tuple[list[Item], BatchVerdict, Post]] = []
 
-    def send(group: list[Item], post: Post, blind: int) -> None:
+    def send(group: list[Item], post: Post) -> None:
         nonlocal server_works
         done.requests += 1
         verdict = post(batch_body([item.body for item in group]))
@@ -120,8 +122,8 @@ def attempt(
             server_works = True
             if len(group) > 1:
                 middle = len(group) // 2
-                send(group[:middle], post, blind)
-                send(group[middle:], post, blind)
+                send(group[:middle], post)
+                send(group[middle:], post)
                 return
         elif verdict.kind is _RESULTS:
             server_works = True
@@ -134,10 +136,10 @@ def attempt(
                     settle(item, _outcome_for(item, verdict))
             return
         elif len(group) > 1 and suspects_a_record(verdict):
-            if server_works or blind > 0:
+            if server_works:
                 middle = len(group) // 2
-                send(group[:middle], post, blind - 1)
-                send(group[middle:], post, blind - 1)
+                send(group[:middle], post)
+                send(group[middle:], post)
             else:
                 suspects.append((group, verdict, post))
             return
@@ -147,8 +149,7 @@ def attempt(
     for alias, group in _by_alias(list(first.values())).items():
         sender = post if alias is None else (aliases or {}).get(alias)
         if sender is not None:
-            blind = min(MAX_BLIND_SPLIT_DEPTH, max(item.retries for item in group))
-            send(group, sender, blind)
+            send(group, sender)
             continue
         detail = (
             "this worker has no default API key (AICM_API_KEY)"
@@ -160,23 +161,37 @@ def attempt(
                 item,
                 Outcome(item, Fate.DEAD_LETTER, detail, Reason.UNKNOWN_API_KEY_ALIAS, sent=False),
             )
-    # Groups left unsplit before anything got through: split them now that
-    # something did (their whole was answered 5xx already, so not sent again).
+    # Groups answered 5xx before anything got through (their whole was sent
+    # already, so it is not sent again): probe, then split what is left.
     pending, suspects = suspects, []
     for group, verdict, sender in pending:
-        if server_works:
-            middle = len(group) // 2
-            send(group[:middle], sender, 0)
-            send(group[middle:], sender, 0)
+        rest = group
+        if not server_works and max(item.retries for item in group) > 0:
+            probed: set[str] = set()
+            for index in _PROBE_RNG.sample(range(len(group)), min(PROBES_PER_GROUP, len(group))):
+                send([group[index]], sender)  # a single record settles itself
+                probed.add(group[index].response_id)
+                if server_works:
+                    break
+            rest = [item for item in group if item.response_id not in probed]
+        if server_works and len(rest) > 1:
+            middle = len(rest) // 2
+            send(rest[:middle], sender)
+            send(rest[middle:], sender)
+        elif server_works and rest:
+            send(rest, sender)
         else:
-            for item in group:
+            for item in rest:
                 settle(item, _outcome_for(item, verdict))
     return done
 
 
-#: How many levels a batch answered 5xx is split before any request of the
-#: attempt got through (see :func:`attempt`): at most 2**(depth+1) - 1 requests.
-MAX_BLIND_SPLIT_DEPTH = 3
+#: Records of a batch answered 5xx sent alone, at most, to learn whether the
+#: server works at all (see :func:`attempt`): two, so that both must be poison
+#: for an attempt to learn nothing (about p**2 for a poison share p).
+PROBES_PER_GROUP = 2
+#: Draws the probes; random so that no placement of poison records defeats them.
+_PROBE_RNG = random.Random()
 
 #: Enum members looked up once: on Python 3.11 ``VerdictKind.RESULTS`` goes
 #: through EnumType.__getattr__, four times the cost of a plain attribute.
