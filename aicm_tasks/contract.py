@@ -41,6 +41,7 @@ __all__ = [
     "MAX_TIMESTAMP_S",
     "MAX_TOKEN_COUNT",
     "MIN_TIMESTAMP_S",
+    "SDK_FIELDS",
     "SERVICE_KEY_SEPARATOR",
     "STATUSES",
     "STATUS_COMPLETED",
@@ -72,6 +73,16 @@ STATUSES = (STATUS_QUEUED, STATUS_COMPLETED, STATUS_SERVICE_KEY_UNKNOWN, STATUS_
 #: A record's fields (others are ignored by the server, never written by the call site).
 FIELDS = ("service_key", "response_id", "timestamp", "payload", "customer_key", "context")
 
+#: The official SDK's record fields (its ``Tracker`` and its SQLite queue), by
+#: the name ``track`` gives each: the SDK says ``payload`` for ``usage``.
+SDK_FIELDS = {
+    "service_key": "service_key",
+    "payload": "usage",
+    "response_id": "response_id",
+    "timestamp": "timestamp",
+    "customer_key": "customer_key",
+    "context": "context",
+}
 #: Separator between vendor and service in a service key.
 SERVICE_KEY_SEPARATOR = "::"
 #: Ways the local server's ledger API (``GET /api/v1/costs?group_by=``) groups

@@ -17,13 +17,11 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aicm_tasks.contract import API_KEY_ALIAS_PATTERN
+from aicm_tasks.contract import API_KEY_ALIAS_PATTERN, MAX_RECORDS_PER_REQUEST
 from aicm_tasks.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
-#: The contract's limit on records in one POST /track.
-CONTRACT_MAX_BATCH = 1000
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_API_BASE = "https://aicostmanager.com"
 DEFAULT_API_URL = "/api/v1"
@@ -98,7 +96,7 @@ class Settings(BaseSettings):
     api_keys: dict[str, SecretStr] = Field(default_factory=dict)
     api_base: str = DEFAULT_API_BASE
     api_url: str = DEFAULT_API_URL
-    batch_size: int = Field(default=500, ge=1, le=CONTRACT_MAX_BATCH)
+    batch_size: int = Field(default=500, ge=1, le=MAX_RECORDS_PER_REQUEST)
     flush_interval_s: PositiveSeconds = 1.0
     http_timeout_s: PositiveSeconds = 30.0
     #: Delivery threads per worker process; each holds at most one batch.

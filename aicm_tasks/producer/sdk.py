@@ -24,21 +24,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "CeleryDelivery needs the official SDK: pip install 'aicm-tasks[sdk]'"
     ) from exc
 
+from aicm_tasks.contract import SDK_FIELDS
 from aicm_tasks.errors import RecordTypeError
 from aicm_tasks.producer.api import HasProducer, default_task
 from aicm_tasks.producer.record import check_api_key_alias
 
 logger = logging.getLogger(__name__)
-
-#: The fields of a record the SDK's ``Tracker`` builds, as ``track`` names them.
-SDK_RECORD_FIELDS = {
-    "service_key": "service_key",
-    "payload": "usage",
-    "response_id": "response_id",
-    "timestamp": "timestamp",
-    "customer_key": "customer_key",
-    "context": "context",
-}
 
 
 def sdk_record_fields(payload: Any) -> dict[str, Any]:
@@ -48,10 +39,10 @@ def sdk_record_fields(payload: Any) -> dict[str, Any]:
     """
     if not isinstance(payload, dict):
         raise RecordTypeError("record", f"must be a dict, not {type(payload).__name__}")
-    unknown = set(payload) - set(SDK_RECORD_FIELDS)
+    unknown = set(payload) - set(SDK_FIELDS)
     if unknown:
         raise RecordTypeError(sorted(unknown)[0], "is not a field of a /track record")
-    return {SDK_RECORD_FIELDS[name]: value for name, value in payload.items()}
+    return {SDK_FIELDS[name]: value for name, value in payload.items()}
 
 
 class CeleryDelivery(Delivery):

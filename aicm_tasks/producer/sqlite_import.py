@@ -37,6 +37,7 @@ from typing import Any
 import redis
 
 from aicm_tasks.broker.keys import Keys
+from aicm_tasks.contract import SDK_FIELDS
 from aicm_tasks.errors import ConfigurationError, RecordError
 from aicm_tasks.producer.record import Record, build_record
 
@@ -46,15 +47,6 @@ SDK_STATUSES = ("queued", "processing", "failed")
 IMPORTED_TABLE = "aicm_tasks_imported"
 #: Rows published per broker round trip.
 DEFAULT_CHUNK = 500
-
-_SDK_FIELDS = {
-    "service_key": "service_key",
-    "payload": "usage",
-    "response_id": "response_id",
-    "timestamp": "timestamp",
-    "customer_key": "customer_key",
-    "context": "context",
-}
 
 
 @dataclass
@@ -128,12 +120,12 @@ def record_of_row(payload_json: str, max_bytes: int) -> Record:
         raise ValueError(f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("payload is not a JSON object")
-    unknown = sorted(set(data) - set(_SDK_FIELDS))
+    unknown = sorted(set(data) - set(SDK_FIELDS))
     if unknown:
         raise ValueError(f"{unknown[0]}: is not a field of a /track record")
     if "response_id" not in data:
         raise ValueError("response_id: missing (the SDK always writes one)")
-    fields = {_SDK_FIELDS[name]: value for name, value in data.items()}
+    fields = {SDK_FIELDS[name]: value for name, value in data.items()}
     service_key = fields.pop("service_key", None)
     usage = fields.pop("usage", None)
     try:

@@ -17,7 +17,6 @@ from pydantic import SecretStr, ValidationError
 
 from aicm_tasks.contract import MAX_RECORDS_PER_REQUEST
 from aicm_tasks.settings import (
-    CONTRACT_MAX_BATCH,
     SDK_VARIABLES,
     Settings,
     url_problem,
@@ -54,8 +53,8 @@ TABLE = [
     Row("api_keys", {}, [], ['["not", "an", "object"]', '{"bad alias!": "k"}', '{"a": ""}']),
     Row("api_base", "https://aicostmanager.com", [("https://x.test/", "https://x.test")], []),
     Row("api_url", "/api/v1", [("/api/v2/", "/api/v2")], []),
-    Row("batch_size", 500, [("1", 1), (str(CONTRACT_MAX_BATCH), CONTRACT_MAX_BATCH)],
-        ["0", str(CONTRACT_MAX_BATCH + 1)]),
+    Row("batch_size", 500, [("1", 1), (str(MAX_RECORDS_PER_REQUEST), MAX_RECORDS_PER_REQUEST)],
+        ["0", str(MAX_RECORDS_PER_REQUEST + 1)]),
     Row("flush_interval_s", 1.0, [("0.05", 0.05)], ["0"]),
     Row("http_timeout_s", 30.0, [("5", 5.0)], ["0", "-3"]),
     Row("delivery_concurrency", 4, [("1", 1), ("64", 64)], ["0", "65"]),
@@ -147,7 +146,6 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_the_batch_size_cap_is_the_contracts_limit() -> None:
-    assert CONTRACT_MAX_BATCH == MAX_RECORDS_PER_REQUEST
     limits = [getattr(m, "le", None) for m in Settings.model_fields["batch_size"].metadata]
     assert MAX_RECORDS_PER_REQUEST in limits
 
