@@ -19,10 +19,12 @@ from aicm_tasks.broker.keys import Keys, dead_lettered_field
 from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.producer.record import build_record
+from aicm_tasks.worker import housekeeping as housekeeping_module
 from aicm_tasks.worker import service as service_module
+from aicm_tasks.worker.housekeeping import CLOCK_SKEW_WARN_EVERY_S, CLOCK_SKEW_WARN_S
 from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
-from aicm_tasks.worker.service import CLOCK_SKEW_WARN_EVERY_S, CLOCK_SKEW_WARN_S, DeliveryService
+from aicm_tasks.worker.service import DeliveryService
 from tests.support.pipeline import wait_until
 
 KEYS = Keys(queue="test.tracking", prefix="test")
@@ -242,21 +244,21 @@ def test_a_skewed_host_clock_is_warned_about_once_per_interval(
     delivery = service(any_redis, FakeTrack())
     clock = {"wall": 1_000_000.0, "mono": 50.0}
     monkeypatch.setattr(
-        service_module,
+        housekeeping_module,
         "time",
         SimpleNamespace(time=lambda: clock["wall"], monotonic=lambda: clock["mono"]),
     )
-    caplog.set_level(logging.WARNING, logger=service_module.__name__)
+    caplog.set_level(logging.WARNING, logger=housekeeping_module.__name__)
     skew = CLOCK_SKEW_WARN_S + 1
-    delivery._check_clock(clock["wall"] - CLOCK_SKEW_WARN_S + 0.5)  # within the margin
+    delivery.housekeeping._check_clock(clock["wall"] - CLOCK_SKEW_WARN_S + 0.5)  # within the margin
     assert caplog.records == []
     for _ in range(3):
-        delivery._check_clock(clock["wall"] - skew)
+        delivery.housekeeping._check_clock(clock["wall"] - skew)
         clock["mono"] += 1
     assert [r.getMessage()[:40] for r in caplog.records] == [
         f"this host's clock is +{skew:.1f}s off the Redis"[:40]
     ]
     clock["mono"] += CLOCK_SKEW_WARN_EVERY_S
-    delivery._check_clock(clock["wall"] + skew)  # behind this time
+    delivery.housekeeping._check_clock(clock["wall"] + skew)  # behind this time
     assert len(caplog.records) == 2
     assert f"-{skew:.1f}s off" in caplog.records[1].getMessage()
