@@ -28,10 +28,11 @@ from aicm_tasks.broker.redis_settings import (
     judge_settings,
     read_settings,
 )
-from aicm_tasks.worker.delivery import Post, Summary, attempt, plan, plan_after_error
+from aicm_tasks.worker.delivery import Summary, attempt, plan, plan_after_error
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
 from aicm_tasks.worker.outcomes import BatchVerdict
 from aicm_tasks.worker.retry import BackoffPolicy
+from aicm_tasks.worker.transport import Post
 
 logger = logging.getLogger(__name__)
 
