@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import redis
 
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.devtools.processes import wait_until
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
 from aicm_tasks.worker.service import DeliveryService
-from tests.support.pipeline import wait_until
 
 KEYS = Keys(queue="test.tracking", prefix="test")
 
@@ -48,7 +49,7 @@ class FakeTrack:
 
 
 def service(client: redis.Redis, post: FakeTrack, **options: object) -> DeliveryService:
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "batch_size": 50,
         "flush_interval_s": 0.05,
         "concurrency": 2,
