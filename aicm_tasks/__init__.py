@@ -19,7 +19,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aicm_tasks.errors import (
     AicmTasksError,
@@ -99,7 +99,8 @@ class _DefaultApp:
                     from aicm_tasks.tasks import TrackTask
 
                     built = create_app()
-                    cls._built = (built, built.tasks[TrackTask.name])
+                    # Registered by create_app: the registry is typed for any task.
+                    cls._built = (built, cast(TrackTask, built.tasks[TrackTask.name]))
         return cls._built
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, cast
 
 from celery import Task
 from celery.result import AsyncResult
@@ -61,7 +61,14 @@ IGNORED_OPTIONS = frozenset(
 )
 
 
-class TrackTask(Task):
+class _AppWithSettings(Protocol):
+    """What this task reads of its app, an ``app.AicmCelery`` (which imports this
+    module, so it cannot be named here)."""
+
+    aicm_settings: Settings
+
+
+class TrackTask(Task[..., str]):
     """The ``aicm_tasks.track`` task: publish one usage record."""
 
     name = "aicm_tasks.track"
@@ -71,7 +78,7 @@ class TrackTask(Task):
 
     @property
     def settings(self) -> Settings:
-        return self.app.aicm_settings
+        return cast(_AppWithSettings, self.app).aicm_settings
 
     @property
     def producer(self) -> Producer:
@@ -91,14 +98,18 @@ class TrackTask(Task):
         (sent with ``send_task`` from elsewhere): hand the record to the queue."""
         return str(self.apply_async(args, kwargs).id)
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         """Publish one record: ``delay(service_key, usage, *, response_id=None,
         timestamp=None, customer_key=None, context=None, api_key_alias=None)``,
         or the older
         ``delay(api_id, service_id, usage, ...)``."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(
+    # Not Celery's signature, on purpose: countdown and eta come fourth and fifth
+    # (Celery has producer, link, link_error, shadow there and takes them by
+    # keyword only); kept as callers know it, and every other option is checked
+    # against IGNORED_OPTIONS below.
+    def apply_async(  # type: ignore[override]
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
@@ -106,7 +117,7 @@ class TrackTask(Task):
         countdown: float | Decimal | None = None,
         eta: datetime | None = None,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         """Publish one record, with Celery's calling options.
 
         ``task_id`` becomes the ``response_id`` when none is given; ``countdown``

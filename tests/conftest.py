@@ -45,7 +45,7 @@ def any_redis(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     if request.param == "fakeredis":
         import fakeredis
 
-        client = fakeredis.FakeRedis()
+        client: redis.Redis = fakeredis.FakeRedis()
         yield client
         client.close()
         return

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -302,7 +302,7 @@ def track_llm_stream_usage(
     context: dict[str, Any] | None = None,
     api_key_alias: str | None = None,
     task: HasProducer | None = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Yield the stream's chunks unchanged; publish its usage once, when it ends.
 
     A stream left early (``break``, an exception, ``close()``) is tracked with
@@ -333,7 +333,7 @@ async def track_llm_stream_usage_async(
     context: dict[str, Any] | None = None,
     api_key_alias: str | None = None,
     task: HasProducer | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """:func:`track_llm_stream_usage` for an async stream; the publish runs off the loop."""
     seen = StreamUsage(service_key_or_api_id, stream)
     completed = False

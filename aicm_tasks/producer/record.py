@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from aicm_tasks.broker.messages import encode
 from aicm_tasks.contract import (
@@ -225,7 +225,8 @@ def _check_key(field: str, value: Any) -> str:
     problem = key_problem(field, value, required=True)
     if problem is not None:
         raise _record_error(problem)
-    return value
+    # A required key with no problem is a non-blank str (contract.key_problem).
+    return cast(str, value)
 
 
 def _record_error(problem: Problem) -> RecordError:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 # Re-exported: the server, the CLI's reports, bench/ and tests name them from here.
 from aicm_tasks.server.ledger import MAX_LIST_LIMIT as MAX_LIST_LIMIT
-from aicm_tasks.server.ledger import EventStore
+from aicm_tasks.server.ledger import EventStore as EventStore
 from aicm_tasks.server.ledger import RollupRow as RollupRow
 
 #: URL schemes that select the PostgreSQL store.

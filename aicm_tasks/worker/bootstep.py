@@ -38,7 +38,7 @@ SHUTDOWN_GRACE_S = 30.0
 class DeliveryStep(bootsteps.StartStopStep):
     """Starts the delivery threads with the worker and stops them with it."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,10 @@ def test_each_alias_is_sent_with_its_own_key_and_an_unknown_one_waits_in_the_dlq
         proxy.state.upstream_key = probe.server.api_key
         pipeline: Pipeline = pipeline_factory(api_base=proxy.url)
         aliases = {"team-a": KEYS["team-a"], "team-b": KEYS["team-b"]}
-        worker_env = {"AICM_API_KEY": KEYS[None], "AICM_API_KEYS": json.dumps(aliases)}
+        worker_env: dict[str, Any] = {
+            "AICM_API_KEY": KEYS[None],
+            "AICM_API_KEYS": json.dumps(aliases),
+        }
         expected: dict[str, str | None] = {}
         # Interleaved, so that every batch would mix aliases if it could.
         for n in range(1200):
@@ -107,7 +111,8 @@ def test_a_worker_without_a_default_key_delivers_aliases_and_dead_letters_the_re
 
 
 def _assert_no_key_in_redis(pipeline: Pipeline, keys: list[str]) -> None:
-    values: list[bytes] = []
+    # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
+    values: list[Any] = []
     for name in pipeline.client.scan_iter(count=1000):
         kind = pipeline.client.type(name)
         if kind == b"list":

@@ -25,6 +25,7 @@ from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from tests.support.pipeline import Pipeline
 from tests.support.slow_proxy import start_slow_proxy
+from tests.support.tasks import track_of
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def test_track_async_never_holds_the_loop_while_the_broker_is_slow(pipeline: Pip
             publish_timeout_s=20,  # each attempt may wait 10 s: the delay never times out
             spool_enabled=False,  # a publish that failed raises instead of spooling
         )
-        task = create_app(slow).tasks["aicm_tasks.track"]
+        task = track_of(create_app(slow))
 
         async def scenario() -> dict[str, Any]:
             baseline, _ = await worst_lag_during(lambda: asyncio.sleep(1.0))

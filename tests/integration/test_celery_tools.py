@@ -69,7 +69,7 @@ def test_celery_purge_leaves_every_queued_scheduled_and_held_record(pipeline: Pi
     # 100 records held by a worker that has gone (a one-second lease, never renewed).
     holder = "gone-worker:1:abc"
     held = pipeline.store.fetch(holder, pipeline.store.keys.batch(holder, 0), 100, lease_s=1)
-    assert len(held) == 100
+    assert held is not None and len(held) == 100
     before = pipeline.store.depth()
     assert (before["queued"], before["scheduled"], before["held"]) == (900, 50, 100)
 

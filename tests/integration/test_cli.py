@@ -53,7 +53,9 @@ def _dead_letter(client: redis.Redis, rid: str, status: str, service: str) -> No
     store = RecordStore(client, KEYS)
     store.push(build_record(service, {"n": 1}, response_id=rid).body)
     batch = KEYS.batch("cli", abs(hash(rid)) % 100_000)
-    items = [decode(m) for m in store.fetch("cli", batch, 10, 30)]
+    fetched = store.fetch("cli", batch, 10, 30)
+    assert fetched is not None
+    items = [decode(m) for m in fetched]
     verdict = BatchVerdict(
         VerdictKind.RESULTS, "200", 200, results={rid: RecordResult(status, ("nope",))}
     )

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,13 @@ from aicm_tasks import create_app
 from aicm_tasks.errors import PublishError
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
+from tests.support.tasks import spool_of, track_of
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def blackhole() -> str:
+def blackhole() -> Iterator[str]:
     """A TCP port that completes handshakes (kernel backlog) but never answers."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -48,25 +50,25 @@ def call_with_hang_guard(action, guard_s: float = 20.0) -> object:
 
 
 def test_a_blackholed_broker_makes_track_raise_not_hang_without_spool(blackhole: str) -> None:
-    track = create_app(
-        Settings(broker_url=blackhole, publish_timeout_s=1.0, spool_enabled=False)
-    ).tasks["aicm_tasks.track"]
+    track = track_of(
+        create_app(Settings(broker_url=blackhole, publish_timeout_s=1.0, spool_enabled=False))
+    )
     outcome = call_with_hang_guard(lambda: track.delay("a::b", {"n": 1}, response_id="bh-1"))
     assert isinstance(outcome, PublishError) and "bh-1" in str(outcome)
 
 
 def test_a_blackholed_broker_sends_the_record_to_the_spool(blackhole: str, tmp_path: Path) -> None:
     settings = Settings(broker_url=blackhole, publish_timeout_s=1.0, spool_dir=tmp_path)
-    track = create_app(settings).tasks["aicm_tasks.track"]
+    track = track_of(create_app(settings))
     outcome = call_with_hang_guard(lambda: track.delay("a::b", {"n": 1}, response_id="bh-2"))
     assert outcome.id == "bh-2"  # type: ignore[attr-defined]
-    assert track.publisher.spool.status().records == 1
+    assert spool_of(track).status().records == 1
 
 
 def _child_publishes(start: int) -> None:
     import aicm_tasks.tasks  # noqa: F401  (the inherited app and track)
 
-    track = _APP.tasks["aicm_tasks.track"]
+    track = track_of(_APP)
     for n in range(start, start + 300):
         track.delay("a::b", {"n": n}, response_id=f"fork{n}")
 
@@ -75,7 +77,7 @@ _APP = create_app(Settings(broker_url=TEST_REDIS_URL))
 
 
 def test_forked_children_publish_through_their_own_connections(real_redis: redis.Redis) -> None:
-    track = _APP.tasks["aicm_tasks.track"]
+    track = track_of(_APP)
     track.delay("a::b", {"n": -1}, response_id="parent-before")  # the parent's pool is in use
     context = multiprocessing.get_context("fork")
     children = [context.Process(target=_child_publishes, args=(k * 1000,)) for k in range(4)]

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -27,11 +27,12 @@ from aicm_tasks import (
 from aicm_tasks.settings import Settings
 from tests.support.llm import CHAT, MESSAGE, RecordedVendor, recorded
 from tests.support.pipeline import Pipeline, PrivateRedis
+from tests.support.tasks import spool_of, track_of
 
 pytestmark = pytest.mark.integration
 
 SDK_KEY = "sk-aicm-this-must-never-reach-redis"
-STREAM_OPTIONS = {"stream_options": {"include_usage": True}}
+STREAM_OPTIONS: dict[str, Any] = {"stream_options": {"include_usage": True}}
 
 
 def delivered_events(pipeline: Pipeline, count: int) -> dict[str, dict[str, Any]]:
@@ -45,7 +46,8 @@ def delivered_events(pipeline: Pipeline, count: int) -> dict[str, dict[str, Any]
 
 
 def queued_bodies(pipeline: Pipeline) -> list[bytes]:
-    return list(pipeline.client.lrange(pipeline.settings.queue, 0, -1))
+    # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
+    return cast(list[bytes], pipeline.client.lrange(pipeline.settings.queue, 0, -1))
 
 
 def test_the_sdk_tracker_and_its_wrappers_deliver_through_celery_delivery(
@@ -223,10 +225,10 @@ def test_closing_the_tracker_pushes_what_was_spooled_while_redis_was_down(
     monkeypatch.setenv("AICM_INI_PATH", str(tmp_path / "AICM.INI"))
     server = PrivateRedis(tmp_path / "redis")  # not started yet: the broker is down
     settings = Settings(broker_url=server.url, spool_dir=tmp_path / "spool", publish_timeout_s=0.5)
-    task = create_app(settings).tasks["aicm_tasks.track"]
+    task = track_of(create_app(settings))
     tracker = Tracker(delivery=CeleryDelivery(task=task))
     tracker.track("openai::gpt-4o-mini", {"input_tokens": 1}, response_id="spooled-1")
-    spool = task.publisher.spool
+    spool = spool_of(task)
     assert spool.status().records == 1
     spool.stop_drainer()  # so that only close() can push it
 

@@ -15,6 +15,7 @@ from aicm_tasks import create_app
 from aicm_tasks.devtools.processes import free_port, start_redis, stop_process, wait_until
 from aicm_tasks.settings import Settings
 from tests.support.pipeline import Pipeline
+from tests.support.tasks import spool_of, track_of
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +31,9 @@ def test_records_published_while_the_broker_is_down_are_spooled_then_delivered(
         pipeline: Pipeline = pipeline_factory(broker_url=url)
         pipeline.start_worker()
         spool_dir = tmp_path / "spool"
-        producer = create_app(pipeline.settings.model_copy(update={"spool_dir": spool_dir})).tasks[
-            "aicm_tasks.track"
-        ]
+        producer = track_of(
+            create_app(pipeline.settings.model_copy(update={"spool_dir": spool_dir}))
+        )
         before = [
             producer.delay("openai::gpt-4o-mini", {"n": n}, response_id=f"up{n}").id
             for n in range(100)
@@ -42,10 +43,10 @@ def test_records_published_while_the_broker_is_down_are_spooled_then_delivered(
             producer.delay("openai::gpt-4o-mini", {"n": n}, response_id=f"down{n}").id
             for n in range(300)
         ]
-        assert producer.publisher.spool.status().records == 300
+        assert spool_of(producer).status().records == 300
         private = start_redis(port, data_dir)
         # The producer's own drainer pushes them back within 30 s, with no further call.
-        wait_until(lambda: producer.publisher.spool.status().records == 0, 30, "the spool to drain")
+        wait_until(lambda: spool_of(producer).status().records == 0, 30, "the spool to drain")
         pipeline.wait_settled(400, timeout_s=120)
         assert pipeline.server.response_ids() >= set(before) | set(during)
         assert pipeline.dead_letters.count() == 0
@@ -60,9 +61,9 @@ def test_spool_cli_reports_and_drains_by_hand(real_redis: redis.Redis, tmp_path:
     down = Settings(
         broker_url=f"redis://127.0.0.1:{free_port()}/0", spool_dir=spool_dir, publish_timeout_s=0.2
     )
-    track = create_app(down).tasks["aicm_tasks.track"]
+    track = track_of(create_app(down))
     ids = [track.delay("a::b", {"n": n}).id for n in range(25)]
-    other = create_app(down.model_copy(update={"queue": "other.queue"})).tasks["aicm_tasks.track"]
+    other = track_of(create_app(down.model_copy(update={"queue": "other.queue"})))
     other.delay("a::b", {"n": 0}, response_id="other-0")
     # A file of an earlier version, left by a process that is gone: imported once.
     (spool_dir / "otherhost-1-aaaa.spool").write_bytes(
@@ -80,7 +81,7 @@ def test_spool_cli_reports_and_drains_by_hand(real_redis: redis.Redis, tmp_path:
             check=True,
             timeout=60,
         )
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
+        return json.loads(result.stdout)
 
     figures = cli("status")
     assert (figures["records"], figures["other_records"]) == (26, 1)

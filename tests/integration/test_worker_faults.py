@@ -26,7 +26,11 @@ def test_sigkill_of_workers_mid_stream_loses_nothing(pipeline: Pipeline) -> None
     producer.start()
     for _ in range(3):
         done = pipeline.settled()
-        wait_until(lambda d=done: pipeline.settled() > d + 1000, 60, "progress before the kill")
+
+        def progressed(since: int = done) -> bool:
+            return pipeline.settled() > since + 1000
+
+        wait_until(progressed, 60, "progress before the kill")
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
         worker = pipeline.start_worker(AICM_BATCH_SIZE="200")

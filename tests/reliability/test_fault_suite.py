@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from aicm_tasks import create_app
 from aicm_tasks.broker.dead_letters import Selection
@@ -17,6 +18,7 @@ from aicm_tasks.devtools.processes import stop_process, wait_until
 from tests.support.accounting import account
 from tests.support.faults import FaultProxy, hold
 from tests.support.pipeline import Pipeline, PrivateRedis, in_background, publish, publish_paced
+from tests.support.tasks import spool_of, track_of
 
 
 def test_repeated_sigkill_of_two_workers_over_50000_records(pipeline: Pipeline) -> None:
@@ -25,9 +27,11 @@ def test_repeated_sigkill_of_two_workers_over_50000_records(pipeline: Pipeline) 
     kills = 0
     while producer.is_alive() and kills < 8:
         done = pipeline.settled()
-        wait_until(
-            lambda d=done: pipeline.settled() > d + 2000 or not producer.is_alive(), 60, "progress"
-        )
+
+        def progressed(since: int = done) -> bool:
+            return pipeline.settled() > since + 2000 or not producer.is_alive()
+
+        wait_until(progressed, 60, "progress")
         victim = kills % 2
         os.kill(workers[victim].pid, signal.SIGKILL)
         workers[victim].wait(10)
@@ -54,7 +58,7 @@ def test_redis_restarted_mid_run_with_aof(pipeline_factory, private_redis: Priva
     private_redis.start()
     restarted = time.monotonic()
     producer.join()
-    spool = pipeline.track.publisher.spool
+    spool = spool_of(pipeline.track)
     wait_until(lambda: spool.status().records == 0, 30, "the spool to drain")
     pipeline.wait_drained(timeout_s=180)
     result = account(
@@ -68,7 +72,7 @@ def test_track_down_for_a_minute_then_429_storm_hangs_and_garbage(pipeline_facto
     probe = pipeline_factory()
     with FaultProxy(probe.server.url) as proxy:
         pipeline: Pipeline = pipeline_factory(api_base=proxy.url)
-        env = {"AICM_RETRY_MAX_S": "5", "AICM_HTTP_TIMEOUT_S": "2"}
+        env: dict[str, Any] = {"AICM_RETRY_MAX_S": "5", "AICM_HTTP_TIMEOUT_S": "2"}
         for _ in range(2):
             pipeline.start_worker(**env)
         proxy.set("503")
@@ -103,16 +107,16 @@ def test_broker_down_while_producers_publish_then_back(
     pipeline: Pipeline = pipeline_factory(broker_url=private_redis.url)
     for _ in range(2):
         pipeline.start_worker()
-    track = create_app(
-        pipeline.settings.model_copy(update={"spool_dir": tmp_path / "spool"})
-    ).tasks["aicm_tasks.track"]
+    track = track_of(
+        create_app(pipeline.settings.model_copy(update={"spool_dir": tmp_path / "spool"}))
+    )
     ids = publish_paced(pipeline, 2000, 2000, prefix="up", track=track)
     private_redis.stop()
     ids += publish_paced(pipeline, 5000, 2000, prefix="down", track=track)
-    assert track.publisher.spool.status().records > 0
+    assert spool_of(track).status().records > 0
     private_redis.start()
     back = time.monotonic()
-    wait_until(lambda: track.publisher.spool.status().records == 0, 30, "the spool to drain")
+    wait_until(lambda: spool_of(track).status().records == 0, 30, "the spool to drain")
     pipeline.wait_drained(timeout_s=120)
     result = account(
         pipeline, "broker down, spool on", set(ids), recovery_s=time.monotonic() - back

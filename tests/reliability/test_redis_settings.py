@@ -7,7 +7,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -115,10 +115,9 @@ def test_without_config_the_worker_and_status_read_info(
     pipeline: Pipeline = pipeline_factory(broker_url=redis_server.url)
     port = start_checked_worker(pipeline)
 
-    stored = {
-        k.decode(): v.decode()
-        for k, v in pipeline.client.hgetall(pipeline.store.keys.redis_settings).items()
-    }
+    # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
+    fields = cast(dict[bytes, bytes], pipeline.client.hgetall(pipeline.store.keys.redis_settings))
+    stored = {k.decode(): v.decode() for k, v in fields.items()}
     assert stored["source"] == "INFO" and stored["maxmemory_policy"] == "allkeys-lru"
     assert "CONFIG GET refused" in stored["note"] and "unknown command" in stored["note"]
     assert stored["aof_enabled"] == "1"

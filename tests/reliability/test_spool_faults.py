@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -38,6 +39,7 @@ from tests.conftest import TEST_REDIS_URL
 from tests.support.accounting import account
 from tests.support.pipeline import Pipeline, PrivateRedis
 from tests.support.spool_sink import body
+from tests.support.tasks import spool_of, track_of
 
 
 def queued_ids(client: redis.Redis, queue: str) -> list[str]:
@@ -83,7 +85,7 @@ def test_appends_and_drains_in_threads_lose_nothing(
     assert drains > 1 and spool.status().records == 0
 
 
-def _append_in_child(directory: str, start, done) -> None:  # type: ignore[no-untyped-def]
+def _append_in_child(directory: str, start, done) -> None:
     spool = Spool(Path(directory), max_bytes=10**8)
     start.wait()
     for n in range(2000):
@@ -102,9 +104,13 @@ def test_appends_and_drains_in_two_processes_lose_nothing(
     store = RecordStore(real_redis, Keys("spool.procs", "spool-p"))
     start.wait(60)
     drains = 0
-    while not done.is_set():
+    while not done.is_set() and child.is_alive():
         spool.drain(store)
         drains += 1
+        # A drain thread runs every few seconds, not back to back: SQLite's
+        # lock is not fair, and a drainer looping flat out can starve an
+        # appender past its busy timeout.
+        time.sleep(0.005)
     child.join(60)
     assert child.exitcode == 0
     spool.drain(store)
@@ -116,7 +122,7 @@ def test_appends_and_drains_in_two_processes_lose_nothing(
 class StopsRedisMidPush:
     """A drain target that, mid-push, lets the owner append and then loses the broker."""
 
-    def __init__(self, store: RecordStore, server: PrivateRedis, owner_appends) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store: RecordStore, server: PrivateRedis, owner_appends) -> None:
         self.store, self.server, self.owner_appends = store, server, owner_appends
 
     def push_many(self, messages: Sequence[bytes]) -> None:
@@ -165,9 +171,9 @@ def test_a_drain_failing_mid_push_while_the_owner_appends_loses_nothing(
     assert owner.status().records == 0
 
 
-def _fill_disk_in_child(settings_json: str, limit_bytes: int, out) -> None:  # type: ignore[no-untyped-def]
+def _fill_disk_in_child(settings_json: str, limit_bytes: int, out) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-    track = create_app(Settings.model_validate_json(settings_json)).tasks["aicm_tasks.track"]
+    track = track_of(create_app(Settings.model_validate_json(settings_json)))
     accepted: list[str] = []
     error = ""
     for n in range(100_000):
@@ -253,7 +259,7 @@ def test_a_producer_sigkilled_mid_append_loses_nothing_it_was_told_was_kept(
 NOBODY = 65534
 
 
-def _publish_as_nobody(track, redis_url: str, out) -> None:  # type: ignore[no-untyped-def]
+def _publish_as_nobody(track, redis_url: str, out) -> None:
     """In a forked child turned into another user: publish with the broker down, drain."""
     os.setgid(NOBODY)
     os.setuid(NOBODY)
@@ -266,7 +272,7 @@ def _publish_as_nobody(track, redis_url: str, out) -> None:  # type: ignore[no-u
     logging.getLogger("aicm_tasks").addHandler(Keep(logging.WARNING))
     try:
         ids = [track.delay("a::b", {"n": n}, response_id=f"nobody{n}").id for n in range(20)]
-        spool = track.publisher.spool
+        spool = spool_of(track)
         status = spool.status()
         settings = track.publisher.settings
         store = RecordStore(
@@ -307,7 +313,7 @@ def test_a_foreign_file_in_the_spool_dir_blocks_nothing(
         queue="spool.foreign",
         key_prefix="spool-x",
     )
-    track = create_app(down).tasks["aicm_tasks.track"]
+    track = track_of(create_app(down))
     context = multiprocessing.get_context("fork")
     parent_end, child_end = context.Pipe()
     child = context.Process(target=_publish_as_nobody, args=(track, TEST_REDIS_URL, child_end))
@@ -333,7 +339,7 @@ def test_countdown_and_eta_records_keep_their_due_time_through_the_spool(
         queue="spool.due",
         key_prefix="spool-due",
     )
-    track = create_app(settings).tasks["aicm_tasks.track"]
+    track = track_of(create_app(settings))
     private_redis.stop()
     eta = datetime.now(timezone.utc) + timedelta(hours=2)
     before = time.time()
@@ -341,16 +347,17 @@ def test_countdown_and_eta_records_keep_their_due_time_through_the_spool(
     after = time.time()
     track.apply_async(("a::b", {"n": 2}), {"response_id": "eta-1"}, eta=eta)
     track.delay("a::b", {"n": 3}, response_id="now-1")
-    spool = track.publisher.spool
+    spool = spool_of(track)
     spool.stop_drainer()
     assert spool.status().records == 3
     private_redis.start()
     assert spool.drain(track.publisher.store) == 3
     client = redis.Redis.from_url(private_redis.url)
-    scheduled = {
-        json.loads(m)["response_id"]: score
-        for m, score in client.zrange("spool-due:scheduled", 0, -1, withscores=True)
-    }
+    # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
+    due = cast(
+        list[tuple[bytes, float]], client.zrange("spool-due:scheduled", 0, -1, withscores=True)
+    )
+    scheduled = {json.loads(m)["response_id"]: score for m, score in due}
     assert set(scheduled) == {"cd-1", "eta-1"}
     assert before + 3600 <= scheduled["cd-1"] <= after + 3600
     assert scheduled["eta-1"] == eta.timestamp()
@@ -377,13 +384,13 @@ def test_a_drainer_of_another_queue_never_takes_this_queues_records(
         pipeline.track.delay("openai::gpt-4o-mini", {"n": n}, response_id=f"dn{n}").id
         for n in range(1800)
     ]
-    pipeline.track.publisher.spool.stop_drainer()  # this test says who drains first
+    spool_of(pipeline.track).stop_drainer()  # this test says who drains first
     private_redis.start()  # loads its AOF
     restarted = time.monotonic()
-    stale.track.publisher.spool.drain(stale.track.publisher.store)  # what its thread does
+    spool_of(stale.track).drain(stale.track.publisher.store)  # what its thread does
     stale_queue = queued_ids(stale.client, stale.settings.queue)
     assert stale_queue == ["stale-0"]
-    pipeline.track.publisher.spool.drain(pipeline.track.publisher.store)
+    spool_of(pipeline.track).drain(pipeline.track.publisher.store)
     pipeline.wait_drained(timeout_s=180)
     result = account(
         pipeline,

@@ -149,7 +149,7 @@ wire_timestamps = st.one_of(
 # most fields of most examples come from here, so that a record with one
 # adversarial field is otherwise valid and the property sees both verdicts.
 safe_texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
     max_size=8,
 )
 _safe_json = st.recursive(

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from aicm_tasks.broker.messages import Item
-from aicm_tasks.worker.delivery import Outcome, Post, attempt
-from aicm_tasks.worker.outcomes import Fate
+from aicm_tasks.worker.attempts import Outcome, attempt
+from aicm_tasks.worker.outcomes import Fate, Post
 
 
 def deliver(

@@ -12,6 +12,8 @@ from typing import Any
 import anthropic
 import httpx2
 import openai
+from anthropic import Anthropic, AsyncAnthropic
+from openai import AsyncOpenAI, OpenAI
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "llm"
 
@@ -58,33 +60,33 @@ class RecordedVendor:
     async def answer_async(self, request: httpx2.Request) -> httpx2.Response:
         return self.answer(request)
 
-    def openai(self) -> openai.OpenAI:
+    def openai(self) -> OpenAI:
         return openai.OpenAI(
             api_key="sk-test-not-used",
             http_client=httpx2.Client(transport=httpx2.MockTransport(self.answer)),
         )
 
-    def async_openai(self) -> openai.AsyncOpenAI:
+    def async_openai(self) -> AsyncOpenAI:
         return openai.AsyncOpenAI(
             api_key="sk-test-not-used",
             http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(self.answer_async)),
         )
 
-    def anthropic(self) -> anthropic.Anthropic:
+    def anthropic(self) -> Anthropic:
         return anthropic.Anthropic(
             api_key="sk-test-not-used",
             http_client=httpx2.Client(transport=httpx2.MockTransport(self.answer)),
         )
 
-    def async_anthropic(self) -> anthropic.AsyncAnthropic:
+    def async_anthropic(self) -> AsyncAnthropic:
         return anthropic.AsyncAnthropic(
             api_key="sk-test-not-used",
             http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(self.answer_async)),
         )
 
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-MESSAGE = {
+CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE: dict[str, Any] = {
     "model": "claude-haiku-4-5-20251001",
     "max_tokens": 100,
     "messages": [{"role": "user", "content": "hi"}],

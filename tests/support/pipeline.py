@@ -32,6 +32,7 @@ from aicm_tasks.devtools.processes import (
 )
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
+from tests.support.tasks import track_of
 
 #: Worker settings that make faults play out in seconds rather than minutes.
 FAST_WORKER_ENV = {
@@ -58,7 +59,7 @@ class LocalServer:
         return response.json()
 
     def stats(self) -> dict[str, int]:
-        return self.get("/api/v1/stats")  # type: ignore[no-any-return]
+        return self.get("/api/v1/stats")
 
     def learn(self, service_key: str) -> None:
         httpx.put(
@@ -99,7 +100,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.app = create_app(self.settings)
-        self.track = self.app.tasks["aicm_tasks.track"]
+        self.track = track_of(self.app)
         self.client = redis.Redis.from_url(self.settings.broker_url)
         self.store = RecordStore(self.client, Keys(self.settings.queue, self.settings.key_prefix))
         self.dead_letters = DeadLetterStore(self.client, self.store.keys)
@@ -194,7 +195,7 @@ def pipeline_factory(
 
 @pytest.fixture
 def pipeline(pipeline_factory: Any) -> Pipeline:
-    return pipeline_factory()  # type: ignore[no-any-return]
+    return pipeline_factory()
 
 
 def publish(

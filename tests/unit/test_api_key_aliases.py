@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pydantic
 import pydantic_settings
@@ -24,6 +25,7 @@ from aicm_tasks.worker.outcomes import BatchVerdict, Fate, Reason, RecordResult,
 from aicm_tasks.worker.retry import BackoffPolicy
 from tests.support.delivery import deliver
 from tests.support.spool_sink import Sink
+from tests.support.tasks import track_of
 
 
 def message(rid: str, alias: str | None) -> bytes:
@@ -110,7 +112,9 @@ def test_the_alias_survives_a_retry_and_a_dead_letter_replay(any_redis: redis.Re
     keys = Keys("aicm.tracking", "aicm")
     store = RecordStore(any_redis, keys)
     store.push(message("r1", "team-a"))
-    items = [decode(m) for m in store.fetch("c", keys.batch("c", 1), 10, 30)]
+    fetched = store.fetch("c", keys.batch("c", 1), 10, 30)
+    assert fetched is not None
+    items = [decode(m) for m in fetched]
     transient = BatchVerdict(VerdictKind.TRANSIENT, "HTTP 503", 503)
     outcomes, _ = deliver(items, None, {"team-a": lambda body: transient})
     resolution, _ = plan(outcomes, BackoffPolicy(max_retries=0), auth_retry_interval_s=1)
@@ -119,7 +123,9 @@ def test_the_alias_survives_a_retry_and_a_dead_letter_replay(any_redis: redis.Re
     (entry,) = dlq.list(Selection(all=True))
     assert entry["reason"] == "retries_exhausted" and entry["api_key_alias"] == "team-a"
     assert dlq.replay(Selection(all=True)) == ["r1"]
-    (replayed,) = store.fetch("c", keys.batch("c", 2), 10, 30)
+    fetched = store.fetch("c", keys.batch("c", 2), 10, 30)
+    assert fetched is not None
+    (replayed,) = fetched
     item = decode(replayed)
     assert item.api_key_alias == "team-a" and item.response_id == "r1"
 
@@ -162,7 +168,7 @@ def test_sdk_paths_tag_records_with_the_alias(real_redis: redis.Redis) -> None:
     from tests.support.llm import CHAT, RecordedVendor
 
     app = create_app(Settings(broker_url=TEST_REDIS_URL, queue="alias.q"))
-    task = app.tasks["aicm_tasks.track"]
+    task = track_of(app)
     vendor = RecordedVendor()
     with pytest.raises(RecordValueError):
         CeleryDelivery(task, api_key_alias="not an alias")
@@ -176,7 +182,9 @@ def test_sdk_paths_tag_records_with_the_alias(real_redis: redis.Redis) -> None:
         **CHAT, stream=True, stream_options={"include_usage": True}
     )
     list(track_llm_stream_usage("openai_chat", stream, task=task, api_key_alias="team-c"))
-    items = [decode(m) for m in reversed(real_redis.lrange("alias.q", 0, -1))]
+    # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
+    queued = cast(list[bytes], real_redis.lrange("alias.q", 0, -1))
+    items = [decode(m) for m in reversed(queued)]
     assert [(i.api_key_alias, i.malformed) for i in items] == [
         ("team-a", None),
         ("team-b", None),

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 from celery import Celery, shared_task
-from celery._state import _set_current_app, get_current_app
+
+# Private to Celery, so celery-types leaves it out; the test restores the current app with it.
+from celery._state import _set_current_app, get_current_app  # type: ignore[attr-defined]
 
 from aicm_tasks import create_app
 from aicm_tasks.settings import Settings

@@ -261,4 +261,4 @@ def test_an_unknown_variable_far_from_any_name_gets_no_hint(
 
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
-        Settings().batch_size = 10  # type: ignore[misc]
+        Settings().batch_size = 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta, timezone
+from typing import cast
 
 import pytest
 import redis
@@ -13,12 +14,13 @@ from aicm_tasks import create_app
 from aicm_tasks.errors import PublishError, RecordTypeError, RecordValueError
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
+from tests.support.tasks import track_of
 
 
 @pytest.fixture
 def track(real_redis: redis.Redis):
     app = create_app(Settings(broker_url=TEST_REDIS_URL))
-    return app.tasks["aicm_tasks.track"]
+    return track_of(app)
 
 
 def queued(client: redis.Redis) -> list[dict]:
@@ -53,7 +55,9 @@ def test_apply_async_takes_celerys_options(track, real_redis: redis.Redis) -> No
     assert result.id == "given-id" and queued(real_redis)[0]["response_id"] == "given-id"
     later = track.apply_async(("a::b", {"n": 2}), countdown=60)
     eta = track.apply_async(("a::b", {"n": 3}), eta=datetime.now(timezone.utc) + timedelta(hours=1))
-    scheduled = dict(real_redis.zrange("aicm:scheduled", 0, -1, withscores=True))
+    # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
+    due = real_redis.zrange("aicm:scheduled", 0, -1, withscores=True)
+    scheduled = dict(cast(list[tuple[bytes, float]], due))
     assert {json.loads(m)["response_id"] for m in scheduled} == {later.id, eta.id}
     with pytest.raises(TypeError, match="unknown options: bogus"):
         track.apply_async(("a::b", {}), bogus=1)
@@ -84,7 +88,7 @@ def test_an_unreachable_broker_raises_publish_error_naming_the_record() -> None:
         broker_url="redis://:secret@127.0.0.1:1/0", publish_timeout_s=0.5, spool_enabled=False
     )
     app = create_app(settings)
-    track = app.tasks["aicm_tasks.track"]
+    track = track_of(app)
     with pytest.raises(PublishError, match="record r-9 was not published") as caught:
         track.delay("a::b", {"n": 1}, response_id="r-9")
     assert "secret" not in str(caught.value)
@@ -109,12 +113,8 @@ def test_track_many_publishes_nothing_when_one_record_is_bad(
 
 
 def test_two_apps_in_one_process_keep_their_own_settings(real_redis: redis.Redis) -> None:
-    first = create_app(Settings(broker_url=TEST_REDIS_URL, queue="first.q")).tasks[
-        "aicm_tasks.track"
-    ]
-    second = create_app(Settings(broker_url=TEST_REDIS_URL, queue="second.q")).tasks[
-        "aicm_tasks.track"
-    ]
+    first = track_of(create_app(Settings(broker_url=TEST_REDIS_URL, queue="first.q")))
+    second = track_of(create_app(Settings(broker_url=TEST_REDIS_URL, queue="second.q")))
     first.delay("a::b", {})
     second.delay("a::b", {})
     assert real_redis.llen("first.q") == 1 and real_redis.llen("second.q") == 1

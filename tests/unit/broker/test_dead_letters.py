@@ -25,7 +25,9 @@ def dead_letter(client: redis.Redis, rid: str, status: str, service: str = "acme
     store = RecordStore(client, KEYS)
     store.push(build_record(service, {"n": 1}, response_id=rid).body)
     batch = KEYS.batch("c", hash(rid) % 10_000)
-    items = [decode(m) for m in store.fetch("c", batch, 10, 30)]
+    fetched = store.fetch("c", batch, 10, 30)
+    assert fetched is not None
+    items = [decode(m) for m in fetched]
     verdict = BatchVerdict(
         VerdictKind.RESULTS, "200", 200, results={rid: RecordResult(status, ("server says no",))}
     )
@@ -74,6 +76,7 @@ def test_replay_republishes_the_identical_record_and_removes_the_entry(
     assert dlq.replay(Selection(ids=("u1",))) == ["u1"]
     assert dlq.count() == 2
     (message,) = any_redis.lrange(KEYS.queue, 0, -1)
+    assert isinstance(message, bytes)
     item = decode(message)
     assert item.response_id == "u1" and item.attempts == 1 and item.retries == 0
     assert json.loads(item.body)["payload"] == {"n": 1}

@@ -183,7 +183,7 @@ def test_settings_a_worker_stored_are_used_when_this_client_may_not_read_them(
     refused = BrokerSettings(None, None, None, UNKNOWN, note="CONFIG refused; INFO refused")
     monkeypatch.setattr(figures_module, "read_settings", lambda client, read_by: refused)
     stored = BrokerSettings("allkeys-lru", True, "", "CONFIG", read_by="w1")
-    store.client.hset(KEYS.redis_settings, mapping=stored.as_hash())
+    store.client.hset(KEYS.redis_settings, mapping=dict(stored.as_hash()))  # type: ignore[arg-type]
     figures = read_figures(store)
     assert figures.redis_settings["maxmemory_policy"] == "allkeys-lru"
     assert figures.redis_settings["read_by"] == "w1"

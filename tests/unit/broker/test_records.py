@@ -13,6 +13,13 @@ from aicm_tasks.broker.records import RecordStore, Resolution
 KEYS = Keys("aicm.tracking", "aicm")
 
 
+def score(client: redis.Redis, key: str, member: str | bytes) -> float:
+    """A member's score in a sorted set; it must be there."""
+    found = client.zscore(key, member)
+    assert found is not None, f"{member!r} is not in {key}"
+    return found
+
+
 def store_of(client: redis.Redis) -> RecordStore:
     return RecordStore(client, KEYS)
 
@@ -23,11 +30,12 @@ def test_fetch_moves_the_oldest_records_into_a_held_batch(any_redis: redis.Redis
         store.push(f"m{n}".encode())
     batch = KEYS.batch("c1", 0)
     taken = store.fetch("c1", batch, 3, lease_s=30)
+    assert taken is not None
     assert sorted(taken) == [b"m0", b"m1", b"m2"]
     assert any_redis.llen(KEYS.queue) == 2
     assert sorted(any_redis.lrange(batch, 0, -1)) == [b"m0", b"m1", b"m2"]
     assert any_redis.sismember(KEYS.held("c1"), batch)
-    assert any_redis.zscore(KEYS.consumers, "c1") > store.server_time() + 29
+    assert score(any_redis, KEYS.consumers, "c1") > store.server_time() + 29
 
 
 def test_resolve_writes_every_fate_and_forgets_the_batch(any_redis: redis.Redis) -> None:
@@ -46,9 +54,9 @@ def test_resolve_writes_every_fate_and_forgets_the_batch(any_redis: redis.Redis)
     assert not any_redis.exists(batch)
     # The retry is due 60 s after the settle, and the dead letter indexed at the
     # settle, both on the server's clock.
-    assert before + 60 <= any_redis.zscore(KEYS.scheduled, b"meta\nb") <= after + 60
+    assert before + 60 <= score(any_redis, KEYS.scheduled, b"meta\nb") <= after + 60
     assert any_redis.hget(KEYS.dlq, "c") == b'{"id": "c"}'
-    assert before <= any_redis.zscore(KEYS.dlq_index, "c") <= after
+    assert before <= score(any_redis, KEYS.dlq_index, "c") <= after
     assert store.stats() == {"delivered": 1, "retried": 1, "dead_lettered:error": 1}
     # A second resolve of the same batch writes nothing.
     assert store.resolve("c1", batch, resolution) is False
@@ -80,6 +88,7 @@ def test_due_scheduled_records_are_promoted_to_the_consuming_end(any_redis: redi
     assert store.promote_due(now=300.0) == 2
     assert any_redis.zrange(KEYS.scheduled, 0, -1) == [b"later"]
     taken = store.fetch("c", KEYS.batch("c", 0), 2, lease_s=30)
+    assert taken is not None
     assert sorted(taken) == [b"due1", b"due2"]
 
 
@@ -179,7 +188,7 @@ def test_leases_are_decided_on_the_servers_clock_not_the_hosts(real_redis: redis
     with mock.patch("time.time", return_value=time.time() + 3600):
         store.fetch("ahead", KEYS.batch("ahead", 0), 1, lease_s=30)
         store.renew_lease("ahead", 30)
-    assert server_now + 29 < any_redis.zscore(KEYS.consumers, "ahead") < server_now + 60
+    assert server_now + 29 < score(any_redis, KEYS.consumers, "ahead") < server_now + 60
     # ...and one whose clock runs an hour ahead cannot reclaim a live lease.
     store.fetch("live", KEYS.batch("live", 0), 1, lease_s=30)
     with mock.patch("time.time", return_value=time.time() + 3600):

@@ -14,11 +14,12 @@ from aicm_tasks import create_app, track_async, track_many_async
 from aicm_tasks.errors import RecordTypeError, RecordValueError
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
+from tests.support.tasks import track_of
 
 
 @pytest.fixture
 def track(real_redis: redis.Redis):
-    return create_app(Settings(broker_url=TEST_REDIS_URL)).tasks["aicm_tasks.track"]
+    return track_of(create_app(Settings(broker_url=TEST_REDIS_URL)))
 
 
 def queued(client: redis.Redis) -> list[dict]:

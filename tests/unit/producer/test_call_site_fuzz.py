@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -26,6 +26,7 @@ from aicm_tasks import create_app
 from aicm_tasks.errors import AicmTasksError, RecordError
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL, _real_redis_or_skip
+from tests.support.tasks import track_of
 
 
 class CallSite:
@@ -39,7 +40,7 @@ class CallSite:
             key_prefix=f"aicm-fuzz-{run}",
             spool_enabled=False,
         )
-        self.track = create_app(self.settings).tasks["aicm_tasks.track"]
+        self.track = track_of(create_app(self.settings))
         self.client = client
 
     def published(self) -> tuple[list[bytes], list[tuple[bytes, float]]]:
@@ -47,7 +48,8 @@ class CallSite:
         scheduled = self.client.zrange(
             f"{self.settings.key_prefix}:scheduled", 0, -1, withscores=True
         )
-        return queued, scheduled
+        # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
+        return cast(list[bytes], queued), cast(list[tuple[bytes, float]], scheduled)
 
     def clear(self) -> None:
         self.client.delete(self.settings.queue, f"{self.settings.key_prefix}:scheduled")

@@ -17,11 +17,12 @@ from aicm_tasks.producer.llm import api_id_of, service_key_for
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from tests.support.llm import recorded
+from tests.support.tasks import track_of
 
 
 @pytest.fixture
 def track(real_redis: redis.Redis):
-    return create_app(Settings(broker_url=TEST_REDIS_URL)).tasks["aicm_tasks.track"]
+    return track_of(create_app(Settings(broker_url=TEST_REDIS_URL)))
 
 
 def queued(client: redis.Redis) -> list[dict]:
@@ -71,4 +72,5 @@ def test_an_anthropic_message_uses_its_own_model_and_id(track, real_redis) -> No
     track_llm_usage("anthropic", message, task=track)
     (record,) = queued(real_redis)
     assert record["service_key"] == "anthropic::claude-haiku-4-5-20251001"
-    assert record["response_id"] == message.id == message.aicm_response_id
+    # Set on the message by track_llm_usage, at run time: not in its model class.
+    assert record["response_id"] == message.id == message.aicm_response_id  # type: ignore[attr-defined]

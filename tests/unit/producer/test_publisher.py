@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import fakeredis
 import pytest
@@ -81,7 +82,7 @@ def make(tmp_path: Path, made: list[Publisher], **options: object) -> Publisher:
 
 
 def queued(client: redis.Redis) -> list[bytes]:
-    return list(reversed(client.lrange(QUEUE, 0, -1)))
+    return [cast(bytes, m) for m in reversed(client.lrange(QUEUE, 0, -1))]
 
 
 # -- the broker answers --------------------------------------------------------------------
@@ -241,12 +242,17 @@ def test_the_spool_is_looked_at_once_per_process_not_per_publish(
     publisher = over(fakeredis.FakeRedis(), make(tmp_path, publishers))
     assert publisher.spool is not None
     looks: list[int] = []
-    monkeypatch.setattr(publisher.spool, "has_records", lambda: looks.append(1) or False)
+
+    def has_records() -> bool:
+        looks.append(1)
+        return False
+
+    monkeypatch.setattr(publisher.spool, "has_records", has_records)
     for n in range(3):
         publisher.publish(record(n))
     assert len(looks) == 1
     # A forked child is another process: it looks once more.
-    monkeypatch.setattr(publisher_module.os, "getpid", lambda: -7)
+    monkeypatch.setattr("os.getpid", lambda: -7)
     publisher.publish(record(3))
     publisher.publish(record(4))
     assert len(looks) == 2

@@ -78,7 +78,7 @@ def test_timestamps_of_the_wrong_type_raise_type_error(value: object) -> None:
     ],
 )
 def test_bad_fields_raise_the_documented_error_naming_the_field(
-    kwargs: dict, error: type, field: str
+    kwargs: dict, error: type[RecordError], field: str
 ) -> None:
     service_key, usage = kwargs.pop("service_key"), kwargs.pop("usage")
     with pytest.raises(error) as caught:

@@ -11,13 +11,12 @@ from aicm_tasks import CeleryDelivery, create_app
 from aicm_tasks.errors import RecordTypeError, RecordValueError
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
+from tests.support.tasks import track_of
 
 
 @pytest.fixture
 def delivery(real_redis: redis.Redis) -> CeleryDelivery:
-    return CeleryDelivery(
-        task=create_app(Settings(broker_url=TEST_REDIS_URL)).tasks["aicm_tasks.track"]
-    )
+    return CeleryDelivery(task=track_of(create_app(Settings(broker_url=TEST_REDIS_URL))))
 
 
 def queued(client: redis.Redis) -> list[dict]:

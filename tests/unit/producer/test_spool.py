@@ -64,7 +64,7 @@ def test_records_appended_during_a_failing_drain_are_kept(tmp_path: Path) -> Non
         spool.append(body(n))
 
     class AppendsThenFails(Sink):
-        def push_many(self, messages):  # type: ignore[no-untyped-def]
+        def push_many(self, messages):
             for n in range(100, 110):  # the owner keeps spooling while we push
                 spool.append(body(n))
             raise BrokerGoneError("broker gone again")

@@ -173,7 +173,7 @@ def test_teaching_a_malformed_service_key_is_a_400(client: TestClient, service_k
 
 
 _param_values = st.one_of(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12),
     st.integers().map(str),
     st.sampled_from(["9" * 5000, str(2**63), str(2**63 - 1), "-0", "1e3", " 5", "0x10"]),
     st.dates().map(lambda day: day.isoformat()),

@@ -256,7 +256,7 @@ def test_open_store_picks_the_storage_by_url(tmp_path: Path) -> None:
 
 
 def test_the_postgres_location_hides_the_password() -> None:
-    from aicm_tasks.server.postgres_store import redact_url
+    from aicm_tasks.redact import redact_url
 
     shown = redact_url("postgresql://aicm:s3cret@db.internal:5432/ledger")
     assert "s3cret" not in shown

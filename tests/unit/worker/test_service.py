@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ import redis
 from aicm_tasks.broker.keys import Keys, dead_lettered_field
 from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.devtools.processes import wait_until
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.worker import housekeeping as housekeeping_module
 from aicm_tasks.worker import service as service_module
@@ -25,7 +27,6 @@ from aicm_tasks.worker.housekeeping import CLOCK_SKEW_WARN_EVERY_S, CLOCK_SKEW_W
 from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
 from aicm_tasks.worker.service import DeliveryService
-from tests.support.pipeline import wait_until
 
 KEYS = Keys(queue="test.tracking", prefix="test")
 
@@ -55,7 +56,7 @@ class FakeTrack:
 
 
 def service(client: redis.Redis, post: FakeTrack, **options: object) -> DeliveryService:
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "batch_size": 50,
         "flush_interval_s": 0.05,
         "concurrency": 2,
@@ -204,7 +205,7 @@ def test_a_batch_whose_processing_raises_is_retried_with_the_attempt_counted(
     finally:
         delivery.stop(30)
     assert post.received == []
-    scheduled = [decode(m) for m in any_redis.zrange(KEYS.scheduled, 0, -1)]
+    scheduled = [decode(cast(bytes, m)) for m in any_redis.zrange(KEYS.scheduled, 0, -1)]
     assert sorted(item.response_id for item in scheduled) == sorted(sent)
     assert [item.retries for item in scheduled] == [1, 1, 1]
     stats = delivery.store.stats()
