@@ -27,10 +27,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aicm_tasks.contract import STATUS_COMPLETED, STATUS_QUEUED, STATUSES
 from aicm_tasks.worker.retry import parse_retry_after
 
 #: Statuses meaning the record was accepted.
-DELIVERED_STATUSES = frozenset({"queued", "completed"})
+DELIVERED_STATUSES = frozenset({STATUS_QUEUED, STATUS_COMPLETED})
 #: Whole-request statuses that mean some record in the request is poison.
 REFUSED_HTTP = frozenset({400, 413, 422})
 UNAUTHORIZED_HTTP = frozenset({401, 403})
@@ -163,10 +164,7 @@ def parse_results(body: bytes) -> dict[str, RecordResult] | None:
     return results
 
 
-_PLAIN_RESULTS = {
-    status: RecordResult(status)
-    for status in ("queued", "completed", "service_key_unknown", "error")
-}
+_PLAIN_RESULTS = {status: RecordResult(status) for status in STATUSES}
 
 
 def record_fate(result: RecordResult | None) -> tuple[Fate, Reason | None, str]:
