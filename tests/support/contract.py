@@ -21,6 +21,8 @@ from aicm_tasks.contract import (
     MIN_TIMESTAMP_S,
     TOKEN_COUNT_PATHS,
 )
+from aicm_tasks.errors import RecordError
+from aicm_tasks.producer.record import Record, build_record
 
 #: Service keys the catalog prices (so the server costs them), one it does not
 #: know, and shapes on the edge of ``vendor::service``.
@@ -285,3 +287,14 @@ def same_record(built: dict[str, Any], sent: dict[str, Any]) -> bool:
         float(built["timestamp"]) == float(expected.pop("timestamp"))
         and {k: v for k, v in built.items() if k != "timestamp"} == expected
     )
+
+
+def records_built_from(inputs: list[dict[str, Any]]) -> list[Record]:
+    """The records ``build_record`` accepts among ``inputs`` (the refused are skipped)."""
+    built = []
+    for kwargs in inputs:
+        try:
+            built.append(build_record(**kwargs))
+        except RecordError:
+            continue
+    return built

@@ -19,7 +19,14 @@ from aicm_tasks.contract import MAX_NESTING_DEPTH, STATUS_ERROR
 from aicm_tasks.errors import RecordError
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.server import create_server_app
-from tests.support.contract import call_site_inputs, fields_of, nest, same_record, wire_records
+from tests.support.contract import (
+    call_site_inputs,
+    fields_of,
+    nest,
+    records_built_from,
+    same_record,
+    wire_records,
+)
 
 API_KEY = "contract-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -60,12 +67,7 @@ def post_track(client: TestClient, records: list[Any]) -> dict[Any, dict[str, An
 def test_every_record_build_record_accepts_the_server_accepts(
     client: TestClient, inputs: list[dict[str, Any]]
 ) -> None:
-    built = []
-    for kwargs in inputs:
-        try:
-            built.append(build_record(**kwargs))
-        except RecordError:
-            continue
+    built = records_built_from(inputs)
     if not built:
         return
     records = {record.response_id: json.loads(record.body) for record in built}
