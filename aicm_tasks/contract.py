@@ -20,8 +20,11 @@ lists the same rules):
 - No string anywhere in the record (keys included) holds NUL or an unpaired
   surrogate: PostgreSQL ``text`` refuses the first, UTF-8 cannot carry the second.
 - Token counts (:data:`TOKEN_COUNT_PATHS`, how ``usage.py`` reads a payload) are
-  integers from 0 to :data:`MAX_TOKEN_COUNT` when present (null is absent), and
-  consistent: cached tokens within input, reasoning tokens within output.
+  integers from 0 to :data:`MAX_TOKEN_COUNT` when present, and consistent: cached
+  tokens within input, reasoning tokens within output. A count that is null, or
+  ``{}`` (the official SDK's placeholder for an unset count: its usage extractors
+  serialise every ``None`` as ``{}``), is absent; :func:`without_placeholders`
+  is the payload without those ``{}``, which the call site publishes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aicm_tasks.usage import PART_COUNT_PATHS, TOKEN_COUNT_PATHS, UsageError, token_counts
+from aicm_tasks.usage import (
+    PART_COUNT_PATHS,
+    TOKEN_COUNT_PATHS,
+    TokenCounts,
+    UsageError,
+    token_counts,
+    without_placeholders,
+)
 
 __all__ = [
     "FIELDS",
@@ -51,6 +61,7 @@ __all__ = [
     "TIMESTAMP_PATTERN",
     "TOKEN_COUNT_PATHS",
     "Problem",
+    "checked_record",
     "format_timestamp",
     "key_problem",
     "record_problems",
@@ -59,6 +70,7 @@ __all__ = [
     "text_problem",
     "timestamp_problem",
     "value_problem",
+    "without_placeholders",
 ]
 
 #: The contract's limit on records in one ``POST /track`` request.
@@ -120,6 +132,8 @@ MAX_TOKEN_COUNT = 1_000_000_000
 MAX_NESTING_DEPTH = 32
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+#: JSON values with nothing inside to check.
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +233,21 @@ def value_problem(value: Any, depth: int = 1) -> tuple[str, str] | None:
             "(or contains itself); flatten it",
         )
     for key, item in items:
-        if isinstance(key, str):
+        # Plain ASCII keys and numbers are the usual case: decided here, without
+        # a call per item (a usage of six counts checks in ~0.8 µs, not ~2.2).
+        if isinstance(key, str) and ("\x00" in key or not key.isascii()):
             problem = text_problem(key)
             if problem is not None:
                 return (f"[{key!r}]", f"has a key that {problem}")
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is str:
+            if "\x00" in item or not item.isascii():
+                problem = text_problem(item)
+                if problem is not None:
+                    return (f"[{key!r}]", problem)
+            continue
         found = value_problem(item, depth + 1)
         if found is not None:
             return (f"[{key!r}]{found[0]}", found[1])
@@ -255,13 +280,18 @@ def _count_problem(field: str, name: str, value: Any) -> Problem | None:
     return None
 
 
-def _count_problems(payload: dict[Any, Any], field: str) -> list[Problem]:
-    """Problems of the token counts in ``payload``; then, if they are sound, their consistency."""
-    problems = []
+def _count_problems(
+    payload: dict[Any, Any], field: str, problems: list[Problem], *, counts: bool
+) -> TokenCounts | None:
+    """Add the problems of the token counts in ``payload`` to ``problems``; then, if
+    they are sound, of their consistency. With ``counts``, return the payload's
+    :class:`TokenCounts` when it has no problem (read once, for the server)."""
+    before = len(problems)
     found: list[str] = []
     for key, value in payload.items():
         if key in _TOP_COUNTS:
-            if value is not None:  # SDK usage objects serialise unset counts as null
+            # Null and the SDK's {} stand for an unset count (module docstring).
+            if value is not None and not (type(value) is dict and not value):
                 found.append(key)
                 problem = _count_problem(field, key, value)
                 if problem is not None:
@@ -269,20 +299,22 @@ def _count_problems(payload: dict[Any, Any], field: str) -> list[Problem]:
         elif key in _NESTED_COUNTS and isinstance(value, dict):
             for child in _NESTED_COUNTS[key]:
                 item = value.get(child)
-                if item is not None:
+                if item is not None and not (type(item) is dict and not item):
                     name = f"{key}.{child}"
                     found.append(name)
                     problem = _count_problem(field, name, item)
                     if problem is not None:
                         problems.append(problem)
+    if len(problems) > before:
+        return None
     # Cached within input, reasoning within output: only parts can break it, so a
     # plain {input, output} payload skips token_counts (3 µs on the call site's path).
-    if not problems and not _PART_COUNTS.isdisjoint(found):
+    if counts or not _PART_COUNTS.isdisjoint(found):
         try:
-            token_counts(payload)
+            return token_counts(payload)
         except UsageError as exc:
             problems.append(Problem(field, str(exc)))
-    return problems
+    return None
 
 
 def _key_problem(field: str, value: Any, *, limit: int, required: bool) -> Problem | None:
@@ -325,9 +357,26 @@ def record_problems(record: Any, *, payload_field: str = "payload") -> list[Prob
     Fields beyond the contract's are ignored. ``payload_field`` names the
     payload in the problems (the call site says ``usage``, its argument's name).
     """
+    return _check(record, payload_field, counts=False)[0]
+
+
+def checked_record(record: Any) -> tuple[list[Problem], TokenCounts | None]:
+    """:func:`record_problems` and, for a record without any, its payload's token counts.
+
+    The server's form: it needs the counts of every valid record, and reading
+    them here, where the checks read them anyway, saves a second pass (~1.5 µs).
+    """
+    problems, counts = _check(record, "payload", counts=True)
+    return problems, None if problems else counts
+
+
+def _check(
+    record: Any, payload_field: str, *, counts: bool
+) -> tuple[list[Problem], TokenCounts | None]:
     if not isinstance(record, dict):
-        return [Problem("record", f"must be a JSON object, not {type_name(record)}", "type")]
+        return [Problem("record", f"must be a JSON object, not {type_name(record)}", "type")], None
     problems: list[Problem] = []
+    tokens: TokenCounts | None = None
 
     problem = service_key_problem(record.get("service_key"))
     if problem is not None:
@@ -366,7 +415,7 @@ def record_problems(record: Any, *, payload_field: str = "payload") -> list[Prob
         )
     else:
         problems.extend(_nested_problems(payload_field, payload))
-        problems.extend(_count_problems(payload, payload_field))
+        tokens = _count_problems(payload, payload_field, problems, counts=counts)
 
     customer_key = record.get("customer_key")
     if customer_key is not None:
@@ -384,7 +433,7 @@ def record_problems(record: Any, *, payload_field: str = "payload") -> list[Prob
             )
         else:
             problems.extend(_nested_problems("context", context))
-    return problems
+    return problems, tokens
 
 
 def _nested_problems(field: str, value: dict[str, Any]) -> list[Problem]:

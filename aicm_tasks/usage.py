@@ -29,6 +29,8 @@ Pure functions, shared by the call site and the local server through
 ``contract.py``: a count that is present but not a non-negative integer, or
 cached tokens above the input they are part of, raise :class:`UsageError`, and
 the record is refused (at the call site) or answers ``error`` (at the server).
+A count that is null, or ``{}`` (how the official SDK serialises an unset
+count: :func:`is_placeholder`), is absent.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ PART_COUNT_PATHS: tuple[str | tuple[str, str], ...] = (
 )
 
 #: Every place in a payload that holds a token count: what :func:`token_counts`
-#: reads, plus the totals the SDKs write. When present (not null) each must be a
-#: non-negative integer (``contract.py`` also bounds it).
+#: reads, plus the totals the SDKs write. When present (not null, not the SDK's
+#: ``{}`` placeholder) each must be a non-negative integer (``contract.py`` also
+#: bounds it).
 TOKEN_COUNT_PATHS: tuple[str | tuple[str, str], ...] = tuple(
     dict.fromkeys(
         (
@@ -111,19 +114,30 @@ TOKEN_COUNT_PATHS: tuple[str | tuple[str, str], ...] = tuple(
 )
 
 
+def is_placeholder(value: Any) -> bool:
+    """True for what stands for an unset count: null, or the official SDK's ``{}``.
+
+    The SDK's usage extractors (``aicostmanager.usage_utils._to_serializable_dict``)
+    turn every ``None`` in a usage object into ``{}``, so a count the vendor left
+    unset arrives as ``"output_tokens": {}``.
+    """
+    return value is None or (type(value) is dict and not value)
+
+
 def _count(payload: Mapping[str, Any], paths: tuple[str | tuple[str, str], ...]) -> int | None:
     for path in paths:
-        if isinstance(path, tuple):
+        if type(path) is str:
+            value = payload.get(path)
+        else:
             parent = payload.get(path[0])
             value = parent.get(path[1]) if isinstance(parent, Mapping) else None
-            name = ".".join(path)
-        else:
-            value = payload.get(path)
-            name = path
         if value is None:  # SDK usage objects serialise unset counts as null
             continue
         # bool is an int subclass in Python but not a count.
         if type(value) is not int or value < 0:
+            if type(value) is dict and not value:  # the SDK's placeholder: unset
+                continue
+            name = path if type(path) is str else ".".join(path)
             raise UsageError(f"{name} must be a non-negative integer")
         return value
     return None
@@ -131,6 +145,8 @@ def _count(payload: Mapping[str, Any], paths: tuple[str | tuple[str, str], ...])
 
 def token_counts(payload: Mapping[str, Any]) -> TokenCounts:
     """Read the tokens of ``payload`` (any shape in the module docstring); absent counts are 0.
+
+    A null or ``{}`` count is absent (:func:`is_placeholder`).
 
     Raises :class:`UsageError` for a malformed count or cached tokens above input.
     """
@@ -167,3 +183,48 @@ def token_counts(payload: Mapping[str, Any]) -> TokenCounts:
         cache_write_tokens=cache_write,
         reasoning_tokens=reasoning,
     )
+
+
+#: TOKEN_COUNT_PATHS by level: the top-level names, and per parent the names inside it.
+_TOP_COUNT_NAMES = frozenset(path for path in TOKEN_COUNT_PATHS if type(path) is str)
+_CHILD_COUNT_NAMES: dict[str, frozenset[str]] = {
+    parent: frozenset(p[1] for p in TOKEN_COUNT_PATHS if type(p) is tuple and p[0] == parent)
+    for parent in {path[0] for path in TOKEN_COUNT_PATHS if type(path) is tuple}
+}
+_COUNT_PARENTS = frozenset(_CHILD_COUNT_NAMES)
+
+
+def without_placeholders(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` without the SDK's ``{}`` placeholders for unset token counts.
+
+    Only a ``{}`` at a count's place (:data:`TOKEN_COUNT_PATHS`, top level or
+    inside its parent object) is dropped: elsewhere ``{}`` is the caller's data.
+    Returns ``payload`` itself when it holds none (the usual case: 0.2 µs for a
+    usage of three counts), else a copy: the caller's dict is never changed.
+    """
+    # Type checks only: comparing a caller's value with {} could call its own
+    # __eq__ (a numpy array's raises on truth). The usual payload holds no object.
+    for value in payload.values():
+        if type(value) is dict:
+            break
+    else:
+        return payload
+    cleaned: dict[str, Any] | None = None
+    for key, value in payload.items():
+        if type(value) is not dict:
+            continue
+        if not value:
+            if key in _TOP_COUNT_NAMES:
+                if cleaned is None:
+                    cleaned = dict(payload)
+                del cleaned[key]
+            continue
+        children = _CHILD_COUNT_NAMES.get(key)
+        if children is None:
+            continue
+        drop = [n for n in children if type(value.get(n)) is dict and not value[n]]
+        if drop:
+            if cleaned is None:
+                cleaned = dict(payload)
+            cleaned[key] = {name: item for name, item in value.items() if name not in drop}
+    return payload if cleaned is None else cleaned

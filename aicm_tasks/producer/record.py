@@ -6,7 +6,11 @@ own (:func:`aicm_tasks.contract.record_problems`, which the local server runs
 too), so a record ``track.delay`` accepts is one the server accepts, and a
 record it would refuse never leaves the caller's process (the checks cost about
 4 µs a record: ``build_record`` of a typical record went from 6.5 to 10.7 µs);
-then come JSON-serialisability and a size limit. A record that passes is serialised
+then come JSON-serialisability and a size limit. The official SDK's ``{}``
+placeholders for unset token counts are accepted and dropped from the payload
+(``contract.without_placeholders``); that and the faster nesting walk of issue
+14 took the same record from 10.1 to 9.9 µs (an OpenAI usage with details:
+17.9 to 16.3 µs; best of 7 timeit runs, 100,000 calls each). A record that passes is serialised
 exactly once; those bytes are what the broker carries and what the worker
 sends to ``/track``, untouched.
 """
@@ -31,6 +35,7 @@ from aicm_tasks.contract import (
     key_problem,
     record_problems,
     timestamp_problem,
+    without_placeholders,
 )
 from aicm_tasks.errors import RecordError, RecordTypeError, RecordValueError
 
@@ -93,7 +98,8 @@ def build_record(
     datetime, or an ISO-8601 / numeric string) defaults to now and becomes the
     contract's epoch-seconds string. ``api_key_alias`` names which of the
     workers' API keys (``AICM_API_KEYS``) delivers it; None means the default
-    key (``AICM_API_KEY``). Raises :class:`RecordTypeError` or
+    key (``AICM_API_KEY``). A ``{}`` where a token count goes (how the official
+    SDK writes an unset count) is left out of the record. Raises :class:`RecordTypeError` or
     :class:`RecordValueError` naming the field; nothing is published then.
     """
     if not isinstance(usage, Mapping):
@@ -108,7 +114,9 @@ def build_record(
         "service_key": service_key,
         "response_id": new_response_id() if response_id is None else response_id,
         "timestamp": normalize_timestamp(timestamp),
-        "payload": usage if type(usage) is dict else dict(usage),
+        # The SDK's {} placeholders for unset counts are dropped: absent either
+        # way, and never worth their bytes in the broker.
+        "payload": without_placeholders(usage if type(usage) is dict else dict(usage)),
     }
     if customer_key is not None:
         data["customer_key"] = customer_key

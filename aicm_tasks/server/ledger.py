@@ -133,25 +133,30 @@ def event_rows(
 
 
 def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
-    """The increments of ``daily_rollups`` for new event rows, sorted by key.
+    """The increments of ``daily_rollups`` for new event rows, one per group, sorted by key.
 
+    One tuple per (UTC day, service key, customer key) group of the batch, its
+    records summed: one upsert per group, however many records it holds.
     Sorted so that concurrent writers (several PostgreSQL servers) lock rollup
     rows in the same order and cannot deadlock. No customer is stored as ''
     (NULLs would never conflict in the unique key).
     """
-    sums: dict[tuple[str, str, str], list[int]] = {}
+    sums: dict[tuple[int, str, str], list[int]] = {}
     for row in rows:
-        key = (utc_day(row[3]), row[1], row[2] or "")
+        # Grouped by the epoch day's number (named once per group, below): the
+        # names sort as the numbers do for every year the contract allows.
+        key = (int(row[3] // 86400), row[1], row[2] or "")
         acc = sums.get(key)
         if acc is None:
-            acc = sums[key] = [0, 0, 0, 0, 0, 0]
-        acc[0] += 1
-        acc[1] += row[7]
-        acc[2] += row[8]
-        acc[3] += row[9]
-        acc[4] += row[11]
-        acc[5] += row[12] or 0
-    return [(*key, *acc) for key, acc in sorted(sums.items())]
+            sums[key] = [1, row[7], row[8], row[9], row[11], row[12] or 0]
+        else:
+            acc[0] += 1
+            acc[1] += row[7]
+            acc[2] += row[8]
+            acc[3] += row[9]
+            acc[4] += row[11]
+            acc[5] += row[12] or 0
+    return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in sorted(sums.items())]
 
 
 def counter_bumps(stored: int, received: int, extra: Mapping[str, int]) -> list[tuple[int, str]]:

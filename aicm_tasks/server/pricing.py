@@ -171,10 +171,15 @@ class PriceBook:
         None if the match carries no genai-prices model (a learned service key).
         Raises ValueError if genai-prices refuses the usage.
         """
-        if match.model is None:
+        model = match.model
+        if model is None:
             return None
-        at = datetime.fromtimestamp(timestamp_s, tz=timezone.utc)
-        model_price = match.model.get_prices(at)
+        if isinstance(model.prices, types.ModelPrice):
+            # One price at every time: what get_prices answers, without building a
+            # datetime per record (1 µs of the ~3 a record costs).
+            model_price = model.prices
+        else:
+            model_price = model.get_prices(datetime.fromtimestamp(timestamp_s, tz=timezone.utc))
         rates = self._rates_for(model_price, tokens.input_tokens)
         uncached = tokens.input_tokens - tokens.cached_input_tokens - tokens.cache_write_tokens
         input_usd = (

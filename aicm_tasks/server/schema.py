@@ -172,6 +172,3 @@ UPSERT_ROLLUP = (
 )
 BUMP_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ?"
 SEED_COUNTER = "INSERT INTO counters (name, value) VALUES (?, 0) ON CONFLICT DO NOTHING"
-
-#: PostgreSQL array type of each kind of column, for the one-statement unnest insert.
-POSTGRES_ARRAY_TYPES = {"text": "text[]", "real": "float8[]", "int": "int8[]"}

@@ -63,6 +63,13 @@ class SqliteEventStore(EventStore):
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # A batch upserts up to one daily rollup row per record, on pages spread
+        # over the whole table: a cache of 64 MiB (not the default 2 MiB) keeps
+        # them in memory, and checkpoints every 10,000 pages (40 MiB of WAL, not
+        # 1,000) copy a page rewritten by many batches once. Together they cut
+        # the SQL of a batch from ~8.5 to ~7.3 µs a record (CPU time, bench/ledger.py).
+        self._conn.execute("PRAGMA cache_size=-65536")
+        self._conn.execute("PRAGMA wal_autocheckpoint=10000")
         self._conn.executescript(SQLITE.create_tables())
         # A file from before the ledger columns: they are added in place (its
         # events count zero tokens and no cost).

@@ -7,7 +7,7 @@ tested without a server. ``app.py`` maps :class:`TrackRequestError` to a status.
 
 Per-record rules, in order:
 
-1. a record that fails :func:`~aicm_tasks.server.validation.validate_record`
+1. a record that fails :func:`~aicm_tasks.server.validation.validate_and_count`
    (the rules of ``contract.py``, which the call site applies too) answers
    ``error`` with the reasons. If it carries no string ``response_id``
    there is nothing a client could match the answer to, so it gets no result at
@@ -38,11 +38,11 @@ from aicm_tasks.contract import (
     STATUS_QUEUED,
     STATUS_SERVICE_KEY_UNKNOWN,
 )
-from aicm_tasks.server.catalog import ServiceCatalog
+from aicm_tasks.server.catalog import CatalogMatch, ServiceCatalog
 from aicm_tasks.server.pricing import Cost, PriceBook
 from aicm_tasks.server.store import EventStore
-from aicm_tasks.server.validation import validate_record
-from aicm_tasks.usage import TokenCounts, UsageError, token_counts
+from aicm_tasks.server.validation import validate_and_count
+from aicm_tasks.usage import TokenCounts
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +115,12 @@ def answer_batch(
     tokens: list[TokenCounts] = []
     costs: list[Cost | None] = []
     unknown = errors = 0
+    # A batch names few service keys (a worker's batch of 500 usually one to a
+    # dozen): each is looked up once per batch, not once per record.
+    matches: dict[str, tuple[bool, CatalogMatch | None]] = {}
     for record in tracked:
-        problems = validate_record(record)
-        if problems:
+        problems, counts = validate_and_count(record)
+        if counts is None:
             errors += 1
             response_id = record.get("response_id") if isinstance(record, dict) else None
             if isinstance(response_id, str):
@@ -126,7 +129,13 @@ def answer_batch(
                 )
             continue
         service_key = record["service_key"]
-        if not catalog.knows(service_key):
+        known = matches.get(service_key)
+        if known is None:
+            known = matches[service_key] = (
+                catalog.knows(service_key),
+                catalog.resolve(service_key),
+            )
+        if not known[0]:
             unknown += 1
             results.append(
                 {
@@ -136,13 +145,12 @@ def answer_batch(
                 }
             )
             continue
-        match = catalog.resolve(service_key)
+        match = known[1]
         try:
-            counts = token_counts(record["payload"])
             cost = None if match is None else prices.cost(match, counts, float(record["timestamp"]))
-        except (UsageError, ValueError) as exc:
-            # Unreachable for a record validate_record passed (contract.py runs the
-            # same token reading); kept so a refusal is an answer, never a 500.
+        except ValueError as exc:
+            # Unreachable for a record validate_and_count passed (contract.py runs
+            # the same token reading); kept so a refusal is an answer, never a 500.
             message = f"payload: {exc}"
             errors += 1
             results.append(

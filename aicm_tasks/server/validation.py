@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aicm_tasks.contract import TOKEN_COUNT_PATHS, record_problems
+from aicm_tasks.contract import TOKEN_COUNT_PATHS, checked_record, record_problems
+from aicm_tasks.usage import TokenCounts
 
 #: Payload fields (and ``parent.child`` paths) that count tokens; when present
 #: they must be integers from 0 to ``contract.MAX_TOKEN_COUNT``.
@@ -23,6 +24,13 @@ def validate_record(obj: Any) -> list[str]:
     """Return the reasons ``obj`` is not a valid contract record; empty if it is.
 
     Each reason is ``"<field>: <problem>"``. Fields beyond the contract's are
-    ignored. Null token counts count as absent.
+    ignored. Null token counts, and the official SDK's ``{}`` placeholders,
+    count as absent.
     """
     return [str(problem) for problem in record_problems(obj)]
+
+
+def validate_and_count(obj: Any) -> tuple[list[str], TokenCounts | None]:
+    """:func:`validate_record` and, when ``obj`` is valid, its token counts (read once)."""
+    problems, counts = checked_record(obj)
+    return [str(problem) for problem in problems], counts
