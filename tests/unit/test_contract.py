@@ -3,6 +3,7 @@ is accepted, one step past it is refused, with a message naming the field and wh
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -225,6 +226,24 @@ CASES: list[tuple[str, dict[str, Any], bool, str, str]] = [
         "at most 255",
     ),
     ("customer_key empty", {"customer_key": ""}, True, "", ""),
+    # the official SDK's {} for an unset count: absent, wherever a count goes
+    ("{} for a count", {"usage": {"input_tokens": 10, "output_tokens": {}}}, True, "", ""),
+    (
+        "{} for a nested count",
+        {"usage": {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": {}}}},
+        True,
+        "",
+        "",
+    ),
+    ("{} for every count", {"usage": {"input_tokens": {}, "total_tokens": {}}}, True, "", ""),
+    (
+        "a non-empty object for a count",
+        {"usage": {"output_tokens": {"n": 1}}},
+        False,
+        "usage",
+        "output_tokens must be an integer",
+    ),
+    ("[] for a count", {"usage": {"output_tokens": []}}, False, "usage", "must be an integer"),
 ]
 
 
@@ -332,3 +351,27 @@ def test_a_huge_integer_timestamp_is_a_value_error_not_an_overflow() -> None:
 def test_legacy_service_key_refuses_a_nul_in_either_half() -> None:
     with pytest.raises(RecordValueError, match="^service_id: contains a NUL"):
         legacy_service_key("openai", "gpt\x00")
+
+
+def test_build_record_drops_the_sdks_placeholders_and_leaves_the_callers_dict() -> None:
+    usage = {
+        "prompt_tokens": 19,
+        "completion_tokens": {},
+        "prompt_tokens_details": {"cached_tokens": {}, "audio_tokens": {}},
+        "extra": {},
+    }
+    record = build_record("openai::gpt-4o-mini", usage, response_id="r-1")
+    assert json.loads(record.body)["payload"] == {
+        "prompt_tokens": 19,
+        # Only where a count goes: audio_tokens is not one, extra is the caller's data.
+        "prompt_tokens_details": {"audio_tokens": {}},
+        "extra": {},
+    }
+    assert usage["completion_tokens"] == {}  # the caller's usage is not changed
+    assert validate_record({**record.data, "payload": usage}) == []
+
+
+def test_a_usage_without_placeholders_is_published_as_given() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 2, "input_tokens_details": {"cached_tokens": 1}}
+    record = build_record("openai::gpt-4o-mini", usage)
+    assert record.data["payload"] is usage

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from aicm_tasks.usage import TokenCounts, UsageError, token_counts
+from aicm_tasks.usage import TokenCounts, UsageError, token_counts, without_placeholders
 
 
 @pytest.mark.parametrize(
@@ -93,3 +93,49 @@ def test_malformed_counts_are_a_usage_error(payload: dict[str, Any], message: st
 
 def test_total_tokens_is_input_plus_output() -> None:
     assert TokenCounts(10, 5, cached_input_tokens=4, reasoning_tokens=2).total_tokens == 15
+
+
+@pytest.mark.parametrize(
+    ("payload", "counts"),
+    [
+        ({"input_tokens": 10, "output_tokens": {}}, (10, 0, 0, 0)),
+        ({"prompt_tokens": {}, "promptTokenCount": 7}, (7, 0, 0, 0)),
+        (
+            {
+                "prompt_tokens": 30,
+                "completion_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": {}},
+                "completion_tokens_details": {"reasoning_tokens": {}},
+            },
+            (30, 5, 0, 0),
+        ),
+        ({"input_tokens": 4, "cache_read_input_tokens": {}, "output_tokens": 1}, (4, 1, 0, 0)),
+    ],
+)
+def test_the_sdks_empty_object_placeholder_counts_as_absent(
+    payload: dict[str, Any], counts: tuple[int, int, int, int]
+) -> None:
+    read = token_counts(payload)
+    assert (
+        read.input_tokens,
+        read.output_tokens,
+        read.cached_input_tokens,
+        read.reasoning_tokens,
+    ) == counts
+
+
+def test_without_placeholders_drops_only_the_empty_objects_where_counts_go() -> None:
+    payload: dict[str, Any] = {
+        "output_tokens": {},
+        "model": {},
+        "input_tokens_details": {"cached_tokens": {}, "other": {}},
+        "output_tokens_details": {"reasoning_tokens": 3},
+    }
+    assert without_placeholders(payload) == {
+        "model": {},
+        "input_tokens_details": {"other": {}},
+        "output_tokens_details": {"reasoning_tokens": 3},
+    }
+    assert payload["output_tokens"] == {} and payload["input_tokens_details"]["cached_tokens"] == {}
+    plain: dict[str, Any] = {"input_tokens": 1, "details": {"x": {}}}
+    assert without_placeholders(plain) is plain
