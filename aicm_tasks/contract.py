@@ -29,6 +29,7 @@ lists the same rules):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -341,6 +342,12 @@ def service_key_problem(service_key: Any) -> Problem | None:
     return problem
 
 
+#: service_key_problem of a string, remembered: a process sees few service keys,
+#: and checking one costs ~0.8 µs of a record's ~5 µs of checks (a hit, ~0.1 µs).
+#: Bounded, so a flood of distinct junk keys cannot grow it.
+_string_service_key_problem = functools.lru_cache(maxsize=1024)(service_key_problem)
+
+
 def key_problem(field: str, value: Any, *, required: bool) -> Problem | None:
     """Why ``value`` is not a valid ``response_id`` / ``customer_key`` (``field``), or None.
 
@@ -378,7 +385,11 @@ def _check(
     problems: list[Problem] = []
     tokens: TokenCounts | None = None
 
-    problem = service_key_problem(record.get("service_key"))
+    service_key = record.get("service_key")
+    if type(service_key) is str:
+        problem = _string_service_key_problem(service_key)
+    else:
+        problem = service_key_problem(service_key)
     if problem is not None:
         problems.append(problem)
 

@@ -130,6 +130,8 @@ def _count(payload: Mapping[str, Any], paths: tuple[str | tuple[str, str], ...])
             value = payload.get(path)
         else:
             parent = payload.get(path[0])
+            if parent is None:  # skip the ABC isinstance below (0.3 µs a record)
+                continue
             value = parent.get(path[1]) if isinstance(parent, Mapping) else None
         if value is None:  # SDK usage objects serialise unset counts as null
             continue
@@ -150,6 +152,8 @@ def token_counts(payload: Mapping[str, Any]) -> TokenCounts:
 
     Raises :class:`UsageError` for a malformed count or cached tokens above input.
     """
+    if _NOT_FLAT.isdisjoint(payload):
+        return _flat_counts(payload)
     input_tokens = _count(payload, _INPUT) or 0
     cached = _count(payload, _CACHED) or 0
     cache_write = _count(payload, _CACHE_WRITE) or 0
@@ -228,3 +232,36 @@ def without_placeholders(payload: dict[str, Any]) -> dict[str, Any]:
                 cleaned = dict(payload)
             cleaned[key] = {name: item for name, item in value.items() if name not in drop}
     return payload if cleaned is None else cleaned
+
+
+#: The flat shape's count names (this project's README); ``total_tokens`` is
+#: checked by the contract, never read.
+_FLAT = frozenset(
+    {"input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens"}
+    | {"reasoning_tokens", "total_tokens"}
+)
+#: Every other name :func:`token_counts` reads (parents of nested counts included).
+_NOT_FLAT = frozenset(path if type(path) is str else path[0] for path in TOKEN_COUNT_PATHS) - _FLAT
+
+
+def _flat_counts(payload: Mapping[str, Any]) -> TokenCounts:
+    """:func:`token_counts` of a payload holding no count name beyond the flat shape's.
+
+    The same reads, checks and messages in the same order, without looking up
+    the other shapes' dozen names that cannot be there: 0.8 µs a record, not 2.
+    """
+    input_tokens = _count(payload, ("input_tokens",)) or 0
+    cached = _count(payload, ("cached_input_tokens",)) or 0
+    cache_write = _count(payload, ("cache_write_tokens",)) or 0
+    if cached + cache_write > input_tokens:
+        raise UsageError(
+            "cached and cache-write tokens cannot exceed input tokens "
+            f"({cached} + {cache_write} > {input_tokens})"
+        )
+    output_tokens = _count(payload, ("output_tokens",)) or 0
+    reasoning = _count(payload, ("reasoning_tokens",)) or 0
+    if reasoning > output_tokens:
+        raise UsageError(
+            f"reasoning tokens cannot exceed output tokens ({reasoning} > {output_tokens})"
+        )
+    return TokenCounts(input_tokens, output_tokens, cached, cache_write, reasoning)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aicm_tasks.usage import TokenCounts, UsageError, token_counts, without_placeholders
 
@@ -139,3 +141,35 @@ def test_without_placeholders_drops_only_the_empty_objects_where_counts_go() -> 
     assert payload["output_tokens"] == {} and payload["input_tokens_details"]["cached_tokens"] == {}
     plain: dict[str, Any] = {"input_tokens": 1, "details": {"x": {}}}
     assert without_placeholders(plain) is plain
+
+
+_flat_counts = st.one_of(
+    st.integers(-1, 2_000), st.none(), st.just({}), st.booleans(), st.just("1"), st.just(1.0)
+)
+
+
+@given(
+    payload=st.dictionaries(
+        st.sampled_from(
+            [
+                "input_tokens",
+                "cached_input_tokens",
+                "cache_write_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+                "total_tokens",
+                "model",
+            ]
+        ),
+        _flat_counts,
+    )
+)
+def test_a_flat_payload_reads_as_the_general_reading_does(payload: dict[str, Any]) -> None:
+    # An empty details object is no count, but sends token_counts down its general path.
+    def read(p: dict[str, Any]) -> TokenCounts | str:
+        try:
+            return token_counts(p)
+        except UsageError as exc:
+            return str(exc)
+
+    assert read(payload) == read({**payload, "input_tokens_details": {}})
