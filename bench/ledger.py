@@ -6,8 +6,11 @@ For each storage it fills a fresh ledger through the server's own ``/track``
 logic (``answer_batch``: validation, costing, store) in batches of 500, in
 ``--steps`` equal steps; the ingest rate of a step times ``answer_batch`` only
 (the step's records are made before its clock starts: making them is the
-client's work, ~5 µs a record). ``--repeats`` fills that many fresh ledgers
-and reports, per step, the median rate and the range. After each step of the
+client's work, ~5 µs a record). Each storage is filled twice over, with the
+records' timestamps spread at random over 90 days (the worst case for the
+rollups) and in time order (a live pipeline), see ``ORDERS``. ``--repeats``
+fills that many fresh ledgers and reports, per step, the median rate and the
+range. After each step of the
 first fill it times (median of 20):
 
 - the month report as ``GET /api/v1/costs?group_by=model`` computes it, from
@@ -63,15 +66,32 @@ FIRST_DAY = date(2025, 1, 1)
 BATCH = 500
 
 
-def records(count: int, rng: random.Random) -> Iterator[list[dict[str, Any]]]:
+#: How the records' timestamps fall: ``spread`` at random over the days (a
+#: backfill, the worst case for rollups: nearly every record of a batch its own
+#: rollup row, anywhere in the table), ``in time order`` (a live pipeline: a
+#: batch is an hour or two of traffic, its rollup rows those of one day).
+ORDERS = ("spread", "in time order")
+
+
+def records(
+    count: int, rng: random.Random, *, order: str = "spread", first: int = 0, total: int = 0
+) -> Iterator[list[dict[str, Any]]]:
+    """``count`` records in batches; in time order, records ``first`` on of ``total``."""
     start = datetime(FIRST_DAY.year, FIRST_DAY.month, FIRST_DAY.day, tzinfo=timezone.utc)
     base = start.timestamp()
+    span_s = DAYS * 86400
+
+    def timestamp(index: int) -> float:
+        if order == "spread":
+            return base + rng.random() * span_s
+        return base + (first + index + rng.random()) / (total or count) * span_s
+
     for offset in range(0, count, BATCH):
         yield [
             {
                 "service_key": rng.choice(MODELS),
                 "response_id": uuid.uuid4().hex,
-                "timestamp": f"{base + rng.random() * DAYS * 86400:.3f}",
+                "timestamp": f"{timestamp(offset + i):.3f}",
                 "payload": {
                     "input_tokens": rng.randint(100, 20_000),
                     "output_tokens": rng.randint(10, 2_000),
@@ -80,7 +100,7 @@ def records(count: int, rng: random.Random) -> Iterator[list[dict[str, Any]]]:
                 "customer_key": f"customer-{rng.randrange(CUSTOMERS)}",
                 "context": {"route": "/chat"},
             }
-            for _ in range(min(BATCH, count - offset))
+            for i in range(min(BATCH, count - offset))
         ]
 
 
@@ -94,7 +114,7 @@ def median_ms(func: Callable[[], object], repeat: int = 20) -> float:
 
 
 def measure(
-    store: EventStore, total: int, steps: int, *, reads: bool = True
+    store: EventStore, total: int, steps: int, *, reads: bool = True, order: str = "spread"
 ) -> list[dict[str, Any]]:
     catalog, prices, rng = ServiceCatalog(), PriceBook(), random.Random(1)
     month_end = date.fromordinal(FIRST_DAY.toordinal() + DAYS - 1)
@@ -109,7 +129,7 @@ def measure(
     stored = 0
     per_step = total // steps
     for _ in range(steps):
-        batches = list(records(per_step, rng))
+        batches = list(records(per_step, rng, order=order, first=stored, total=total))
         started = time.perf_counter()
         for batch in batches:
             answer_batch(batch, catalog=catalog, prices=prices, store=store)
@@ -168,22 +188,31 @@ def main() -> None:
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
-    runs: dict[str, list[list[dict[str, Any]]]] = {"SQLite": [], "PostgreSQL": []}
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
     for repeat in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"SQLite, fill {repeat + 1}")
-            with open_store(f"{tmp}/ledger.sqlite3") as store:
-                runs["SQLite"].append(measure(store, args.events, args.steps, reads=not repeat))
-        with scratch_postgres(args.postgres_url) as url:
-            if url is not None:
-                print(f"PostgreSQL, fill {repeat + 1}")
-                with open_store(url) as store:
-                    runs["PostgreSQL"].append(
-                        measure(store, args.events, args.steps, reads=not repeat)
+        for order in ORDERS:
+            # The reads once, on the first fill of the spread records.
+            reads = not repeat and order == "spread"
+            with tempfile.TemporaryDirectory() as tmp:
+                print(f"SQLite, {order}, fill {repeat + 1}")
+                with open_store(f"{tmp}/ledger.sqlite3") as store:
+                    runs.setdefault(f"SQLite|{order}", []).append(
+                        measure(store, args.events, args.steps, reads=reads, order=order)
                     )
-    for storage, fills in runs.items():
-        if fills:
-            results[storage] = [combine([fill[i] for fill in fills]) for i in range(args.steps)]
+            with scratch_postgres(args.postgres_url) as url:
+                if url is not None:
+                    print(f"PostgreSQL, {order}, fill {repeat + 1}")
+                    with open_store(url) as store:
+                        runs.setdefault(f"PostgreSQL|{order}", []).append(
+                            measure(store, args.events, args.steps, reads=reads, order=order)
+                        )
+    for storage in ("SQLite", "PostgreSQL"):
+        for order in ORDERS:
+            fills = runs.get(f"{storage}|{order}")
+            if fills:
+                results[f"{storage}|{order}"] = [
+                    combine([fill[i] for fill in fills]) for i in range(args.steps)
+                ]
     write(results, args)
 
 
@@ -208,22 +237,28 @@ def write(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) ->
         f"genai-prices {genai_prices.__version__}, {platform.machine()} with "
         f"{__import__('os').cpu_count()} cores (shared).",
         "",
-        f"Records over {DAYS} days, {len(MODELS)} models, {CUSTOMERS} customers, batches of "
+        f"Records over {DAYS} days ({' or '.join(ORDERS)}: `ORDERS`), {len(MODELS)} models, "
+        f"{CUSTOMERS} customers, batches of "
         f"{BATCH} through `answer_batch` (validation, costing, one transaction), records made "
         f"before the clock starts. Ingest: median of {args.repeats} fresh fills (range in "
         "brackets). The report is the last 30 days grouped by model; the scan is the same sums "
         "straight off `events`.",
         "",
-        "| storage | events stored | ingest (records/s) | daily rollup rows in the month | "
-        "month report from rollups (ms) | same from an events scan (ms) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| storage | records | events stored | ingest (records/s) | daily rollup rows in "
+        "the month | month report from rollups (ms) | same from an events scan (ms) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for storage, rows in results.items():
+    for key, rows in results.items():
+        storage, order = key.split("|")
         for row in rows:
+            reads = (
+                f"{row['rollup_rows']:,} | {row['report_ms']:.1f} | {row['scan_ms']:.1f}"
+                if "report_ms" in row
+                else "| |"
+            )
             lines.append(
-                f"| {storage} | {row['events']:,} | {row['ingest_per_s']:,.0f} "
-                f"({row['ingest_min']:,.0f}-{row['ingest_max']:,.0f}) | "
-                f"{row['rollup_rows']:,} | {row['report_ms']:.1f} | {row['scan_ms']:.1f} |"
+                f"| {storage} | {order} | {row['events']:,} | {row['ingest_per_s']:,.0f} "
+                f"({row['ingest_min']:,.0f}-{row['ingest_max']:,.0f}) | {reads} |"
             )
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

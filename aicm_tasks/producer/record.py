@@ -8,9 +8,10 @@ record it would refuse never leaves the caller's process (the checks cost about
 4 µs a record: ``build_record`` of a typical record went from 6.5 to 10.7 µs);
 then come JSON-serialisability and a size limit. The official SDK's ``{}``
 placeholders for unset token counts are accepted and dropped from the payload
-(``contract.without_placeholders``); that and the faster nesting walk of issue
-14 took the same record from 10.1 to 9.9 µs (an OpenAI usage with details:
-17.9 to 16.3 µs; best of 7 timeit runs, 100,000 calls each). A record that passes is serialised
+(``contract.without_placeholders``, ~0.3 µs); with the faster checks of issue
+14 (nesting walk, remembered service keys) a typical record still went from
+9.1 to 8.4 µs of CPU (an OpenAI usage with details: 15.2 to 14.0 µs; best of
+7 timeit runs of 100,000 calls, two runs each, on the 2-vCPU VM). A record that passes is serialised
 exactly once; those bytes are what the broker carries and what the worker
 sends to ``/track``, untouched.
 """
