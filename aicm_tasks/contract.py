@@ -263,6 +263,19 @@ def _key_problem(field: str, value: Any, *, limit: int, required: bool) -> Probl
     return None if problem is None else Problem(field, problem)
 
 
+def _plain_key(value: Any, limit: int) -> bool:
+    """True for the usual id or key, which :func:`_key_problem` would pass: a short
+    ASCII string without NUL, not blank. Decided in one expression (~0.15 µs, a
+    call of _key_problem ~0.5 µs); anything else goes to _key_problem."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= limit
+        and value.isascii()
+        and "\x00" not in value
+        and not value.isspace()
+    )
+
+
 def service_key_problem(service_key: Any) -> Problem | None:
     """Why ``service_key`` is not a contract service key (``vendor::service``), or None."""
     problem = _key_problem("service_key", service_key, limit=MAX_KEY_LENGTH, required=True)
@@ -327,9 +340,12 @@ def _check(
         problems.append(problem)
 
     response_id = record.get("response_id")
-    problem = _key_problem("response_id", response_id, limit=MAX_RESPONSE_ID_LENGTH, required=True)
-    if problem is not None:
-        problems.append(problem)
+    if not _plain_key(response_id, MAX_RESPONSE_ID_LENGTH):
+        problem = _key_problem(
+            "response_id", response_id, limit=MAX_RESPONSE_ID_LENGTH, required=True
+        )
+        if problem is not None:
+            problems.append(problem)
 
     timestamp = record.get("timestamp")
     if not isinstance(timestamp, str):
@@ -362,7 +378,7 @@ def _check(
         tokens = _count_problems(payload, payload_field, problems, counts=counts)
 
     customer_key = record.get("customer_key")
-    if customer_key is not None:
+    if customer_key is not None and not _plain_key(customer_key, MAX_KEY_LENGTH):
         problem = _key_problem("customer_key", customer_key, limit=MAX_KEY_LENGTH, required=False)
         if problem is not None:
             problems.append(problem)

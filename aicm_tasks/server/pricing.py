@@ -19,6 +19,7 @@ reasoning rate where it has one, else as output.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,11 @@ NANO_USD_PER_USD = Decimal(1_000_000_000)
 def plain(amount: Decimal) -> str:
     """A decimal as the API writes amounts: plain digits, no exponent, no trailing zeros."""
     return format(amount.normalize(), "f")
+
+
+@functools.lru_cache(maxsize=16)
+def _catalog_name(version: str) -> str:
+    return f"genai-prices {version}"
 
 
 def to_nano_usd(usd: Decimal) -> int:
@@ -68,6 +74,7 @@ class Cost:
         ``cost_per_unit`` is the average per token; amounts are decimal strings,
         as the hosted API writes them.
         """
+        catalog = _catalog_name(self.catalog_version)
         events = []
         for unit, quantity, cost in (
             ("input_tokens", tokens.input_tokens, self.input_usd),
@@ -82,7 +89,7 @@ class Cost:
                     "quantity": quantity,
                     "cost_per_unit": plain(per_unit),
                     "cost": plain(cost),
-                    "price_catalog": f"genai-prices {self.catalog_version}",
+                    "price_catalog": catalog,
                 }
             )
         other = self.total_usd - self.input_usd - self.output_usd
@@ -95,7 +102,7 @@ class Cost:
                     "quantity": 1,
                     "cost_per_unit": plain(other),
                     "cost": plain(other),
-                    "price_catalog": f"genai-prices {self.catalog_version}",
+                    "price_catalog": catalog,
                 }
             )
         return events
