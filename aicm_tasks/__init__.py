@@ -18,7 +18,7 @@ import importlib
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from aicm_tasks.errors import (
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     # What type checkers see; at run time these are properties of _Package.
     app: AicmCelery
     track: TrackTask
-    track_many: Callable[[Iterable[Mapping[str, Any]]], list[str]]
+    track_many: Callable[..., list[str]]
     settings: Settings
 
 __version__ = "0.1.0"
@@ -131,7 +131,7 @@ class _Package(types.ModuleType):
         return _DefaultApp.get()[1]
 
     @property
-    def track_many(self) -> Callable[[Iterable[Mapping[str, Any]]], list[str]]:
+    def track_many(self) -> Callable[..., list[str]]:
         """Publish many records in one round trip: ``track_many([{...}, ...])``."""
         return _DefaultApp.get()[1].many
 

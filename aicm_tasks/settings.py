@@ -7,6 +7,7 @@ CLI and the local server. ``docs/configuration.md`` has the same list as a table
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aicm_tasks.contract import API_KEY_ALIAS_PATTERN, MAX_RECORDS_PER_REQUEST
 from aicm_tasks.redact import redact_url
@@ -88,6 +89,11 @@ class Settings(BaseSettings):
     )
     #: Spool size over which ``track`` raises SpoolFullError; at least a few SQLite pages.
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    #: Payload and context fields whose values are replaced before a record leaves
+    #: the process (comma-separated names, or a JSON list); see producer/anonymize.py.
+    anonymize_fields: Annotated[tuple[str, ...], NoDecode] = ()
+    #: The key of the keyed hash that replaces them (HMAC-SHA256); never published.
+    anonymize_key: SecretStr | None = None
 
     # -- delivery (workers) --------------------------------------------------
     api_key: SecretStr | None = None
@@ -128,6 +134,26 @@ class Settings(BaseSettings):
     monthly_budget_usd: float | None = Field(default=None, ge=0)
     #: Monthly budgets per customer key, in USD, as JSON: ``{"acme": 250}``.
     customer_budgets_usd: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+    @field_validator("anonymize_fields", mode="before")
+    @classmethod
+    def _split_fields(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return tuple(name.strip() for name in text.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_anonymization(self) -> Settings:
+        if self.anonymize_fields and self.anonymize_key is None:
+            raise ValueError(
+                "AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY, the key of the keyed hash "
+                "that replaces the values (e.g. python -c 'import secrets; "
+                "print(secrets.token_hex(32))')"
+            )
+        return self
 
     @field_validator("api_keys")
     @classmethod

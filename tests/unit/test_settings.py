@@ -49,6 +49,9 @@ TABLE = [
     Row("max_record_bytes", 32768, [("256", 256), ("1048576", 1048576)], ["255", "1048577", "1e3x"]),
     Row("spool_enabled", True, [("false", False), ("0", False), ("yes", True)], ["maybe"]),
     Row("spool_max_bytes", 256 * 1024 * 1024, [("65536", 65536)], ["65535"]),
+    # Read with AICM_ANONYMIZE_KEY only: test_anonymized_fields_are_read_...
+    Row("anonymize_fields", (), [], ['["unclosed']),
+    Row("anonymize_key", None, [], []),
     Row("api_key", None, [], []),
     Row("api_keys", {}, [], ['["not", "an", "object"]', '{"bad alias!": "k"}', '{"a": ""}']),
     Row("api_base", "https://aicostmanager.com", [("https://x.test/", "https://x.test")], []),
@@ -262,3 +265,25 @@ def test_an_unknown_variable_far_from_any_name_gets_no_hint(
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
         Settings().batch_size = 10
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("email", ("email",)), (" email, prompt ,", ("email", "prompt")), ('["a", "b"]', ("a", "b"))],
+)
+def test_anonymized_fields_are_read_as_a_comma_list_or_json(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", text)
+    monkeypatch.setenv("AICM_ANONYMIZE_KEY", "k" * 32)
+    settings = Settings()
+    assert settings.anonymize_fields == expected
+    assert "k" * 32 not in repr(settings)
+
+
+def test_anonymized_fields_without_the_key_are_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", "email")
+    with pytest.raises(ValidationError, match="AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY"):
+        Settings()
