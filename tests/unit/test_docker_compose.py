@@ -242,8 +242,8 @@ def compose_command() -> list[str] | None:
 def run_compose_config(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
     command = compose_command()
     if command is None:
-        if os.environ.get("AICM_TEST_REQUIRE_COMPOSE"):
-            pytest.fail("AICM_TEST_REQUIRE_COMPOSE is set but no compose binary was found")
+        if os.environ.get("CI"):
+            pytest.fail("CI needs a compose binary (.ci/run installs docker-compose)")
         pytest.skip(
             "no compose binary (`docker compose version` fails and no docker-compose on the "
             "PATH); the YAML checks above still ran"
