@@ -64,6 +64,9 @@ def default_of(port_spec: str) -> str:
 def test_every_published_port_is_bound_to_loopback(compose: dict[str, Any]) -> None:
     published = {name: service.get("ports", []) for name, service in compose["services"].items()}
     assert published["redis"] and published["server"] and published["flower"]
+    for name, service in compose["services"].items():
+        # The host's network would put every port of the service on every interface.
+        assert service.get("network_mode") != "host", name
     for name, ports in published.items():
         for spec in ports:
             # The long form ({target, published, host_ip}) must name the host too.
@@ -110,6 +113,29 @@ def test_flower_gets_only_the_broker_url_and_its_login(compose: dict[str, Any]) 
     assert "env_file" not in flower
     assert set(environment(flower)) == {"AICM_BROKER_URL", "FLOWER_BASIC_AUTH"}
     assert not any("AICM_API_KEY" in value for value in strings(flower))
+
+
+#: The secrets each service needs, and so gets: no other.
+NEEDED_SECRETS = {
+    "redis": {"REDIS_PASSWORD"},
+    "server": {"AICM_API_KEY"},
+    "worker": {"REDIS_PASSWORD", "AICM_API_KEY"},
+    "flower": {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH"},
+    "prometheus": set(),
+}
+
+
+def test_each_service_gets_only_the_secrets_it_needs(compose: dict[str, Any]) -> None:
+    given = {
+        name: {
+            variable
+            for value in strings(service)
+            for variable, _ in INTERPOLATION.findall(value)
+            if variable in SECRETS
+        }
+        for name, service in compose["services"].items()
+    }
+    assert given == NEEDED_SECRETS
 
 
 def test_redis_keeps_records(compose: dict[str, Any]) -> None:
