@@ -102,8 +102,8 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         broker_connection_max_retries=None,
         task_ignore_result=True,
         # Events on by default so Flower sees workers and the delivery work with
-        # no extra flags: one small PUBLISH per event; delivery sends three per
-        # batch (not per record). See docs/monitoring.md.
+        # no extra flags: delivery sends three events per batch (not per record)
+        # in one PUBLISH. See docs/monitoring.md and worker/events.py.
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=True,
