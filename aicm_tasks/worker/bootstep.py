@@ -60,13 +60,16 @@ class DeliveryStep(bootsteps.StartStopStep):
             httpx_logger.setLevel(logging.WARNING)
         observers: list[Observer] = []
         if self.settings.metrics_port is not None:
-            metrics = Metrics()
+            metrics = Metrics(queue=self.settings.queue)
             metrics.serve(self.settings.metrics_port)
             observers.append(metrics)
             logger.info("metrics on :%d/metrics", self.settings.metrics_port)
         if self.settings.events_enabled:
             self.events = TaskEvents(
-                worker.app, worker.hostname, show_payloads=self.settings.events_show_payloads
+                worker.app,
+                worker.hostname,
+                show_payloads=self.settings.events_show_payloads,
+                queue=self.settings.queue,
             )
             observers.append(self.events)
         self.service = build_service(self.settings, extra_observers=observers)

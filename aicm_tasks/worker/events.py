@@ -44,6 +44,7 @@ from typing import Any
 from celery import Celery
 
 from aicm_tasks.broker.messages import Item, record_of
+from aicm_tasks.settings import DEFAULT_QUEUE
 from aicm_tasks.worker.delivery import Summary
 from aicm_tasks.worker.observe import BatchReport, Observer
 
@@ -71,15 +72,25 @@ Event = tuple[str, dict[str, Any]]
 class TaskEvents(Observer):
     """Sends a settled batch as task events from the worker's hostname."""
 
-    def __init__(self, app: Celery, hostname: str, *, show_payloads: bool = False) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        hostname: str,
+        *,
+        show_payloads: bool = False,
+        queue: str = DEFAULT_QUEUE,
+    ) -> None:
         self.app = app
         self.hostname = hostname
         self.show_payloads = show_payloads
+        self.queue = queue
         self._lock = threading.Lock()  # a kombu producer is not thread-safe
         self._dispatcher: Any = None
 
     def batch_settled(self, report: BatchReport) -> None:
-        events = batch_events(report, uuid.uuid4().hex, show_payloads=self.show_payloads)
+        events = batch_events(
+            report, uuid.uuid4().hex, show_payloads=self.show_payloads, queue=self.queue
+        )
         with self._lock:
             dispatcher = self._get_dispatcher()
             try:
@@ -130,8 +141,14 @@ def outcome_event(summary: Summary) -> str:
     return SUCCEEDED
 
 
-def batch_events(report: BatchReport, task_id: str, *, show_payloads: bool) -> list[Event]:
-    """The three events of one settled batch, in the order they are sent."""
+def batch_events(
+    report: BatchReport, task_id: str, *, show_payloads: bool, queue: str = DEFAULT_QUEUE
+) -> list[Event]:
+    """The three events of one settled batch, in the order they are sent.
+
+    ``queue`` (the tracking queue) rides on ``task-received`` as on Celery's
+    ``task-sent``: event consumers that label by queue (celery-exporter's
+    ``queue_name``) then name it instead of falling back to ``celery``."""
     summary = report.summary
     finished = time.time()
     started = finished - report.elapsed_s
@@ -144,6 +161,7 @@ def batch_events(report: BatchReport, task_id: str, *, show_payloads: bool) -> l
         "eta": None,
         "root_id": task_id,
         "parent_id": None,
+        "queue": queue,
         "timestamp": started,
     }
     last = outcome_event(summary)

@@ -112,6 +112,7 @@ def test_a_delivered_batch_is_received_started_and_succeeded_in_one_flush(app: C
     assert received["uuid"] == started["uuid"] == succeeded["uuid"] == received["root_id"]
     assert received["args"] == "()"
     assert received["retries"] == 0 and received["eta"] is None and received["parent_id"] is None
+    assert received["queue"] == "aicm.tracking"  # celery-exporter's queue_name label
     assert json.loads(succeeded["result"]) == {
         "delivered": 3,
         "retried": 0,
