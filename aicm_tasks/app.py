@@ -49,6 +49,13 @@ class AicmCelery(Celery):
     aicm_settings: Settings
     amqp_cls = f"{__name__}:TrackingQueueAMQP"
 
+    @cached_property
+    def Worker(self) -> Any:
+        """``celery worker``'s worker: Celery's, with the tracking queue in its
+        banner (worker/banner.py). By name, so importing the app stays cheap."""
+        # Celery takes a class or its dotted name; celery-types only knows the class.
+        return self.subclass_with_self("aicm_tasks.worker.banner:TrackingWorker")  # type: ignore[arg-type]
+
 
 def create_app(settings: Settings | None = None) -> AicmCelery:
     """Build the Celery app for the given settings (default: from the environment)."""
