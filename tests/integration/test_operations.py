@@ -146,10 +146,15 @@ def test_flower_counts_retried_and_failed_batches_and_nothing_stays_prefetched(
         shown = json.dumps(tasks)
         assert local_server.api_key not in shown and "input_tokens" not in shown
 
-        # The worker counted the same retries record by record.
-        worker_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        # The worker counted the same retries record by record, and gives the
+        # (now empty) queue's length under celery-exporter's name.
+        def worker_metrics() -> str:
+            return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+
         retried = sum(result_of(task)["retried"] for task in tasks)
-        assert f"aicm_records_retried_total {float(retried)}" in worker_metrics
+        assert f"aicm_records_retried_total {float(retried)}" in worker_metrics()
+        queue_length = f'celery_queue_length{{queue_name="{pipeline.settings.queue}"}} 0.0'
+        wait_until(lambda: queue_length in worker_metrics(), 60, "the queue's length at 0")
 
         # Flower's Prometheus view: batches by outcome, and the prefetched gauge
         # back to 0 (each batch's task-started answers its task-received).
