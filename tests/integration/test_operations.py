@@ -125,6 +125,8 @@ def test_flower_counts_retried_and_failed_batches_and_nothing_stays_prefetched(
             # Nothing is queued or held any more: no event is still to come.
             tasks = flower.batches()
             flower_metrics = flower.metrics()
+            # The dashboard's Succeeded / Failed / Retried columns, per worker.
+            (dashboard,) = flower.api("/workers?json=1")["data"]
 
         by_state = Counter(task["state"] for task in tasks)
         assert by_state["RETRY"] >= 2 and by_state["FAILURE"] >= 1, by_state
@@ -172,6 +174,9 @@ def test_flower_counts_retried_and_failed_batches_and_nothing_stays_prefetched(
         assert (events("task-succeeded") or 0) == by_state["SUCCESS"]
         assert events("task-received") == events("task-started") == len(tasks)
         assert sample("flower_worker_prefetched_tasks", worker=worker, task=name) == 0
+        assert dashboard["task-failed"] == by_state["FAILURE"]
+        assert dashboard["task-retried"] == by_state["RETRY"]
+        assert dashboard.get("task-succeeded", 0) == by_state["SUCCESS"]
 
 
 def test_status_is_healthy_with_a_worker_and_says_why_not_otherwise(pipeline: Pipeline) -> None:
