@@ -368,6 +368,8 @@ def test_over_redis_each_batch_is_one_message_and_ends_in_its_state(
             tasks = sorted(captured.state.tasks.values(), key=lambda t: t.clock)
             assert [task.state for task in tasks] == list(outcomes)
             assert all(task.name == TASK_NAME and task.started for task in tasks)
+            # What celery-exporter labels queue_name (getattr(task, "queue", "celery")).
+            assert {task.queue for task in tasks} == {"aicm.tracking"}
             assert tasks[2].exception.startswith("DeadLettered('1 of 3 records dead-lettered")
     finally:
         events.close()
