@@ -60,13 +60,16 @@ class DeliveryStep(bootsteps.StartStopStep):
             httpx_logger.setLevel(logging.WARNING)
         observers: list[Observer] = []
         if self.settings.metrics_port is not None:
-            metrics = Metrics()
+            metrics = Metrics(queue=self.settings.queue)
             metrics.serve(self.settings.metrics_port)
             observers.append(metrics)
             logger.info("metrics on :%d/metrics", self.settings.metrics_port)
         if self.settings.events_enabled:
             self.events = TaskEvents(
-                worker.app, worker.hostname, show_payloads=self.settings.events_show_payloads
+                worker.app,
+                worker.hostname,
+                show_payloads=self.settings.events_show_payloads,
+                queue=self.settings.queue,
             )
             observers.append(self.events)
         self.service = build_service(self.settings, extra_observers=observers)
@@ -143,14 +146,26 @@ def active_queues(state: Any) -> list[dict[str, Any]]:
         if consumer.task_consumer
         else []
     )
-    app = consumer.app
+    queue = tracking_queue(consumer.app)
+    if queue is not None and all(q.get("name") != queue.name for q in queues):
+        queues.append(dict(queue.as_dict(recurse=True)))
+    return queues
+
+
+def tracking_queue(app: Any) -> Any:
+    """The tracking queue as Celery would describe it (a kombu ``Queue`` with its
+    exchange), from its declaration in ``conf.task_queues``; None when ``app``
+    carries no aicm-tasks settings or does not declare it.
+
+    Not in ``app.amqp.queues`` (kept out so ``celery purge`` spares it, see
+    app.py), so described as Celery would from the declaration. Used where the
+    worker shows what it consumes: ``inspect active_queues`` and its banner
+    (worker/banner.py).
+    """
     tracking: Settings | None = getattr(app, "aicm_settings", None)
     if tracking is None:
-        return queues
-    # Not in app.amqp.queues (kept out so `celery purge` spares it, see app.py):
-    # described from the declaration in conf.task_queues, as Celery would.
+        return None
     declared = [q for q in app.conf.task_queues or () if q.name == tracking.queue]
-    if declared and all(q.get("name") != tracking.queue for q in queues):
-        described = app.amqp.Queues(declared)[tracking.queue]
-        queues.append(dict(described.as_dict(recurse=True)))
-    return queues
+    if not declared:
+        return None
+    return app.amqp.Queues(declared)[tracking.queue]
