@@ -131,7 +131,14 @@ def usage_event(row: Sequence[Any]) -> dict[str, Any]:
 def list_usage_events(
     store: EventStore, where: EventFilter, limit: int, offset: int
 ) -> tuple[int, list[dict[str, Any]]]:
-    """How many events match, and the page of them in arrival order."""
+    """How many events match, and the page of them in arrival order.
+
+    Every page counts its matches again (the SDK's pages carry ``count``) and
+    skips ``offset`` rows: measured on SQLite at 1,000,000 events, the count
+    takes ~20 ms (~170 ms filtered by customer, which has no index) and the
+    deepest offset ~100 ms, so reading a whole large ledger through the client
+    is minutes, not hours; fine for the local server, not a bulk export.
+    """
     (count,) = store.query(f"SELECT COUNT(*) FROM events{where.sql()}", where.params)[0]
     rows = store.query(
         f"SELECT {EVENT_READ_COLUMNS} FROM events{where.sql()} ORDER BY seq LIMIT ? OFFSET ?",
