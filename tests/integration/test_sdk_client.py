@@ -5,6 +5,7 @@ pydantic models and matches what ``/track`` answered and the ledger holds."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from aicm_tasks.devtools.processes import free_port, start_server, stop_process
 from aicm_tasks.server.catalog import ServiceCatalog
 
 aicostmanager = pytest.importorskip("aicostmanager")
-from aicostmanager import CostManagerClient, CostQueryManager  # noqa: E402
+from aicostmanager import AsyncCostManagerClient, CostManagerClient, CostQueryManager  # noqa: E402
 from aicostmanager.client.exceptions import APIRequestError  # noqa: E402
 from aicostmanager.models import (  # noqa: E402
     CustomerIn,
@@ -326,3 +327,45 @@ def test_our_cli_shapes_stay_beside_the_sdk_pages(tracked: Tracked) -> None:
     assert Decimal(str(report["total_cost"])) == sum(
         (tracked.answered_usd(rid) for rid in tracked.answers), Decimal(0)
     )
+
+
+def _async_client(tracked: Tracked, tmp_path: Path) -> AsyncCostManagerClient:
+    return AsyncCostManagerClient(
+        aicm_api_key=tracked.api_key,
+        aicm_api_base=tracked.url,
+        aicm_api_url="/api/v1",
+        aicm_ini_path=str(tmp_path / "ASYNC.INI"),
+    )
+
+
+def test_the_async_client_reads_the_same_pages(tracked: Tracked, tmp_path: Path) -> None:
+    async def read() -> tuple[list[str], int, str]:
+        client = _async_client(tracked, tmp_path)
+        try:
+            second = await client.list_usage_events_typed(limit=10, offset=10)
+            costs = await client.list_cost_events(limit=100)
+            event = await client.get_usage_event(second.results[0].event_id)
+            return [e.response_id for e in second.results], costs.count, event.response_id
+        finally:
+            await client.close()
+
+    second_page, priced, got = asyncio.run(read())
+    assert second_page == [r["response_id"] for r in tracked.records[10:20]]
+    assert priced == PRICED and got == second_page[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SDK 0.3.2 bug: AsyncCostManagerClient._iter_paginated requests `next` with "
+    "params={}, and httpx 0.28 then drops the URL's query (limit, offset, filters), so "
+    "page two is the first page again, unfiltered; the sync client follows `next` intact",
+)
+def test_the_async_clients_iteration_follows_next(tracked: Tracked, tmp_path: Path) -> None:
+    async def read() -> list[str]:
+        client = _async_client(tracked, tmp_path)
+        try:
+            return [e.response_id async for e in client.iter_usage_events(limit=10)]
+        finally:
+            await client.close()
+
+    assert asyncio.run(read()) == [r["response_id"] for r in tracked.records]
