@@ -103,11 +103,16 @@ def event_id(seq: int) -> str:
 
 
 def seq_of(event_id_or_response_id: str) -> int | None:
-    """The row number behind an ``event_id``, or None if it is not one of ours."""
+    """The row number behind an ``event_id``, or None if it is not one of ours.
+
+    Only the canonical spelling counts, so a response_id that merely parses as
+    a UUID (32 hex digits) is looked up as a response_id.
+    """
     try:
-        return uuid.UUID(event_id_or_response_id).int
+        seq = uuid.UUID(event_id_or_response_id).int
     except ValueError:
         return None
+    return seq if 0 < seq < 2**63 and event_id(seq) == event_id_or_response_id else None
 
 
 def usage_event(row: Sequence[Any]) -> dict[str, Any]:
@@ -150,7 +155,7 @@ def list_usage_events(
 def find_usage_event(store: EventStore, key: str) -> dict[str, Any] | None:
     """The event with ``event_id`` ``key``, else the one with ``response_id`` ``key``."""
     seq = seq_of(key)
-    if seq is not None and seq < 2**63:
+    if seq is not None:
         rows = store.query(f"SELECT {EVENT_READ_COLUMNS} FROM events WHERE seq = ?", [seq])
         if rows:
             return usage_event(rows[0])

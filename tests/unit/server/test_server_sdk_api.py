@@ -152,9 +152,10 @@ def test_event_ids_are_row_numbers_and_response_ids_are_not_taken_for_them() -> 
     assert event_id(7) == "00000000-0000-0000-0000-000000000007"
     assert seq_of(event_id(7)) == 7
     assert seq_of("resp-1") is None
-    # A response_id that is itself a random UUID reads as a number past any row.
-    random_id = seq_of("3f2b8a9e-1c4d-4e5f-8a6b-7c8d9e0f1a2b")
-    assert random_id is not None and random_id > 2**63
+    # Response ids that parse as UUIDs are not taken for row numbers.
+    assert seq_of("3f2b8a9e-1c4d-4e5f-8a6b-7c8d9e0f1a2b") is None
+    assert seq_of("00000000000000000000000000000007") is None
+    assert seq_of(event_id(0)) is None
 
 
 def _row(service_key: str, nano_usd: int | None, **tokens: int) -> tuple[Any, ...]:
