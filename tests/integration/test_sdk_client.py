@@ -101,26 +101,27 @@ def tracked(ledger_db: str, tmp_path: Path) -> Iterator[Tracked]:
     process = start_server(port, ledger_db, api_key)
     url = f"http://127.0.0.1:{port}"
     try:
-        client = CostManagerClient(
+        # The client asks GET /triggered-limits when built and keeps the answer in
+        # its INI file: a private one, never the user's.
+        with CostManagerClient(
             aicm_api_key=api_key,
             aicm_api_base=url,
             aicm_api_url="/api/v1",
             aicm_ini_path=str(tmp_path / "AICM.INI"),
-        )
-        headers = {"Authorization": f"Bearer {api_key}"}
-        httpx.put(f"{url}/api/v1/services/{LEARNED}", headers=headers).raise_for_status()
-        records = _records()
-        response = httpx.post(
-            f"{url}/api/v1/track", headers=headers, json={"tracked": records}, timeout=30
-        )
-        response.raise_for_status()
-        answers = {r["response_id"]: r for r in response.json()["results"]}
-        assert [answers[r["response_id"]]["status"] for r in records] == [
-            *["completed"] * PRICED,
-            "queued",
-        ]
-        yield Tracked(url, api_key, client, records, answers)
-        client.close()
+        ) as client:
+            headers = {"Authorization": f"Bearer {api_key}"}
+            httpx.put(f"{url}/api/v1/services/{LEARNED}", headers=headers).raise_for_status()
+            records = _records()
+            response = httpx.post(
+                f"{url}/api/v1/track", headers=headers, json={"tracked": records}, timeout=30
+            )
+            response.raise_for_status()
+            answers = {r["response_id"]: r for r in response.json()["results"]}
+            assert [answers[r["response_id"]]["status"] for r in records] == [
+                *["completed"] * PRICED,
+                "queued",
+            ]
+            yield Tracked(url, api_key, client, records, answers)
     finally:
         stop_process(process)
 
