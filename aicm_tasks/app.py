@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from celery import Celery
-from celery.app.amqp import AMQP
+from celery.app.amqp import AMQP, Queues
 from kombu import Queue
 from kombu.utils.objects import cached_property
 
@@ -20,6 +21,34 @@ from aicm_tasks.worker.bootstep import DeliveryStep
 #: default ``celery``: a user's own Celery app on the same Redis uses that one,
 #: and a worker of this app would take its tasks and drop them as unregistered.
 DEFAULT_TASK_QUEUE = "aicm.tasks"
+
+
+#: The banner line of the tracking queue: Celery's own (celery.app.amqp.QUEUE_FORMAT,
+#: not in its type stubs), and who reads it.
+BANNER_LINE = (
+    ".> {0.name:<16} exchange={0.exchange.name}({0.exchange.type}) key={0.routing_key}"
+    "  (records: read in bulk by the delivery step)"
+)
+
+
+class BannerQueues(Queues):
+    """Celery's queue table, whose banner lines also name the tracking queue.
+
+    The worker banner's ``[queues]`` is ``app.amqp.queues.format()``; the
+    tracking queue is left out of that table (see :class:`TrackingQueueAMQP`)
+    yet every worker of this app consumes it, through the delivery step.
+    """
+
+    #: The tracking queue's declaration, set by :class:`TrackingQueueAMQP`.
+    tracking: Queue | None = None
+
+    def format(self, indent: int = 0, indent_first: bool = True) -> str:
+        listed = super().format(indent, indent_first)
+        if self.tracking is None:
+            return listed
+        line = BANNER_LINE.format(self.tracking)
+        listed = listed.rstrip("\n")  # Celery's own ends in one when it lists one queue
+        return f"{listed}\n{' ' * indent}{line}" if listed else line
 
 
 class TrackingQueueAMQP(AMQP):
@@ -34,13 +63,22 @@ class TrackingQueueAMQP(AMQP):
     show it. Only naming it (``celery purge -Q aicm.tracking``) deletes it.
     """
 
+    queues_cls = BannerQueues
+
     @cached_property
     def queues(self) -> Any:
-        """Queue name ⇒ declaration, without the tracking queue."""
+        """Queue name ⇒ declaration, without the tracking queue (which only the
+        banner lines name)."""
         settings: Settings | None = getattr(self.app, "aicm_settings", None)
         tracking = settings.queue if settings is not None else None
         declared = [q for q in self.app.conf.task_queues or () if q.name != tracking]
-        return self.Queues(declared)
+        queues = self.Queues(declared)
+        named = [q for q in self.app.conf.task_queues or () if q.name == tracking]
+        if named and isinstance(queues, BannerQueues):
+            # Through Queues, as Celery would, so the line shows its default exchange;
+            # a copy, since Queues sets that exchange on the object it is given.
+            queues.tracking = self.Queues([copy.copy(named[0])])[named[0].name]
+        return queues
 
 
 class AicmCelery(Celery):

@@ -55,3 +55,14 @@ def test_the_tracking_queue_is_declared_but_out_of_reach_of_celery_purge() -> No
     assert tracking not in app.amqp.queues
     assert tracking not in app.amqp.queues.consume_from
     assert "aicm.tasks" in app.amqp.queues
+
+
+def test_the_worker_banner_lists_the_tracking_queue_as_consumed() -> None:
+    app = create_app(Settings(broker_url="redis://127.0.0.1:2/0", queue="billing.q"))
+    banner = app.amqp.queues.format(indent=0, indent_first=False).splitlines()
+    assert banner[0].startswith(".> aicm.tasks ")
+    assert banner[1].startswith(".> billing.q ") and "key=billing.q" in banner[1]
+    assert banner[1].endswith("(records: read in bulk by the delivery step)")
+    assert len(banner) == 2
+    # Named in the banner only: still out of reach of `celery purge`.
+    assert "billing.q" not in app.amqp.queues
