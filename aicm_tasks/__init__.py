@@ -29,6 +29,7 @@ from aicm_tasks.errors import (
     RecordError,
     RecordTypeError,
     RecordValueError,
+    SettingsError,
 )
 
 if TYPE_CHECKING:
@@ -119,7 +120,11 @@ class _Package(types.ModuleType):
     @property
     def app(self) -> AicmCelery:
         """The Celery app; ``celery -A aicm_tasks worker`` runs it."""
-        return _DefaultApp.get()[0]
+        try:
+            return _DefaultApp.get()[0]
+        except SettingsError as exc:
+            _exit_if_loaded_by_celery(exc, sys._getframe(1))
+            raise
 
     @app.setter
     def app(self, value: object) -> None:
@@ -145,6 +150,20 @@ class _Package(types.ModuleType):
         _drop_submodule("settings", value)
 
 
+def _exit_if_loaded_by_celery(error: SettingsError, caller: types.FrameType) -> None:
+    """End a ``celery -A aicm_tasks ...`` process with the error's one line, exit code 2.
+
+    Celery's command line prints any exception raised while it loads ``-A``
+    with its whole traceback under "Unable to load celery application"
+    (celery/bin/celery.py catches Exception); SystemExit passes through it and
+    click. Only when Celery's ``find_app`` is the caller: a library user
+    touching ``aicm_tasks.app`` gets the SettingsError itself.
+    """
+    if caller.f_globals.get("__name__") == "celery.app.utils":
+        sys.stderr.write(f"aicm-tasks: {error}\n")
+        raise SystemExit(2)
+
+
 def _drop_submodule(name: str, value: object) -> None:
     if not isinstance(value, types.ModuleType):
         raise AttributeError(f"aicm_tasks.{name} is read-only")
@@ -163,6 +182,7 @@ __all__ = [
     "RecordTypeError",
     "RecordValueError",
     "Settings",
+    "SettingsError",
     "TrackTask",
     "__version__",
     "app",

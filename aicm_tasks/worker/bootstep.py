@@ -30,6 +30,9 @@ from aicm_tasks.worker.transport import TrackTransport
 
 logger = logging.getLogger(__name__)
 
+#: Exit code of a worker refused for a bad or missing setting (as the CLI's).
+EXIT_BAD_SETTING = 2
+
 #: Seconds a worker waits for in-flight batches at warm shutdown before it
 #: hands the rest back to the queue.
 SHUTDOWN_GRACE_S = 30.0
@@ -53,6 +56,13 @@ class DeliveryStep(bootsteps.StartStopStep):
             queues.deselect(self.settings.queue)
 
     def start(self, worker: Any) -> None:
+        try:
+            require_api_key(self.settings)
+        except ConfigurationError as exc:
+            # One line, not Celery's "Unrecoverable error" traceback: Worker.start
+            # stops the worker with a SystemExit's code and nothing more.
+            logger.critical("%s", exc)
+            raise SystemExit(EXIT_BAD_SETTING) from None
         # httpx logs every request at INFO; at a POST per batch that drowns the
         # worker's own one line per batch. Quiet it unless configured already.
         httpx_logger = logging.getLogger("httpx")
@@ -91,12 +101,8 @@ def build_service(
     settings: Settings, *, extra_observers: Sequence[Observer] = (), **overrides: Any
 ) -> DeliveryService:
     """Build the delivery service a worker process runs, from settings."""
+    require_api_key(settings)
     default_key = settings.api_key.get_secret_value() if settings.api_key else ""
-    if not default_key and not settings.api_keys:
-        raise ConfigurationError(
-            "AICM_API_KEY is not set: the worker needs the /track API key "
-            "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
-        )
     client = redis.Redis.from_url(
         settings.broker_url,
         socket_connect_timeout=5.0,
@@ -129,6 +135,16 @@ def build_service(
     options["on_stopped"] = [transport.close]
     options.update(overrides)
     return DeliveryService(store, transport.poster(), **options)
+
+
+def require_api_key(settings: Settings) -> None:
+    """Raise :class:`ConfigurationError` unless the settings hold a /track key."""
+    default_key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if not default_key and not settings.api_keys:
+        raise ConfigurationError(
+            "AICM_API_KEY is not set: the worker needs the /track API key "
+            "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
+        )
 
 
 @control.inspect_command(name="active_queues")

@@ -40,6 +40,14 @@ def test_workers_report_the_tracking_queue_to_inspect_and_in_their_banner(
     assert listed[1].endswith(f"key={pipeline.settings.queue} {CONSUMED_BY}")
 
 
+def test_the_worker_banner_names_the_tracking_queue(pipeline: Pipeline) -> None:
+    pipeline.start_worker()
+    queue = pipeline.settings.queue
+    wait_until(lambda: f".> {queue}" in pipeline.logs(), 60, "the worker's banner")
+    [line] = [line for line in pipeline.logs().splitlines() if f".> {queue}" in line]
+    assert "read in bulk by the delivery step" in line
+
+
 def test_the_tracking_queue_is_declared_in_the_app_configuration(pipeline: Pipeline) -> None:
     assert pipeline.settings.queue in {q.name for q in pipeline.app.conf.task_queues}
 
