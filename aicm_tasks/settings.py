@@ -266,7 +266,11 @@ def settings_error(exc: ValidationError | pydantic_settings.SettingsError) -> Se
     names: list[str] = []
     for error in exc.errors(include_url=False, include_input=False):
         location = [str(part) for part in error["loc"]]
-        name = f"AICM_{location[0].upper()}" if location else "an AICM_* variable"
+        if not location:
+            # A rule across variables (model_validator): its message names them.
+            problems.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        name = f"AICM_{location[0].upper()}"
         where = f" (key {location[1]!r})" if len(location) > 1 else ""
         problems.append(f"{name}{where}{_problem(error)}")
         names.append(name)

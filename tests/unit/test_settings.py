@@ -338,12 +338,12 @@ def test_an_unknown_variable_is_warned_about_once_per_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A name no other test uses: the "already warned" record lasts the process.
-    monkeypatch.setenv("AICM_ONLY_HERE_QWERTY", "1")
+    monkeypatch.setenv("AICM_QQQQQQQQQQQQQQQQ", "1")
     with caplog.at_level(logging.WARNING, logger="aicm_tasks.settings"):
         for _ in range(3):
             Settings.from_env()
     assert [r.getMessage() for r in caplog.records] == [
-        "unknown setting AICM_ONLY_HERE_QWERTY is ignored"
+        "unknown setting AICM_QQQQQQQQQQQQQQQQ is ignored"
     ]
 
 
@@ -380,3 +380,13 @@ def test_anonymized_fields_without_the_key_are_refused_at_load(
     monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", "email")
     with pytest.raises(ValidationError, match="AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY"):
         Settings()
+
+
+def test_a_rule_across_variables_is_one_line_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicm_tasks.errors import SettingsError
+
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", "email")
+    with pytest.raises(SettingsError) as failure:
+        Settings.from_env()
+    assert str(failure.value).startswith("AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY")
+    assert "\n" not in str(failure.value)
