@@ -129,6 +129,8 @@ def postgres_url(postgres_database: str) -> str:
 
     with psycopg.connect(postgres_database, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS events, counters, daily_rollups")
+        # The server's limit tables (server/limit_store.py).
+        conn.execute("DROP TABLE IF EXISTS usage_limits, limit_events, webhook_endpoints")
     return postgres_database
 
 
