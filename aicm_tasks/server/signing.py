@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -131,7 +132,7 @@ def _load_or_create(keys_dir: Path | None) -> rsa.RSAPrivateKey:
     # fails if the key exists, so two servers starting at once never overwrite
     # (or half-read) each other's key; the loser reads the winner's. Mode 0600
     # from creation: never readable by other users, not even for a moment.
-    temporary = keys_dir / f".{PRIVATE_KEY_FILE}.{os.getpid()}.tmp"
+    temporary = keys_dir / f".{PRIVATE_KEY_FILE}.{secrets.token_hex(8)}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as file:

@@ -125,6 +125,8 @@ class WebhookNotifier:
         self._order = itertools.count()
         self._wake = threading.Condition()
         self._stopping = False
+        #: Deliveries being attempted now (popped from ``_due``, not yet done or re-queued).
+        self._in_flight = 0
         self._thread: threading.Thread | None = None
 
     def notify(self, data: dict[str, Any]) -> None:
@@ -148,9 +150,9 @@ class WebhookNotifier:
         self._ensure_started()
 
     def pending(self) -> int:
-        """Deliveries not yet done (for tests and logs)."""
+        """Deliveries not yet done, the one being attempted included (for tests and logs)."""
         with self._wake:
-            return len(self._due)
+            return len(self._due) + self._in_flight
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread; pending deliveries are dropped with a warning."""
@@ -182,7 +184,14 @@ class WebhookNotifier:
                     if self._stopping:
                         return
                     _, _, endpoint_id, body, attempt = heapq.heappop(self._due)
-                self._attempt(client, endpoint_id, body, attempt)
+                    self._in_flight = 1
+                try:
+                    self._attempt(client, endpoint_id, body, attempt)
+                except Exception:  # a database error must not end the thread
+                    logger.exception("webhook %s: delivery failed", endpoint_id)
+                finally:
+                    with self._wake:
+                        self._in_flight = 0
 
     def _attempt(self, client: httpx.Client, endpoint_id: str, body: bytes, attempt: int) -> None:
         row = self._limits.webhook(endpoint_id)
