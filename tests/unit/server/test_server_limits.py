@@ -3,12 +3,17 @@ PostgreSQL: periods, scopes, thresholds, what un-trips a limit, bad input."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from aicm_tasks.server import create_server_app
@@ -180,3 +185,55 @@ def test_two_servers_sharing_postgresql_record_one_trip(postgres_url: str) -> No
             assert book.judge() == 0  # already recorded: nobody notifies again
         assert track(second, [record()]) == [limit["uuid"]]
     assert notified == []
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)))
+def test_a_period_holds_its_day_and_ends_at_the_next_periods_midnight(moment: datetime) -> None:
+    now = moment.replace(tzinfo=timezone.utc)
+    for period in ("day", "month"):
+        first, last, end = period_bounds(period, now)
+        assert first <= now.date() <= last
+        assert end == datetime(*(last + timedelta(days=1)).timetuple()[:3], tzinfo=timezone.utc)
+        assert now < end
+        if period == "day":
+            assert first == last == now.date()
+        else:
+            assert first.day == 1 and (last + timedelta(days=1)).day == 1
+            assert (first.year, first.month) == (last.year, last.month)
+
+
+def test_a_hanging_webhook_never_holds_up_a_track_answer(
+    client: TestClient, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    got = threading.Event()
+    answered = threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.set()
+            release.wait(120)
+            answered.set()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        response = client.post("/api/v1/webhooks/", headers=AUTH, json={"url": url, "secret": "s"})
+        assert response.status_code == 201
+        limit = create(client, amount=0)
+        assert track(client, [record()]) == [limit["uuid"]]
+        assert got.wait(30), "the webhook was not called"
+        # /track answered while the receiver still holds its answer: had it
+        # waited for the webhook, it could only have answered after it.
+        assert not answered.is_set()
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
