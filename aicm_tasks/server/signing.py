@@ -54,18 +54,34 @@ class LimitSigner:
     def __init__(self, keys_dir: Path | None = None) -> None:
         """Load the key pair from ``keys_dir``, creating it there if absent.
 
-        ``keys_dir=None`` keeps a fresh pair in memory only.
+        ``keys_dir=None`` keeps a fresh pair in memory only, made when first
+        needed: generating one takes ~80 ms, which every test building a
+        server would otherwise pay.
         """
-        self._private_key = _load_or_create(keys_dir)
-        public_pem = self._private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        #: The public key in PEM, as sent alongside every payload.
-        self.public_key_pem = public_pem.decode("ascii")
-        #: A short fingerprint of the public key: the payload's ``key_id``.
-        self.key_id = hashlib.sha256(public_pem).hexdigest()[:16]
         self._lock = threading.Lock()
         self._cached: tuple[str, dict[str, Any]] | None = None
+        self._private_key: rsa.RSAPrivateKey | None = None
+        self._public_pem = b""
+        if keys_dir is not None:
+            self._private_key = _load_or_create(keys_dir)
+            self._public_pem = _public_pem(self._private_key)
+
+    @property
+    def public_key_pem(self) -> str:
+        """The public key in PEM, as sent alongside every payload."""
+        return self._keys()[1].decode("ascii")
+
+    @property
+    def key_id(self) -> str:
+        """A short fingerprint of the public key: the payload's ``key_id``."""
+        return hashlib.sha256(self._keys()[1]).hexdigest()[:16]
+
+    def _keys(self) -> tuple[rsa.RSAPrivateKey, bytes]:
+        with self._lock:
+            if self._private_key is None:
+                self._private_key = _load_or_create(None)
+                self._public_pem = _public_pem(self._private_key)
+            return self._private_key, self._public_pem
 
     def payload(self, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The ``triggered_limits`` object for ``events`` (JSON-ready dicts).
@@ -77,9 +93,8 @@ class LimitSigner:
             if self._cached is not None and self._cached[0] == identity:
                 return self._cached[1]
         claims = {"iss": ISSUER, "iat": int(time.time()), "triggered_limits": list(events)}
-        token = jwt.encode(
-            claims, self._private_key, algorithm="RS256", headers={"kid": self.key_id}
-        )
+        private_key, _ = self._keys()
+        token = jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": self.key_id})
         document = {
             "version": PAYLOAD_VERSION,
             "public_key": self.public_key_pem,
@@ -96,6 +111,12 @@ class LimitSigner:
             token, self.public_key_pem, algorithms=["RS256"], issuer=ISSUER
         )
         return claims
+
+
+def _public_pem(private_key: rsa.RSAPrivateKey) -> bytes:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def default_keys_dir(db: str) -> Path | None:
