@@ -5,6 +5,7 @@ PostgreSQL. The SDK's client makes every typed call; the SDK's own
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aicostmanager import CostManagerClient, Tracker
+from aicostmanager import AsyncCostManagerClient, CostManagerClient, Tracker
 from aicostmanager.client.exceptions import APIRequestError, UsageLimitExceeded
 from aicostmanager.config_manager import ConfigManager
 from aicostmanager.models import (
@@ -323,3 +324,30 @@ def test_webhooks_crud_through_the_sdk_client(
     with pytest.raises(APIRequestError) as refused:
         client.create_webhook_endpoint({"url": "ftp://nope", "secret": "x"})
     assert refused.value.status_code == 400
+
+
+def test_the_async_sdk_client_manages_limits_and_reads_the_triggered_set(
+    served: Served, tmp_path: Path
+) -> None:
+    async def scenario() -> tuple[str, list[Any], list[Any]]:
+        async with AsyncCostManagerClient(
+            aicm_api_key=API_KEY,
+            aicm_api_base=served.url,
+            aicm_ini_path=str(tmp_path / "ASYNC.INI"),
+        ) as sdk_client:
+            limit = await sdk_client.create_usage_limit(
+                UsageLimitIn(
+                    threshold_type=ThresholdType.LIMIT,
+                    amount=0,
+                    period=Period.DAY,
+                    service_key=SERVICE,
+                )
+            )
+            await asyncio.to_thread(track, served.url, [record()])
+            fetched = await sdk_client.get_triggered_limits()
+            progress = list(await sdk_client.list_usage_limit_progress())
+            return limit.uuid, sdk_decoded(tmp_path, fetched["triggered_limits"]), progress
+
+    limit_id, tripped, progress = asyncio.run(scenario())
+    assert [t.limit_id for t in tripped] == [limit_id]
+    assert [p.current_spend for p in progress] == [pytest.approx(RECORD_USD)]
