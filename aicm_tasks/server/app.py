@@ -148,7 +148,9 @@ def create_server_app(
         except TrackRequestError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
         stored_cost = any(r.get("status") == STATUS_COMPLETED for r in document["results"])
-        document["triggered_limits"] = await run_in_threadpool(book.answer, stored_cost=stored_cost)
+        triggered = await run_in_threadpool(book.answer, stored_cost=stored_cost)
+        if triggered is not None:
+            document["triggered_limits"] = triggered
         return AsciiJSONResponse(document)
 
     async def stats(request: Request) -> Response:

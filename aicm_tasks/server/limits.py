@@ -147,21 +147,29 @@ class LimitBook:
         )
         return sum(r.cost_nano_usd for r in sums)
 
-    def answer(self, *, stored_cost: bool, now_s: float | None = None) -> dict[str, Any]:
+    def answer(self, *, stored_cost: bool, now_s: float | None = None) -> dict[str, Any] | None:
         """The signed ``triggered_limits`` of a ``/track`` answer, judging first if it stored cost.
 
         One query when no limit is active (the signed empty set is cached);
         otherwise the active limits, their trips, and one rollup sum per limit
-        not tripped yet in its period.
+        not tripped yet in its period. None (logged) if the limits could not be
+        read: the batch is stored already, and its answer must not fail for
+        the limits' sake (a 500 would make the worker send it again).
         """
         now_s = time.time() if now_s is None else now_s
-        active = self._limits.limits(active_only=True)
-        if not active:
-            return self._signer.payload([])
-        events = self._limits.events(now_s)
-        if stored_cost and self._judge(active, events, now_s):
+        try:
+            active = self._limits.limits(active_only=True)
+            if not active:
+                return self._signer.payload([])
             events = self._limits.events(now_s)
-        return self._signer.payload(self._enforced(active, events))
+            if stored_cost and self._judge(active, events, now_s):
+                events = self._limits.events(now_s)
+            return self._signer.payload(self._enforced(active, events))
+        except Exception:
+            logger.exception(
+                "usage limits not judged; the /track answer carries no triggered_limits"
+            )
+            return None
 
     def judge(self, now_s: float | None = None) -> int:
         """Record a trip for every active limit whose spend reached its amount; count new ones."""

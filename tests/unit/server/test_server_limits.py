@@ -237,3 +237,19 @@ def test_a_hanging_webhook_never_holds_up_a_track_answer(
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_track_answer_survives_limits_that_cannot_be_read(
+    client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(client, amount=0)
+
+    def unreadable(**_: Any) -> Any:
+        raise OSError("the database went away")
+
+    monkeypatch.setattr(client.app.state.limits._limits, "limits", unreadable)  # type: ignore[attr-defined]
+    response = client.post("/api/v1/track", headers=AUTH, json={"tracked": [record()]})
+    assert response.status_code == 200
+    assert [r["status"] for r in response.json()["results"]] == ["completed"]
+    assert "triggered_limits" not in response.json()
+    assert "usage limits not judged" in caplog.text
