@@ -85,7 +85,9 @@ def limit_routes(
         return JSONResponse(limit_document(row))
 
     async def delete_limit(request: Request) -> Response:
-        if not await run_in_threadpool(limits.delete_limit, request.path_params["limit_id"]):
+        deleted = await run_in_threadpool(limits.delete_limit, request.path_params["limit_id"])
+        book.forget_limits()
+        if not deleted:
             raise HTTPException(404, "no usage limit has that id")
         return Response(status_code=204)
 
@@ -163,6 +165,7 @@ def limit_routes(
 def _put_and_judge(limits: LimitStore, book: LimitBook, row: tuple[Any, ...]) -> None:
     """Store a new or changed limit and judge it at once: it may be spent already."""
     limits.put_limit(row)
+    book.forget_limits()
     book.judge()
 
 
