@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     server_api_key: SecretStr | None = None
     #: An SQLite file path, or a ``postgresql://`` URL for the PostgreSQL ledger.
     server_db: str = "aicm-local.sqlite3"
+    #: Where the local server keeps the key pair that signs triggered limits;
+    #: default: beside an SQLite ledger, the user's data directory for PostgreSQL.
+    server_keys_dir: Path | None = None
     #: Where ``aicm-tasks costs`` finds the local server.
     server_url: str = "http://127.0.0.1:8000"
     #: The monthly budget of all spend, in USD, for ``/budget-status``; none when unset.

@@ -60,7 +60,8 @@ from aicm_tasks.redact import redact_url
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Directory of the key pair signing triggered limits, created at first start "
-    "[default: beside an SQLite ledger; the user's data directory for PostgreSQL].",
+    "[default: AICM_SERVER_KEYS_DIR, else beside an SQLite ledger, else the user's data "
+    "directory].",
 )
 @click.option(
     "--log-level",
@@ -124,7 +125,7 @@ def serve(
         if monthly_budget is not None
         else settings.monthly_budget_usd,
         customer_budgets_usd=budgets,
-        keys_dir=keys_dir,
+        keys_dir=keys_dir or settings.server_keys_dir,
     )
 
 

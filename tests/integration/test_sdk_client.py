@@ -98,7 +98,7 @@ def _records() -> list[dict[str, Any]]:
 def tracked(ledger_db: str, tmp_path: Path) -> Iterator[Tracked]:
     port = free_port()
     api_key = secrets.token_urlsafe(16)
-    process = start_server(port, ledger_db, api_key)
+    process = start_server(port, ledger_db, api_key, keys_dir=tmp_path / "keys")
     url = f"http://127.0.0.1:{port}"
     try:
         # The client asks GET /triggered-limits when built and keeps the answer in

@@ -79,6 +79,7 @@ TABLE = [
          ("postgresql://u:p@db:5432/ledger", "postgresql://u:p@db:5432/ledger")],
         ["mysql://u:p@db/ledger", "postgresql://u:pa/ss@db:5432/ledger"],
     ),
+    Row("server_keys_dir", None, [("/var/lib/aicm/keys", Path("/var/lib/aicm/keys"))], []),
     Row("server_url", "http://127.0.0.1:8000", [("http://ledger:9000/", "http://ledger:9000")], []),
     Row("monthly_budget_usd", None, [("250.5", 250.5), ("0", 0.0)], ["-1"]),
     Row("customer_budgets_usd", {}, [('{"acme": 250}', {"acme": 250.0})], ['{"acme": -1}']),
