@@ -63,8 +63,10 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
     wait there, and logs how many stay spooled when it cannot. Nothing else is
     buffered, so the delivery stays usable after ``close()``: a delivery shared
     by several trackers or wrappers is not broken by one of them closing.
-    Triggered limits (``AICM_LIMITS_ENABLED``) are not checked on ``enqueue``:
-    the worker, not the producer, talks to ``/track``.
+    With ``AICM_LIMITS_ENABLED``, ``enqueue`` raises ``UsageLimitExceeded`` (a
+    subclass of the SDK's) after publishing a record that matches a triggered
+    limit, as the SDK's deliveries do; the limits are those the workers read
+    from ``/track`` and keep in the broker (``docs/limits.md``).
     """
 
     def __init__(
