@@ -22,6 +22,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 import redis
@@ -64,6 +65,11 @@ class LimitGuard:
         self._read_at = -math.inf
         self._pid = -1
         self._lock = threading.Lock()
+        # In a forked child the copied snapshot is read again at the next check,
+        # and a listener of its own is started then: a hook, not an os.getpid()
+        # per check (a system call on the hot path).
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_in_child(reference))
 
     # -- the snapshot -------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -108,6 +114,10 @@ class LimitGuard:
                 name="aicm-limits-subscriber",
                 daemon=True,
             ).start()
+
+    def _forked(self) -> None:
+        self._pid = -1
+        self._read_at = -math.inf
 
     def _listen(self, pid: int) -> None:
         assert self._subscriber_client is not None and self.channel is not None
@@ -161,3 +171,9 @@ class LimitGuard:
                         found.append(limit)
         if found:
             raise usage_limit_exceeded_class()(found)
+
+
+def _forget_in_child(reference: weakref.ref[LimitGuard]) -> None:
+    guard = reference()
+    if guard is not None:
+        guard._forked()
