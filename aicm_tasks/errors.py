@@ -22,6 +22,7 @@ Per-record delivery statuses are data (:class:`aicm_tasks.worker.outcomes.Fate`)
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -107,12 +108,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@functools.cache
+#: One class for the whole process: two threads building it at once would make
+#: two, and ``except`` of one would not catch the other.
+_CLASS_LOCK = threading.Lock()
+
+
 def usage_limit_exceeded_class() -> type[UsageLimitError]:
     """The class raised for a triggered limit: a subclass of the SDK's
     ``aicostmanager.client.exceptions.UsageLimitExceeded`` when the SDK is
     installed (so ``except UsageLimitExceeded`` written for the SDK still
     catches it), of :class:`UsageLimitError` always."""
+    with _CLASS_LOCK:
+        return _build_class()
+
+
+@functools.cache
+def _build_class() -> type[UsageLimitError]:
     try:
         from aicostmanager.client.exceptions import UsageLimitExceeded as SdkUsageLimitExceeded
     except ImportError:

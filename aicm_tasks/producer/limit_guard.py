@@ -121,6 +121,9 @@ class LimitGuard:
 
     def _listen(self, pid: int) -> None:
         assert self._subscriber_client is not None and self.channel is not None
+        # Built here, off the caller's thread: the class subclasses the SDK's, whose
+        # import took about 0.25 s, once, and made the first raise that late.
+        usage_limit_exceeded_class()
         pause_s = 0.5
         while self._pid == pid:
             try:
