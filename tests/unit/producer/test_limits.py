@@ -220,3 +220,23 @@ def test_a_forked_child_reads_and_listens_on_its_own(real_redis: redis.Redis) ->
     answer = os.read(read, 1)
     os.waitpid(pid, 0)
     assert answer == b"1"
+
+
+def test_celery_delivery_deliver_publishes_every_record_before_it_raises(
+    real_redis: redis.Redis,
+) -> None:
+    from aicm_tasks.producer.sdk import CeleryDelivery
+
+    track = make_track()
+    tripped = limit(SERVICE)
+    store_of(track, real_redis).write(DEFAULT_SOURCE, (tripped,), issued_at=1)
+    body = {
+        "tracked": [
+            {"service_key": s, "response_id": f"r{n}", "timestamp": "1700000000", "payload": {}}
+            for n, s in enumerate([SERVICE, "anthropic::claude-3-haiku", SERVICE])
+        ]
+    }
+    with pytest.raises(UsageLimitExceeded) as raised:
+        CeleryDelivery(task=track).deliver(body)
+    assert raised.value.triggered_limits == [tripped]
+    assert queued(track, real_redis) == 3  # the SDK's deliver would have stopped at r0
