@@ -13,6 +13,7 @@ producer reads it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ from typing import Any
 
 import jwt
 import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from aicm_tasks.broker.limits import WRITTEN, LimitStore
 from aicm_tasks.limits import (
@@ -40,12 +43,24 @@ def verify_token(token: str, public_key: str | None) -> dict[str, Any] | None:
     if not public_key:
         return None
     try:
-        claims = jwt.decode(token, public_key, algorithms=[ALGORITHM], issuer=ISSUER)
+        key = _load_public_key(public_key)
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM], issuer=ISSUER)
     except Exception:
         # PyJWTError for a bad token; ValueError/TypeError from cryptography for a
         # key that is not an RSA public key. All mean: not to be trusted.
         return None
     return claims if isinstance(claims, dict) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _load_public_key(pem: str) -> RSAPublicKey:
+    """The RSA key of a PEM, parsed once per key rather than per token (a server
+    that signs each answer anew makes one verification per batch: about 150 µs
+    here, 0.3 µs a record of a 500-record batch). Anything but an RSA key raises."""
+    key = serialization.load_pem_public_key(pem.encode())
+    if not isinstance(key, RSAPublicKey):
+        raise TypeError("not an RSA public key")
+    return key
 
 
 def api_key_id(key: str) -> str | None:
