@@ -63,6 +63,9 @@ class LimitGuard:
         self._subscriber_client = subscriber_client
         self._snapshot: Snapshot = {}
         self._read_at = -math.inf
+        #: Counts nudges: a nudge that lands while a read is under way makes that
+        #: read count as stale (it may have missed the change).
+        self._nudges = 0
         self._pid = -1
         self._lock = threading.Lock()
         # In a forked child the copied snapshot is read again at the next check,
@@ -80,6 +83,7 @@ class LimitGuard:
 
     def invalidate(self) -> None:
         """Make the next check read the broker (the subscriber calls this)."""
+        self._nudges += 1
         self._read_at = -math.inf
 
     def _refresh(self) -> None:
@@ -91,13 +95,15 @@ class LimitGuard:
             return
         try:
             read_at = time.monotonic()
+            nudges = self._nudges
             try:
                 self._snapshot = self._store_factory().read()
             except redis.RedisError as exc:
                 # Keep the last set: a broker that does not answer changes no
                 # limit. Tried again after refresh_s, not on every call.
                 logger.debug("could not read the triggered limits: %s", exc)
-            self._read_at = read_at
+            if nudges == self._nudges:
+                self._read_at = read_at
         finally:
             self._lock.release()
 
