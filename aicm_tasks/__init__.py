@@ -18,7 +18,7 @@ import importlib
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from aicm_tasks.errors import (
@@ -29,6 +29,7 @@ from aicm_tasks.errors import (
     RecordError,
     RecordTypeError,
     RecordValueError,
+    SettingsError,
     UsageLimitError,
 )
 
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     # What type checkers see; at run time these are properties of _Package.
     app: AicmCelery
     track: TrackTask
-    track_many: Callable[[Iterable[Mapping[str, Any]]], list[str]]
+    track_many: Callable[..., list[str]]
     settings: Settings
 
 __version__ = "0.1.0"
@@ -128,7 +129,11 @@ class _Package(types.ModuleType):
     @property
     def app(self) -> AicmCelery:
         """The Celery app; ``celery -A aicm_tasks worker`` runs it."""
-        return _DefaultApp.get()[0]
+        try:
+            return _DefaultApp.get()[0]
+        except SettingsError as exc:
+            _exit_if_loaded_by_celery(exc, sys._getframe(1))
+            raise
 
     @app.setter
     def app(self, value: object) -> None:
@@ -140,7 +145,7 @@ class _Package(types.ModuleType):
         return _DefaultApp.get()[1]
 
     @property
-    def track_many(self) -> Callable[[Iterable[Mapping[str, Any]]], list[str]]:
+    def track_many(self) -> Callable[..., list[str]]:
         """Publish many records in one round trip: ``track_many([{...}, ...])``."""
         return _DefaultApp.get()[1].many
 
@@ -152,6 +157,20 @@ class _Package(types.ModuleType):
     @settings.setter
     def settings(self, value: object) -> None:
         _drop_submodule("settings", value)
+
+
+def _exit_if_loaded_by_celery(error: SettingsError, caller: types.FrameType) -> None:
+    """End a ``celery -A aicm_tasks ...`` process with the error's one line, exit code 2.
+
+    Celery's command line prints any exception raised while it loads ``-A``
+    with its whole traceback under "Unable to load celery application"
+    (celery/bin/celery.py catches Exception); SystemExit passes through it and
+    click. Only when Celery's ``find_app`` is the caller: a library user
+    touching ``aicm_tasks.app`` gets the SettingsError itself.
+    """
+    if caller.f_globals.get("__name__") == "celery.app.utils":
+        sys.stderr.write(f"aicm-tasks: {error}\n")
+        raise SystemExit(2)
 
 
 def _drop_submodule(name: str, value: object) -> None:
@@ -172,6 +191,7 @@ __all__ = [
     "RecordTypeError",
     "RecordValueError",
     "Settings",
+    "SettingsError",
     "TrackTask",
     "TriggeredLimit",
     "UsageLimitError",

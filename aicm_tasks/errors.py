@@ -10,7 +10,9 @@
     │   ├── SpoolFullError                  ...and the local spool is at AICM_SPOOL_MAX_BYTES, so it was not kept
     │   └── SpoolWriteError                 ...and the spool could not write it (disk full or failing, locked)
     ├── ConfigurationError              a setting is missing or inconsistent
+    │   └── SettingsError(ValueError)       an AICM_* variable holds a value that cannot be used
     ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
+    │   └── AmbiguousDeadLetterIdError      ...but the prefix given matches several
     ├── LocalRedisError                 no Redis answers and none could be started for the demo
     └── UsageLimitError                 a record (or a pre-flight check) matches a triggered usage limit
         └── UsageLimitExceeded              the class raised; also the SDK's ``UsageLimitExceeded``
@@ -65,11 +67,31 @@ class ConfigurationError(AicmTasksError):
     """A setting is missing or inconsistent (for example no API key on a worker)."""
 
 
+class SettingsError(ConfigurationError, ValueError):
+    """An ``AICM_*`` variable holds a value that cannot be used; raised when the
+    settings are read (the first use of ``track``, a worker's start, any CLI
+    command). The message is one line per variable naming it
+    (``AICM_BATCH_SIZE must be at most 1000``) and never echoes the value;
+    ``variables`` lists the names."""
+
+    def __init__(self, message: str, variables: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.variables = variables
+
+
 class DeadLetterNotFoundError(AicmTasksError, KeyError):
-    """No dead letter is stored under the given id."""
+    """No dead letter is stored under the given id (or id prefix)."""
 
     def __str__(self) -> str:  # KeyError would print the repr of the id
         return str(self.args[0]) if self.args else "dead letter not found"
+
+
+class AmbiguousDeadLetterIdError(DeadLetterNotFoundError):
+    """An id prefix matches more than one dead letter; ``candidates`` holds a few."""
+
+    def __init__(self, message: str, candidates: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class LocalRedisError(AicmTasksError):

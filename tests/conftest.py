@@ -128,7 +128,9 @@ def postgres_url(postgres_database: str) -> str:
     import psycopg
 
     with psycopg.connect(postgres_database, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS events, counters, daily_rollups")
+        conn.execute(
+            "DROP TABLE IF EXISTS events, counters, daily_rollups, customers, custom_services"
+        )
     return postgres_database
 
 

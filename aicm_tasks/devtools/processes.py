@@ -21,7 +21,7 @@ from aicm_tasks.errors import LocalRedisError
 #: What to tell a user with no Redis at all.
 REDIS_HINT = (
     "Install one (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: "
-    "`brew install redis`), or run `docker run -p 6379:6379 redis:7`, or point "
+    "`brew install redis`), or run `docker run -p 127.0.0.1:6379:6379 redis:7`, or point "
     "AICM_BROKER_URL at a Redis you have."
 )
 

@@ -14,6 +14,9 @@ Routes (all but ``/healthz`` need ``Authorization: Bearer <api key>``)::
     PUT  /api/v1/services/{service_key}    teach the catalog a service key
     GET  /healthz                          liveness, no key needed
 
+and the official SDK client's reads (``/usage/events/``, ``/costs/``,
+``/customers/``, ``/vendors/``, ...: paths ending in ``/``), in ``sdk_api.py``.
+
 Errors are JSON ``{"detail": "..."}`` as the real API answers them: every bad
 query parameter, path parameter or body is a 400 (a 413 when too large), never
 a 500. Neither the API key nor request bodies are ever logged.
@@ -47,6 +50,7 @@ from aicm_tasks.server.reports import (
     cost_report,
     default_range,
 )
+from aicm_tasks.server.sdk_api import sdk_routes
 from aicm_tasks.server.store import MAX_LIST_LIMIT, open_store
 from aicm_tasks.server.track import TrackRequestError, handle_track_body
 
@@ -234,6 +238,10 @@ def create_server_app(
                 methods=["PUT"],
             ),
             Route("/healthz", healthz, methods=["GET"]),
+            # The SDK client's reads (paths ending in /), beside ours: sdk_api.py.
+            *sdk_routes(
+                API_PREFIX, store=store, catalog=known, prices=prices, authorized=authorized
+            ),
         ],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,

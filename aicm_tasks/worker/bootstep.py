@@ -33,6 +33,9 @@ from aicm_tasks.worker.transport import TrackTransport
 
 logger = logging.getLogger(__name__)
 
+#: Exit code of a worker refused for a bad or missing setting (as the CLI's).
+EXIT_BAD_SETTING = 2
+
 #: Seconds a worker waits for in-flight batches at warm shutdown before it
 #: hands the rest back to the queue.
 SHUTDOWN_GRACE_S = 30.0
@@ -56,6 +59,13 @@ class DeliveryStep(bootsteps.StartStopStep):
             queues.deselect(self.settings.queue)
 
     def start(self, worker: Any) -> None:
+        try:
+            require_api_key(self.settings)
+        except ConfigurationError as exc:
+            # One line, not Celery's "Unrecoverable error" traceback: Worker.start
+            # stops the worker with a SystemExit's code and nothing more.
+            logger.critical("%s", exc)
+            raise SystemExit(EXIT_BAD_SETTING) from None
         # httpx logs every request at INFO; at a POST per batch that drowns the
         # worker's own one line per batch. Quiet it unless configured already.
         httpx_logger = logging.getLogger("httpx")
@@ -63,13 +73,16 @@ class DeliveryStep(bootsteps.StartStopStep):
             httpx_logger.setLevel(logging.WARNING)
         observers: list[Observer] = []
         if self.settings.metrics_port is not None:
-            metrics = Metrics()
+            metrics = Metrics(queue=self.settings.queue)
             metrics.serve(self.settings.metrics_port)
             observers.append(metrics)
             logger.info("metrics on :%d/metrics", self.settings.metrics_port)
         if self.settings.events_enabled:
             self.events = TaskEvents(
-                worker.app, worker.hostname, show_payloads=self.settings.events_show_payloads
+                worker.app,
+                worker.hostname,
+                show_payloads=self.settings.events_show_payloads,
+                queue=self.settings.queue,
             )
             observers.append(self.events)
         self.service = build_service(self.settings, extra_observers=observers)
@@ -91,12 +104,8 @@ def build_service(
     settings: Settings, *, extra_observers: Sequence[Observer] = (), **overrides: Any
 ) -> DeliveryService:
     """Build the delivery service a worker process runs, from settings."""
+    require_api_key(settings)
     default_key = settings.api_key.get_secret_value() if settings.api_key else ""
-    if not default_key and not settings.api_keys:
-        raise ConfigurationError(
-            "AICM_API_KEY is not set: the worker needs the /track API key "
-            "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
-        )
     client = redis.Redis.from_url(
         settings.broker_url,
         socket_connect_timeout=5.0,
@@ -152,6 +161,16 @@ def build_service(
     return DeliveryService(store, transport.poster(), **options)
 
 
+def require_api_key(settings: Settings) -> None:
+    """Raise :class:`ConfigurationError` unless the settings hold a /track key."""
+    default_key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if not default_key and not settings.api_keys:
+        raise ConfigurationError(
+            "AICM_API_KEY is not set: the worker needs the /track API key "
+            "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
+        )
+
+
 @control.inspect_command(name="active_queues")
 def active_queues(state: Any) -> list[dict[str, Any]]:
     """List the queues a worker consumes, the tracking queue included.
@@ -167,14 +186,26 @@ def active_queues(state: Any) -> list[dict[str, Any]]:
         if consumer.task_consumer
         else []
     )
-    app = consumer.app
+    queue = tracking_queue(consumer.app)
+    if queue is not None and all(q.get("name") != queue.name for q in queues):
+        queues.append(dict(queue.as_dict(recurse=True)))
+    return queues
+
+
+def tracking_queue(app: Any) -> Any:
+    """The tracking queue as Celery would describe it (a kombu ``Queue`` with its
+    exchange), from its declaration in ``conf.task_queues``; None when ``app``
+    carries no aicm-tasks settings or does not declare it.
+
+    Not in ``app.amqp.queues`` (kept out so ``celery purge`` spares it, see
+    app.py), so described as Celery would from the declaration. Used where the
+    worker shows what it consumes: ``inspect active_queues`` and its banner
+    (worker/banner.py).
+    """
     tracking: Settings | None = getattr(app, "aicm_settings", None)
     if tracking is None:
-        return queues
-    # Not in app.amqp.queues (kept out so `celery purge` spares it, see app.py):
-    # described from the declaration in conf.task_queues, as Celery would.
+        return None
     declared = [q for q in app.conf.task_queues or () if q.name == tracking.queue]
-    if declared and all(q.get("name") != tracking.queue for q in queues):
-        described = app.amqp.Queues(declared)[tracking.queue]
-        queues.append(dict(described.as_dict(recurse=True)))
-    return queues
+    if not declared:
+        return None
+    return app.amqp.Queues(declared)[tracking.queue]

@@ -49,8 +49,8 @@ def test_importing_the_package_loads_no_celery_and_reads_no_environment() -> Non
         AICM_BATCH_SIZE="-5",
     )
     assert result["loaded"] == []
-    # Read on first use instead, and refused there (pydantic's error names the variable).
-    assert result["error"] == "ValidationError"
+    # Read on first use instead, and refused there (tests/integration/test_bad_settings.py).
+    assert result["error"] == "SettingsError"
 
 
 def test_the_default_app_is_built_once_when_threads_touch_it_first_together() -> None:

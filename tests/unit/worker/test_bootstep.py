@@ -107,6 +107,7 @@ def test_events_are_wired_with_the_workers_hostname_and_closed_at_stop(
     assert isinstance(events, TaskEvents)
     assert events.hostname == "worker1@test"
     assert events.show_payloads is True
+    assert events.queue == QUEUE
     assert events.app is worker.app
     step.stop(worker)
     assert closed == [events]
@@ -124,6 +125,7 @@ def test_metrics_are_served_on_the_configured_port_when_set(
     (metrics,) = built[0].observers
     assert isinstance(metrics, Metrics)
     assert served == [port]
+    assert metrics.queue == QUEUE  # celery_queue_length{queue_name} names the configured queue
 
 
 def test_the_tracking_queue_is_taken_from_celerys_consumer_when_named_with_q() -> None:
