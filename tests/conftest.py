@@ -131,6 +131,8 @@ def postgres_url(postgres_database: str) -> str:
         conn.execute(
             "DROP TABLE IF EXISTS events, counters, daily_rollups, customers, custom_services"
         )
+        # The server's limit tables (server/limit_store.py).
+        conn.execute("DROP TABLE IF EXISTS usage_limits, limit_events, webhook_endpoints")
     return postgres_database
 
 

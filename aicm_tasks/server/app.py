@@ -12,10 +12,15 @@ Routes (all but ``/healthz`` need ``Authorization: Bearer <api key>``)::
     GET  /api/v1/costs                     cost report, grouped by day, model, customer, ...
     GET  /api/v1/budget-status             this month's spend against the budget
     PUT  /api/v1/services/{service_key}    teach the catalog a service key
+    ...  /api/v1/usage-limits/, /api/v1/triggered-limits, /api/v1/webhooks/
+                                           usage limits and webhooks (``limits_api.py``)
     GET  /healthz                          liveness, no key needed
 
 and the official SDK client's reads (``/usage/events/``, ``/costs/``,
 ``/customers/``, ``/vendors/``, ...: paths ending in ``/``), in ``sdk_api.py``.
+
+Every ``/track`` answer carries ``triggered_limits``: the limits tripped now,
+signed as the official SDK decodes them (``limits.py``, ``signing.py``).
 
 Errors are JSON ``{"detail": "..."}`` as the real API answers them: every bad
 query parameter, path parameter or body is a 400 (a 413 when too large), never
@@ -30,6 +35,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -42,6 +48,9 @@ from starlette.routing import Route
 from aicm_tasks.contract import MAX_KEY_LENGTH, service_key_problem, text_problem
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.server.catalog import ServiceCatalog
+from aicm_tasks.server.limit_store import LimitStore
+from aicm_tasks.server.limits import LimitBook
+from aicm_tasks.server.limits_api import limit_routes
 from aicm_tasks.server.pricing import PriceBook
 from aicm_tasks.server.reports import (
     GROUP_BY,
@@ -51,8 +60,10 @@ from aicm_tasks.server.reports import (
     default_range,
 )
 from aicm_tasks.server.sdk_api import sdk_routes
+from aicm_tasks.server.signing import LimitSigner
 from aicm_tasks.server.store import MAX_LIST_LIMIT, open_store
-from aicm_tasks.server.track import TrackRequestError, handle_track_body
+from aicm_tasks.server.track import STATUS_COMPLETED, TrackRequestError, handle_track_body
+from aicm_tasks.server.webhooks import DEFAULT_BACKOFF_S, WebhookNotifier
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +89,8 @@ def create_server_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     monthly_budget_usd: float | None = None,
     customer_budgets_usd: Mapping[str, float] | None = None,
+    keys_dir: Path | None = None,
+    webhook_backoff_s: float = DEFAULT_BACKOFF_S,
 ) -> Starlette:
     """Build the server: requests must carry ``api_key``; events go to ``db``.
 
@@ -85,8 +98,11 @@ def create_server_app(
     URL. ``catalog`` defaults to a fresh :class:`ServiceCatalog`;
     ``max_body_bytes`` bounds one request body. ``monthly_budget_usd`` is the
     budget of all spend and ``customer_budgets_usd`` those of single customers,
-    for ``/budget-status``. The store and catalog are on ``app.state`` (tests
-    read them). The store is closed when the application shuts down.
+    for ``/budget-status``. ``keys_dir`` holds the key pair that signs
+    ``triggered_limits`` (created there if absent; None: a pair in memory
+    only). ``webhook_backoff_s`` is the wait before a webhook's first retry.
+    The store and catalog are on ``app.state`` (tests read them). The store is
+    closed when the application shuts down.
     Raises :class:`ConfigurationError` if ``api_key`` is empty.
     """
     if not api_key:
@@ -98,6 +114,17 @@ def create_server_app(
     prices = PriceBook()
     budgets = dict(customer_budgets_usd or {})
     expected_key = api_key.encode("utf-8")
+    limit_store = LimitStore(db)
+    notifier = WebhookNotifier(limit_store, backoff_s=webhook_backoff_s)
+    book = LimitBook(
+        ledger=store,
+        limits=limit_store,
+        signer=LimitSigner(keys_dir),
+        notify=notifier.notify,
+        # The SDK matches a trip to its key by the part after the last dot (its
+        # key id); a key without a dot is all secret, so it is never sent.
+        api_key_id=api_key.rpartition(".")[2] if "." in api_key else None,
+    )
 
     def authorized(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -124,6 +151,10 @@ def create_server_app(
             )
         except TrackRequestError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        stored_cost = any(r.get("status") == STATUS_COMPLETED for r in document["results"])
+        triggered = await run_in_threadpool(book.answer, stored_cost=stored_cost)
+        if triggered is not None:
+            document["triggered_limits"] = triggered
         return AsciiJSONResponse(document)
 
     async def stats(request: Request) -> Response:
@@ -223,6 +254,8 @@ def create_server_app(
         try:
             yield
         finally:
+            notifier.stop()
+            limit_store.close()
             store.close()
 
     app = Starlette(
@@ -237,6 +270,7 @@ def create_server_app(
                 authorized(learn_service),
                 methods=["PUT"],
             ),
+            *limit_routes(API_PREFIX, book=book, limits=limit_store, guard=authorized),
             Route("/healthz", healthz, methods=["GET"]),
             # The SDK client's reads (paths ending in /), beside ours: sdk_api.py.
             *sdk_routes(
@@ -249,6 +283,7 @@ def create_server_app(
     app.state.store = store
     app.state.catalog = known
     app.state.prices = prices
+    app.state.limits = book
     return app
 
 
