@@ -126,3 +126,52 @@ def test_a_forged_token_in_track_answers_stops_nobody(
         30,
         "the genuine limit to arrive",
     )
+
+
+def test_a_limit_made_with_the_sdk_client_on_the_local_server_stops_every_producer(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # The "done when": the real `aicm-tasks serve` trips a limit created
+    # through the official SDK's client from usage the worker delivers, and every
+    # producer process raises; deleting the limit clears it everywhere.
+    sdk = pytest.importorskip("aicostmanager")
+    models = pytest.importorskip("aicostmanager.models")
+    pipeline.start_worker(AICM_LIMITS_ENABLED="true", AICM_LIMITS_POLL_INTERVAL_S="0.5")
+    with sdk.CostManagerClient(
+        aicm_api_key=pipeline.server.api_key,
+        aicm_api_base=pipeline.server.url,
+        aicm_ini_path=str(tmp_path / "AICM.INI"),
+    ) as client:
+        processes = [producer(pipeline, "publish", SERVICE, "0.01", "120") for _ in range(3)]
+        try:
+            assert all(
+                p.stdout is not None and p.stdout.readline().strip() == "ready" for p in processes
+            )
+            # A record of limits_producer costs about 7.5e-7 USD: a few hundred trip it.
+            created = client.create_usage_limit(
+                models.UsageLimitIn(
+                    threshold_type=models.ThresholdType.LIMIT,
+                    amount="0.0002",
+                    period=models.Period.MONTH,
+                    service_key=SERVICE,
+                )
+            )
+            outcomes = []
+            for process in processes:
+                out, _ = process.communicate(timeout=150)
+                outcomes.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for process in processes:
+                stop_process(process)  # type: ignore[arg-type]
+        assert all(o["raised_at"] is not None for o in outcomes), (outcomes, pipeline.logs())
+        found = check_limits(SERVICE, raise_on_match=False, task=pipeline.track)
+        assert [item.limit_id for item in found] == [created.uuid]
+        assert check_in_a_new_process(pipeline, SERVICE) == [created.uuid]
+
+        client.delete_usage_limit(created.uuid)
+        wait_until(
+            lambda: not check_limits(SERVICE, raise_on_match=False, task=pipeline.track),
+            30,
+            "the deleted limit to be cleared here",
+        )
+        assert check_in_a_new_process(pipeline, SERVICE) == []
