@@ -30,11 +30,15 @@ from aicm_tasks.errors import (
     RecordTypeError,
     RecordValueError,
     SettingsError,
+    UsageLimitError,
 )
 
 if TYPE_CHECKING:
     from aicm_tasks.app import AicmCelery, create_app
+    from aicm_tasks.errors import UsageLimitExceeded
+    from aicm_tasks.limits import TriggeredLimit
     from aicm_tasks.producer.aio import track_async, track_many_async
+    from aicm_tasks.producer.limits import check_limits, check_limits_async
     from aicm_tasks.producer.llm import (
         track_llm_stream_usage,
         track_llm_stream_usage_async,
@@ -68,6 +72,11 @@ _LAZY_NAMES = {
     "track_llm_usage_async": "aicm_tasks.producer.llm",
     "track_llm_stream_usage": "aicm_tasks.producer.llm",
     "track_llm_stream_usage_async": "aicm_tasks.producer.llm",
+    "check_limits": "aicm_tasks.producer.limits",
+    "check_limits_async": "aicm_tasks.producer.limits",
+    "TriggeredLimit": "aicm_tasks.limits",
+    # Built on first use: a subclass of the SDK's class when the SDK is installed.
+    "UsageLimitExceeded": "aicm_tasks.errors",
 }
 
 
@@ -184,8 +193,13 @@ __all__ = [
     "Settings",
     "SettingsError",
     "TrackTask",
+    "TriggeredLimit",
+    "UsageLimitError",
+    "UsageLimitExceeded",
     "__version__",
     "app",
+    "check_limits",
+    "check_limits_async",
     "create_app",
     "settings",
     "track",

@@ -13,12 +13,20 @@
     │   └── SettingsError(ValueError)       an AICM_* variable holds a value that cannot be used
     ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
     │   └── AmbiguousDeadLetterIdError      ...but the prefix given matches several
-    └── LocalRedisError                 no Redis answers and none could be started for the demo
+    ├── LocalRedisError                 no Redis answers and none could be started for the demo
+    └── UsageLimitError                 a record (or a pre-flight check) matches a triggered usage limit
+        └── UsageLimitExceeded              the class raised; also the SDK's ``UsageLimitExceeded``
+                                            when ``aicostmanager`` is installed
 
 Per-record delivery statuses are data (:class:`aicm_tasks.worker.outcomes.Fate`), not exceptions.
 """
 
 from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 
 class AicmTasksError(Exception):
@@ -88,3 +96,62 @@ class AmbiguousDeadLetterIdError(DeadLetterNotFoundError):
 
 class LocalRedisError(AicmTasksError):
     """No Redis answers at the broker URL and none could be started locally."""
+
+
+class UsageLimitError(AicmTasksError):
+    """A record matches a triggered usage limit (``AICM_LIMITS_ENABLED``), or
+    :func:`aicm_tasks.check_limits` found one. ``triggered_limits`` lists them
+    (:class:`aicm_tasks.limits.TriggeredLimit`). A record that raised this was
+    still published, as the SDK does: the caller learns it must stop."""
+
+    def __init__(self, triggered_limits: Sequence[Any]) -> None:
+        self.triggered_limits = list(triggered_limits)
+        described = ", ".join(
+            f"limit {limit.limit_id} ({limit.threshold_type})" for limit in self.triggered_limits
+        )
+        # The SDK's wording, so that logs read the same after a switch. Exception's
+        # own __init__, not super(): with the SDK's class among the bases, the
+        # next __init__ in the MRO would be the SDK's, which takes the list.
+        Exception.__init__(self, f"Usage limit exceeded: {described}")
+
+
+if TYPE_CHECKING:
+
+    class UsageLimitExceeded(UsageLimitError):
+        """What is raised: a :class:`UsageLimitError`, and the SDK's exception of that name."""
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: UsageLimitExceeded is built on first use, because subclassing the
+    # SDK's class means importing the SDK (about 0.25 s here), which neither
+    # `import aicm_tasks` nor a process without limits should pay.
+    if name == "UsageLimitExceeded":
+        return usage_limit_exceeded_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: One class for the whole process: two threads building it at once would make
+#: two, and ``except`` of one would not catch the other.
+_CLASS_LOCK = threading.Lock()
+
+
+def usage_limit_exceeded_class() -> type[UsageLimitError]:
+    """The class raised for a triggered limit: a subclass of the SDK's
+    ``aicostmanager.client.exceptions.UsageLimitExceeded`` when the SDK is
+    installed (so ``except UsageLimitExceeded`` written for the SDK still
+    catches it), of :class:`UsageLimitError` always."""
+    with _CLASS_LOCK:
+        return _build_class()
+
+
+@functools.cache
+def _build_class() -> type[UsageLimitError]:
+    try:
+        from aicostmanager.client.exceptions import UsageLimitExceeded as SdkUsageLimitExceeded
+    except ImportError:
+        bases: tuple[type, ...] = (UsageLimitError,)
+    else:
+        bases = (UsageLimitError, SdkUsageLimitExceeded)
+    doc = "A record matches a triggered usage limit (see UsageLimitError)."
+    made = type("UsageLimitExceeded", bases, {"__doc__": doc, "__module__": __name__})
+    return made

@@ -148,6 +148,19 @@ class Settings(BaseSettings):
     #: to the queue for any worker to deliver.
     redelivery_timeout_s: Annotated[float, Field(ge=2)] = 60.0
 
+    # -- usage limits (docs/limits.md) ------------------------------------------
+    #: Raise UsageLimitExceeded from track.delay / track_async / track_many /
+    #: CeleryDelivery for a record that matches a triggered limit (the SDK's variable).
+    limits_enabled: bool = False
+    #: How old a producer's in-process snapshot of the limits may get before it is
+    #: read again from the broker, in milliseconds (a pub/sub nudge refreshes it sooner).
+    limits_refresh_ms: int = Field(default=500, ge=10, le=3_600_000)
+    #: How often a worker asks the server for ``GET /triggered-limits`` (with limits on).
+    limits_poll_interval_s: PositiveSeconds = 30.0
+    #: A PEM public key to verify triggered-limits tokens with, instead of the key
+    #: the server sends beside them (pinning: a forged answer cannot bring its own key).
+    limits_public_key: str | None = None
+
     # -- visibility ----------------------------------------------------------------
     #: Send each settled batch to Flower as a task (Celery task events).
     events_enabled: bool = True

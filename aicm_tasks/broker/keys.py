@@ -15,6 +15,8 @@ sees the whole keyspace at once::
     <prefix>:errors                list: the last delivery errors, for the monitor
     <prefix>:redis-settings        hash: the broker's settings as a worker last read them
     <prefix>:imported              set: SDK queue rows already imported
+    <prefix>:limits                hash: API-key alias -> its triggered limits (verified), and issue times
+    <prefix>:limits:changed        pub/sub channel: a set of triggered limits changed
 """
 
 from __future__ import annotations
@@ -76,6 +78,17 @@ class Keys:
     def imported(self) -> str:
         """Set: the SDK queue rows (by payload digest) already imported."""
         return f"{self.prefix}:imported"
+
+    @property
+    def limits(self) -> str:
+        """Hash: API-key alias (``:default`` for the default key) -> its verified
+        triggered limits as JSON, and ``<alias>@issued_at`` -> the token's issue time."""
+        return f"{self.prefix}:limits"
+
+    @property
+    def limits_changed(self) -> str:
+        """Pub/sub channel: a message (the alias) whenever a set of limits changes."""
+        return f"{self.prefix}:limits:changed"
 
     @property
     def batch_prefix(self) -> str:

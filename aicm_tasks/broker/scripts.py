@@ -30,6 +30,7 @@ SCRIPTS = (
     "forget_unseen",
     "replay",
     "purge",
+    "write_limits",
 )
 
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+import redis
+
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.limits import LimitStore
 from aicm_tasks.errors import RecordTypeError, RecordValueError
 from aicm_tasks.producer.anonymize import Anonymization, Anonymizer
+from aicm_tasks.producer.limit_guard import LimitGuard
 from aicm_tasks.producer.publisher import Publisher
 from aicm_tasks.producer.record import Record, build_record, legacy_service_key
 from aicm_tasks.settings import Settings
@@ -113,6 +118,31 @@ class Producer:
         self.anonymization = Anonymization.from_settings(
             settings.anonymize_fields, None if key is None else key.get_secret_value()
         )
+        self._limit_store: LimitStore | None = None
+        #: Read once: with limits off, a publish pays one attribute test for them.
+        self._enforce_limits = settings.limits_enabled
+        self.limits = LimitGuard(
+            self._limits_store,
+            refresh_s=settings.limits_refresh_ms / 1000,
+            channel=Keys(settings.queue, settings.key_prefix).limits_changed,
+            subscriber_client=self._subscriber_client,
+        )
+
+    def _limits_store(self) -> LimitStore:
+        # On the publisher's connection pool: its timeouts bound a read as a publish.
+        if self._limit_store is None:
+            self._limit_store = LimitStore(self.publisher.store.client, self.publisher.store.keys)
+        return self._limit_store
+
+    def _subscriber_client(self) -> redis.Redis:
+        # Its own connection, without the publisher's socket timeout: it waits
+        # for messages indefinitely (keepalive and health checks notice a dead peer).
+        return redis.Redis.from_url(
+            self.settings.broker_url,
+            socket_connect_timeout=self.settings.publish_timeout_s,
+            socket_keepalive=True,
+            health_check_interval=30,
+        )
 
     @property
     def publisher(self) -> Publisher:
@@ -153,8 +183,13 @@ class Producer:
         )
 
     def publish(self, record: Record, *, due_epoch_s: float | None = None) -> None:
-        """Publish one record (deliverable from ``due_epoch_s``, default now)."""
+        """Publish one record (deliverable from ``due_epoch_s``, default now).
+
+        With ``AICM_LIMITS_ENABLED``, then raises ``UsageLimitExceeded`` when the
+        record matches a triggered limit (it stays published, as with the SDK)."""
         self.publisher.publish(record, due_epoch_s=due_epoch_s)
+        if self._enforce_limits:
+            self.limits.enforce((record,))
 
     def track(self, fields: dict[str, Any]) -> str:
         """Build one record from keyword ``fields`` and publish it; its ``response_id``."""
@@ -163,8 +198,11 @@ class Producer:
         return record.response_id
 
     def publish_many(self, records: Sequence[Record]) -> None:
-        """Publish many records in one broker round trip."""
+        """Publish many records in one broker round trip; with limits on, then raise
+        ``UsageLimitExceeded`` naming every limit any of them matches (all stay published)."""
         self.publisher.publish_many(records)
+        if self._enforce_limits:
+            self.limits.enforce(records)
 
 
 class HasProducer(Protocol):

@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from aicm_tasks.contract import SDK_FIELDS
-from aicm_tasks.errors import RecordTypeError
+from aicm_tasks.errors import RecordTypeError, UsageLimitError, usage_limit_exceeded_class
 from aicm_tasks.producer.anonymize import Anonymization, Anonymizer
 from aicm_tasks.producer.api import HasProducer, default_task
 from aicm_tasks.producer.record import check_api_key_alias
@@ -68,8 +68,10 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
     ``anonymize_fields`` / ``anonymizer`` add to ``AICM_ANONYMIZE_FIELDS`` for
     every record this delivery publishes (the SDK's own ``Tracker`` options
     work too: the tracker applies them before ``enqueue``).
-    Triggered limits (``AICM_LIMITS_ENABLED``) are not checked on ``enqueue``:
-    the worker, not the producer, talks to ``/track``.
+    With ``AICM_LIMITS_ENABLED``, ``enqueue`` raises ``UsageLimitExceeded`` (a
+    subclass of the SDK's) after publishing a record that matches a triggered
+    limit, as the SDK's deliveries do; the limits are those the workers read
+    from ``/track`` and keep in the broker (``docs/limits.md``).
     """
 
     def __init__(
@@ -123,6 +125,24 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
             "response_id": response_id,
             "result": {"response_id": response_id, "status": "queued"},
         }
+
+    def deliver(self, body: dict[str, Any]) -> None:
+        """Publish every record of a request body (``{"tracked": [...]}``).
+
+        The SDK's ``deliver`` stops at the first record a triggered limit stops,
+        and the records after it are never published: money spent, not billed.
+        Here every record is published, then ``UsageLimitExceeded`` names every
+        limit they matched. (``Tracker.track_batch`` calls ``enqueue`` record by
+        record and still stops at the first: use ``track_many`` for batches.)
+        """
+        matched: list[Any] = []
+        for payload in body.get(self._body_key, []):
+            try:
+                self.enqueue(payload)
+            except UsageLimitError as exc:
+                matched.extend(x for x in exc.triggered_limits if x not in matched)
+        if matched:
+            raise usage_limit_exceeded_class()(matched)
 
     def close(self) -> None:
         """Push this process's spooled records to the broker, if any wait there."""

@@ -9,6 +9,7 @@ reconnects do not restart delivery; delivery reconnects on its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -18,10 +19,12 @@ from celery import bootsteps
 from celery.worker import control
 
 from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.limits import DEFAULT_SOURCE, LimitStore
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.settings import Settings
 from aicm_tasks.worker.events import TaskEvents
+from aicm_tasks.worker.limits import LimitsKeeper, api_key_id, poll_limits
 from aicm_tasks.worker.metrics import Metrics
 from aicm_tasks.worker.observe import Observer, RedisFigures
 from aicm_tasks.worker.retry import BackoffPolicy
@@ -112,12 +115,23 @@ def build_service(
         socket_keepalive=True,
         health_check_interval=30,
     )
+    keys = {alias: key.get_secret_value() for alias, key in settings.api_keys.items()}
+    keys_by_source = {DEFAULT_SOURCE: default_key, **keys} if default_key else keys
+    # Every answer's triggered limits are kept, limits enabled or not: they cost
+    # nothing to read, and producers that enable limits need the set the moment
+    # they do. Only the GET /triggered-limits poll waits for AICM_LIMITS_ENABLED.
+    keeper = LimitsKeeper(
+        LimitStore(client, Keys(settings.queue, settings.key_prefix)),
+        key_ids={source: api_key_id(key) for source, key in keys_by_source.items()},
+        pinned_public_key=settings.limits_public_key,
+    )
     transport = TrackTransport(
         settings.track_url,
         default_key or None,
-        keys={alias: key.get_secret_value() for alias, key in settings.api_keys.items()},
+        keys=keys,
         timeout_s=settings.http_timeout_s,
         max_connections=settings.delivery_concurrency,
+        on_limits=keeper.accept,
     )
     options: dict[str, Any] = {
         "batch_size": settings.batch_size,
@@ -133,6 +147,16 @@ def build_service(
     # Its pooled connections are closed when the service stops (not at exit):
     # a worker stopped and started again by Celery builds a new transport.
     options["on_stopped"] = [transport.close]
+    if settings.limits_enabled:
+        options["background"] = [
+            functools.partial(
+                poll_limits,
+                keeper,
+                transport.get_triggered_limits,
+                transport.sources,
+                interval_s=settings.limits_poll_interval_s,
+            )
+        ]
     options.update(overrides)
     return DeliveryService(store, transport.poster(), **options)
 

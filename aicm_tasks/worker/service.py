@@ -66,8 +66,12 @@ class DeliveryService:
         aliases: Mapping[str, Post] | None = None,
         settings_check_interval_s: float = CHECK_INTERVAL_S,
         on_stopped: Sequence[Callable[[], None]] = (),
+        background: Sequence[Callable[[threading.Event], None]] = (),
     ) -> None:
         self.store = store
+        #: More threads to run until the service stops (the triggered-limits poll),
+        #: each given the stop event.
+        self.background = tuple(background)
         #: Called once every thread has stopped (the transport's close): never
         #: while a delivery thread that outlived the grace period may still POST.
         self.on_stopped = tuple(on_stopped)
@@ -113,6 +117,13 @@ class DeliveryService:
                 target=self._deliver_loop, name=f"aicm-delivery-{n}", daemon=True
             )
             self._threads.append(thread)
+        # After the delivery threads: stop() reads those as _threads[1:1 + concurrency].
+        for n, run in enumerate(self.background):
+            self._threads.append(
+                threading.Thread(
+                    target=run, args=(self._stop,), name=f"aicm-background-{n}", daemon=True
+                )
+            )
         for thread in self._threads:
             thread.start()
         logger.info(
@@ -142,7 +153,7 @@ class DeliveryService:
                     batch_key,
                     exc,
                 )
-        if not any(t.is_alive() for t in self._threads[1:]):
+        if not any(t.is_alive() for t in self._threads[1 : 1 + self.concurrency]):
             try:
                 self.store.drop_lease(self.consumer)
             except redis.RedisError as exc:
