@@ -28,6 +28,7 @@ SCRIPTS = (
     "drop_lease",
     "promote",
     "forget_unseen",
+    "note",
     "replay",
     "purge",
 )

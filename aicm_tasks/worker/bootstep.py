@@ -69,7 +69,7 @@ class DeliveryStep(bootsteps.StartStopStep):
                 worker.app, worker.hostname, show_payloads=self.settings.events_show_payloads
             )
             observers.append(self.events)
-        self.service = build_service(self.settings, extra_observers=observers)
+        self.service = build_service(self.settings, extra_observers=observers, name=worker.hostname)
         self.service.start()
 
     def stop(self, worker: Any) -> None:

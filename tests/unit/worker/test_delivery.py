@@ -278,3 +278,61 @@ def test_plan_after_error_counts_an_attempt_for_every_record_until_they_end() ->
 def test_metadata_with_counts_of_the_wrong_type_reads_as_zero() -> None:
     bad = decode(b'{"attempts":"x","retries":[1]}\n' + item("a").body)
     assert bad.attempts == 0 and bad.retries == 0 and not bad.malformed
+
+
+# -- what status judges by: rate counts and health times, written with the settle --
+
+
+def test_an_attempt_counts_its_requests_by_how_they_went() -> None:
+    from aicm_tasks.worker.attempts import attempt
+
+    answers = iter(
+        [
+            BatchVerdict(VerdictKind.TRANSIENT, "network: ConnectError"),
+            BatchVerdict(VerdictKind.UNAUTHORIZED, "HTTP 401", 401),
+        ]
+    )
+    items = [item("a"), item("b", meta={"api_key_alias": "team-b"})]
+    done = attempt(items, lambda body: next(answers), {"team-b": lambda body: next(answers)})
+    assert (done.requests, done.transport_failed, done.unauthorized) == (2, 1, 1)
+
+
+def test_a_delivered_batch_counts_its_records_and_notes_the_delivery() -> None:
+    calls: list[list[str]] = []
+    done_outcomes, requests = deliver([item("a"), item("b")], results_post({}, calls))
+    resolution, _ = plan(
+        [o for o in done_outcomes if o.fate is not Fate.DELIVERED],
+        POLICY,
+        auth_retry_interval_s=5,
+        requests=requests,
+    )
+    # Both records got no result: retried; nothing delivered, yet the server took the key.
+    assert resolution.rates == {"retried": 2, "requests": 1}
+    assert resolution.noted == () and resolution.ended == ("unauthorized_since",)
+    resolution, _ = plan([], POLICY, auth_retry_interval_s=5, delivered=2, requests=1)
+    assert resolution.rates == {"delivered": 2, "requests": 1}
+    assert resolution.noted == ("last_delivered_at",)
+
+
+def test_a_refused_key_starts_a_run_and_transport_failures_neither_start_nor_end_it() -> None:
+    unauthorized = deliver(
+        [item("a")], lambda body: BatchVerdict(VerdictKind.UNAUTHORIZED, "x", 401)
+    )
+    resolution, _ = plan(
+        unauthorized[0], POLICY, auth_retry_interval_s=5, requests=1, unauthorized=1
+    )
+    assert resolution.rates == {"retried": 1, "requests": 1, "unauthorized": 1}
+    assert resolution.noted == ("last_unauthorized_at",)
+    assert resolution.started == ("unauthorized_since",) and resolution.ended == ()
+    down = deliver([item("a")], lambda body: BatchVerdict(VerdictKind.TRANSIENT, "timeout"))
+    resolution, _ = plan(down[0], POLICY, auth_retry_interval_s=5, requests=1, transport_failed=1)
+    assert resolution.rates == {"retried": 1, "requests": 1, "transport_failed": 1}
+    assert (resolution.noted, resolution.started, resolution.ended) == ((), (), ())
+
+
+def test_a_backfills_enqueue_time_survives_its_retries() -> None:
+    items = [item("old", meta={"enqueued_at": 1234.5})]
+    outcomes, _ = deliver(items, lambda body: BatchVerdict(VerdictKind.TRANSIENT, "HTTP 503", 503))
+    resolution, _ = plan(outcomes, POLICY, auth_retry_interval_s=5, now=2000.0)
+    ((_, message),) = resolution.retries
+    assert decode(message).meta["enqueued_at"] == 1234.5

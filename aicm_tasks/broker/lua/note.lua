@@ -1,0 +1,6 @@
+-- KEYS: health; ARGV: fields. Sets each field to the server's time; returns it.
+--#include _now
+
+local at = string.format('%.6f', now)
+for _, field in ipairs(ARGV) do redis.call('HSET', KEYS[1], field, at) end
+return at
