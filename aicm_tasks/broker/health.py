@@ -132,7 +132,8 @@ def judge(figures: Figures, thresholds: Thresholds) -> list[str]:
     stalled = stalled_s is not None and stalled_s >= window_s
     if stalled:
         problems.append(
-            f"{figures.waiting:,} records waiting ({figures.queued:,} queued, "
+            f"{figures.waiting:,} record{'' if figures.waiting == 1 else 's'} waiting "
+            f"({figures.queued:,} queued, "
             f"{figures.scheduled:,} scheduled for a retry, {figures.held:,} held) and none "
             f"delivered for {stalled_s:.0f}s (threshold {window_s:.0f}s)"
         )

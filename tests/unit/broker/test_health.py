@@ -107,7 +107,7 @@ def test_judge_lists_every_threshold_crossed_at_once() -> None:
     )  # fmt: skip
     assert judge(reading, Thresholds(max_dead_letters=5)) == [
         "no worker alive for 60s (never seen)",
-        "1 records waiting (1 queued, 0 scheduled for a retry, 0 held) and none delivered "
+        "1 record waiting (1 queued, 0 scheduled for a retry, 0 held) and none delivered "
         "for 1000s (threshold 120s)",
         "oldest queued record is 1000s old (threshold 300s)",
         "7 dead letters (threshold 5)",
