@@ -43,6 +43,7 @@ from aicm_tasks.broker.keys import (
     RATE_RETRIED,
     RATE_TRANSPORT_FAILED,
     RATE_UNAUTHORIZED,
+    RETRYING_SINCE,
     UNAUTHORIZED_SINCE,
     dead_lettered_by_reason,
 )
@@ -83,7 +84,8 @@ def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Fi
         pipe.lrange(store.keys.errors, 0, 9)
         pipe.hgetall(store.keys.health)
         pipe.hgetall(store.keys.names)
-        *raw_buckets, oldest_raw, errors_raw, health_raw, names_raw = pipe.execute()
+        pipe.zcount(store.keys.scheduled, "-inf", now)
+        *raw_buckets, oldest_raw, errors_raw, health_raw, names_raw, due = pipe.execute()
     buckets = [{_text(k): int(v) for k, v in b.items()} for b in raw_buckets]
     # The current bucket is partial: a span of S seconds counts the S / RATE_BUCKET_S
     # whole buckets before it plus the current one, over the time they really span.
@@ -118,6 +120,8 @@ def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Fi
         recent={f: _sum(buckets, math.ceil(window_s), f) for f in RECENT_FIELDS},
         last_delivered_s_ago=ago(LAST_DELIVERED_AT),
         idle_s_ago=ago(IDLE_AT),
+        scheduled_due=int(due),
+        retrying_for_s=ago(RETRYING_SINCE),
         unauthorized_for_s=ago(UNAUTHORIZED_SINCE),
         last_unauthorized_s_ago=ago(LAST_UNAUTHORIZED_AT),
     )

@@ -6,10 +6,14 @@ returns the reasons the pipeline is unhealthy. The rules (``docs/monitoring.md``
 repeats them):
 
 * no worker renewed its lease for ``no_worker_s``;
-* **a stall**: records wait (queued, scheduled for a retry or held) and none was
-  delivered for ``window_s``. Counted from the later of the last delivery and
-  the last time a worker found nothing waiting (workers note it every 5 s), so
-  a quiet pipeline that receives a record is not stalled the moment it does;
+* **a stall**: records wait and none was delivered for ``window_s``. Either
+  records are due (queued, held, or scheduled and due) and none was delivered
+  since the later of the last delivery and the last time a worker found
+  nothing due (workers look every 5 s), so a quiet pipeline that receives a
+  record is not stalled the moment it does; or batches have settled with
+  records retried and none delivered since (``retrying_since``), which sees an
+  outage whose records all wait out their backoff in the scheduled set. A
+  countdown not yet due (``eta``) is neither;
 * **the key is refused**: ``/track`` has answered 401/403, with no answer that
   took the key since, for ``window_s``;
 * **transport errors dominate**: during a stall, more than half of the POSTs of
@@ -77,8 +81,12 @@ class Figures:
     window_s: float = DEFAULT_HEALTH_WINDOW_S
     recent: dict[str, int] = field(default_factory=dict)
     last_delivered_s_ago: float | None = None
-    #: Since a worker last found nothing queued, scheduled or held.
+    #: Since a worker last found nothing queued, held or due.
     idle_s_ago: float | None = None
+    #: Scheduled records whose time has come (retries due, not yet promoted).
+    scheduled_due: int = 0
+    #: How long batches have settled with records retried and none delivered.
+    retrying_for_s: float | None = None
     #: How long /track has been refusing the key (None: it is not).
     unauthorized_for_s: float | None = None
     last_unauthorized_s_ago: float | None = None
@@ -94,27 +102,41 @@ class Figures:
         return self.queued + self.scheduled + self.held
 
     @property
+    def due(self) -> int:
+        """Records some worker should be delivering now: queued, held, or due."""
+        return self.queued + self.held + self.scheduled_due
+
+    @property
     def healthy(self) -> bool:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
         figures = dict(self.__dict__)
         figures["waiting"] = self.waiting
+        figures["due"] = self.due
         figures["healthy"] = self.healthy
         return figures
 
 
 def undelivered_for_s(figures: Figures) -> float | None:
-    """How long records have waited with none delivered: since the later of the
-    last delivery and the last time nothing waited (None: nothing waits, or
-    nothing tells). With neither noted yet (no worker of this version ran), the
-    age of the oldest queued record stands in."""
+    """How long records have waited with none delivered (None: no sign of it).
+
+    Records due: since the later of the last delivery and the last time nothing
+    was due (with neither noted yet, no worker of this version ran: the age of
+    the oldest queued record stands in). Records retried: since batches began
+    to settle with retries and no delivery. The longer of the two.
+    """
     if figures.waiting == 0:
         return None
-    marks = [s for s in (figures.last_delivered_s_ago, figures.idle_s_ago) if s is not None]
-    if marks:
-        return min(marks)
-    return figures.oldest_queued_s
+    spans: list[float] = []
+    if figures.due > 0:
+        marks = [s for s in (figures.last_delivered_s_ago, figures.idle_s_ago) if s is not None]
+        since = min(marks) if marks else figures.oldest_queued_s
+        if since is not None:
+            spans.append(since)
+    if figures.retrying_for_s is not None:
+        spans.append(figures.retrying_for_s)
+    return max(spans) if spans else None
 
 
 def judge(figures: Figures, thresholds: Thresholds) -> list[str]:
@@ -138,7 +160,9 @@ def judge(figures: Figures, thresholds: Thresholds) -> list[str]:
             f"delivered for {stalled_s:.0f}s (threshold {window_s:.0f}s)"
         )
     refused_s = figures.unauthorized_for_s
-    if refused_s is not None and refused_s >= window_s:
+    # Only while records wait: a run left over after the queue was emptied by
+    # other means puts nothing at risk (the next refusal restarts the judging).
+    if refused_s is not None and refused_s >= window_s and figures.waiting > 0:
         last = figures.last_unauthorized_s_ago
         problems.append(
             f"/track has refused the API key (401/403) for {refused_s:.0f}s "

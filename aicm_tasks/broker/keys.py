@@ -13,7 +13,7 @@ sees the whole keyspace at once::
     <prefix>:dlq, <prefix>:dlq:index   hash + zset: dead letters and their times
     <prefix>:stats                 hash: totals (delivered, dead_lettered:<reason>, ...)
     <prefix>:rate:<bucket>         hash: records and requests per RATE_BUCKET_S bucket (server clock)
-    <prefix>:health                hash: when records were last delivered, nothing waited, the key was refused
+    <prefix>:health                hash: when records were last delivered, nothing waited, retries began, the key was refused
     <prefix>:errors                list: the last delivery errors, for the monitor
     <prefix>:redis-settings        hash: the broker's settings as a worker last read them
     <prefix>:imported              set: SDK queue rows already imported
@@ -58,6 +58,10 @@ LAST_UNAUTHORIZED_AT = "last_unauthorized_at"
 #: When the current run of 401/403 answers began; removed by an answer that took
 #: the key (RESOLVE).
 UNAUTHORIZED_SINCE = "unauthorized_since"
+#: When batches began to settle with records retried and none delivered; removed
+#: by a settle that delivered (RESOLVE). Tells a stall whose records all wait in
+#: the scheduled set for a retry (a long outage) from a countdown not yet due.
+RETRYING_SINCE = "retrying_since"
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from typing import Any
 import redis
 
 from aicm_tasks.broker import scripts
-from aicm_tasks.broker.keys import RATE_BUCKET_S, RATE_KEEP_S, Keys
+from aicm_tasks.broker.keys import IDLE_AT, RATE_BUCKET_S, RATE_KEEP_S, Keys
 
 # Re-exported: callers name it from here, beside RecordStore.resolve.
 from aicm_tasks.broker.resolution import Resolution as Resolution
@@ -75,7 +75,7 @@ class RecordStore:
         self._promote = client.register_script(scripts.source("promote"))
         self._drop_lease = client.register_script(scripts.source("drop_lease"))
         self._forget_unseen = client.register_script(scripts.source("forget_unseen"))
-        self._note = client.register_script(scripts.source("note"))
+        self._note_idle = client.register_script(scripts.source("note_idle"))
 
     # -- producer side ---------------------------------------------------------
     def push(self, message: bytes) -> None:
@@ -185,9 +185,11 @@ class RecordStore:
         keys = [self.keys.consumers, self.keys.seen, self.keys.names]
         return float(self._renew(keys=keys, args=[consumer, lease_s, name]))
 
-    def note(self, *fields: str) -> float:
-        """Set fields of the health hash (``keys.IDLE_AT``...) to the server's time; returns it."""
-        return float(self._note(keys=[self.keys.health], args=list(fields)))
+    def note_idle(self) -> bool:
+        """Note IDLE_AT (the server's time) in the health hash unless a record is
+        queued or due; the caller knows no worker holds one. True when noted."""
+        keys = [self.keys.health, self.keys.queue, self.keys.scheduled]
+        return bool(self._note_idle(keys=keys, args=[IDLE_AT]))
 
     def health(self) -> dict[str, float]:
         """The health hash: field -> time on the server's clock (epoch seconds)."""

@@ -28,7 +28,7 @@ SCRIPTS = (
     "drop_lease",
     "promote",
     "forget_unseen",
-    "note",
+    "note_idle",
     "replay",
     "purge",
 )

@@ -24,6 +24,7 @@ from aicm_tasks.broker.keys import (
     RATE_RETRIED,
     RATE_TRANSPORT_FAILED,
     RATE_UNAUTHORIZED,
+    RETRYING_SINCE,
     UNAUTHORIZED_SINCE,
     dead_lettered_field,
 )
@@ -126,6 +127,7 @@ def plan(
     }
     noted, started, ended = health_writes(
         delivered=delivered,
+        retried=len(retries),
         answered=requests - transport_failed - unauthorized,
         unauthorized=unauthorized,
     )
@@ -142,25 +144,32 @@ def plan(
 
 
 def health_writes(
-    *, delivered: int, answered: int, unauthorized: int
+    *, delivered: int, retried: int, answered: int, unauthorized: int
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Which health-hash fields a settle sets to the server's time, sets if
     absent, and removes: ``(noted, started, ended)``.
 
-    A delivery notes LAST_DELIVERED_AT. A 401/403 notes LAST_UNAUTHORIZED_AT
-    and starts a run (UNAUTHORIZED_SINCE, kept if already there); an answer
-    that took the key (a 200 or a 4xx refusal) with no 401/403 in the same
-    batch ends the run. Batches that reached no server (all transport
-    failures) neither start nor end it.
+    A delivery notes LAST_DELIVERED_AT and ends a run of retries
+    (RETRYING_SINCE); records retried with none delivered start one. A 401/403
+    notes LAST_UNAUTHORIZED_AT and starts a run of refusals
+    (UNAUTHORIZED_SINCE, kept if already there); an answer that took the key (a
+    200 or a 4xx refusal) with no 401/403 in the same batch ends it. Batches
+    that reached no server (all transport failures) neither start nor end it.
     """
-    noted: tuple[str, ...] = ()
+    noted: list[str] = []
+    started: list[str] = []
+    ended: list[str] = []
     if delivered:
-        noted += (LAST_DELIVERED_AT,)
+        noted.append(LAST_DELIVERED_AT)
+        ended.append(RETRYING_SINCE)
+    elif retried:
+        started.append(RETRYING_SINCE)
     if unauthorized:
-        return (*noted, LAST_UNAUTHORIZED_AT), (UNAUTHORIZED_SINCE,), ()
-    if answered > 0:
-        return noted, (), (UNAUTHORIZED_SINCE,)
-    return noted, (), ()
+        noted.append(LAST_UNAUTHORIZED_AT)
+        started.append(UNAUTHORIZED_SINCE)
+    elif answered > 0:
+        ended.append(UNAUTHORIZED_SINCE)
+    return tuple(noted), tuple(started), tuple(ended)
 
 
 def plan_after_error(

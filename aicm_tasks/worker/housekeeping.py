@@ -16,7 +16,6 @@ import time
 
 import redis
 
-from aicm_tasks.broker.keys import IDLE_AT
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import Finding, judge_settings, read_settings
 from aicm_tasks.worker.observe import Observers
@@ -103,12 +102,12 @@ class Housekeeping:
                 pause_s = next_pause_s(pause_s)
 
     def _read_depth(self) -> None:
-        """Read the depths for observers, and note IDLE_AT when nothing waits:
-        from then on, records that wait undelivered for the health window are
-        a stall (see :func:`aicm_tasks.broker.figures.judge`)."""
+        """Read the depths for observers, and note IDLE_AT when nothing waits (no
+        record queued, held or due): from then on, records that wait undelivered
+        for the health window are a stall (see :func:`aicm_tasks.broker.health.judge`)."""
         depth = self.store.depth()
-        if depth["queued"] == 0 and depth["scheduled"] == 0 and depth["held"] == 0:
-            self.store.note(IDLE_AT)
+        if depth["queued"] == 0 and depth["held"] == 0:
+            self.store.note_idle()
         if self.observers:
             self.observers.housekeeping(depth)
 

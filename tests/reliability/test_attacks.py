@@ -70,7 +70,8 @@ def test_every_move_of_a_record_runs_on_a_redis_full_under_noeviction(
             ended=(UNAUTHORIZED_SINCE,),
         ),
     )
-    assert store.note(IDLE_AT) > 0
+    idle = RecordStore(client, Keys("aicm.idle", "aicm-idle"))  # nothing queued or due there
+    assert idle.note_idle() and IDLE_AT in idle.health()
     assert store.promote_due(now=time.time()) == 100
     assert len(store.fetch("dead", store.keys.batch("dead", 0), 50, 0) or []) == 50
     assert len(store.fetch("lost", store.keys.batch("lost", 0), 50, 60) or []) == 50

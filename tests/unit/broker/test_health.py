@@ -44,6 +44,22 @@ def test_a_stall_counts_from_the_later_of_the_last_delivery_and_the_last_idle_mo
     assert undelivered_for_s(figures(queued=1, last_delivered_s_ago=5.0, idle_s_ago=500.0)) == 5.0
 
 
+def test_an_outage_whose_records_all_wait_out_their_backoff_is_a_stall() -> None:
+    # Every record is scheduled for a retry, none due, and a worker just found
+    # nothing due: the run of retries with no delivery still tells.
+    outage = figures(scheduled=2028, retrying_for_s=130.0, idle_s_ago=2.0)
+    assert undelivered_for_s(outage) == 130.0
+    assert judge(outage, WINDOW)[0].startswith("2,028 records waiting (0 queued, 2,028 scheduled")
+
+
+def test_a_countdown_not_yet_due_is_no_stall_but_a_due_retry_is() -> None:
+    countdown = figures(scheduled=5, last_delivered_s_ago=9000.0, idle_s_ago=9000.0)
+    assert undelivered_for_s(countdown) is None and judge(countdown, WINDOW) == []
+    due = dataclasses.replace(countdown, scheduled_due=2, idle_s_ago=200.0)
+    assert due.due == 2 and undelivered_for_s(due) == 200.0
+    assert judge(due, WINDOW)[0].startswith("5 records waiting")
+
+
 def test_held_records_that_never_settle_are_a_stall_too() -> None:
     hung = figures(held=500, last_delivered_s_ago=121.0, idle_s_ago=None)
     assert "500 held" in judge(hung, WINDOW)[0]
@@ -58,12 +74,14 @@ def test_with_no_mark_yet_the_oldest_queued_record_tells_how_long_records_waited
 def test_a_key_refused_for_the_window_is_unhealthy_whatever_else() -> None:
     refused = figures(
         scheduled=40, unauthorized_for_s=125.0, last_unauthorized_s_ago=4.0, idle_s_ago=1.0
-    )
+    )  # the records wait out the auth retry interval: no retry run noted here
     assert judge(refused, WINDOW) == [
         "/track has refused the API key (401/403) for 125s (threshold 120s, last 4s ago): "
         "check AICM_API_KEY (or the alias's key in AICM_API_KEYS)"
     ]
     assert judge(dataclasses.replace(refused, unauthorized_for_s=119.0), WINDOW) == []
+    # A run left over once nothing waits puts nothing at risk.
+    assert judge(dataclasses.replace(refused, scheduled=0), WINDOW) == []
 
 
 @pytest.mark.parametrize(
@@ -75,7 +93,7 @@ def test_transport_errors_dominate_when_more_than_half_the_requests_failed_durin
 ) -> None:
     stalled = figures(
         scheduled=50,
-        last_delivered_s_ago=200.0,
+        retrying_for_s=200.0,
         recent={"requests": requests, "transport_failed": failed},
         last_errors=[{"at": 0, "detail": "network: ConnectError: [Errno 111] refused"}],
     )
@@ -117,4 +135,8 @@ def test_judge_lists_every_threshold_crossed_at_once() -> None:
 def test_the_reading_as_json_carries_the_new_figures() -> None:
     shown = figures(queued=2, held=1, scheduled=3, unauthorized_for_s=5.0).as_dict()
     assert shown["waiting"] == 6 and shown["unauthorized_for_s"] == 5.0
-    assert {"workers", "recent", "window_s", "delivered_last_5s", "idle_s_ago"} <= set(shown)
+    assert shown["due"] == 3
+    assert {
+        "workers", "recent", "window_s", "delivered_last_5s", "idle_s_ago", "retrying_for_s",
+        "scheduled_due",
+    } <= set(shown)  # fmt: skip

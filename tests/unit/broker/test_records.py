@@ -120,12 +120,20 @@ def test_resolve_counts_the_rate_bucket_and_health_times_on_the_servers_clock(
     assert set(real_redis.keys(KEYS.rate_prefix + "*")) == keys_before
 
 
-def test_note_sets_health_fields_to_the_servers_time(any_redis: redis.Redis) -> None:
+def test_idle_is_noted_on_the_servers_clock_only_when_nothing_is_queued_or_due(
+    any_redis: redis.Redis,
+) -> None:
     store = store_of(any_redis)
-    before = store.server_time()
-    at = store.note(IDLE_AT)
-    assert before <= at <= store.server_time()
-    assert store.health() == {IDLE_AT: at}
+    now = store.server_time()
+    store.schedule([(now + 3600, b"a countdown, due in an hour")])
+    assert store.note_idle() is True
+    assert now <= store.health()[IDLE_AT] <= store.server_time()
+    any_redis.hdel(KEYS.health, IDLE_AT)
+    store.schedule([(now - 1, b"a retry, due")])
+    assert store.note_idle() is False
+    store.promote_due()
+    assert store.note_idle() is False  # queued now
+    assert IDLE_AT not in store.health()
 
 
 def test_batches_of_a_consumer_whose_lease_expired_go_back_to_the_queue(

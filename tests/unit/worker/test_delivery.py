@@ -308,13 +308,15 @@ def test_a_delivered_batch_counts_its_records_and_notes_the_delivery() -> None:
     )
     # Both records got no result: retried; nothing delivered, yet the server took the key.
     assert resolution.rates == {"retried": 2, "requests": 1}
-    assert resolution.noted == () and resolution.ended == ("unauthorized_since",)
+    assert resolution.noted == () and resolution.started == ("retrying_since",)
+    assert resolution.ended == ("unauthorized_since",)
     resolution, _ = plan([], POLICY, auth_retry_interval_s=5, delivered=2, requests=1)
     assert resolution.rates == {"delivered": 2, "requests": 1}
-    assert resolution.noted == ("last_delivered_at",)
+    assert resolution.noted == ("last_delivered_at",) and resolution.started == ()
+    assert resolution.ended == ("retrying_since", "unauthorized_since")
 
 
-def test_a_refused_key_starts_a_run_and_transport_failures_neither_start_nor_end_it() -> None:
+def test_a_refused_key_starts_a_run_and_transport_failures_leave_that_run_alone() -> None:
     unauthorized = deliver(
         [item("a")], lambda body: BatchVerdict(VerdictKind.UNAUTHORIZED, "x", 401)
     )
@@ -323,11 +325,16 @@ def test_a_refused_key_starts_a_run_and_transport_failures_neither_start_nor_end
     )
     assert resolution.rates == {"retried": 1, "requests": 1, "unauthorized": 1}
     assert resolution.noted == ("last_unauthorized_at",)
-    assert resolution.started == ("unauthorized_since",) and resolution.ended == ()
+    assert resolution.started == ("retrying_since", "unauthorized_since")
+    assert resolution.ended == ()
     down = deliver([item("a")], lambda body: BatchVerdict(VerdictKind.TRANSIENT, "timeout"))
     resolution, _ = plan(down[0], POLICY, auth_retry_interval_s=5, requests=1, transport_failed=1)
     assert resolution.rates == {"retried": 1, "requests": 1, "transport_failed": 1}
-    assert (resolution.noted, resolution.started, resolution.ended) == ((), (), ())
+    assert (resolution.noted, resolution.started, resolution.ended) == (
+        (),
+        ("retrying_since",),
+        (),
+    )
 
 
 def test_a_backfills_enqueue_time_survives_its_retries() -> None:
