@@ -149,8 +149,8 @@ def health_writes(
     """Which health-hash fields a settle sets to the server's time, sets if
     absent, and removes: ``(noted, started, ended)``.
 
-    A delivery notes LAST_DELIVERED_AT and ends a run of retries
-    (RETRYING_SINCE); records retried with none delivered start one. A 401/403
+    A delivery notes LAST_DELIVERED_AT. Records retried with none delivered
+    start a run of retries (RETRYING_SINCE); any other settle ends it. A 401/403
     notes LAST_UNAUTHORIZED_AT and starts a run of refusals
     (UNAUTHORIZED_SINCE, kept if already there); an answer that took the key (a
     200 or a 4xx refusal) with no 401/403 in the same batch ends it. Batches
@@ -161,9 +161,13 @@ def health_writes(
     ended: list[str] = []
     if delivered:
         noted.append(LAST_DELIVERED_AT)
-        ended.append(RETRYING_SINCE)
-    elif retried:
+    if retried and not delivered:
         started.append(RETRYING_SINCE)
+    else:
+        # Records left the waiting state (delivered, or dead-lettered): the run
+        # is over, lest a poison record retried to exhaustion in a quiet
+        # pipeline leave it running for the next record to be judged by.
+        ended.append(RETRYING_SINCE)
     if unauthorized:
         noted.append(LAST_UNAUTHORIZED_AT)
         started.append(UNAUTHORIZED_SINCE)

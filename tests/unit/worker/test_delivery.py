@@ -343,3 +343,11 @@ def test_a_backfills_enqueue_time_survives_its_retries() -> None:
     resolution, _ = plan(outcomes, POLICY, auth_retry_interval_s=5, now=2000.0)
     ((_, message),) = resolution.retries
     assert decode(message).meta["enqueued_at"] == 1234.5
+
+
+def test_a_batch_of_dead_letters_alone_ends_a_run_of_retries() -> None:
+    unknown = {"a": "service_key_unknown"}
+    outcomes, requests = deliver([item("a")], results_post(unknown, []))
+    resolution, _ = plan(outcomes, POLICY, auth_retry_interval_s=5, requests=requests)
+    assert resolution.rates == {"dead_lettered": 1, "requests": 1}
+    assert resolution.started == () and "retrying_since" in resolution.ended
