@@ -168,6 +168,10 @@ class Settings(BaseSettings):
     events_show_payloads: bool = False
     #: Port of the worker's Prometheus /metrics endpoint; off when unset.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: How long records may wait undelivered, /track refuse the key, or transport
+    #: errors dominate before ``aicm-tasks status`` says unhealthy (rate buckets
+    #: are kept an hour, hence the upper bound).
+    health_window_s: Annotated[float, Field(ge=1, le=3600)] = 120.0
 
     # -- local server ----------------------------------------------------------
     server_api_key: SecretStr | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -207,7 +208,8 @@ def replay_message(entry: dict[str, Any]) -> bytes | None:
     """The broker message that republishes a dead letter's record unchanged.
 
     The retry count starts again; attempts, the first failure time and the
-    API-key alias carry over.
+    API-key alias carry over. ``enqueued_at`` is the replay's time (this host's
+    clock), so status ages the record from its replay, not from its usage.
     Returns None for an entry that holds no record (an unreadable message).
     """
     record = entry.get("record")
@@ -219,6 +221,7 @@ def replay_message(entry: dict[str, Any]) -> bytes | None:
         "retries": 0,
         "replays": int(entry.get("replays", 0)) + 1,
         "first_failure_at": entry.get("first_failure_at"),
+        "enqueued_at": round(time.time(), 3),
     }
     if entry.get("api_key_alias") is not None:
         meta["api_key_alias"] = entry["api_key_alias"]

@@ -28,6 +28,7 @@ SCRIPTS = (
     "drop_lease",
     "promote",
     "forget_unseen",
+    "note_idle",
     "replay",
     "purge",
     "write_limits",

@@ -85,7 +85,7 @@ class DeliveryStep(bootsteps.StartStopStep):
                 queue=self.settings.queue,
             )
             observers.append(self.events)
-        self.service = build_service(self.settings, extra_observers=observers)
+        self.service = build_service(self.settings, extra_observers=observers, name=worker.hostname)
         self.service.start()
 
     def stop(self, worker: Any) -> None:

@@ -67,11 +67,15 @@ class DeliveryService:
         settings_check_interval_s: float = CHECK_INTERVAL_S,
         on_stopped: Sequence[Callable[[], None]] = (),
         background: Sequence[Callable[[threading.Event], None]] = (),
+        name: str = "",
     ) -> None:
         self.store = store
         #: More threads to run until the service stops (the triggered-limits poll),
         #: each given the stop event.
         self.background = tuple(background)
+        #: The worker's Celery hostname (``w1@host``), as Flower names it; status
+        #: shows it beside the consumer id. Empty outside a Celery worker.
+        self.name = name
         #: Called once every thread has stopped (the transport's close): never
         #: while a delivery thread that outlived the grace period may still POST.
         self.on_stopped = tuple(on_stopped)
@@ -90,6 +94,7 @@ class DeliveryService:
         self.housekeeping = Housekeeping(
             store,
             self.consumer,
+            name=name,
             lease_s=self.lease_s,
             observers=self.observers,
             settings_check_interval_s=settings_check_interval_s,
@@ -106,7 +111,8 @@ class DeliveryService:
         """Register the lease and start the threads."""
         self._stop.clear()
         self._retrying(
-            "register lease", lambda: self.store.renew_lease(self.consumer, self.lease_s) > 0
+            "register lease",
+            lambda: self.store.renew_lease(self.consumer, self.lease_s, self.name) > 0,
         )
         housekeeping = threading.Thread(
             target=self.housekeeping.run, args=(self._stop,), name="aicm-housekeeping", daemon=True
@@ -127,7 +133,8 @@ class DeliveryService:
         for thread in self._threads:
             thread.start()
         logger.info(
-            "delivery started: consumer=%s queue=%s batch_size=%d flush_interval_s=%.3g threads=%d",
+            "delivery started: worker=%s consumer=%s queue=%s batch_size=%d flush_interval_s=%.3g threads=%d",
+            self.name or "-",
             self.consumer,
             self.store.keys.queue,
             self.batch_size,
@@ -238,6 +245,8 @@ class DeliveryService:
                 auth_retry_interval_s=self.auth_retry_interval_s,
                 delivered=len(done.delivered),
                 requests=done.requests,
+                transport_failed=done.transport_failed,
+                unauthorized=done.unauthorized,
             )
         except Exception as exc:
             # A bug, or a record no check foresaw: every record is retried with

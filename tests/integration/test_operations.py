@@ -201,10 +201,15 @@ def test_status_is_healthy_with_a_worker_and_says_why_not_otherwise(pipeline: Pi
     assert "3 dead letters (threshold 2)" in json.loads(too_many.stdout)["problems"]
 
     stop_process(worker)
-    pipeline.track.delay("openai::gpt-4o-mini", {"n": 1}, timestamp=1_000_000_000)  # queued, old
-    stale = cli_status(pipeline, "--max-oldest-queued", "60", "--no-worker-for", "600")
-    problems = json.loads(stale.stdout)["problems"]
-    assert stale.returncode == 1 and any("oldest queued record" in p for p in problems), problems
+    pipeline.track.delay("openai::gpt-4o-mini", {"n": 1})  # queued; no worker takes it
+    stale: list[subprocess.CompletedProcess[str]] = []
+
+    def reported_stale() -> bool:
+        stale.append(cli_status(pipeline, "--max-oldest-queued", "1", "--no-worker-for", "600"))
+        problems = json.loads(stale[-1].stdout)["problems"]
+        return stale[-1].returncode == 1 and any("oldest queued record" in p for p in problems)
+
+    wait_until(reported_stale, 60, "status to report the queued record older than 1 s")
 
 
 def test_status_reports_an_unreachable_broker() -> None:

@@ -74,6 +74,7 @@ TABLE = [
     Row("events_enabled", True, [("false", False)], ["sometimes"]),
     Row("events_show_payloads", False, [("true", True)], ["sometimes"]),
     Row("metrics_port", None, [("9100", 9100), ("1", 1), ("65535", 65535)], ["0", "65536"]),
+    Row("health_window_s", 120.0, [("1", 1.0), ("3600", 3600.0)], ["0.5", "3601", "x"]),
     Row("server_api_key", None, [], []),
     Row(
         "server_db",

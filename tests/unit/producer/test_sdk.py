@@ -20,7 +20,10 @@ def delivery(real_redis: redis.Redis) -> CeleryDelivery:
 
 
 def queued(client: redis.Redis) -> list[dict]:
-    return [json.loads(m) for m in reversed(client.lrange("aicm.tracking", 0, -1))]
+    """The records queued, oldest first (a backfill's message carries its enqueue
+    time in a metadata line before the record: see broker/messages.py)."""
+    messages: list[bytes] = client.lrange("aicm.tracking", 0, -1)  # type: ignore[assignment]
+    return [json.loads(m.rpartition(b"\n")[2]) for m in reversed(messages)]
 
 
 def sdk_record(**changes: object) -> dict:
