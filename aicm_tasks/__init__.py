@@ -18,7 +18,7 @@ import importlib
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from aicm_tasks.errors import (
@@ -29,11 +29,16 @@ from aicm_tasks.errors import (
     RecordError,
     RecordTypeError,
     RecordValueError,
+    SettingsError,
+    UsageLimitError,
 )
 
 if TYPE_CHECKING:
     from aicm_tasks.app import AicmCelery, create_app
+    from aicm_tasks.errors import UsageLimitExceeded
+    from aicm_tasks.limits import TriggeredLimit
     from aicm_tasks.producer.aio import track_async, track_many_async
+    from aicm_tasks.producer.limits import check_limits, check_limits_async
     from aicm_tasks.producer.llm import (
         track_llm_stream_usage,
         track_llm_stream_usage_async,
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
     # What type checkers see; at run time these are properties of _Package.
     app: AicmCelery
     track: TrackTask
-    track_many: Callable[[Iterable[Mapping[str, Any]]], list[str]]
+    track_many: Callable[..., list[str]]
     settings: Settings
 
 __version__ = "0.1.0"
@@ -67,6 +72,11 @@ _LAZY_NAMES = {
     "track_llm_usage_async": "aicm_tasks.producer.llm",
     "track_llm_stream_usage": "aicm_tasks.producer.llm",
     "track_llm_stream_usage_async": "aicm_tasks.producer.llm",
+    "check_limits": "aicm_tasks.producer.limits",
+    "check_limits_async": "aicm_tasks.producer.limits",
+    "TriggeredLimit": "aicm_tasks.limits",
+    # Built on first use: a subclass of the SDK's class when the SDK is installed.
+    "UsageLimitExceeded": "aicm_tasks.errors",
 }
 
 
@@ -119,7 +129,11 @@ class _Package(types.ModuleType):
     @property
     def app(self) -> AicmCelery:
         """The Celery app; ``celery -A aicm_tasks worker`` runs it."""
-        return _DefaultApp.get()[0]
+        try:
+            return _DefaultApp.get()[0]
+        except SettingsError as exc:
+            _exit_if_loaded_by_celery(exc, sys._getframe(1))
+            raise
 
     @app.setter
     def app(self, value: object) -> None:
@@ -131,7 +145,7 @@ class _Package(types.ModuleType):
         return _DefaultApp.get()[1]
 
     @property
-    def track_many(self) -> Callable[[Iterable[Mapping[str, Any]]], list[str]]:
+    def track_many(self) -> Callable[..., list[str]]:
         """Publish many records in one round trip: ``track_many([{...}, ...])``."""
         return _DefaultApp.get()[1].many
 
@@ -143,6 +157,20 @@ class _Package(types.ModuleType):
     @settings.setter
     def settings(self, value: object) -> None:
         _drop_submodule("settings", value)
+
+
+def _exit_if_loaded_by_celery(error: SettingsError, caller: types.FrameType) -> None:
+    """End a ``celery -A aicm_tasks ...`` process with the error's one line, exit code 2.
+
+    Celery's command line prints any exception raised while it loads ``-A``
+    with its whole traceback under "Unable to load celery application"
+    (celery/bin/celery.py catches Exception); SystemExit passes through it and
+    click. Only when Celery's ``find_app`` is the caller: a library user
+    touching ``aicm_tasks.app`` gets the SettingsError itself.
+    """
+    if caller.f_globals.get("__name__") == "celery.app.utils":
+        sys.stderr.write(f"aicm-tasks: {error}\n")
+        raise SystemExit(2)
 
 
 def _drop_submodule(name: str, value: object) -> None:
@@ -163,9 +191,15 @@ __all__ = [
     "RecordTypeError",
     "RecordValueError",
     "Settings",
+    "SettingsError",
     "TrackTask",
+    "TriggeredLimit",
+    "UsageLimitError",
+    "UsageLimitExceeded",
     "__version__",
     "app",
+    "check_limits",
+    "check_limits_async",
     "create_app",
     "settings",
     "track",

@@ -49,6 +49,13 @@ class AicmCelery(Celery):
     aicm_settings: Settings
     amqp_cls = f"{__name__}:TrackingQueueAMQP"
 
+    @cached_property
+    def Worker(self) -> Any:
+        """``celery worker``'s worker: Celery's, with the tracking queue in its
+        banner (worker/banner.py). By name, so importing the app stays cheap."""
+        # Celery takes a class or its dotted name; celery-types only knows the class.
+        return self.subclass_with_self("aicm_tasks.worker.banner:TrackingWorker")  # type: ignore[arg-type]
+
 
 def create_app(settings: Settings | None = None) -> AicmCelery:
     """Build the Celery app for the given settings (default: from the environment)."""
@@ -102,8 +109,8 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         broker_connection_max_retries=None,
         task_ignore_result=True,
         # Events on by default so Flower sees workers and the delivery work with
-        # no extra flags: one small PUBLISH per event; delivery sends three per
-        # batch (not per record). See docs/monitoring.md.
+        # no extra flags: delivery sends three events per batch (not per record)
+        # in one PUBLISH. See docs/monitoring.md and worker/events.py.
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=True,

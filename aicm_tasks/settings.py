@@ -7,17 +7,23 @@ CLI and the local server. ``docs/configuration.md`` has the same list as a table
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import logging
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import pydantic_settings
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aicm_tasks.contract import API_KEY_ALIAS_PATTERN, MAX_RECORDS_PER_REQUEST
+from aicm_tasks.errors import SettingsError
 from aicm_tasks.redact import redact_url
 
 logger = logging.getLogger(__name__)
@@ -50,6 +56,31 @@ SDK_VARIABLES = frozenset(
     }
 )
 
+#: Variables of this prefix belong to the test suite (``AICM_TEST_REDIS_URL``),
+#: not to aicm-tasks, so they are not reported as misspellings.
+TEST_VARIABLE_PREFIX = "AICM_TEST_"
+
+#: pydantic error types -> how the one-line message says them ({} is the limit).
+_PROBLEMS = {
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false (1/0, yes/no, on/off)",
+    "bool_type": "must be true or false (1/0, yes/no, on/off)",
+    "dict_type": "must be a JSON object",
+    "string_type": "must be text",
+    "missing": "must be set",
+}
+
+#: pydantic-settings' own message when a JSON variable does not parse.
+_UNPARSED_FIELD = re.compile(r'error parsing value for field "(\w+)"')
+
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
@@ -58,7 +89,9 @@ class Settings(BaseSettings):
 
     Every field maps to ``AICM_<FIELD NAME IN UPPER CASE>``; durations carry their
     unit in the name. Values are validated on load: an out-of-range value raises
-    :class:`pydantic.ValidationError` naming the variable.
+    :class:`pydantic.ValidationError` naming the field; :meth:`from_env`, what
+    every entry point uses, turns it into :class:`~aicm_tasks.errors.SettingsError`,
+    one line naming the variable.
     """
 
     # An empty variable (AICM_METRICS_PORT=) counts as unset. Errors never echo
@@ -88,6 +121,11 @@ class Settings(BaseSettings):
     )
     #: Spool size over which ``track`` raises SpoolFullError; at least a few SQLite pages.
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    #: Payload and context fields whose values are replaced before a record leaves
+    #: the process (comma-separated names, or a JSON list); see producer/anonymize.py.
+    anonymize_fields: Annotated[tuple[str, ...], NoDecode] = ()
+    #: The key of the keyed hash that replaces them (HMAC-SHA256); never published.
+    anonymize_key: SecretStr | None = None
 
     # -- delivery (workers) --------------------------------------------------
     api_key: SecretStr | None = None
@@ -110,6 +148,19 @@ class Settings(BaseSettings):
     #: to the queue for any worker to deliver.
     redelivery_timeout_s: Annotated[float, Field(ge=2)] = 60.0
 
+    # -- usage limits (docs/limits.md) ------------------------------------------
+    #: Raise UsageLimitExceeded from track.delay / track_async / track_many /
+    #: CeleryDelivery for a record that matches a triggered limit (the SDK's variable).
+    limits_enabled: bool = False
+    #: How old a producer's in-process snapshot of the limits may get before it is
+    #: read again from the broker, in milliseconds (a pub/sub nudge refreshes it sooner).
+    limits_refresh_ms: int = Field(default=500, ge=10, le=3_600_000)
+    #: How often a worker asks the server for ``GET /triggered-limits`` (with limits on).
+    limits_poll_interval_s: PositiveSeconds = 30.0
+    #: A PEM public key to verify triggered-limits tokens with, instead of the key
+    #: the server sends beside them (pinning: a forged answer cannot bring its own key).
+    limits_public_key: str | None = None
+
     # -- visibility ----------------------------------------------------------------
     #: Send each settled batch to Flower as a task (Celery task events).
     events_enabled: bool = True
@@ -117,17 +168,44 @@ class Settings(BaseSettings):
     events_show_payloads: bool = False
     #: Port of the worker's Prometheus /metrics endpoint; off when unset.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: How long records may wait undelivered, /track refuse the key, or transport
+    #: errors dominate before ``aicm-tasks status`` says unhealthy (rate buckets
+    #: are kept an hour, hence the upper bound).
+    health_window_s: Annotated[float, Field(ge=1, le=3600)] = 120.0
 
     # -- local server ----------------------------------------------------------
     server_api_key: SecretStr | None = None
     #: An SQLite file path, or a ``postgresql://`` URL for the PostgreSQL ledger.
     server_db: str = "aicm-local.sqlite3"
+    #: Where the local server keeps the key pair that signs triggered limits;
+    #: default: beside an SQLite ledger, the user's data directory for PostgreSQL.
+    server_keys_dir: Path | None = None
     #: Where ``aicm-tasks costs`` finds the local server.
     server_url: str = "http://127.0.0.1:8000"
     #: The monthly budget of all spend, in USD, for ``/budget-status``; none when unset.
     monthly_budget_usd: float | None = Field(default=None, ge=0)
     #: Monthly budgets per customer key, in USD, as JSON: ``{"acme": 250}``.
     customer_budgets_usd: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+    @field_validator("anonymize_fields", mode="before")
+    @classmethod
+    def _split_fields(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return tuple(name.strip() for name in text.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_anonymization(self) -> Settings:
+        if self.anonymize_fields and self.anonymize_key is None:
+            raise ValueError(
+                "AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY, the key of the keyed hash "
+                "that replaces the values (e.g. python -c 'import secrets; "
+                "print(secrets.token_hex(32))')"
+            )
+        return self
 
     @field_validator("api_keys")
     @classmethod
@@ -178,10 +256,66 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Load settings from the environment, warning about unknown ``AICM_*`` names."""
-        settings = cls()
-        warn_unknown_variables(os.environ)
-        return settings
+        """Load settings from the environment, warning (once per process) about
+        unknown ``AICM_*`` names.
+
+        Raises :class:`~aicm_tasks.errors.SettingsError`, one line naming each bad
+        variable (``AICM_BATCH_SIZE must be at most 1000``), never its value.
+        """
+        warn_unknown_variables(os.environ, once=True)
+        try:
+            return cls()
+        except ValidationError as exc:
+            # from None: pydantic's multi-line dump is what the one line replaces.
+            raise settings_error(exc) from None
+        except pydantic_settings.SettingsError as exc:  # a JSON variable that does not parse
+            raise settings_error(exc) from None
+
+
+def settings_error(exc: ValidationError | pydantic_settings.SettingsError) -> SettingsError:
+    """One line naming each variable ``exc`` complains about, and what it must be.
+
+    Never quotes the value (it may be a key): the messages of our own validators
+    already redact it, pydantic's are replaced by the phrases of ``_PROBLEMS``.
+    """
+    if isinstance(exc, pydantic_settings.SettingsError):
+        found = _UNPARSED_FIELD.search(str(exc))
+        name = f"AICM_{found.group(1).upper()}" if found else "an AICM_* variable"
+        return SettingsError(f"{name} must be valid JSON", (name,) if found else ())
+    problems: list[str] = []
+    names: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = [str(part) for part in error["loc"]]
+        if not location:
+            # A rule across variables (model_validator): its message names them.
+            problems.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        name = f"AICM_{location[0].upper()}"
+        where = f" (key {location[1]!r})" if len(location) > 1 else ""
+        problems.append(f"{name}{where}{_problem(error)}")
+        names.append(name)
+    return SettingsError("; ".join(problems), tuple(dict.fromkeys(names)))
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    context = {key: _number(value) for key, value in (error.get("ctx") or {}).items()}
+    phrase = _PROBLEMS.get(str(error["type"]))
+    if phrase is not None:
+        try:
+            return " " + phrase.format(**context)
+        except KeyError:
+            pass
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith("Input should"):
+        return " should" + message.removeprefix("Input should")
+    return f": {message}"
+
+
+def _number(value: Any) -> Any:
+    """``1000.0`` -> ``1000``: a limit reads as the user would write it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
@@ -208,21 +342,38 @@ def url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     return None
 
 
-def warn_unknown_variables(environ: os._Environ[str] | dict[str, str]) -> list[str]:
-    """Log a warning for each ``AICM_*`` variable that is neither ours nor the SDK's.
+def warn_unknown_variables(
+    environ: os._Environ[str] | Mapping[str, str], *, once: bool = False
+) -> list[str]:
+    """Log a warning for each ``AICM_*`` variable that is neither ours nor the SDK's
+    (nor the test suite's ``AICM_TEST_*``).
 
     A misspelt variable would otherwise be ignored in silence. This warns rather
-    than fails because other tools (the official SDK) share the prefix.
+    than fails because other tools (the official SDK) share the prefix. With
+    ``once``, a name already warned about in this process is not warned about
+    again (settings are read by the CLI, the app and the server alike).
     Returns the unknown names.
     """
     known = {f"AICM_{name.upper()}" for name in Settings.model_fields}
     unknown = sorted(
         name
         for name in environ
-        if name.startswith("AICM_") and name not in known and name not in SDK_VARIABLES
+        if name.startswith("AICM_")
+        and name not in known
+        and name not in SDK_VARIABLES
+        and not name.startswith(TEST_VARIABLE_PREFIX)
     )
     for name in unknown:
         close = difflib.get_close_matches(name, sorted(known), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        logger.warning("unknown setting %s is ignored%s", name, hint)
+        if once:
+            _warn_once(name, hint)
+        else:
+            logger.warning("unknown setting %s is ignored%s", name, hint)
     return unknown
+
+
+@functools.cache
+def _warn_once(name: str, hint: str) -> None:
+    # The cache is the "already warned" record: one entry per unknown name.
+    logger.warning("unknown setting %s is ignored%s", name, hint)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Protocol, cast
@@ -100,9 +100,11 @@ class TrackTask(Task[..., str]):
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         """Publish one record: ``delay(service_key, usage, *, response_id=None,
-        timestamp=None, customer_key=None, context=None, api_key_alias=None)``,
-        or the older
-        ``delay(api_id, service_id, usage, ...)``."""
+        timestamp=None, customer_key=None, context=None, api_key_alias=None,
+        anonymize_fields=None, anonymizer=None)``, or the older
+        ``delay(api_id, service_id, usage, ...)``. ``anonymize_fields`` names
+        payload and context fields whose values are replaced before publishing,
+        besides ``AICM_ANONYMIZE_FIELDS`` (docs/anonymization.md)."""
         return self.apply_async(args, kwargs)
 
     # Not Celery's signature, on purpose: countdown and eta come fourth and fifth
@@ -144,16 +146,25 @@ class TrackTask(Task[..., str]):
         self.producer.publish(record, due_epoch_s=_due_epoch_s(countdown, eta))
         return self.AsyncResult(record.response_id)
 
-    def many(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
+    def many(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        anonymize_fields: Iterable[str] | None = None,
+        anonymizer: Callable[[Any], Any] | None = None,
+    ) -> list[str]:
         """Publish many records in one broker round trip; returns their response_ids.
 
         Each mapping holds the keyword fields of :meth:`delay`: ``service_key``,
         ``usage``, and optionally ``response_id``, ``timestamp``,
         ``customer_key``, ``context``, ``api_key_alias``. Every record is validated before any is
         published: one bad record raises (its index in the message) and none
-        is published.
+        is published. ``anonymize_fields`` / ``anonymizer`` add to
+        ``AICM_ANONYMIZE_FIELDS`` for these records (docs/anonymization.md).
         """
-        built = self.producer.build_many(records)
+        built = self.producer.build_many(
+            records, anonymize_fields=anonymize_fields, anonymizer=anonymizer
+        )
         self.producer.publish_many(built)
         return [record.response_id for record in built]
 

@@ -30,6 +30,10 @@ class Counts:
     #: ``track_many`` list size and how many lists per run.
     many_batch: int
     many_batches: int
+    #: Producer processes that must all stop after a limit trips, and how many
+    #: records after they all publish the server trips it.
+    limits_producers: int = 4
+    limits_trip_after: int = 2_000
 
 
 FULL = Counts(

@@ -92,6 +92,8 @@ TARGETS: list[Target] = [
     Target("rss.aicm.peak_mb", "<=", 160),
     Target("rss.aicm.growth_pct", "<=", 10),
     Target("track_many.aicm", ">=", 50_000),
+    Target("limits.on.p50_us", "<=", 1.1, "limits.off.p50_us", "limits off"),
+    Target("limits.propagation_ms", "<=", 2_000),
 ]
 
 

@@ -128,7 +128,11 @@ def postgres_url(postgres_database: str) -> str:
     import psycopg
 
     with psycopg.connect(postgres_database, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS events, counters, daily_rollups")
+        conn.execute(
+            "DROP TABLE IF EXISTS events, counters, daily_rollups, customers, custom_services"
+        )
+        # The server's limit tables (server/limit_store.py).
+        conn.execute("DROP TABLE IF EXISTS usage_limits, limit_events, webhook_endpoints")
     return postgres_database
 
 

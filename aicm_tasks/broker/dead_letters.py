@@ -5,12 +5,17 @@ a batch is settled, see :mod:`aicm_tasks.broker.records`): a hash ``<prefix>:dlq
 ``id -> entry JSON`` and a sorted set ``<prefix>:dlq:index`` of ids by last
 failure time. An entry's id is the record's ``response_id``, so a record that
 fails again after a replay replaces its own entry, its attempts counted.
+
+An id may be given by a unique prefix, as ``git`` takes commits
+(:meth:`DeadLetterStore.resolve`): ZSCAN with a MATCH pattern over the index,
+so only matching ids cross the wire and the client holds a few at a time.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -20,10 +25,16 @@ import redis
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import encode
-from aicm_tasks.errors import DeadLetterNotFoundError
+from aicm_tasks.errors import AmbiguousDeadLetterIdError, DeadLetterNotFoundError
 
 #: Entries read per round trip when scanning the store.
 PAGE = 500
+
+#: Ids an ambiguous prefix's error lists; the scan stops at one more.
+CANDIDATES_SHOWN = 5
+
+#: Characters that mean something in a Redis glob pattern (MATCH), escaped in a prefix.
+_GLOB_SPECIAL = frozenset("*?[]\\")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,41 @@ class DeadLetterStore:
         if raw is None:
             raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id!r}")
         return _load(raw)
+
+    def resolve(self, id_or_prefix: str) -> str:
+        """The full id of the one dead letter whose id is, or begins with, ``id_or_prefix``.
+
+        An exact id wins even when it also begins others. Raises
+        :class:`DeadLetterNotFoundError` when none matches and
+        :class:`AmbiguousDeadLetterIdError` (listing a few) when several do.
+        Cost: one HEXISTS, then one ZSCAN pass over the index that stops at
+        ``CANDIDATES_SHOWN + 1`` matches; memory holds only the matches.
+        """
+        if not id_or_prefix:
+            raise DeadLetterNotFoundError("give a response_id or the start of one")
+        if self.client.hexists(self.keys.dlq, id_or_prefix):
+            return id_or_prefix
+        pattern = glob_escape(id_or_prefix) + "*"
+        found: set[str] = set()  # ZSCAN may return a member twice while Redis rehashes
+        for member, _score in self.client.zscan_iter(
+            self.keys.dlq_index, match=pattern, count=PAGE
+        ):
+            found.add(member.decode() if isinstance(member, bytes) else str(member))
+            if len(found) > CANDIDATES_SHOWN:
+                break
+        if not found:
+            raise DeadLetterNotFoundError(
+                f"no dead letter has an id that is or begins with {id_or_prefix!r}"
+            )
+        if len(found) > 1:
+            shown = sorted(found)[:CANDIDATES_SHOWN]
+            count = f"more than {CANDIDATES_SHOWN}" if len(found) > CANDIDATES_SHOWN else len(found)
+            raise AmbiguousDeadLetterIdError(
+                f"{id_or_prefix!r} begins {count} dead letter ids ({', '.join(shown)}"
+                f"{', ...' if len(found) > CANDIDATES_SHOWN else ''}): give more of the id",
+                tuple(shown),
+            )
+        return found.pop()
 
     def iter_entries(self, selection: Selection) -> Iterator[dict[str, Any]]:
         """Selected entries, oldest failure first."""
@@ -162,7 +208,8 @@ def replay_message(entry: dict[str, Any]) -> bytes | None:
     """The broker message that republishes a dead letter's record unchanged.
 
     The retry count starts again; attempts, the first failure time and the
-    API-key alias carry over.
+    API-key alias carry over. ``enqueued_at`` is the replay's time (this host's
+    clock), so status ages the record from its replay, not from its usage.
     Returns None for an entry that holds no record (an unreadable message).
     """
     record = entry.get("record")
@@ -174,10 +221,16 @@ def replay_message(entry: dict[str, Any]) -> bytes | None:
         "retries": 0,
         "replays": int(entry.get("replays", 0)) + 1,
         "first_failure_at": entry.get("first_failure_at"),
+        "enqueued_at": round(time.time(), 3),
     }
     if entry.get("api_key_alias") is not None:
         meta["api_key_alias"] = entry["api_key_alias"]
     return encode(body, meta)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis MATCH pattern that matches only itself."""
+    return "".join("\\" + char if char in _GLOB_SPECIAL else char for char in text)
 
 
 def _load(raw: bytes | str) -> dict[str, Any]:

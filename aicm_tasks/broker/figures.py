@@ -1,105 +1,121 @@
-"""The pipeline's figures at a glance, and whether it is healthy.
+"""The pipeline's figures at a glance, read from Redis, and judged.
 
 Read from Redis only (no worker needs to answer): queue depth, records held by
-workers and waiting for a retry, the delivery rate over the last minute, dead
-letters by reason, the last delivery errors, which workers renewed their
-lease recently, and the broker's eviction and persistence settings (read
-directly, or as a worker last read them when this client may not). ``aicm-tasks status`` and ``aicm-tasks monitor`` show these.
+workers and waiting for a retry, what was delivered over the last 5 s and the
+last minute, what happened over the health window (records, and POSTs by how
+they went), dead letters by reason, the last delivery errors, which workers
+renewed their lease recently (by their Celery hostname, as Flower names them),
+and the broker's eviction and persistence settings (read directly, or as a
+worker last read them when this client may not). Every time is the Redis
+server's: workers write them there (``broker/lua/_now.lua``), so a status run
+on a host whose clock is off still reads them right. ``aicm-tasks status`` and
+``aicm-tasks monitor`` show these; :mod:`aicm_tasks.broker.health` judges them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from collections.abc import Sequence
 from typing import Any
 
-from aicm_tasks.broker.keys import RATE_BUCKET_S, dead_lettered_by_reason
+from aicm_tasks.broker.health import ALIVE_WITHIN_S, Figures, Thresholds, judge
+from aicm_tasks.broker.keys import (
+    IDLE_AT,
+    LAST_DELIVERED_AT,
+    LAST_UNAUTHORIZED_AT,
+    RATE_BUCKET_S,
+    RATE_DEAD_LETTERED,
+    RATE_DELIVERED,
+    RATE_KEEP_S,
+    RATE_REQUESTS,
+    RATE_RETRIED,
+    RATE_TRANSPORT_FAILED,
+    RATE_UNAUTHORIZED,
+    RETRYING_SINCE,
+    UNAUTHORIZED_SINCE,
+    dead_lettered_by_reason,
+)
 from aicm_tasks.broker.messages import decode, record_of
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import UNKNOWN, BrokerSettings, judge_settings, read_settings
 
-#: A worker that renewed its lease within this many seconds counts as alive.
-ALIVE_WITHIN_S = 60.0
+# Figures, Thresholds and judge live in health.py; callers name them from here too.
+__all__ = ["ALIVE_WITHIN_S", "Figures", "Thresholds", "judge", "read_figures", "redis_settings_of"]
 
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When ``status`` calls the pipeline unhealthy."""
-
-    no_worker_s: float = ALIVE_WITHIN_S
-    max_oldest_queued_s: float = 300.0
-    max_dead_letters: int | None = None
-
-
-@dataclass(frozen=True)
-class Figures:
-    """One reading of the pipeline."""
-
-    queued: int
-    held: int
-    scheduled: int
-    dead_letters: int
-    dead_letters_by_reason: dict[str, int]
-    delivered_last_minute: int
-    delivered_per_s: float
-    workers_alive: list[str]
-    last_worker_seen_s_ago: float | None
-    oldest_queued_s: float | None
-    totals: dict[str, int]
-    last_errors: list[dict[str, Any]]
-    #: The broker's eviction and persistence settings (see redis_settings.py).
-    redis_settings: dict[str, Any] = field(default_factory=dict)
-    #: What deserves a look but does not make the pipeline unhealthy (AOF off).
-    warnings: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def healthy(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict[str, Any]:
-        figures = dict(self.__dict__)
-        figures["healthy"] = self.healthy
-        return figures
+#: The spans ``monitor`` shows the delivery rate over, in seconds.
+NOW_SPAN_S = 5
+MINUTE_S = 60
+#: What ``recent`` counts over the health window.
+RECENT_FIELDS = (
+    RATE_DELIVERED,
+    RATE_RETRIED,
+    RATE_DEAD_LETTERED,
+    RATE_REQUESTS,
+    RATE_TRANSPORT_FAILED,
+    RATE_UNAUTHORIZED,
+)
 
 
 def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Figures:
     """Read every figure once and judge health against ``thresholds``."""
     thresholds = thresholds or Thresholds()
-    # The Redis server's clock: workers note when they were seen on it, so a
-    # status run on a host whose clock is off still judges them right.
     now = store.server_time()
     depth = store.depth()
     stats = store.stats()
     client = store.client
+    # One bucket per RATE_BUCKET_S: the current, partial one and those before
+    # it back over the longest span asked for (buckets live RATE_KEEP_S).
+    window_s = min(thresholds.window_s, float(RATE_KEEP_S))
     current = int(now // RATE_BUCKET_S)
-    buckets = [store.keys.rate(current - n) for n in range(int(60 // RATE_BUCKET_S) + 1)]
+    back = math.ceil(max(window_s, MINUTE_S) / RATE_BUCKET_S)
     with client.pipeline(transaction=False) as pipe:
-        for key in buckets:
-            pipe.hget(key, "delivered")
+        for n in range(back + 1):
+            pipe.hgetall(store.keys.rate(current - n))
         pipe.lindex(store.keys.queue, -1)
         pipe.lrange(store.keys.errors, 0, 9)
-        *rates, oldest_raw, errors_raw = pipe.execute()
-    # The current bucket is partial: count the six before it plus the current one,
-    # over the time they really span.
-    delivered = sum(int(r or 0) for r in rates)
-    span_s = 60.0 + (now - current * RATE_BUCKET_S)
-    seen = store.last_seen()
-    alive = sorted(name for name, at in seen.items() if now - at <= thresholds.no_worker_s)
-    last_seen_ago = now - max(seen.values()) if seen else None
+        pipe.hgetall(store.keys.health)
+        pipe.hgetall(store.keys.names)
+        pipe.zcount(store.keys.scheduled, "-inf", now)
+        *raw_buckets, oldest_raw, errors_raw, health_raw, names_raw, due = pipe.execute()
+    buckets = [{_text(k): int(v) for k, v in b.items()} for b in raw_buckets]
+    # The current bucket is partial: a span of S seconds counts the S / RATE_BUCKET_S
+    # whole buckets before it plus the current one, over the time they really span.
+    partial_s = now - current * RATE_BUCKET_S
+    minute = _sum(buckets, MINUTE_S, RATE_DELIVERED)
+    last_5s = _sum(buckets, NOW_SPAN_S, RATE_DELIVERED)
+    health = {_text(k): float(v) for k, v in health_raw.items()}
+    names = {_text(k): _text(v) for k, v in names_raw.items()}
+    workers = _workers(store.last_seen(), names, now, thresholds.no_worker_s)
+    seen_ago = [w["seen_s_ago"] for w in workers]
+
+    def ago(field: str) -> float | None:
+        return round(max(0.0, now - health[field]), 1) if field in health else None
+
     figures = Figures(
         queued=depth["queued"],
         held=depth["held"],
         scheduled=depth["scheduled"],
         dead_letters=depth["dead_letters"],
         dead_letters_by_reason=dead_lettered_by_reason(stats),
-        delivered_last_minute=delivered,
-        delivered_per_s=round(delivered / span_s, 1),
-        workers_alive=alive,
-        last_worker_seen_s_ago=None if last_seen_ago is None else round(last_seen_ago, 1),
+        delivered_last_minute=minute,
+        delivered_per_s=round(minute / (MINUTE_S + partial_s), 1),
+        delivered_last_5s=last_5s,
+        delivered_per_s_last_5s=round(last_5s / (NOW_SPAN_S + partial_s), 1),
+        workers_alive=[w["name"] for w in workers if w["alive"]],
+        workers=workers,
+        last_worker_seen_s_ago=min(seen_ago) if seen_ago else None,
         oldest_queued_s=_age_s(oldest_raw, now),
         totals=stats,
         last_errors=[json.loads(e) for e in errors_raw],
+        window_s=window_s,
+        recent={f: _sum(buckets, math.ceil(window_s), f) for f in RECENT_FIELDS},
+        last_delivered_s_ago=ago(LAST_DELIVERED_AT),
+        idle_s_ago=ago(IDLE_AT),
+        scheduled_due=int(due),
+        retrying_for_s=ago(RETRYING_SINCE),
+        unauthorized_for_s=ago(UNAUTHORIZED_SINCE),
+        last_unauthorized_s_ago=ago(LAST_UNAUTHORIZED_AT),
     )
     settings = redis_settings_of(store)
     figures.redis_settings.update(settings.as_hash())
@@ -121,40 +137,44 @@ def redis_settings_of(store: RecordStore) -> BrokerSettings:
     return stored
 
 
-def judge(figures: Figures, thresholds: Thresholds) -> list[str]:
-    """The reasons the pipeline is unhealthy (empty: healthy)."""
-    problems = []
-    if not figures.workers_alive:
-        since = (
-            "never seen"
-            if figures.last_worker_seen_s_ago is None
-            else f"last seen {figures.last_worker_seen_s_ago:.0f}s ago"
-        )
-        problems.append(f"no worker alive for {thresholds.no_worker_s:.0f}s ({since})")
-    if (
-        figures.oldest_queued_s is not None
-        and figures.oldest_queued_s > thresholds.max_oldest_queued_s
-    ):
-        problems.append(
-            f"oldest queued record is {figures.oldest_queued_s:.0f}s old "
-            f"(threshold {thresholds.max_oldest_queued_s:.0f}s)"
-        )
-    if (
-        thresholds.max_dead_letters is not None
-        and figures.dead_letters > thresholds.max_dead_letters
-    ):
-        problems.append(
-            f"{figures.dead_letters} dead letters (threshold {thresholds.max_dead_letters})"
-        )
-    return problems
+def _sum(buckets: Sequence[dict[str, int]], span_s: int, field: str) -> int:
+    """``field`` summed over the current bucket and the span's whole buckets before it."""
+    return sum(b.get(field, 0) for b in buckets[: span_s // RATE_BUCKET_S + 1])
+
+
+def _workers(
+    seen: dict[str, float], names: dict[str, str], now: float, alive_within_s: float
+) -> list[dict[str, Any]]:
+    """Every worker seen, most recently seen first: its Celery hostname (as Flower
+    names it; the consumer id when it gave none), consumer id, and whether alive."""
+    workers = [
+        {
+            "name": names.get(consumer) or consumer,
+            "consumer": consumer,
+            "seen_s_ago": round(max(0.0, now - at), 1),
+            "alive": now - at <= alive_within_s,
+        }
+        for consumer, at in seen.items()
+    ]
+    return sorted(workers, key=lambda w: (w["seen_s_ago"], w["name"]))
 
 
 def _age_s(raw: bytes | None, now: float) -> float | None:
-    """Age of a queued record from its own timestamp (when it was tracked)."""
+    """How long the record next in line has waited since it was enqueued: from its
+    ``enqueued_at`` metadata (a backfill, a replay), else from its own
+    ``timestamp``, which the producer stamped when it enqueued it. Both are the
+    producer's clock: a producer off by X s shifts this by X s (never below 0)."""
     if raw is None:
         return None
-    record = record_of(decode(raw))
+    item = decode(raw)
+    enqueued_at = item.meta.get("enqueued_at") if item.meta else None
     try:
-        return round(max(0.0, now - float((record or {})["timestamp"])), 1)
+        if enqueued_at is None:
+            enqueued_at = (record_of(item) or {})["timestamp"]
+        return round(max(0.0, now - float(enqueued_at)), 1)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

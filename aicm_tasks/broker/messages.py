@@ -6,7 +6,9 @@ failed attempt the worker puts a line of delivery metadata in front of it::
     {"attempts":3,"retries":2,"first_failure_at":...,"last_failure_at":...}\\n{record}
 
 A producer that tags a record with an API-key alias writes that line itself:
-``{"api_key_alias":"team-a"}\\n{record}``.
+``{"api_key_alias":"team-a"}\\n{record}``; so does one whose record carries a
+``timestamp`` far from now (a backfill): ``{"enqueued_at":1764570000.123}\\n{record}``,
+so that status ages it from when it was queued (a replay writes it too).
 
 JSON never contains a raw newline, so the split is unambiguous, and the record
 bytes stay untouched from the producer to ``/track``: the worker joins them into

@@ -42,7 +42,7 @@ from typing import Any
 import redis
 
 from aicm_tasks.broker import scripts
-from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.keys import IDLE_AT, RATE_BUCKET_S, RATE_KEEP_S, Keys
 
 # Re-exported: callers name it from here, beside RecordStore.resolve.
 from aicm_tasks.broker.resolution import Resolution as Resolution
@@ -75,6 +75,7 @@ class RecordStore:
         self._promote = client.register_script(scripts.source("promote"))
         self._drop_lease = client.register_script(scripts.source("drop_lease"))
         self._forget_unseen = client.register_script(scripts.source("forget_unseen"))
+        self._note_idle = client.register_script(scripts.source("note_idle"))
 
     # -- producer side ---------------------------------------------------------
     def push(self, message: bytes) -> None:
@@ -134,13 +135,29 @@ class RecordStore:
         two workers ever settle the same record.
         """
         stats = resolution.stats or {}
-        args: list[Any] = [len(resolution.retries), len(resolution.dead_letters), len(stats)]
+        rates = resolution.rates or {}
+        health = (*resolution.noted, *resolution.started, *resolution.ended)
+        args: list[Any] = [
+            len(resolution.retries),
+            len(resolution.dead_letters),
+            len(stats),
+            len(rates),
+            len(resolution.noted),
+            len(resolution.started),
+            len(resolution.ended),
+            self.keys.rate_prefix,
+            RATE_BUCKET_S,
+            RATE_KEEP_S,
+        ]
         for delay_s, message in resolution.retries:
             args += [max(0.0, delay_s), message]
         for dead_id, entry in resolution.dead_letters:
             args += [dead_id, entry]
         for field, increment in stats.items():
             args += [field, increment]
+        for field, increment in rates.items():
+            args += [field, increment]
+        args += health
         keys = [
             batch_key,
             self.keys.held(consumer),
@@ -149,6 +166,7 @@ class RecordStore:
             self.keys.dlq_index,
             self.keys.stats,
             self.keys.queue,
+            self.keys.health,
         ]
         return bool(self._resolve(keys=keys, args=args))
 
@@ -157,14 +175,30 @@ class RecordStore:
         keys = [batch_key, self.keys.held(consumer), self.keys.queue]
         return int(self._release(keys=keys))
 
-    def renew_lease(self, consumer: str, lease_s: float) -> float:
-        """Extend ``consumer``'s lease on every batch it holds, and note it was seen.
+    def renew_lease(self, consumer: str, lease_s: float, name: str = "") -> float:
+        """Extend ``consumer``'s lease on every batch it holds, and note it was seen
+        (and, when given, its ``name``: the worker's Celery hostname, ``w1@host``).
 
         Returns the Redis server's time (epoch seconds), the clock every lease is
         decided on.
         """
-        keys = [self.keys.consumers, self.keys.seen]
-        return float(self._renew(keys=keys, args=[consumer, lease_s]))
+        keys = [self.keys.consumers, self.keys.seen, self.keys.names]
+        return float(self._renew(keys=keys, args=[consumer, lease_s, name]))
+
+    def note_idle(self) -> bool:
+        """Note IDLE_AT (the server's time) in the health hash unless a record is
+        queued or due; the caller knows no worker holds one. True when noted."""
+        keys = [self.keys.health, self.keys.queue, self.keys.scheduled]
+        return bool(self._note_idle(keys=keys, args=[IDLE_AT]))
+
+    def health(self) -> dict[str, float]:
+        """The health hash: field -> time on the server's clock (epoch seconds)."""
+        return {_as_text(k): float(v) for k, v in self.client.hgetall(self.keys.health).items()}
+
+    def names(self) -> dict[str, str]:
+        """Consumer -> the worker's Celery hostname, for workers that gave one."""
+        raw = self.client.hgetall(self.keys.names)
+        return {_as_text(k): _as_text(v) for k, v in raw.items()}
 
     def server_time(self) -> float:
         """The Redis server's clock, in epoch seconds."""
@@ -177,7 +211,7 @@ class RecordStore:
 
     def forget_unseen(self, older_than_s: float) -> int:
         """Drop ``seen`` entries of workers gone (no lease) for longer than ``older_than_s``."""
-        keys = [self.keys.seen, self.keys.consumers]
+        keys = [self.keys.seen, self.keys.consumers, self.keys.names]
         return int(self._forget_unseen(keys=keys, args=[older_than_s]))
 
     def drop_lease(self, consumer: str) -> bool:

@@ -28,8 +28,10 @@ SCRIPTS = (
     "drop_lease",
     "promote",
     "forget_unseen",
+    "note_idle",
     "replay",
     "purge",
+    "write_limits",
 )
 
 

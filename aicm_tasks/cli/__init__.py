@@ -17,7 +17,11 @@ from aicm_tasks.cli.status import monitor, status
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--log-level", default="WARNING", show_default=True, help="Logging level for aicm-tasks."
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    help="Logging level for aicm-tasks.",
 )
 @click.version_option(package_name="aicm-tasks")
 def main(log_level: str) -> None:

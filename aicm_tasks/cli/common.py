@@ -9,15 +9,25 @@ import click
 import redis
 
 from aicm_tasks.broker.keys import Keys
+from aicm_tasks.errors import SettingsError
 from aicm_tasks.settings import Settings
+
+#: Exit code of a command refused for a bad setting (click's code for usage errors).
+EXIT_BAD_SETTING = 2
+
+
+class BadSettingError(click.ClickException):
+    """A bad ``AICM_*`` variable: its one line on stderr, exit code 2, no traceback."""
+
+    exit_code = EXIT_BAD_SETTING
 
 
 def load_settings() -> Settings:
-    """Settings from the environment, with a clean CLI error when invalid."""
+    """Settings from the environment; a bad variable ends the command with one line."""
     try:
         return Settings.from_env()
-    except Exception as exc:  # pydantic.ValidationError names the variable
-        raise click.ClickException(f"invalid AICM_* setting: {exc}") from exc
+    except SettingsError as exc:
+        raise BadSettingError(str(exc)) from None
 
 
 def redis_client(settings: Settings) -> redis.Redis:

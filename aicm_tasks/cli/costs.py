@@ -53,12 +53,46 @@ def bar(value: float, largest: float, width: int = BAR_WIDTH) -> str:
     return "█" * full + ("" if rest == 0 else " ▏▎▍▌▋▊▉"[rest])
 
 
-def _get(path: str, params: dict[str, str], url: str | None, api_key: str | None) -> Any:
+#: Exit code of ``budget`` when it cannot tell (no key, no server, a refusal):
+#: 1 and 2 already mean warning and critical.
+EXIT_BUDGET_UNKNOWN = 3
+
+
+class LedgerError(click.ClickException):
+    """The command could not get its answer from the local server."""
+
+
+class BudgetUnknownError(LedgerError):
+    """``budget`` could not get the status: its own exit code, not warning's 1."""
+
+    exit_code = EXIT_BUDGET_UNKNOWN
+
+
+def _get(
+    path: str,
+    params: dict[str, str],
+    url: str | None,
+    api_key: str | None,
+    *,
+    error: type[LedgerError] = LedgerError,
+) -> Any:
     settings = load_settings()
     base = (url or settings.server_url).rstrip("/")
     if api_key is None:
         secret = settings.server_api_key or settings.api_key
         api_key = secret.get_secret_value() if secret is not None else ""
+    # Checked here, not left to httpx: an empty key makes "Bearer " a header
+    # value h11 refuses ("Illegal header value"), reported as if no server answered.
+    if not api_key.strip():
+        raise error(
+            "no API key for the local server: give --api-key, or set AICM_SERVER_API_KEY"
+            " (or AICM_API_KEY), the key `aicm-tasks serve` was started with",
+        )
+    if not api_key.isprintable() or api_key != api_key.strip():
+        raise error(
+            "the API key holds a space, newline or control character an HTTP header cannot"
+            " carry: check --api-key / AICM_SERVER_API_KEY",
+        )
     try:
         response = httpx.get(
             f"{base}/api/v1{path}",
@@ -67,20 +101,20 @@ def _get(path: str, params: dict[str, str], url: str | None, api_key: str | None
             timeout=30,
         )
     except httpx.HTTPError as exc:
-        raise click.ClickException(
+        raise error(
             f"no answer from the local server at {base} ({exc}); is `aicm-tasks serve` running?"
-            " (--url or AICM_SERVER_URL)"
+            " (--url or AICM_SERVER_URL)",
         ) from exc
     if response.status_code == 401:
-        raise click.ClickException(
-            "the server refused the API key; give --api-key or set AICM_SERVER_API_KEY"
+        raise error(
+            "the server refused the API key; give --api-key or set AICM_SERVER_API_KEY",
         )
     if response.status_code != 200:
         try:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text[:200]
-        raise click.ClickException(f"the server answered {response.status_code}: {detail}")
+        raise error(f"the server answered {response.status_code}: {detail}")
     return response.json()
 
 
@@ -191,24 +225,41 @@ def costs(
 def budget(
     customer: str | None, as_of: str | None, url: str | None, api_key: str | None, as_json: bool
 ) -> None:
-    """This month's spend against the budget; exit code 1 at warning, 2 at critical."""
+    """This month's spend against the budget; exit code 1 at warning, 2 at critical,
+    3 when it cannot tell (no key, no server)."""
     params = {"customer_key": customer or "", "as_of": as_of or ""}
-    status = _get("/budget-status", params, url, api_key)
+    status = _get("/budget-status", params, url, api_key, error=BudgetUnknownError)
+    lines = [status, *status.get("customers", [])]
+    for line in lines:
+        line["over_budget_by"] = over_budget_by(line)
     if as_json:
         echo_json(status)
     else:
-        for line in [status, *status.get("customers", [])]:
-            who = line["customer_key"] or "all customers"
-            if line["monthly_budget"] is None:
-                click.echo(
-                    f"{who}: {_money(line['current_spend'])} since {line['period_start']},"
-                    f" projected {_money(line['projected_month_end'])}; no budget set"
-                )
-                continue
-            click.echo(
-                f"{who}: {line['status'].upper()} {_money(line['current_spend'])} of"
-                f" {_money(line['monthly_budget'])} ({line['utilization_percentage']}%),"
-                f" {_money(line['remaining_budget'])} left, {_money(line['daily_average'])}/day,"
-                f" projected {_money(line['projected_month_end'])} at month end"
-            )
+        for line in lines:
+            click.echo(budget_line(line))
     sys.exit({"warning": 1, "critical": 2}.get(status["status"], 0))
+
+
+def over_budget_by(line: dict[str, Any]) -> float | None:
+    """USD spent past the budget (0 within it); None when no budget is set."""
+    if line.get("monthly_budget") is None:
+        return None
+    return max(0.0, -float(line["remaining_budget"]))
+
+
+def budget_line(line: dict[str, Any]) -> str:
+    """One budget-status entry as a sentence: "... $0.29 left" or "... over by $0.71"."""
+    who = line["customer_key"] or "all customers"
+    if line["monthly_budget"] is None:
+        return (
+            f"{who}: {_money(line['current_spend'])} since {line['period_start']},"
+            f" projected {_money(line['projected_month_end'])}; no budget set"
+        )
+    remaining = float(line["remaining_budget"])
+    left = f"over by {_money(-remaining)}" if remaining < 0 else f"{_money(remaining)} left"
+    return (
+        f"{who}: {line['status'].upper()} {_money(line['current_spend'])} of"
+        f" {_money(line['monthly_budget'])} ({line['utilization_percentage']}%),"
+        f" {left}, {_money(line['daily_average'])}/day,"
+        f" projected {_money(line['projected_month_end'])} at month end"
+    )

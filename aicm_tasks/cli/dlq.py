@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,6 +19,10 @@ from aicm_tasks.errors import DeadLetterNotFoundError
 from aicm_tasks.worker.outcomes import Reason
 
 REASONS = [reason.value for reason in Reason]
+#: Characters of the first error ``dlq list`` shows in a terminal (all with --wide).
+ERROR_SHOWN = 80
+#: Console width of ``dlq list --wide``: wider than any row, so rich never cuts one.
+WIDE_COLUMNS = 100_000
 
 
 def _store() -> DeadLetterStore:
@@ -76,6 +81,11 @@ def stats(as_json: bool) -> None:
 @dlq.command(name="list")
 @_selection_options
 @click.option("--limit", type=int, default=50, show_default=True, help="At most this many.")
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="Never cut ids or errors (the default when the output is not a terminal).",
+)
 @json_option
 def list_(
     ids: tuple[str, ...],
@@ -83,6 +93,7 @@ def list_(
     service_key: str | None,
     select_all: bool,
     limit: int,
+    wide: bool,
     as_json: bool,
 ) -> None:
     """List dead letters (oldest first). With no selection, lists all."""
@@ -93,31 +104,39 @@ def list_(
     if as_json:
         echo_json(entries)
         return
+    # Piped or redirected output is for copying ids into `show`/`replay` or a
+    # script: a cut id ("5b0e…") is useless there.
+    wide = wide or not to_terminal()
     table = Table(title=f"{len(entries)} dead letters")
-    for column in ("id", "reason", "service key", "attempts", "last failure", "error"):
-        table.add_column(column)
+    table.add_column("id", no_wrap=wide, overflow="fold" if wide else "ellipsis")
+    for column in ("reason", "service key", "attempts", "last failure", "error"):
+        table.add_column(column, no_wrap=wide)
     for entry in entries:
         errors = entry.get("errors") or [entry.get("detail") or ""]
+        error = str(errors[0])
         table.add_row(
             entry["id"],
             entry["reason"],
             str(entry.get("service_key")),
             str(entry.get("attempts")),
             _when(entry.get("last_failure_at")),
-            str(errors[0])[:80],
+            error if wide else error[:ERROR_SHOWN],
         )
-    Console().print(table)
+    # Wide: as wide as the rows need (a console of the terminal's width would
+    # squeeze the id column and cut it again).
+    Console(width=WIDE_COLUMNS if wide else None).print(table)
 
 
 @dlq.command()
 @click.argument("dead_letter_id")
 @json_option
 def show(dead_letter_id: str, as_json: bool) -> None:
-    """Show one dead letter in full: the record, the reason, the server's errors."""
-    try:
-        entry = _guard(lambda: _store().get(dead_letter_id))
-    except DeadLetterNotFoundError as exc:
-        raise click.ClickException(str(exc)) from exc
+    """Show one dead letter in full: the record, the reason, the server's errors.
+
+    DEAD_LETTER_ID is its response_id, or the start of it when only one begins so.
+    """
+    store = _store()
+    entry = _guard(lambda: store.get(_resolve(store, dead_letter_id)))
     if as_json:
         echo_json(entry)
         return
@@ -141,9 +160,16 @@ def replay(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Publish the selected records again, unchanged (same response_id)."""
+    """Publish the selected records again, unchanged (same response_id).
+
+    IDS are response_ids, or the start of each when only one begins so.
+    """
     selection = _selection(ids, reason, service_key, select_all)
-    replayed = _guard(lambda: _store().replay(selection, dry_run=dry_run))
+    store = _store()
+    if selection.ids:
+        full = tuple(_guard(lambda: [_resolve(store, given) for given in selection.ids]))
+        selection = dataclasses.replace(selection, ids=full)
+    replayed = _guard(lambda: store.replay(selection, dry_run=dry_run))
     if as_json:
         echo_json({"dry_run": dry_run, "replayed": len(replayed), "ids": replayed})
         return
@@ -207,6 +233,18 @@ def export(
         echo_json({"exported": written, "output": output})
     else:
         click.echo(f"exported {written} dead letters to {output}", err=True)
+
+
+def to_terminal() -> bool:
+    """Whether standard output is a terminal (a person reading, not a pipe or file)."""
+    return sys.stdout.isatty()
+
+
+def _resolve(store: DeadLetterStore, id_or_prefix: str) -> str:
+    try:
+        return store.resolve(id_or_prefix)
+    except DeadLetterNotFoundError as exc:  # ambiguous too: its message lists candidates
+        raise click.ClickException(str(exc)) from None
 
 
 def _guard(action: Callable[[], Any]) -> Any:

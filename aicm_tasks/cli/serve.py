@@ -56,6 +56,14 @@ from aicm_tasks.redact import redact_url
     help="A customer's monthly budget (repeatable) [default: AICM_CUSTOMER_BUDGETS_USD].",
 )
 @click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of the key pair signing triggered limits, created at first start "
+    "[default: AICM_SERVER_KEYS_DIR, else beside an SQLite ledger, else the user's data "
+    "directory].",
+)
+@click.option(
     "--log-level",
     "server_log_level",
     default="warning",
@@ -71,6 +79,7 @@ def serve(
     extra_service: tuple[str, ...],
     monthly_budget: float | None,
     customer_budget: tuple[str, ...],
+    keys_dir: Path | None,
     server_log_level: str,
 ) -> None:
     """Run a local server that speaks the /track contract (development, self-hosting)."""
@@ -116,6 +125,7 @@ def serve(
         if monthly_budget is not None
         else settings.monthly_budget_usd,
         customer_budgets_usd=budgets,
+        keys_dir=keys_dir or settings.server_keys_dir,
     )
 
 

@@ -14,17 +14,26 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from aicm_tasks.broker.figures import ALIVE_WITHIN_S, Figures, Thresholds, read_figures
+from aicm_tasks.broker.figures import Figures, Thresholds, read_figures
+from aicm_tasks.broker.health import ALIVE_WITHIN_S, DEFAULT_MAX_OLDEST_QUEUED_S
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.settings import Settings
 
 
-def _store() -> RecordStore:
-    settings = load_settings()
+def _store(settings: Settings) -> RecordStore:
     return RecordStore(redis_client(settings), keys_of(settings))
 
 
 def _thresholds_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--window",
+        "window_s",
+        type=click.FloatRange(1, 3600),
+        default=None,
+        help="Unhealthy when records wait undelivered, /track refuses the key, or transport "
+        "errors dominate for this long (seconds; default AICM_HEALTH_WINDOW_S, 120).",
+    )(func)
     func = click.option(
         "--max-dead-letters", type=int, default=None, help="Unhealthy above this many dead letters."
     )(func)
@@ -32,9 +41,9 @@ def _thresholds_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--max-oldest-queued",
         "max_oldest_s",
         type=float,
-        default=300.0,
+        default=DEFAULT_MAX_OLDEST_QUEUED_S,
         show_default=True,
-        help="Unhealthy when the oldest queued record is older (seconds).",
+        help="Unhealthy when the oldest queued record was enqueued longer ago (seconds).",
     )(func)
     func = click.option(
         "--no-worker-for",
@@ -47,16 +56,32 @@ def _thresholds_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _thresholds(
+    settings: Settings,
+    no_worker_s: float,
+    max_oldest_s: float,
+    max_dead_letters: int | None,
+    window_s: float | None,
+) -> Thresholds:
+    window = settings.health_window_s if window_s is None else window_s
+    return Thresholds(no_worker_s, max_oldest_s, max_dead_letters, window)
+
+
 @click.command()
 @_thresholds_options
 @json_option
 def status(
-    max_dead_letters: int | None, max_oldest_s: float, no_worker_s: float, as_json: bool
+    max_dead_letters: int | None,
+    max_oldest_s: float,
+    no_worker_s: float,
+    window_s: float | None,
+    as_json: bool,
 ) -> None:
     """The pipeline's figures once; exit code 1 with the reasons when unhealthy."""
-    thresholds = Thresholds(no_worker_s, max_oldest_s, max_dead_letters)
+    settings = load_settings()
+    thresholds = _thresholds(settings, no_worker_s, max_oldest_s, max_dead_letters, window_s)
     try:
-        figures = read_figures(_store(), thresholds)
+        figures = read_figures(_store(settings), thresholds)
     except redis.RedisError as exc:
         if as_json:
             echo_json({"healthy": False, "problems": [f"the broker did not answer: {exc}"]})
@@ -85,10 +110,12 @@ def monitor(
     max_dead_letters: int | None,
     max_oldest_s: float,
     no_worker_s: float,
+    window_s: float | None,
 ) -> None:
     """A live view of the pipeline; Ctrl-C quits."""
-    store = _store()
-    thresholds = Thresholds(no_worker_s, max_oldest_s, max_dead_letters)
+    settings = load_settings()
+    store = _store(settings)
+    thresholds = _thresholds(settings, no_worker_s, max_oldest_s, max_dead_letters, window_s)
     try:
         with Live(
             render(read_figures(store, thresholds)), refresh_per_second=4, screen=False
@@ -103,12 +130,16 @@ def monitor(
         pass
 
 
+def _ago(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:,.0f}s ago"
+
+
 def render(figures: Figures) -> Group:
-    """The monitor's frame: figures, dead letters by reason, last errors."""
+    """The monitor's frame: figures, workers, dead letters by reason, last errors."""
     state = (
         "[green]healthy[/green]"
         if figures.healthy
-        else "[red]unhealthy: " + "; ".join(figures.problems) + "[/red]"
+        else "[red]unhealthy: " + escape("; ".join(figures.problems)) + "[/red]"
     )
     main = Table(title=f"aicm-tasks  {state}", show_header=False)
     main.add_column("figure")
@@ -117,14 +148,28 @@ def render(figures: Figures) -> Group:
     main.add_row("held by workers", f"{figures.held:,}")
     main.add_row("waiting for a retry", f"{figures.scheduled:,}")
     main.add_row(
+        "delivered, last 5 s",
+        f"{figures.delivered_last_5s:,} ({figures.delivered_per_s_last_5s:,.1f}/s)",
+    )
+    main.add_row(
         "delivered, last minute",
         f"{figures.delivered_last_minute:,} ({figures.delivered_per_s:,.1f}/s)",
     )
+    main.add_row("last delivery", _ago(figures.last_delivered_s_ago))
+    recent = figures.recent
     main.add_row(
-        "oldest queued record",
+        f"requests to /track, last {figures.window_s:,.0f}s",
+        f"{recent.get('requests', 0):,} ({recent.get('transport_failed', 0):,} failed in "
+        f"transport, {recent.get('unauthorized', 0):,} refused the key)",
+    )
+    main.add_row(
+        "oldest queued record (since enqueued)",
         "-" if figures.oldest_queued_s is None else f"{figures.oldest_queued_s:,.0f}s",
     )
-    main.add_row("workers alive", ", ".join(figures.workers_alive) or "none")
+    alive = [w for w in figures.workers if w["alive"]]
+    main.add_row("workers alive", f"{len(alive)}" if alive else "none")
+    for worker in alive:
+        main.add_row(f"  {escape(worker['name'])}", escape(worker["consumer"]))
     main.add_row("dead letters", f"{figures.dead_letters:,}")
     broker = figures.redis_settings
     read = broker.get("source", "unknown")
@@ -144,5 +189,5 @@ def render(figures: Figures) -> Group:
     errors.add_column("what")
     for error in figures.last_errors:
         when = datetime.fromtimestamp(error["at"], timezone.utc).strftime("%H:%M:%S")
-        errors.add_row(when, str(error.get("detail"))[:100])
+        errors.add_row(when, escape(str(error.get("detail"))[:100]))
     return Group(main, errors) if figures.last_errors else Group(main)

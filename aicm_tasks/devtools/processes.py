@@ -21,7 +21,7 @@ from aicm_tasks.errors import LocalRedisError
 #: What to tell a user with no Redis at all.
 REDIS_HINT = (
     "Install one (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: "
-    "`brew install redis`), or run `docker run -p 6379:6379 redis:7`, or point "
+    "`brew install redis`), or run `docker run -p 127.0.0.1:6379:6379 redis:7`, or point "
     "AICM_BROKER_URL at a Redis you have."
 )
 
@@ -111,11 +111,17 @@ def start_redis(
 
 
 def start_server(
-    port: int, db_path: Path | str, api_key: str, *, extra_services: tuple[str, ...] = ()
+    port: int,
+    db_path: Path | str,
+    api_key: str,
+    *,
+    extra_services: tuple[str, ...] = (),
+    keys_dir: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``aicm-tasks serve`` on 127.0.0.1:``port``; the key travels in the environment.
 
-    ``db_path`` is an SQLite file or a ``postgresql://`` URL.
+    ``db_path`` is an SQLite file or a ``postgresql://`` URL; ``keys_dir`` where
+    its signing key pair lives (default: the server's, see ``serve --keys-dir``).
     """
     args = [
         sys.executable,
@@ -131,6 +137,8 @@ def start_server(
     ]
     for service in extra_services:
         args += ["--extra-service", service]
+    if keys_dir is not None:
+        args += ["--keys-dir", str(keys_dir)]
     env = {**os.environ, "AICM_SERVER_API_KEY": api_key}
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -15,7 +15,7 @@ even a slow broker must not stall the loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aicm_tasks.producer.api import HasProducer, default_task
@@ -25,7 +25,8 @@ async def track_async(*args: Any, task: HasProducer | None = None, **fields: Any
     """Publish one record without blocking the event loop; returns its ``response_id``.
 
     Arguments are those of ``track.delay``: ``(service_key, usage, *, response_id=None,
-    timestamp=None, customer_key=None, context=None)``. ``task`` is the tracking task
+    timestamp=None, customer_key=None, context=None, anonymize_fields=None,
+    anonymizer=None)``. ``task`` is the tracking task
     to publish with (default: ``aicm_tasks.track``). Raises ``RecordError`` for bad
     input (nothing published) and ``PublishError`` when the broker did not take the
     record and the spool could not keep it. Once the publish has started, cancelling
@@ -38,14 +39,19 @@ async def track_async(*args: Any, task: HasProducer | None = None, **fields: Any
 
 
 async def track_many_async(
-    records: Iterable[Mapping[str, Any]], *, task: HasProducer | None = None
+    records: Iterable[Mapping[str, Any]],
+    *,
+    task: HasProducer | None = None,
+    anonymize_fields: Iterable[str] | None = None,
+    anonymizer: Callable[[Any], Any] | None = None,
 ) -> list[str]:
     """``track_many`` for async code: validate on the loop, one round trip off it.
 
     Every record is validated before any is published; returns the response_ids.
+    ``anonymize_fields`` / ``anonymizer`` as for ``track_many``.
     """
     producer = (task or default_task()).producer
-    built = producer.build_many(records)
+    built = producer.build_many(records, anonymize_fields=anonymize_fields, anonymizer=anonymizer)
     if built:
         await asyncio.get_running_loop().run_in_executor(None, producer.publish_many, built)
     return [record.response_id for record in built]

@@ -12,6 +12,7 @@ customer key and context. Needs the extra ``aicm-tasks[sdk]``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -25,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from aicm_tasks.contract import SDK_FIELDS
-from aicm_tasks.errors import RecordTypeError
+from aicm_tasks.errors import RecordTypeError, UsageLimitError, usage_limit_exceeded_class
+from aicm_tasks.producer.anonymize import Anonymization, Anonymizer
 from aicm_tasks.producer.api import HasProducer, default_task
 from aicm_tasks.producer.record import check_api_key_alias
 
@@ -63,18 +65,30 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
     wait there, and logs how many stay spooled when it cannot. Nothing else is
     buffered, so the delivery stays usable after ``close()``: a delivery shared
     by several trackers or wrappers is not broken by one of them closing.
-    Triggered limits (``AICM_LIMITS_ENABLED``) are not checked on ``enqueue``:
-    the worker, not the producer, talks to ``/track``.
+    ``anonymize_fields`` / ``anonymizer`` add to ``AICM_ANONYMIZE_FIELDS`` for
+    every record this delivery publishes (the SDK's own ``Tracker`` options
+    work too: the tracker applies them before ``enqueue``).
+    With ``AICM_LIMITS_ENABLED``, ``enqueue`` raises ``UsageLimitExceeded`` (a
+    subclass of the SDK's) after publishing a record that matches a triggered
+    limit, as the SDK's deliveries do; the limits are those the workers read
+    from ``/track`` and keep in the broker (``docs/limits.md``).
     """
 
     def __init__(
-        self, task: HasProducer | None = None, *, api_key_alias: str | None = None
+        self,
+        task: HasProducer | None = None,
+        *,
+        api_key_alias: str | None = None,
+        anonymize_fields: Iterable[str] | None = None,
+        anonymizer: Anonymizer | None = None,
     ) -> None:
         # Delivery.__init__ is not called on purpose: it reads the API key and
         # opens an HTTP client, neither of which a producer should hold. These
         # are the attributes the SDK's Tracker and Delivery.deliver() use.
         self._task = task
         self.api_key_alias = None if api_key_alias is None else check_api_key_alias(api_key_alias)
+        # Checked now, so a bad name fails where the delivery is made.
+        self._anonymization = Anonymization().widened(anonymize_fields, anonymizer)
         self.logger = logger
         self._body_key = "tracked"
 
@@ -100,7 +114,10 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
         fields = sdk_record_fields(payload)
         if self.api_key_alias is not None:
             fields["api_key_alias"] = self.api_key_alias
-        record = producer.build((), fields)
+        anonymization = producer.anonymization.widened(
+            self._anonymization.fields or None, self._anonymization.anonymizer
+        )
+        record = producer.build((), fields, anonymization=anonymization)
         producer.publish(record)
         response_id = record.response_id
         return {
@@ -108,6 +125,24 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
             "response_id": response_id,
             "result": {"response_id": response_id, "status": "queued"},
         }
+
+    def deliver(self, body: dict[str, Any]) -> None:
+        """Publish every record of a request body (``{"tracked": [...]}``).
+
+        The SDK's ``deliver`` stops at the first record a triggered limit stops,
+        and the records after it are never published: money spent, not billed.
+        Here every record is published, then ``UsageLimitExceeded`` names every
+        limit they matched. (``Tracker.track_batch`` calls ``enqueue`` record by
+        record and still stops at the first: use ``track_many`` for batches.)
+        """
+        matched: list[Any] = []
+        for payload in body.get(self._body_key, []):
+            try:
+                self.enqueue(payload)
+            except UsageLimitError as exc:
+                matched.extend(x for x in exc.triggered_limits if x not in matched)
+        if matched:
+            raise usage_limit_exceeded_class()(matched)
 
     def close(self) -> None:
         """Push this process's spooled records to the broker, if any wait there."""

@@ -12,7 +12,15 @@ Routes (all but ``/healthz`` need ``Authorization: Bearer <api key>``)::
     GET  /api/v1/costs                     cost report, grouped by day, model, customer, ...
     GET  /api/v1/budget-status             this month's spend against the budget
     PUT  /api/v1/services/{service_key}    teach the catalog a service key
+    ...  /api/v1/usage-limits/, /api/v1/triggered-limits, /api/v1/webhooks/
+                                           usage limits and webhooks (``limits_api.py``)
     GET  /healthz                          liveness, no key needed
+
+and the official SDK client's reads (``/usage/events/``, ``/costs/``,
+``/customers/``, ``/vendors/``, ...: paths ending in ``/``), in ``sdk_api.py``.
+
+Every ``/track`` answer carries ``triggered_limits``: the limits tripped now,
+signed as the official SDK decodes them (``limits.py``, ``signing.py``).
 
 Errors are JSON ``{"detail": "..."}`` as the real API answers them: every bad
 query parameter, path parameter or body is a 400 (a 413 when too large), never
@@ -27,6 +35,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -36,9 +45,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from aicm_tasks.contract import MAX_KEY_LENGTH, service_key_problem, text_problem
+from aicm_tasks.contract import service_key_problem
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.server.catalog import ServiceCatalog
+from aicm_tasks.server.limit_store import LimitStore
+from aicm_tasks.server.limits import LimitBook
+from aicm_tasks.server.limits_api import limit_routes
+from aicm_tasks.server.pages import date_param, epoch_s, int_param, text_param
 from aicm_tasks.server.pricing import PriceBook
 from aicm_tasks.server.reports import (
     GROUP_BY,
@@ -47,8 +60,11 @@ from aicm_tasks.server.reports import (
     cost_report,
     default_range,
 )
+from aicm_tasks.server.sdk_api import sdk_routes
+from aicm_tasks.server.signing import LimitSigner
 from aicm_tasks.server.store import MAX_LIST_LIMIT, open_store
-from aicm_tasks.server.track import TrackRequestError, handle_track_body
+from aicm_tasks.server.track import STATUS_COMPLETED, TrackRequestError, handle_track_body
+from aicm_tasks.server.webhooks import DEFAULT_BACKOFF_S, WebhookNotifier
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +74,6 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_LIST_LIMIT = 100
 #: Prefix of every API route, as in the real API's default ``AICM_API_URL``.
 API_PREFIX = "/api/v1"
-#: Largest integer query parameter (``offset``): both databases bind 64-bit integers.
-MAX_QUERY_INT = 2**63 - 1
 #: Seconds in a UTC day: the end of an ``end`` date is its midnight plus one day.
 _DAY_S = 86400
 
@@ -74,6 +88,8 @@ def create_server_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     monthly_budget_usd: float | None = None,
     customer_budgets_usd: Mapping[str, float] | None = None,
+    keys_dir: Path | None = None,
+    webhook_backoff_s: float = DEFAULT_BACKOFF_S,
 ) -> Starlette:
     """Build the server: requests must carry ``api_key``; events go to ``db``.
 
@@ -81,8 +97,11 @@ def create_server_app(
     URL. ``catalog`` defaults to a fresh :class:`ServiceCatalog`;
     ``max_body_bytes`` bounds one request body. ``monthly_budget_usd`` is the
     budget of all spend and ``customer_budgets_usd`` those of single customers,
-    for ``/budget-status``. The store and catalog are on ``app.state`` (tests
-    read them). The store is closed when the application shuts down.
+    for ``/budget-status``. ``keys_dir`` holds the key pair that signs
+    ``triggered_limits`` (created there if absent; None: a pair in memory
+    only). ``webhook_backoff_s`` is the wait before a webhook's first retry.
+    The store and catalog are on ``app.state`` (tests read them). The store is
+    closed when the application shuts down.
     Raises :class:`ConfigurationError` if ``api_key`` is empty.
     """
     if not api_key:
@@ -94,6 +113,17 @@ def create_server_app(
     prices = PriceBook()
     budgets = dict(customer_budgets_usd or {})
     expected_key = api_key.encode("utf-8")
+    limit_store = LimitStore(db)
+    notifier = WebhookNotifier(limit_store, backoff_s=webhook_backoff_s)
+    book = LimitBook(
+        ledger=store,
+        limits=limit_store,
+        signer=LimitSigner(keys_dir),
+        notify=notifier.notify,
+        # The SDK matches a trip to its key by the part after the last dot (its
+        # key id); a key without a dot is all secret, so it is never sent.
+        api_key_id=api_key.rpartition(".")[2] if "." in api_key else None,
+    )
 
     def authorized(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -120,6 +150,10 @@ def create_server_app(
             )
         except TrackRequestError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        stored_cost = any(r.get("status") == STATUS_COMPLETED for r in document["results"])
+        triggered = await run_in_threadpool(book.answer, stored_cost=stored_cost)
+        if triggered is not None:
+            document["triggered_limits"] = triggered
         return AsciiJSONResponse(document)
 
     async def stats(request: Request) -> Response:
@@ -127,19 +161,19 @@ def create_server_app(
 
     async def usage_events(request: Request) -> Response:
         params = request.query_params
-        limit = min(_int_param(params.get("limit"), "limit", DEFAULT_LIST_LIMIT), MAX_LIST_LIMIT)
-        offset = _int_param(params.get("offset"), "offset", 0)
-        start = _date_param(params.get("start"), "start")
-        end = _date_param(params.get("end"), "end")
+        limit = min(int_param(params.get("limit"), "limit", DEFAULT_LIST_LIMIT), MAX_LIST_LIMIT)
+        offset = int_param(params.get("offset"), "offset", 0)
+        start = date_param(params.get("start"), "start")
+        end = date_param(params.get("end"), "end")
         events = await run_in_threadpool(
             store.list_events,
             limit,
             offset,
-            service_key=_text_param(params.get("service_key"), "service_key"),
-            customer_key=_text_param(params.get("customer_key"), "customer_key"),
-            start_s=None if start is None else _epoch_s(start),
+            service_key=text_param(params.get("service_key"), "service_key"),
+            customer_key=text_param(params.get("customer_key"), "customer_key"),
+            start_s=None if start is None else epoch_s(start),
             # Midnight after ``end``, added in seconds: date.max has no next day.
-            end_s=None if end is None else _epoch_s(end) + _DAY_S,
+            end_s=None if end is None else epoch_s(end) + _DAY_S,
         )
         return JSONResponse({"events": events, "limit": limit, "offset": offset})
 
@@ -149,16 +183,16 @@ def create_server_app(
         if group_by not in GROUP_BY:
             raise HTTPException(400, f"group_by must be one of {', '.join(GROUP_BY)}")
         first, last = default_range(_today())
-        start = _date_param(params.get("start"), "start") or first
-        end = _date_param(params.get("end"), "end") or max(last, start)
+        start = date_param(params.get("start"), "start") or first
+        end = date_param(params.get("end"), "end") or max(last, start)
         if end < start:
             raise HTTPException(400, "end must not be before start")
         rows = await run_in_threadpool(
             store.rollups,
             start.isoformat(),
             end.isoformat(),
-            customer_key=_text_param(params.get("customer_key"), "customer_key"),
-            service_key=_text_param(params.get("service_key"), "service_key"),
+            customer_key=text_param(params.get("customer_key"), "customer_key"),
+            service_key=text_param(params.get("service_key"), "service_key"),
             # The database sums over everything but the one column the grouping needs.
             group_by=(ROLLUP_COLUMN[group_by],),
         )
@@ -166,8 +200,8 @@ def create_server_app(
 
     async def budget(request: Request) -> Response:
         params = request.query_params
-        as_of = _date_param(params.get("as_of"), "as_of") or _today()
-        customer_key = _text_param(params.get("customer_key"), "customer_key")
+        as_of = date_param(params.get("as_of"), "as_of") or _today()
+        customer_key = text_param(params.get("customer_key"), "customer_key")
         first_day = as_of.replace(day=1).isoformat()
         rows = await run_in_threadpool(
             store.rollups,
@@ -219,6 +253,8 @@ def create_server_app(
         try:
             yield
         finally:
+            notifier.stop()
+            limit_store.close()
             store.close()
 
     app = Starlette(
@@ -233,7 +269,12 @@ def create_server_app(
                 authorized(learn_service),
                 methods=["PUT"],
             ),
+            *limit_routes(API_PREFIX, book=book, limits=limit_store, guard=authorized),
             Route("/healthz", healthz, methods=["GET"]),
+            # The SDK client's reads (paths ending in /), beside ours: sdk_api.py.
+            *sdk_routes(
+                API_PREFIX, store=store, catalog=known, prices=prices, authorized=authorized
+            ),
         ],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
@@ -241,6 +282,7 @@ def create_server_app(
     app.state.store = store
     app.state.catalog = known
     app.state.prices = prices
+    app.state.limits = book
     return app
 
 
@@ -280,52 +322,6 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(
             content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
         ).encode("ascii")
-
-
-def _int_param(raw: str | None, name: str, default: int) -> int:
-    """An integer query parameter from 0 to :data:`MAX_QUERY_INT`, or HTTPException 400."""
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:  # also a number of more than 4,300 digits
-        raise HTTPException(400, f"{name} must be an integer, not {raw[:20]!r}") from None
-    if value < 0:
-        raise HTTPException(400, f"{name} must not be negative")
-    if value > MAX_QUERY_INT:
-        raise HTTPException(400, f"{name} must be at most {MAX_QUERY_INT}")
-    return value
-
-
-def _text_param(raw: str | None, name: str) -> str | None:
-    """A key filter (``service_key``, ``customer_key``), or HTTPException 400.
-
-    A value no record could hold (NUL, which PostgreSQL refuses in a query too;
-    longer than the contract allows) is refused rather than sent to the database.
-    """
-    if raw is None:
-        return None
-    if len(raw) > MAX_KEY_LENGTH:
-        raise HTTPException(400, f"{name} is {len(raw)} characters, at most {MAX_KEY_LENGTH}")
-    problem = text_problem(raw)
-    if problem is not None:
-        raise HTTPException(400, f"{name} {problem}")
-    return raw
-
-
-def _date_param(raw: str | None, name: str) -> date | None:
-    """An ISO ``YYYY-MM-DD`` query parameter (UTC day), or HTTPException 400."""
-    if raw is None or raw == "":
-        return None
-    try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise HTTPException(400, f"{name} must be a date YYYY-MM-DD, not {raw[:20]!r}") from None
-
-
-def _epoch_s(day: date) -> float:
-    """Midnight UTC at the start of ``day``, in epoch seconds."""
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
 
 
 def _today() -> date:

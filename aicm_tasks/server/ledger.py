@@ -311,6 +311,22 @@ class EventStore(abc.ABC):
             if row[3]  # an empty range sums to one row of NULLs
         ]
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query written with ``?`` placeholders (the SQL both databases speak)."""
+        return self._fetch(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one writing statement (``?`` placeholders) in its own transaction.
+
+        Its rows when it has any (``RETURNING``), else ``[]``. For the small
+        tables beside the ledger (customers, custom services), never for events.
+        """
+        return self._execute(sql, params)
+
+    @abc.abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction; its rows, or ``[]`` if it has none."""
+
     @abc.abstractmethod
     def has(self, response_id: str) -> bool:
         """True if an event with ``response_id`` is stored."""

@@ -160,3 +160,9 @@ class PostgresEventStore(EventStore):
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._connection().execute(_pg(sql), tuple(params)).fetchall()
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # Autocommit: the statement is its own transaction.
+        with self._lock:
+            cursor = self._connection().execute(_pg(sql), tuple(params))
+            return cursor.fetchall() if cursor.description is not None else []

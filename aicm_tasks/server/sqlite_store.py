@@ -114,3 +114,8 @@ class SqliteEventStore(EventStore):
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # isolation_level=None: the statement is its own transaction.
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()

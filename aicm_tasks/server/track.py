@@ -102,8 +102,17 @@ def parse_batch(body: bytes) -> list[Any]:
 
 
 def unknown_service_message(service_key: str) -> str:
-    """The contract's error text for a service key the server does not recognise."""
-    return f"Service key '{service_key}' is not recognized. Event queued for review."
+    """The error text for a service key the server does not recognise.
+
+    Not the hosted API's "Event queued for review.": this server keeps nothing
+    for review (the record is not stored) and the worker dead-letters it
+    ``service_key_unknown``, so the text says that and what to do.
+    """
+    return (
+        f"Service key '{service_key}' is not recognized: the event was not stored. "
+        f"Teach it to the server (PUT /api/v1/services/{service_key}, or "
+        "serve --extra-service), then replay the dead letter."
+    )
 
 
 def answer_batch(

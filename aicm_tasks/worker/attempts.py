@@ -60,6 +60,10 @@ class Attempt:
     failed: list[Outcome] = field(default_factory=list)
     #: POSTs it took.
     requests: int = 0
+    #: Of those, the ones with no answer the contract reads (no connection, a
+    #: timeout, 5xx, 429, an unreadable 200), and the ones answered 401/403.
+    transport_failed: int = 0
+    unauthorized: int = 0
 
 
 def attempt(
@@ -118,6 +122,10 @@ def attempt(
         nonlocal server_works
         done.requests += 1
         verdict = post(batch_body([item.body for item in group]))
+        if verdict.kind is _TRANSIENT:
+            done.transport_failed += 1
+        elif verdict.kind is _UNAUTHORIZED:
+            done.unauthorized += 1
         if verdict.kind is _REFUSED:
             server_works = True
             if len(group) > 1:
@@ -196,6 +204,7 @@ _PROBE_RNG = random.Random()
 #: Enum members looked up once: on Python 3.11 ``VerdictKind.RESULTS`` goes
 #: through EnumType.__getattr__, four times the cost of a plain attribute.
 _RESULTS, _REFUSED = VerdictKind.RESULTS, VerdictKind.REFUSED
+_TRANSIENT, _UNAUTHORIZED = VerdictKind.TRANSIENT, VerdictKind.UNAUTHORIZED
 
 
 def _by_alias(items: list[Item]) -> dict[str | None, list[Item]]:

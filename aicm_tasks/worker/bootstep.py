@@ -9,6 +9,7 @@ reconnects do not restart delivery; delivery reconnects on its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -18,10 +19,12 @@ from celery import bootsteps
 from celery.worker import control
 
 from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.limits import DEFAULT_SOURCE, LimitStore
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.settings import Settings
 from aicm_tasks.worker.events import TaskEvents
+from aicm_tasks.worker.limits import LimitsKeeper, api_key_id, poll_limits
 from aicm_tasks.worker.metrics import Metrics
 from aicm_tasks.worker.observe import Observer, RedisFigures
 from aicm_tasks.worker.retry import BackoffPolicy
@@ -29,6 +32,9 @@ from aicm_tasks.worker.service import MAX_WAIT_S, DeliveryService
 from aicm_tasks.worker.transport import TrackTransport
 
 logger = logging.getLogger(__name__)
+
+#: Exit code of a worker refused for a bad or missing setting (as the CLI's).
+EXIT_BAD_SETTING = 2
 
 #: Seconds a worker waits for in-flight batches at warm shutdown before it
 #: hands the rest back to the queue.
@@ -53,6 +59,13 @@ class DeliveryStep(bootsteps.StartStopStep):
             queues.deselect(self.settings.queue)
 
     def start(self, worker: Any) -> None:
+        try:
+            require_api_key(self.settings)
+        except ConfigurationError as exc:
+            # One line, not Celery's "Unrecoverable error" traceback: Worker.start
+            # stops the worker with a SystemExit's code and nothing more.
+            logger.critical("%s", exc)
+            raise SystemExit(EXIT_BAD_SETTING) from None
         # httpx logs every request at INFO; at a POST per batch that drowns the
         # worker's own one line per batch. Quiet it unless configured already.
         httpx_logger = logging.getLogger("httpx")
@@ -60,16 +73,19 @@ class DeliveryStep(bootsteps.StartStopStep):
             httpx_logger.setLevel(logging.WARNING)
         observers: list[Observer] = []
         if self.settings.metrics_port is not None:
-            metrics = Metrics()
+            metrics = Metrics(queue=self.settings.queue)
             metrics.serve(self.settings.metrics_port)
             observers.append(metrics)
             logger.info("metrics on :%d/metrics", self.settings.metrics_port)
         if self.settings.events_enabled:
             self.events = TaskEvents(
-                worker.app, worker.hostname, show_payloads=self.settings.events_show_payloads
+                worker.app,
+                worker.hostname,
+                show_payloads=self.settings.events_show_payloads,
+                queue=self.settings.queue,
             )
             observers.append(self.events)
-        self.service = build_service(self.settings, extra_observers=observers)
+        self.service = build_service(self.settings, extra_observers=observers, name=worker.hostname)
         self.service.start()
 
     def stop(self, worker: Any) -> None:
@@ -88,12 +104,8 @@ def build_service(
     settings: Settings, *, extra_observers: Sequence[Observer] = (), **overrides: Any
 ) -> DeliveryService:
     """Build the delivery service a worker process runs, from settings."""
+    require_api_key(settings)
     default_key = settings.api_key.get_secret_value() if settings.api_key else ""
-    if not default_key and not settings.api_keys:
-        raise ConfigurationError(
-            "AICM_API_KEY is not set: the worker needs the /track API key "
-            "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
-        )
     client = redis.Redis.from_url(
         settings.broker_url,
         socket_connect_timeout=5.0,
@@ -103,12 +115,23 @@ def build_service(
         socket_keepalive=True,
         health_check_interval=30,
     )
+    keys = {alias: key.get_secret_value() for alias, key in settings.api_keys.items()}
+    keys_by_source = {DEFAULT_SOURCE: default_key, **keys} if default_key else keys
+    # Every answer's triggered limits are kept, limits enabled or not: they cost
+    # nothing to read, and producers that enable limits need the set the moment
+    # they do. Only the GET /triggered-limits poll waits for AICM_LIMITS_ENABLED.
+    keeper = LimitsKeeper(
+        LimitStore(client, Keys(settings.queue, settings.key_prefix)),
+        key_ids={source: api_key_id(key) for source, key in keys_by_source.items()},
+        pinned_public_key=settings.limits_public_key,
+    )
     transport = TrackTransport(
         settings.track_url,
         default_key or None,
-        keys={alias: key.get_secret_value() for alias, key in settings.api_keys.items()},
+        keys=keys,
         timeout_s=settings.http_timeout_s,
         max_connections=settings.delivery_concurrency,
+        on_limits=keeper.accept,
     )
     options: dict[str, Any] = {
         "batch_size": settings.batch_size,
@@ -124,8 +147,28 @@ def build_service(
     # Its pooled connections are closed when the service stops (not at exit):
     # a worker stopped and started again by Celery builds a new transport.
     options["on_stopped"] = [transport.close]
+    if settings.limits_enabled:
+        options["background"] = [
+            functools.partial(
+                poll_limits,
+                keeper,
+                transport.get_triggered_limits,
+                transport.sources,
+                interval_s=settings.limits_poll_interval_s,
+            )
+        ]
     options.update(overrides)
     return DeliveryService(store, transport.poster(), **options)
+
+
+def require_api_key(settings: Settings) -> None:
+    """Raise :class:`ConfigurationError` unless the settings hold a /track key."""
+    default_key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if not default_key and not settings.api_keys:
+        raise ConfigurationError(
+            "AICM_API_KEY is not set: the worker needs the /track API key "
+            "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
+        )
 
 
 @control.inspect_command(name="active_queues")
@@ -143,14 +186,26 @@ def active_queues(state: Any) -> list[dict[str, Any]]:
         if consumer.task_consumer
         else []
     )
-    app = consumer.app
+    queue = tracking_queue(consumer.app)
+    if queue is not None and all(q.get("name") != queue.name for q in queues):
+        queues.append(dict(queue.as_dict(recurse=True)))
+    return queues
+
+
+def tracking_queue(app: Any) -> Any:
+    """The tracking queue as Celery would describe it (a kombu ``Queue`` with its
+    exchange), from its declaration in ``conf.task_queues``; None when ``app``
+    carries no aicm-tasks settings or does not declare it.
+
+    Not in ``app.amqp.queues`` (kept out so ``celery purge`` spares it, see
+    app.py), so described as Celery would from the declaration. Used where the
+    worker shows what it consumes: ``inspect active_queues`` and its banner
+    (worker/banner.py).
+    """
     tracking: Settings | None = getattr(app, "aicm_settings", None)
     if tracking is None:
-        return queues
-    # Not in app.amqp.queues (kept out so `celery purge` spares it, see app.py):
-    # described from the declaration in conf.task_queues, as Celery would.
+        return None
     declared = [q for q in app.conf.task_queues or () if q.name == tracking.queue]
-    if declared and all(q.get("name") != tracking.queue for q in queues):
-        described = app.amqp.Queues(declared)[tracking.queue]
-        queues.append(dict(described.as_dict(recurse=True)))
-    return queues
+    if not declared:
+        return None
+    return app.amqp.Queues(declared)[tracking.queue]

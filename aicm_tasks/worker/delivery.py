@@ -15,7 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aicm_tasks.broker.keys import dead_lettered_field
+from aicm_tasks.broker.keys import (
+    LAST_DELIVERED_AT,
+    LAST_UNAUTHORIZED_AT,
+    RATE_DEAD_LETTERED,
+    RATE_DELIVERED,
+    RATE_REQUESTS,
+    RATE_RETRIED,
+    RATE_TRANSPORT_FAILED,
+    RATE_UNAUTHORIZED,
+    RETRYING_SINCE,
+    UNAUTHORIZED_SINCE,
+    dead_lettered_field,
+)
 from aicm_tasks.broker.messages import Item, decode, encode, malformed_id, record_of
 from aicm_tasks.broker.resolution import Resolution
 
@@ -53,14 +65,17 @@ def plan(
     now: float | None = None,
     delivered: int = 0,
     requests: int = 0,
+    transport_failed: int = 0,
+    unauthorized: int = 0,
 ) -> tuple[Resolution, Summary]:
     """Turn outcomes into the writes that settle the batch, and count them.
 
-    ``delivered`` counts delivered records not among ``outcomes`` and
-    ``requests`` the POSTs the attempt took (both from an
-    :class:`~aicm_tasks.worker.attempts.Attempt`); they only reach the
-    :class:`Summary`. A retry past ``policy.max_retries`` becomes a
-    ``retries_exhausted`` dead letter.
+    ``delivered`` counts delivered records not among ``outcomes``, ``requests``
+    the POSTs the attempt took, ``transport_failed`` and ``unauthorized`` how
+    many of them got no readable answer or a 401/403 (all from an
+    :class:`~aicm_tasks.worker.attempts.Attempt`); they reach the
+    :class:`Summary` and the rate bucket status reads (:func:`health_writes`).
+    A retry past ``policy.max_retries`` becomes a ``retries_exhausted`` dead letter.
     """
     now = time.time() if now is None else now
     retries: list[tuple[float, bytes]] = []
@@ -102,7 +117,63 @@ def plan(
         retry_detail=failures[0].detail if failures else "",
         unauthorized=any(not o.counts_as_retry for o in failures),
     )
-    return Resolution(retries=retries, dead_letters=dead, stats=stats), summary
+    rates = {
+        RATE_DELIVERED: delivered,
+        RATE_RETRIED: len(retries),
+        RATE_DEAD_LETTERED: len(dead),
+        RATE_REQUESTS: requests,
+        RATE_TRANSPORT_FAILED: transport_failed,
+        RATE_UNAUTHORIZED: unauthorized,
+    }
+    noted, started, ended = health_writes(
+        delivered=delivered,
+        retried=len(retries),
+        answered=requests - transport_failed - unauthorized,
+        unauthorized=unauthorized,
+    )
+    resolution = Resolution(
+        retries=retries,
+        dead_letters=dead,
+        stats=stats,
+        rates={k: v for k, v in rates.items() if v},
+        noted=noted,
+        started=started,
+        ended=ended,
+    )
+    return resolution, summary
+
+
+def health_writes(
+    *, delivered: int, retried: int, answered: int, unauthorized: int
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Which health-hash fields a settle sets to the server's time, sets if
+    absent, and removes: ``(noted, started, ended)``.
+
+    A delivery notes LAST_DELIVERED_AT. Records retried with none delivered
+    start a run of retries (RETRYING_SINCE); any other settle ends it. A 401/403
+    notes LAST_UNAUTHORIZED_AT and starts a run of refusals
+    (UNAUTHORIZED_SINCE, kept if already there); an answer that took the key (a
+    200 or a 4xx refusal) with no 401/403 in the same batch ends it. Batches
+    that reached no server (all transport failures) neither start nor end it.
+    """
+    noted: list[str] = []
+    started: list[str] = []
+    ended: list[str] = []
+    if delivered:
+        noted.append(LAST_DELIVERED_AT)
+    if retried and not delivered:
+        started.append(RETRYING_SINCE)
+    else:
+        # Records left the waiting state (delivered, or dead-lettered): the run
+        # is over, lest a poison record retried to exhaustion in a quiet
+        # pipeline leave it running for the next record to be judged by.
+        ended.append(RETRYING_SINCE)
+    if unauthorized:
+        noted.append(LAST_UNAUTHORIZED_AT)
+        started.append(UNAUTHORIZED_SINCE)
+    elif answered > 0:
+        ended.append(UNAUTHORIZED_SINCE)
+    return tuple(noted), tuple(started), tuple(ended)
 
 
 def plan_after_error(

@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 #: How often the housekeeping thread renews the lease, promotes due retries and
 #: reclaims batches of dead workers, at most, in seconds.
 HOUSEKEEPING_INTERVAL_S = 1.0
-#: Housekeeping rounds between two depth readings for observers (gauges).
+#: Housekeeping rounds between two depth readings: for observers (gauges), and
+#: to note IDLE_AT when nothing waits (status judges a stall from the later of
+#: that and the last delivery, so its precision is this many seconds).
 DEPTH_EVERY_ROUNDS = 5
 #: Housekeeping rounds between two sweeps for batch keys no lease covers (a
 #: SCAN of the database: one round trip per 1,000 keys in it).
@@ -48,12 +50,14 @@ class Housekeeping:
         store: RecordStore,
         consumer: str,
         *,
+        name: str = "",
         lease_s: float,
         observers: Observers,
         settings_check_interval_s: float,
     ) -> None:
         self.store = store
         self.consumer = consumer
+        self.name = name
         self.lease_s = lease_s
         self.observers = observers
         self.settings_check_interval_s = settings_check_interval_s
@@ -71,13 +75,13 @@ class Housekeeping:
         while not stop.wait(pause_s):
             rounds += 1
             try:
-                server_now = self.store.renew_lease(self.consumer, self.lease_s)
+                server_now = self.store.renew_lease(self.consumer, self.lease_s, self.name)
                 self._check_clock(server_now)
                 if time.monotonic() - checked_at >= self.settings_check_interval_s:
                     checked_at = time.monotonic()
                     self._check_redis_settings_safely()
-                if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
-                    self.observers.housekeeping(self.store.depth())
+                if rounds % DEPTH_EVERY_ROUNDS == 1:
+                    self._read_depth()
                 self.store.promote_due()
                 reclaimed = self.store.reclaim_expired(self.consumer)
                 if reclaimed:
@@ -96,6 +100,16 @@ class Housekeeping:
             except redis.RedisError as exc:
                 logger.warning("broker error in housekeeping: %s", exc)
                 pause_s = next_pause_s(pause_s)
+
+    def _read_depth(self) -> None:
+        """Read the depths for observers, and note IDLE_AT when nothing waits (no
+        record queued, held or due): from then on, records that wait undelivered
+        for the health window are a stall (see :func:`aicm_tasks.broker.health.judge`)."""
+        depth = self.store.depth()
+        if depth["queued"] == 0 and depth["held"] == 0:
+            self.store.note_idle()
+        if self.observers:
+            self.observers.housekeeping(depth)
 
     def _check_clock(self, server_now: float) -> None:
         """Warn when this host's clock is far from the Redis server's.

@@ -4,6 +4,12 @@ Delivery runs in the worker's main process (threads; see bootstep.py), whatever
 Celery pool is chosen, so one process-local registry holds every figure: there
 is nothing to aggregate across pool children, and the endpoint is served by
 that same process.
+
+Beside the ``aicm_*`` figures, one metric under the name celery-exporter
+(danihodovic/celery-exporter) gives it: ``celery_queue_length{queue_name}``, a
+gauge of the messages waiting in a broker queue, so its Grafana dashboards and
+alerts (``CeleryHighQueueLength``) read the tracking queue unchanged.
+docs/monitoring.md lists which of its metrics are here and which are not.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from aicm_tasks.broker.redis_settings import BrokerSettings, Finding, evicts_records
+from aicm_tasks.settings import DEFAULT_QUEUE
 from aicm_tasks.worker.observe import BatchReport, Observer
 
 BATCH_BUCKETS = (1, 10, 50, 100, 200, 500, 750, 1000)
@@ -20,8 +27,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 class Metrics(Observer):
     """The worker's metrics; an observer of the delivery service."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, queue: str = DEFAULT_QUEUE
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.queue = queue
         r = self.registry
         self.delivered = Counter(
             "aicm_records_delivered", "Records the server accepted.", registry=r
@@ -56,6 +66,16 @@ class Metrics(Observer):
         self.depth = Gauge(
             "aicm_records", "Records by where they are in Redis.", ["state"], registry=r
         )
+        # celery-exporter's name, type and label (a Gauge "celery_queue_length",
+        # label "queue_name", set to the Redis queue's LLEN as it reads it); not
+        # prefixed, so dashboards built on it find the tracking queue.
+        self.celery_queue_length = Gauge(
+            "celery_queue_length",
+            "The number of message in broker queue (celery-exporter's name): records "
+            "queued in the tracking queue.",
+            ["queue_name"],
+            registry=r,
+        )
         self.workers = Gauge("aicm_workers_with_lease", "Workers holding a live lease.", registry=r)
         self.broker_evicting = Gauge(
             "aicm_broker_evicting",
@@ -88,6 +108,7 @@ class Metrics(Observer):
     def housekeeping(self, depth: dict[str, int]) -> None:
         for state in ("queued", "scheduled", "held", "dead_letters"):
             self.depth.labels(state=state).set(depth.get(state, 0))
+        self.celery_queue_length.labels(queue_name=self.queue).set(depth.get("queued", 0))
         self.workers.set(depth.get("workers", 0))
 
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:

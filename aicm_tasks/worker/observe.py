@@ -17,15 +17,13 @@ from dataclasses import dataclass
 
 import redis
 
-from aicm_tasks.broker.keys import RATE_BUCKET_S, Keys
+from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import Item
 from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
 from aicm_tasks.worker.delivery import Summary
 
 logger = logging.getLogger(__name__)
 
-#: How long rate buckets are kept, in seconds.
-RATE_KEEP_S = 3600
 #: Recent delivery errors kept for the monitor.
 LAST_ERRORS = 20
 
@@ -88,7 +86,12 @@ class Observers(Observer):
 
 
 class RedisFigures(Observer):
-    """Writes delivery-rate buckets and the last errors to Redis for status/monitor."""
+    """Writes the last delivery errors to Redis for status/monitor.
+
+    The rate buckets and health times status judges by are written by the
+    RESOLVE script that settles each batch (on the server's clock, in the same
+    round trip): see :class:`aicm_tasks.broker.resolution.Resolution`.
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
@@ -96,26 +99,18 @@ class RedisFigures(Observer):
 
     def batch_settled(self, report: BatchReport) -> None:
         summary = report.summary
-        now = time.time()
-        key = self.keys.rate(int(now // RATE_BUCKET_S))
+        dead = sum(summary.dead_lettered.values())
+        if not (summary.retried or dead):
+            return
+        error = {
+            "at": time.time(),
+            "detail": summary.retry_detail or f"dead-lettered {summary.dead_lettered}",
+            "retried": summary.retried,
+            "dead_lettered": summary.dead_lettered,
+        }
         with self.client.pipeline(transaction=False) as pipe:
-            if summary.delivered:
-                pipe.hincrby(key, "delivered", summary.delivered)
-            dead = sum(summary.dead_lettered.values())
-            if dead:
-                pipe.hincrby(key, "dead_lettered", dead)
-            if summary.retried:
-                pipe.hincrby(key, "retried", summary.retried)
-            pipe.expire(key, RATE_KEEP_S)
-            if summary.retried or dead:
-                error = {
-                    "at": now,
-                    "detail": summary.retry_detail or f"dead-lettered {summary.dead_lettered}",
-                    "retried": summary.retried,
-                    "dead_lettered": summary.dead_lettered,
-                }
-                pipe.lpush(self.keys.errors, json.dumps(error))
-                pipe.ltrim(self.keys.errors, 0, LAST_ERRORS - 1)
+            pipe.lpush(self.keys.errors, json.dumps(error))
+            pipe.ltrim(self.keys.errors, 0, LAST_ERRORS - 1)
             pipe.execute()
 
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:

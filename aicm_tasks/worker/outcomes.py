@@ -85,6 +85,9 @@ class BatchVerdict:
     http_status: int | None = None
     retry_after_s: float | None = None
     results: Mapping[str, RecordResult] = field(default_factory=dict)
+    #: The answer's ``triggered_limits`` object (the SDK's format, not yet
+    #: verified: :mod:`aicm_tasks.worker.limits` does that); None when absent or empty.
+    triggered_limits: Mapping[str, Any] | None = None
 
 
 #: How a batch body is sent: one POST, its answer classified. The transport
@@ -95,14 +98,22 @@ Post = Callable[[bytes], BatchVerdict]
 def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> BatchVerdict:
     """Classify one HTTP answer to ``POST /track``."""
     if status == 200:
-        results = parse_results(body)
+        document = _load(body)
+        results = _results(document)
         if results is None:
             return BatchVerdict(
                 VerdictKind.TRANSIENT,
                 f"200 with a body not of the contract's shape: {excerpt(body)}",
                 200,
             )
-        return BatchVerdict(VerdictKind.RESULTS, "200", 200, results=results)
+        limits = document.get("triggered_limits")  # a dict, or _results had said None
+        return BatchVerdict(
+            VerdictKind.RESULTS,
+            "200",
+            200,
+            results=results,
+            triggered_limits=limits if isinstance(limits, dict) and limits else None,
+        )
     if status in UNAUTHORIZED_HTTP:
         return BatchVerdict(VerdictKind.UNAUTHORIZED, f"HTTP {status}: {excerpt(body)}", status)
     if status in REFUSED_HTTP:
@@ -136,14 +147,22 @@ def suspects_a_record(verdict: BatchVerdict) -> bool:
 
 def parse_results(body: bytes) -> dict[str, RecordResult] | None:
     """Read ``{"results": [{"response_id", "status", "errors"?}, ...]}``; None if malformed."""
+    return _results(_load(body))
+
+
+def _load(body: bytes) -> Any:
+    """The JSON document of a body; None when it is not JSON."""
     try:
-        document: Any = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError):
         # RecursionError: a body nested past the parser's limit (about 1,000
         # levels on CPython 3.11, from a 2 kB answer) is garbage like any other,
         # not an exception that would end the attempt (and its splits) early.
         # UnicodeDecodeError (not UTF-8) is a ValueError.
         return None
+
+
+def _results(document: Any) -> dict[str, RecordResult] | None:
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         return None
     results: dict[str, RecordResult] = {}

@@ -66,8 +66,16 @@ class DeliveryService:
         aliases: Mapping[str, Post] | None = None,
         settings_check_interval_s: float = CHECK_INTERVAL_S,
         on_stopped: Sequence[Callable[[], None]] = (),
+        background: Sequence[Callable[[threading.Event], None]] = (),
+        name: str = "",
     ) -> None:
         self.store = store
+        #: More threads to run until the service stops (the triggered-limits poll),
+        #: each given the stop event.
+        self.background = tuple(background)
+        #: The worker's Celery hostname (``w1@host``), as Flower names it; status
+        #: shows it beside the consumer id. Empty outside a Celery worker.
+        self.name = name
         #: Called once every thread has stopped (the transport's close): never
         #: while a delivery thread that outlived the grace period may still POST.
         self.on_stopped = tuple(on_stopped)
@@ -86,6 +94,7 @@ class DeliveryService:
         self.housekeeping = Housekeeping(
             store,
             self.consumer,
+            name=name,
             lease_s=self.lease_s,
             observers=self.observers,
             settings_check_interval_s=settings_check_interval_s,
@@ -102,7 +111,8 @@ class DeliveryService:
         """Register the lease and start the threads."""
         self._stop.clear()
         self._retrying(
-            "register lease", lambda: self.store.renew_lease(self.consumer, self.lease_s) > 0
+            "register lease",
+            lambda: self.store.renew_lease(self.consumer, self.lease_s, self.name) > 0,
         )
         housekeeping = threading.Thread(
             target=self.housekeeping.run, args=(self._stop,), name="aicm-housekeeping", daemon=True
@@ -113,10 +123,18 @@ class DeliveryService:
                 target=self._deliver_loop, name=f"aicm-delivery-{n}", daemon=True
             )
             self._threads.append(thread)
+        # After the delivery threads: stop() reads those as _threads[1:1 + concurrency].
+        for n, run in enumerate(self.background):
+            self._threads.append(
+                threading.Thread(
+                    target=run, args=(self._stop,), name=f"aicm-background-{n}", daemon=True
+                )
+            )
         for thread in self._threads:
             thread.start()
         logger.info(
-            "delivery started: consumer=%s queue=%s batch_size=%d flush_interval_s=%.3g threads=%d",
+            "delivery started: worker=%s consumer=%s queue=%s batch_size=%d flush_interval_s=%.3g threads=%d",
+            self.name or "-",
             self.consumer,
             self.store.keys.queue,
             self.batch_size,
@@ -142,7 +160,7 @@ class DeliveryService:
                     batch_key,
                     exc,
                 )
-        if not any(t.is_alive() for t in self._threads[1:]):
+        if not any(t.is_alive() for t in self._threads[1 : 1 + self.concurrency]):
             try:
                 self.store.drop_lease(self.consumer)
             except redis.RedisError as exc:
@@ -227,6 +245,8 @@ class DeliveryService:
                 auth_retry_interval_s=self.auth_retry_interval_s,
                 delivered=len(done.delivered),
                 requests=done.requests,
+                transport_failed=done.transport_failed,
+                unauthorized=done.unauthorized,
             )
         except Exception as exc:
             # A bug, or a record no check foresaw: every record is retried with

@@ -11,10 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 
+from aicm_tasks.broker.limits import DEFAULT_SOURCE
 from aicm_tasks.worker.outcomes import (
     BODY_EXCERPT_CHARS,
     BatchVerdict,
@@ -46,6 +48,11 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+#: Told of each answer's ``triggered_limits`` object: ``(source, object)``, the
+#: source being the API-key alias that asked (``DEFAULT_SOURCE`` for the default key).
+LimitsSink = Callable[[str, Mapping[str, Any]], object]
+
+
 class TrackTransport:
     """Sends batch bodies to the ``/track`` URL and classifies the answers.
 
@@ -62,8 +69,12 @@ class TrackTransport:
         timeout_s: float = 30.0,
         max_connections: int = 8,
         transport: httpx.BaseTransport | None = None,
+        on_limits: LimitsSink | None = None,
     ) -> None:
         self.url = url
+        #: ``GET /triggered-limits``, beside ``/track``.
+        self.limits_url = url.rsplit("/", 1)[0] + "/triggered-limits"
+        self.on_limits = on_limits
         self._timeout_s = timeout_s
         self._auth = {alias: _bearer(key) for alias, key in (keys or {}).items()}
         self._default = _bearer(api_key) if api_key else None
@@ -87,13 +98,45 @@ class TrackTransport:
 
     def sender(self, alias: str) -> Post:
         """The ``post`` callable that sends with the key of ``alias``."""
-        return functools.partial(self._post, headers=self._auth[alias])
+        return functools.partial(self._post, headers=self._auth[alias], source=alias)
 
     def post(self, body: bytes) -> BatchVerdict:
         """POST one batch body with the default key; never raises for HTTP or network faults."""
-        return self._post(body, headers=self._default or {})
+        return self._post(body, headers=self._default or {}, source=DEFAULT_SOURCE)
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> BatchVerdict:
+    @property
+    def sources(self) -> list[str]:
+        """The limit sources this transport holds a key for: the aliases, and
+        ``DEFAULT_SOURCE`` when there is a default key."""
+        return ([DEFAULT_SOURCE] if self._default is not None else []) + self.aliases
+
+    def get_triggered_limits(self, source: str) -> Mapping[str, Any] | None:
+        """``GET /triggered-limits`` with the key of ``source``: its ``triggered_limits``
+        object (unverified), None when the server has none or cannot answer.
+
+        A short timeout: this is a refresh, the ``/track`` answers carry the same."""
+        headers = self._default if source == DEFAULT_SOURCE else self._auth.get(source)
+        try:
+            response = self._client.get(
+                self.limits_url, headers=headers or {}, timeout=min(self._timeout_s, 10.0)
+            )
+        except httpx.HTTPError as exc:
+            logger.warning("GET %s failed: %s", self.limits_url, type(exc).__name__)
+            return None
+        if response.status_code != 200:
+            logger.debug("GET %s answered %d", self.limits_url, response.status_code)
+            return None
+        try:
+            document = response.json()
+        except ValueError:
+            return None
+        if not isinstance(document, dict):
+            return None
+        # The SDK accepts both {"triggered_limits": {...}} and the object itself.
+        data = document.get("triggered_limits", document)
+        return data if isinstance(data, dict) and data else None
+
+    def _post(self, body: bytes, headers: dict[str, str], source: str) -> BatchVerdict:
         # httpx's timeout bounds each socket read, not the answer: a server (or a
         # proxy) that drips its body a byte at a time, each within the timeout,
         # held a delivery thread and its batch for good (the worker is alive, so
@@ -117,7 +160,14 @@ class TrackTransport:
                         )
         except httpx.HTTPError as exc:
             return classify_exception(exc)
-        return classify_response(response.status_code, response.headers, b"".join(chunks))
+        verdict = classify_response(response.status_code, response.headers, b"".join(chunks))
+        if verdict.triggered_limits is not None and self.on_limits is not None:
+            try:
+                self.on_limits(source, verdict.triggered_limits)
+            except Exception:
+                # The batch was delivered: a fault in reading limits must not undo that.
+                logger.exception("could not take the triggered limits of a /track answer")
+        return verdict
 
     @staticmethod
     def _cut(status: int, why: str) -> BatchVerdict:

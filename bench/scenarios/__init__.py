@@ -1,4 +1,4 @@
-"""The six scenarios, in the order ``bench.run`` runs them."""
+"""The seven scenarios, in the order ``bench.run`` runs them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from bench.config import Counts
 from bench.harness import Bench
-from bench.scenarios import drain, latency, publish, sustained, track_many, worker_rss
+from bench.scenarios import drain, latency, limits, publish, sustained, track_many, worker_rss
 from bench.stats import Figure
 
 Scenario = Callable[[Bench, Counts], list[Figure]]
@@ -19,4 +19,5 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency.run,
     "rss": worker_rss.run,
     "track_many": track_many.run,
+    "limits": limits.run,
 }

@@ -10,13 +10,16 @@ import pytest
 
 from aicm_tasks.app import DEFAULT_TASK_QUEUE
 from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.worker.banner import CONSUMED_BY
 from tests.support.accounting import account
 from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
 
-def test_workers_report_the_tracking_queue_to_inspect(pipeline: Pipeline) -> None:
+def test_workers_report_the_tracking_queue_to_inspect_and_in_their_banner(
+    pipeline: Pipeline,
+) -> None:
     pipeline.start_worker()
     # The delivery step starts before Celery's consumer: wait until it answers.
     replies: dict = {}
@@ -28,6 +31,21 @@ def test_workers_report_the_tracking_queue_to_inspect(pipeline: Pipeline) -> Non
     wait_until(answered, 60, "the worker to answer inspect")
     (queues,) = replies.values()
     assert pipeline.settings.queue in {q["name"] for q in queues}
+    # `celery worker` prints its banner before it answers: the tracking queue is
+    # listed under [queues] as consumed, beside Celery's own task queue.
+    (log,) = pipeline.log_dir.glob("*.log")
+    banner = log.read_text(errors="replace")
+    listed = banner[banner.index("[queues]") :].splitlines()[1:3]
+    assert [line.split()[1] for line in listed] == [DEFAULT_TASK_QUEUE, pipeline.settings.queue]
+    assert listed[1].endswith(f"key={pipeline.settings.queue} {CONSUMED_BY}")
+
+
+def test_the_worker_banner_names_the_tracking_queue(pipeline: Pipeline) -> None:
+    pipeline.start_worker()
+    queue = pipeline.settings.queue
+    wait_until(lambda: f".> {queue}" in pipeline.logs(), 60, "the worker's banner")
+    [line] = [line for line in pipeline.logs().splitlines() if f".> {queue}" in line]
+    assert "read in bulk by the delivery step" in line
 
 
 def test_the_tracking_queue_is_declared_in_the_app_configuration(pipeline: Pipeline) -> None:

@@ -86,7 +86,8 @@ def test_dlq_commands_list_show_and_stats_as_json(cli_env: dict[str, str]) -> No
     shown = json.loads(runner.invoke(main, ["dlq", "show", "e1", "--json"], env=cli_env).output)
     assert shown["record"]["service_key"] == "openai::gpt-4o" and shown["errors"] == ["nope"]
     missing = runner.invoke(main, ["dlq", "show", "nope"], env=cli_env)
-    assert missing.exit_code != 0 and "no dead letter with id 'nope'" in missing.output
+    assert missing.exit_code != 0
+    assert "no dead letter has an id that is or begins with 'nope'" in missing.output
     table = runner.invoke(main, ["dlq", "list"], env=cli_env)
     assert table.exit_code == 0 and "u1" in table.output
 
@@ -166,3 +167,30 @@ def test_no_cli_command_shows_the_broker_password(
     assert password not in said
     for piece in ("pa55", "wo#rd", "s3cret", "ss:word"):
         assert piece not in said, said
+
+
+def test_every_dlq_and_spool_json_output_parses(cli_env: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {**cli_env, "AICM_SPOOL_DIR": str(tmp_path / "spool")}
+    out = tmp_path / "dead.jsonl"
+    documents = {}
+    for command in (
+        ["dlq", "stats"],
+        ["dlq", "list"],
+        ["dlq", "show", "e"],  # a unique prefix of e1
+        ["dlq", "replay", "--all", "--dry-run"],
+        ["dlq", "export", "--all", "--output", str(out)],
+        ["dlq", "purge", "--reason", "error", "--yes"],
+        ["spool", "status"],
+        ["spool", "drain"],
+    ):
+        result = runner.invoke(main, [*command, "--json"], env=env)
+        assert result.exit_code == 0, (command, result.output)
+        documents[" ".join(command[:2])] = json.loads(result.output)
+    assert documents["dlq show"]["id"] == "e1"
+    assert documents["dlq purge"] == {"purged": 1}
+    assert documents["dlq export"] == {"exported": 3, "output": str(out)}
+    assert documents["spool drain"] == {"pushed": 0}
+    # Without --output the export is JSON Lines on stdout already: each line parses.
+    lines = runner.invoke(main, ["dlq", "export", "--json"], env=env).output.splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == ["u1", "u2"]

@@ -48,7 +48,7 @@ def ledger_server(
     monkeypatch.setenv("AICM_CUSTOMER_BUDGETS_USD", json.dumps({"acme": 0.05}))
     port = free_port()
     api_key = secrets.token_urlsafe(16)
-    process = start_server(port, db, api_key)
+    process = start_server(port, db, api_key, keys_dir=tmp_path / "keys")
     yield LocalServer(f"http://127.0.0.1:{port}", api_key, process)
     stop_process(process)
 

@@ -24,6 +24,7 @@ from aicm_tasks import (
     track_llm_usage,
     track_llm_usage_async,
 )
+from aicm_tasks.broker.messages import decode
 from aicm_tasks.settings import Settings
 from tests.support.llm import CHAT, MESSAGE, RecordedVendor, recorded
 from tests.support.pipeline import Pipeline, PrivateRedis
@@ -46,8 +47,11 @@ def delivered_events(pipeline: Pipeline, count: int) -> dict[str, dict[str, Any]
 
 
 def queued_bodies(pipeline: Pipeline) -> list[bytes]:
+    """The records queued, without the metadata line a backfill's message
+    carries (its enqueue time, see broker/messages.py)."""
     # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
-    return cast(list[bytes], pipeline.client.lrange(pipeline.settings.queue, 0, -1))
+    messages = cast(list[bytes], pipeline.client.lrange(pipeline.settings.queue, 0, -1))
+    return [decode(message).body for message in messages]
 
 
 def test_the_sdk_tracker_and_its_wrappers_deliver_through_celery_delivery(

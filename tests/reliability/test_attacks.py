@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.keys import IDLE_AT, LAST_DELIVERED_AT, UNAUTHORIZED_SINCE, Keys
 from aicm_tasks.broker.records import RecordStore, Resolution
 from tests.support.accounting import account
 from tests.support.faults import FaultProxy, hold
@@ -56,12 +56,22 @@ def test_every_move_of_a_record_runs_on_a_redis_full_under_noeviction(
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         store.push(b"{}")
 
-    assert store.renew_lease("alive", 60) > 0
+    assert store.renew_lease("alive", 60, "alive@host") > 0
     delivered = store.fetch("alive", store.keys.batch("alive", 0), 100, 60)
     assert delivered is not None and len(delivered) == 100
+    # With what status judges health by: the rate bucket and the health times.
     assert store.resolve(
-        "alive", store.keys.batch("alive", 0), Resolution(stats={"delivered": 100})
+        "alive",
+        store.keys.batch("alive", 0),
+        Resolution(
+            stats={"delivered": 100},
+            rates={"delivered": 100, "requests": 1},
+            noted=(LAST_DELIVERED_AT,),
+            ended=(UNAUTHORIZED_SINCE,),
+        ),
     )
+    idle = RecordStore(client, Keys("aicm.idle", "aicm-idle"))  # nothing queued or due there
+    assert idle.note_idle() and IDLE_AT in idle.health()
     assert store.promote_due(now=time.time()) == 100
     assert len(store.fetch("dead", store.keys.batch("dead", 0), 50, 0) or []) == 50
     assert len(store.fetch("lost", store.keys.batch("lost", 0), 50, 60) or []) == 50

@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from aicm_tasks.devtools.processes import free_port, wait_until
+from aicm_tasks.worker.events import BROKER_MAY_LOSE, CHECK_TASK_NAME
 from tests.support.cli import run_cli
+from tests.support.flower import running_flower
 from tests.support.pipeline import Pipeline, PrivateRedis
 
 #: A managed Redis's habit: CONFIG is gone (answers "unknown command").
@@ -86,6 +88,30 @@ def test_an_evicting_redis_is_an_error_a_metric_and_an_unhealthy_status(
     assert figures["redis_settings"]["maxmemory_policy"] == "allkeys-lru"
     assert figures["redis_settings"]["source"] == "CONFIG"
     assert figures["warnings"] == []  # AOF is on
+
+
+def test_an_operator_watching_only_flower_sees_an_evicting_redis_as_a_failed_task(
+    pipeline_factory: Any, make_redis: Any
+) -> None:
+    redis_server = make_redis(extra_args=("--maxmemory-policy", "allkeys-lru"))
+    pipeline: Pipeline = pipeline_factory(broker_url=redis_server.url)
+    # Flower first, so it hears the worker's check at start (events are not kept).
+    with running_flower(pipeline.cli_env(), wait_for_worker=False) as flower:
+        wait_until(lambda: flower.api("/api/workers") == {}, 30, "Flower's API")
+        pipeline.start_worker()
+
+        def checks() -> list[dict[str, Any]]:
+            return list(flower.api(f"/api/tasks?taskname={CHECK_TASK_NAME}").values())
+
+        wait_until(checks, 60, "the failed broker check in Flower")
+        (task,) = checks()
+        assert task["state"] == "FAILURE"
+        assert task["exception"].startswith(f"{BROKER_MAY_LOSE}(")
+        assert "maxmemory-policy is allkeys-lru" in task["exception"]
+        assert flower.metric(
+            "flower_events_total", task=CHECK_TASK_NAME, type="task-failed",
+            worker=task["worker"],
+        ) == 1  # fmt: skip
 
 
 def test_noeviction_without_aof_is_a_warning_shown_by_a_healthy_status(

@@ -49,8 +49,8 @@ def test_importing_the_package_loads_no_celery_and_reads_no_environment() -> Non
         AICM_BATCH_SIZE="-5",
     )
     assert result["loaded"] == []
-    # Read on first use instead, and refused there (pydantic's error names the variable).
-    assert result["error"] == "ValidationError"
+    # Read on first use instead, and refused there (tests/integration/test_bad_settings.py).
+    assert result["error"] == "SettingsError"
 
 
 def test_the_default_app_is_built_once_when_threads_touch_it_first_together() -> None:
@@ -138,3 +138,25 @@ def test_every_name_in_all_resolves() -> None:
     for name in aicm_tasks.__all__:
         assert getattr(aicm_tasks, name) is not None, name
     assert set(aicm_tasks.__all__) <= set(dir(aicm_tasks))
+
+
+def test_the_limits_names_load_neither_the_sdk_nor_jwt_until_used() -> None:
+    # UsageLimitExceeded subclasses the SDK's class, whose import took ~0.25 s:
+    # `import aicm_tasks` and a look at the pre-flight check must not pay it.
+    result = run_python(
+        """
+        import json, sys
+        import aicm_tasks
+        aicm_tasks.check_limits, aicm_tasks.UsageLimitError, aicm_tasks.TriggeredLimit
+        before = sorted(m for m in sys.modules if m.split(".")[0] in ("aicostmanager", "jwt"))
+        exc = aicm_tasks.UsageLimitExceeded
+        import aicostmanager.client.exceptions as sdk
+        print(json.dumps({
+            "before": before,
+            "sdk_subclass": issubclass(exc, sdk.UsageLimitExceeded),
+            "ours": issubclass(exc, aicm_tasks.UsageLimitError),
+            "same_class": exc is aicm_tasks.errors.UsageLimitExceeded,
+        }))
+        """
+    )
+    assert result == {"before": [], "sdk_subclass": True, "ours": True, "same_class": True}

@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from aicm_tasks.contract import MAX_RECORDS_PER_REQUEST
+from aicm_tasks.errors import ConfigurationError, SettingsError
 from aicm_tasks.settings import (
     SDK_VARIABLES,
     Settings,
@@ -49,6 +50,9 @@ TABLE = [
     Row("max_record_bytes", 32768, [("256", 256), ("1048576", 1048576)], ["255", "1048577", "1e3x"]),
     Row("spool_enabled", True, [("false", False), ("0", False), ("yes", True)], ["maybe"]),
     Row("spool_max_bytes", 256 * 1024 * 1024, [("65536", 65536)], ["65535"]),
+    # Read with AICM_ANONYMIZE_KEY only: test_anonymized_fields_are_read_...
+    Row("anonymize_fields", (), [], ['["unclosed']),
+    Row("anonymize_key", None, [], []),
     Row("api_key", None, [], []),
     Row("api_keys", {}, [], ['["not", "an", "object"]', '{"bad alias!": "k"}', '{"a": ""}']),
     Row("api_base", "https://aicostmanager.com", [("https://x.test/", "https://x.test")], []),
@@ -63,9 +67,14 @@ TABLE = [
     Row("retry_max_s", 300.0, [("60", 60.0)], ["0"]),
     Row("auth_retry_interval_s", 60.0, [("5", 5.0)], ["0"]),
     Row("redelivery_timeout_s", 60.0, [("2", 2.0)], ["1.9", "0"]),
+    Row("limits_enabled", False, [("true", True), ("1", True), ("off", False)], ["sometimes"]),
+    Row("limits_refresh_ms", 500, [("10", 10), ("3600000", 3600000)], ["9", "3600001", "0.5"]),
+    Row("limits_poll_interval_s", 30.0, [("0.5", 0.5)], ["0", "-1"]),
+    Row("limits_public_key", None, [("-----BEGIN PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----")], []),
     Row("events_enabled", True, [("false", False)], ["sometimes"]),
     Row("events_show_payloads", False, [("true", True)], ["sometimes"]),
     Row("metrics_port", None, [("9100", 9100), ("1", 1), ("65535", 65535)], ["0", "65536"]),
+    Row("health_window_s", 120.0, [("1", 1.0), ("3600", 3600.0)], ["0.5", "3601", "x"]),
     Row("server_api_key", None, [], []),
     Row(
         "server_db",
@@ -75,6 +84,7 @@ TABLE = [
          ("postgresql://u:p@db:5432/ledger", "postgresql://u:p@db:5432/ledger")],
         ["mysql://u:p@db/ledger", "postgresql://u:pa/ss@db:5432/ledger"],
     ),
+    Row("server_keys_dir", None, [("/var/lib/aicm/keys", Path("/var/lib/aicm/keys"))], []),
     Row("server_url", "http://127.0.0.1:8000", [("http://ledger:9000/", "http://ledger:9000")], []),
     Row("monthly_budget_usd", None, [("250.5", 250.5), ("0", 0.0)], ["-1"]),
     Row("customer_budgets_usd", {}, [('{"acme": 250}', {"acme": 250.0})], ['{"acme": -1}']),
@@ -135,6 +145,76 @@ def test_a_value_out_of_range_or_of_the_wrong_type_fails_naming_the_variable(
     with pytest.raises(ValidationError) as failure:
         Settings()
     assert field in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "text"), [(row.field, text) for row in TABLE for text in row.bad]
+)
+def test_from_env_refuses_a_bad_value_in_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, field: str, text: str
+) -> None:
+    monkeypatch.setenv(variable(field), text)
+    with pytest.raises(SettingsError) as failure:
+        Settings.from_env()
+    message = str(failure.value)
+    assert message.startswith(variable(field))
+    assert "\n" not in message
+    assert "pydantic" not in message and "validation error" not in message
+    assert failure.value.variables == (variable(field),)
+    # One line, and no chain to print pydantic's dump under it either.
+    assert failure.value.__cause__ is None and failure.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("AICM_BATCH_SIZE", "5000", "AICM_BATCH_SIZE must be at most 1000"),
+        ("AICM_BATCH_SIZE", "0", "AICM_BATCH_SIZE must be at least 1"),
+        ("AICM_BATCH_SIZE", "many", "AICM_BATCH_SIZE must be a whole number"),
+        ("AICM_FLUSH_INTERVAL_S", "0", "AICM_FLUSH_INTERVAL_S must be more than 0"),
+        ("AICM_PUBLISH_TIMEOUT_S", "soon", "AICM_PUBLISH_TIMEOUT_S must be a number"),
+        ("AICM_REDELIVERY_TIMEOUT_S", "1.9", "AICM_REDELIVERY_TIMEOUT_S must be at least 2"),
+        ("AICM_EVENTS_ENABLED", "maybe", "AICM_EVENTS_ENABLED must be true or false"),
+        ("AICM_API_KEYS", "{not json", "AICM_API_KEYS must be valid JSON"),
+        ("AICM_API_KEYS", "[1, 2]", "AICM_API_KEYS must be a JSON object"),
+        ("AICM_CUSTOMER_BUDGETS_USD", '{"acme": -1}',
+         "AICM_CUSTOMER_BUDGETS_USD (key 'acme') must be at least 0"),
+        ("AICM_BROKER_URL", "http://h:1", "AICM_BROKER_URL: http://h:1 is not a usable broker URL"),
+    ],
+)  # fmt: skip
+def test_the_one_line_says_what_the_variable_must_be(
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str, message: str
+) -> None:
+    monkeypatch.setenv(name, text)
+    with pytest.raises(SettingsError) as failure:
+        Settings.from_env()
+    assert str(failure.value).startswith(message)
+
+
+def test_two_bad_variables_are_named_on_the_same_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AICM_BATCH_SIZE", "5000")
+    monkeypatch.setenv("AICM_MAX_RETRIES", "-1")
+    with pytest.raises(SettingsError) as failure:
+        Settings.from_env()
+    assert str(failure.value) == (
+        "AICM_BATCH_SIZE must be at most 1000; AICM_MAX_RETRIES must be at least 0"
+    )
+    assert failure.value.variables == ("AICM_BATCH_SIZE", "AICM_MAX_RETRIES")
+
+
+def test_the_settings_error_is_a_configuration_and_value_error() -> None:
+    assert issubclass(SettingsError, ConfigurationError)
+    assert issubclass(SettingsError, ValueError)
+
+
+def test_a_bad_key_alias_is_refused_without_echoing_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_API_KEYS", '{"bad alias!": "sk-team-secret-42"}')
+    with pytest.raises(SettingsError) as failure:
+        Settings.from_env()
+    assert "sk-team-secret-42" not in str(failure.value)
+    assert str(failure.value).startswith("AICM_API_KEYS: 'bad alias!' is not an alias name")
 
 
 def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,6 +331,28 @@ def test_the_official_sdks_variables_and_other_prefixes_are_not_warned_about(
     assert caplog.records == []
 
 
+def test_the_test_suites_variables_are_not_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    environ = {"AICM_TEST_REDIS_URL": "redis://127.0.0.1:6379/9", "AICM_TEST_ANYTHING": "1"}
+    with caplog.at_level(logging.WARNING, logger="aicm_tasks.settings"):
+        assert warn_unknown_variables(environ) == []
+    assert caplog.records == []
+
+
+def test_an_unknown_variable_is_warned_about_once_per_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A name no other test uses: the "already warned" record lasts the process.
+    monkeypatch.setenv("AICM_QQQQQQQQQQQQQQQQ", "1")
+    with caplog.at_level(logging.WARNING, logger="aicm_tasks.settings"):
+        for _ in range(3):
+            Settings.from_env()
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown setting AICM_QQQQQQQQQQQQQQQQ is ignored"
+    ]
+
+
 def test_an_unknown_variable_far_from_any_name_gets_no_hint(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -262,3 +364,35 @@ def test_an_unknown_variable_far_from_any_name_gets_no_hint(
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
         Settings().batch_size = 10
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("email", ("email",)), (" email, prompt ,", ("email", "prompt")), ('["a", "b"]', ("a", "b"))],
+)
+def test_anonymized_fields_are_read_as_a_comma_list_or_json(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", text)
+    monkeypatch.setenv("AICM_ANONYMIZE_KEY", "k" * 32)
+    settings = Settings()
+    assert settings.anonymize_fields == expected
+    assert "k" * 32 not in repr(settings)
+
+
+def test_anonymized_fields_without_the_key_are_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", "email")
+    with pytest.raises(ValidationError, match="AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY"):
+        Settings()
+
+
+def test_a_rule_across_variables_is_one_line_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicm_tasks.errors import SettingsError
+
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", "email")
+    with pytest.raises(SettingsError) as failure:
+        Settings.from_env()
+    assert str(failure.value).startswith("AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY")
+    assert "\n" not in str(failure.value)

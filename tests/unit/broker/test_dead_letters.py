@@ -6,11 +6,11 @@ import json
 import pytest
 import redis
 
-from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection
+from aicm_tasks.broker.dead_letters import CANDIDATES_SHOWN, DeadLetterStore, Selection
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.errors import DeadLetterNotFoundError
+from aicm_tasks.errors import AmbiguousDeadLetterIdError, DeadLetterNotFoundError
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.worker.delivery import plan
 from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
@@ -91,3 +91,62 @@ def test_purge_and_export(dlq: DeadLetterStore) -> None:
     assert dlq.count() == 2
     assert dlq.purge(Selection(all=True)) == 2
     assert dlq.stats()["total"] == 0
+
+
+# -- ids by prefix -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prefixed(any_redis: redis.Redis) -> DeadLetterStore:
+    for rid in ("5b0e11aa", "5b0e22bb", "77c1abcd", "a*b?c[1]", "a\\z", "77c1"):
+        dead_letter(any_redis, rid, "service_key_unknown")
+    return DeadLetterStore(any_redis, KEYS)
+
+
+def test_a_unique_prefix_resolves_to_the_full_id(prefixed: DeadLetterStore) -> None:
+    assert prefixed.resolve("5b0e1") == "5b0e11aa"
+    assert prefixed.resolve("5b0e22bb") == "5b0e22bb"
+
+
+def test_an_exact_id_wins_over_the_longer_ids_it_begins(prefixed: DeadLetterStore) -> None:
+    assert prefixed.resolve("77c1") == "77c1"
+    assert prefixed.resolve("77c1a") == "77c1abcd"
+
+
+def test_an_ambiguous_prefix_lists_the_candidates(prefixed: DeadLetterStore) -> None:
+    with pytest.raises(AmbiguousDeadLetterIdError) as failure:
+        prefixed.resolve("5b0e")
+    assert failure.value.candidates == ("5b0e11aa", "5b0e22bb")
+    assert str(failure.value) == (
+        "'5b0e' begins 2 dead letter ids (5b0e11aa, 5b0e22bb): give more of the id"
+    )
+    assert isinstance(failure.value, DeadLetterNotFoundError)
+
+
+def test_no_match_says_so(prefixed: DeadLetterStore) -> None:
+    with pytest.raises(DeadLetterNotFoundError, match="begins with 'ffff'") as failure:
+        prefixed.resolve("ffff")
+    assert not isinstance(failure.value, AmbiguousDeadLetterIdError)
+    with pytest.raises(DeadLetterNotFoundError):
+        prefixed.resolve("")
+
+
+def test_glob_characters_in_a_prefix_match_only_themselves(prefixed: DeadLetterStore) -> None:
+    assert prefixed.resolve("a*") == "a*b?c[1]"
+    assert prefixed.resolve("a\\") == "a\\z"
+    with pytest.raises(DeadLetterNotFoundError):
+        prefixed.resolve("?")  # would match every id as a pattern
+    with pytest.raises(DeadLetterNotFoundError):
+        prefixed.resolve("[5]")
+
+
+def test_many_matches_stop_the_scan_and_show_a_few(any_redis: redis.Redis) -> None:
+    store = DeadLetterStore(any_redis, KEYS)
+    # Index entries alone are enough for resolve; 2,000 of them, 1,200 sharing "x".
+    any_redis.zadd(KEYS.dlq_index, {f"x{n:04d}": n for n in range(1200)})
+    any_redis.zadd(KEYS.dlq_index, {f"y{n:04d}": n for n in range(800)})
+    with pytest.raises(AmbiguousDeadLetterIdError) as failure:
+        store.resolve("x")
+    assert len(failure.value.candidates) == CANDIDATES_SHOWN
+    assert "begins more than 5 dead letter ids" in str(failure.value)
+    assert store.resolve("y0799") == "y0799"

@@ -1,4 +1,4 @@
-"""The pipeline's figures and health (broker/figures.py) over fixed data in fakeredis and Redis.
+"""The pipeline's figures (broker/figures.py) over fixed data in fakeredis and Redis.
 
 Every figure is read from Redis on the Redis server's clock. The store here
 answers ``server_time`` with a fixed instant a day away from this host's clock,
@@ -13,16 +13,25 @@ import pytest
 import redis
 
 from aicm_tasks.broker import figures as figures_module
-from aicm_tasks.broker.figures import Figures, Thresholds, judge, read_figures
-from aicm_tasks.broker.keys import RATE_BUCKET_S, Keys, dead_lettered_field
+from aicm_tasks.broker.figures import Thresholds, read_figures
+from aicm_tasks.broker.keys import (
+    IDLE_AT,
+    LAST_DELIVERED_AT,
+    LAST_UNAUTHORIZED_AT,
+    RATE_BUCKET_S,
+    UNAUTHORIZED_SINCE,
+    Keys,
+    dead_lettered_field,
+)
+from aicm_tasks.broker.messages import encode
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import UNKNOWN, BrokerSettings
 from aicm_tasks.producer.record import build_record
 
 KEYS = Keys("test.figures", "testfig")
-#: The Redis server's "now" for these tests: a day ahead of any host clock, on
-#: a rate-bucket boundary plus 4 s (so the current bucket spans 4 s).
-NOW = (int(2_000_000_000 // RATE_BUCKET_S) * RATE_BUCKET_S) + 4.0
+#: The Redis server's "now" for these tests: years ahead of any host clock, half
+#: a second into a rate bucket (so the current bucket spans 0.5 s).
+NOW = (int(2_000_000_000 // RATE_BUCKET_S) * RATE_BUCKET_S) + 0.5
 SAFE = BrokerSettings("noeviction", True, "3600 1", "CONFIG")
 
 
@@ -45,13 +54,16 @@ def seen(store: RecordStore, **ago_s: float) -> None:
 
 
 def fill(store: RecordStore) -> None:
-    """Fixed data: 3 queued (oldest tracked 400 s ago), 2 held, 4 scheduled,
+    """Fixed data: 3 queued (oldest enqueued 400 s ago), 2 held, 4 scheduled,
     2 dead letters, deliveries in the rate buckets, errors, two workers seen."""
     queued = [
         build_record("openai::gpt-4o", {"input_tokens": n}, timestamp=NOW - 400 + n * 100)
         for n in range(5)
     ]
-    store.push_many([r.message for r in queued])  # oldest first (LPUSH: at the tail)
+    # Stamped when they were enqueued on the (fixed) server clock, as a producer
+    # whose clock agrees with the server's does.
+    messages = [encode(r.body, {"enqueued_at": NOW - 400 + n * 100}) for n, r in enumerate(queued)]
+    store.push_many(messages)  # oldest first (LPUSH: at the tail)
     # A worker holds the two oldest.
     taken = store.fetch("w1", KEYS.batch("w1", 0), 2, 60)
     assert taken is not None and len(taken) == 2
@@ -66,12 +78,18 @@ def fill(store: RecordStore) -> None:
         },
     )
     current = int(NOW // RATE_BUCKET_S)
-    store.client.hset(KEYS.rate(current), "delivered", 40)  # the current, partial bucket
-    store.client.hset(KEYS.rate(current - 6), "delivered", 20)  # 60 s ago: counted
-    store.client.hset(KEYS.rate(current - 7), "delivered", 1000)  # 70 s ago: not counted
+    store.client.hset(KEYS.rate(current), "delivered", 40)  # the current, partial second
+    store.client.hset(KEYS.rate(current - 5), "delivered", 10)  # 5 s ago: in the last 5 s
+    store.client.hset(KEYS.rate(current - 6), "delivered", 5)  # 6 s ago: not in them
+    store.client.hset(KEYS.rate(current - 60), "delivered", 20)  # 60 s ago: in the minute
+    store.client.hset(KEYS.rate(current - 61), "delivered", 1000)  # 61 s ago: not counted
+    store.client.hset(KEYS.rate(current - 3), mapping={"requests": 4, "transport_failed": 1})
+    store.client.hset(KEYS.rate(current - 200), mapping={"requests": 9, "unauthorized": 9})
     for n in range(12):
         store.client.lpush(KEYS.errors, json.dumps({"at": NOW - n, "detail": f"HTTP 503 #{n}"}))
     seen(store, w1=10, w2=120)
+    store.client.hset(KEYS.names, mapping={"w1": "celery@host-a", "w2": "celery@host-b"})
+    store.client.hset(KEYS.health, mapping={LAST_DELIVERED_AT: NOW - 2, IDLE_AT: NOW - 30})
 
 
 def test_every_figure_is_read_from_fixed_data(store: RecordStore) -> None:
@@ -80,19 +98,41 @@ def test_every_figure_is_read_from_fixed_data(store: RecordStore) -> None:
     assert (figures.queued, figures.held, figures.scheduled, figures.dead_letters) == (3, 2, 4, 2)
     assert figures.dead_letters_by_reason == {"service_key_unknown": 1, "error": 1}
     assert figures.totals["delivered"] == 900
-    # Six whole buckets and the current one, over the 64 s they span.
-    assert figures.delivered_last_minute == 60
-    assert figures.delivered_per_s == round(60 / 64, 1)
-    # The oldest record still queued was tracked 200 s ago (the two older are held).
+    # Sixty whole seconds and the current half one, over the 60.5 s they span.
+    assert figures.delivered_last_minute == 75
+    assert figures.delivered_per_s == round(75 / 60.5, 1)
+    # What flows now: five whole seconds and the current half one.
+    assert figures.delivered_last_5s == 50
+    assert figures.delivered_per_s_last_5s == round(50 / 5.5, 1)
+    # The oldest record still queued was enqueued 200 s ago (the two older are held).
     assert figures.oldest_queued_s == 200.0
     assert [e["detail"] for e in figures.last_errors] == [
         f"HTTP 503 #{n}" for n in range(11, 1, -1)
     ]
-    assert figures.workers_alive == ["w1"]
+    # Named as Flower names them, with the consumer id beside.
+    assert figures.workers_alive == ["celery@host-a"]
+    assert figures.workers == [
+        {"name": "celery@host-a", "consumer": "w1", "seen_s_ago": 10.0, "alive": True},
+        {"name": "celery@host-b", "consumer": "w2", "seen_s_ago": 120.0, "alive": False},
+    ]
     assert figures.last_worker_seen_s_ago == 10.0
+    # Over the default 120 s window: the deliveries and requests in it, not the
+    # 401s of 200 s ago.
+    assert figures.window_s == 120.0
+    assert figures.recent == {
+        "delivered": 75 + 1000,
+        "retried": 0,
+        "dead_lettered": 0,
+        "requests": 4,
+        "transport_failed": 1,
+        "unauthorized": 0,
+    }
+    assert (figures.last_delivered_s_ago, figures.idle_s_ago) == (2.0, 30.0)
+    assert figures.unauthorized_for_s is None and figures.last_unauthorized_s_ago is None
     assert figures.healthy and figures.problems == [] and figures.warnings == []
     shown = figures.as_dict()
-    assert shown["healthy"] is True and shown["queued"] == 3
+    assert shown["healthy"] is True and shown["queued"] == 3 and shown["waiting"] == 9
+    assert shown["delivered_last_5s"] == 50 and shown["workers"][0]["consumer"] == "w1"
     assert shown["redis_settings"]["maxmemory_policy"] == "noeviction"
 
 
@@ -125,9 +165,46 @@ def test_a_worker_seen_too_long_ago_is_a_problem(store: RecordStore) -> None:
 
 def test_the_oldest_queued_record_over_its_threshold_is_a_problem(store: RecordStore) -> None:
     seen(store, w=1)
-    store.push(build_record("openai::gpt-4o", {"input_tokens": 1}, timestamp=NOW - 301).message)
+    store.client.hset(KEYS.health, LAST_DELIVERED_AT, NOW - 1)
+    # Stamped by its producer when it was enqueued, 301 s ago: no metadata line.
+    store.push(build_record("openai::gpt-4o", {"input_tokens": 1}, timestamp=NOW - 301).body)
     assert read_figures(store).problems == ["oldest queued record is 301s old (threshold 300s)"]
     assert read_figures(store, Thresholds(max_oldest_queued_s=301)).problems == []
+
+
+def test_a_backfill_is_aged_from_when_it_was_enqueued_not_from_its_timestamp(
+    store: RecordStore,
+) -> None:
+    seen(store, w=1)
+    store.client.hset(KEYS.health, IDLE_AT, NOW - 1)
+    backfill = build_record("openai::gpt-4o", {"input_tokens": 1}, timestamp=NOW - 86_400)
+    store.push(encode(backfill.body, {"enqueued_at": NOW - 3, "api_key_alias": "team-a"}))
+    figures = read_figures(store)
+    assert figures.oldest_queued_s == 3.0
+    assert figures.healthy, figures.problems
+
+
+def test_health_marks_are_read_as_ages_on_the_servers_clock(store: RecordStore) -> None:
+    seen(store, w=1)
+    store.client.hset(
+        KEYS.health,
+        mapping={
+            LAST_DELIVERED_AT: NOW - 500,
+            IDLE_AT: NOW - 400,
+            UNAUTHORIZED_SINCE: NOW - 130,
+            LAST_UNAUTHORIZED_AT: NOW - 10,
+        },
+    )
+    current = int(NOW // RATE_BUCKET_S)
+    for n in range(8):
+        store.client.hset(KEYS.rate(current - n), mapping={"requests": 1, "unauthorized": 1})
+    store.push(build_record("openai::gpt-4o", {"input_tokens": 1}, timestamp=NOW - 1).body)
+    figures = read_figures(store, Thresholds(window_s=30))
+    assert (figures.last_delivered_s_ago, figures.idle_s_ago) == (500.0, 400.0)
+    assert (figures.unauthorized_for_s, figures.last_unauthorized_s_ago) == (130.0, 10.0)
+    assert figures.recent["requests"] == 8 and figures.recent["unauthorized"] == 8
+    assert [p.split(" ")[0] for p in figures.problems] == ["1", "/track"]
+    assert "none delivered for 400s (threshold 30s)" in figures.problems[0]
 
 
 def test_dead_letters_over_their_threshold_are_a_problem_only_with_a_threshold(
@@ -199,16 +276,3 @@ def test_without_stored_settings_unknown_ones_are_a_warning_not_a_problem(
     figures = read_figures(store)
     assert figures.healthy
     assert figures.warnings[0].startswith("maxmemory-policy is unknown (CONFIG refused)")
-
-
-def test_judge_lists_every_threshold_crossed_at_once() -> None:
-    figures = Figures(
-        queued=1, held=0, scheduled=0, dead_letters=7, dead_letters_by_reason={},
-        delivered_last_minute=0, delivered_per_s=0.0, workers_alive=[],
-        last_worker_seen_s_ago=None, oldest_queued_s=1000.0, totals={}, last_errors=[],
-    )  # fmt: skip
-    assert judge(figures, Thresholds(max_dead_letters=5)) == [
-        "no worker alive for 60s (never seen)",
-        "oldest queued record is 1000s old (threshold 300s)",
-        "7 dead letters (threshold 5)",
-    ]

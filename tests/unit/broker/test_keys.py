@@ -32,6 +32,8 @@ def test_every_key_of_a_prefix_is_distinct_and_under_the_prefix() -> None:
         keys.dlq_index,
         keys.stats,
         keys.seen,
+        keys.names,
+        keys.health,
         keys.redis_settings,
         keys.errors,
         keys.imported,

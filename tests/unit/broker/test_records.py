@@ -7,7 +7,15 @@ from unittest import mock
 
 import redis
 
-from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.keys import (
+    IDLE_AT,
+    LAST_DELIVERED_AT,
+    LAST_UNAUTHORIZED_AT,
+    RATE_BUCKET_S,
+    RATE_KEEP_S,
+    UNAUTHORIZED_SINCE,
+    Keys,
+)
 from aicm_tasks.broker.records import RecordStore, Resolution
 
 KEYS = Keys("aicm.tracking", "aicm")
@@ -61,6 +69,71 @@ def test_resolve_writes_every_fate_and_forgets_the_batch(any_redis: redis.Redis)
     # A second resolve of the same batch writes nothing.
     assert store.resolve("c1", batch, resolution) is False
     assert any_redis.zcard(KEYS.scheduled) == 1
+
+
+def test_resolve_counts_the_rate_bucket_and_health_times_on_the_servers_clock(
+    real_redis: redis.Redis,
+) -> None:
+    # Over the real Redis only: fakeredis answers TIME with this process's clock.
+    # This host's clock is an hour ahead: nothing written may follow it.
+    store = store_of(real_redis)
+
+    def settle(n: int, resolution: Resolution) -> tuple[float, float]:
+        batch = KEYS.batch("c1", n)
+        store.fetch("c1", batch, 10, lease_s=30)
+        before = store.server_time()
+        with mock.patch("time.time", return_value=time.time() + 3600):
+            assert store.resolve("c1", batch, resolution) is True
+        return before, store.server_time()
+
+    before, after = settle(
+        0,
+        Resolution(
+            rates={"delivered": 7, "requests": 2, "unauthorized": 1},
+            noted=(LAST_DELIVERED_AT, LAST_UNAUTHORIZED_AT),
+            started=(UNAUTHORIZED_SINCE,),
+        ),
+    )
+    buckets = {int(before // RATE_BUCKET_S), int(after // RATE_BUCKET_S)}
+    counted = [real_redis.hgetall(KEYS.rate(b)) for b in buckets]
+    assert {k: v for c in counted for k, v in c.items()} == {
+        b"delivered": b"7",
+        b"requests": b"2",
+        b"unauthorized": b"1",
+    }
+    written = [b for b in buckets if real_redis.exists(KEYS.rate(b))]
+    assert written and all(0 < real_redis.ttl(KEYS.rate(b)) <= RATE_KEEP_S for b in written)
+    health = store.health()
+    assert before <= health[LAST_DELIVERED_AT] <= after
+    assert health[UNAUTHORIZED_SINCE] == health[LAST_UNAUTHORIZED_AT]
+    since = health[UNAUTHORIZED_SINCE]
+    # A later 401 notes its time but keeps the start of the run...
+    settle(1, Resolution(noted=(LAST_UNAUTHORIZED_AT,), started=(UNAUTHORIZED_SINCE,)))
+    assert store.health()[UNAUTHORIZED_SINCE] == since
+    assert store.health()[LAST_UNAUTHORIZED_AT] >= since
+    # ...and an answer that took the key ends it.
+    settle(2, Resolution(ended=(UNAUTHORIZED_SINCE,)))
+    assert UNAUTHORIZED_SINCE not in store.health()
+    # An empty settle writes no bucket.
+    keys_before = set(real_redis.keys(KEYS.rate_prefix + "*"))
+    settle(3, Resolution())
+    assert set(real_redis.keys(KEYS.rate_prefix + "*")) == keys_before
+
+
+def test_idle_is_noted_on_the_servers_clock_only_when_nothing_is_queued_or_due(
+    any_redis: redis.Redis,
+) -> None:
+    store = store_of(any_redis)
+    now = store.server_time()
+    store.schedule([(now + 3600, b"a countdown, due in an hour")])
+    assert store.note_idle() is True
+    assert now <= store.health()[IDLE_AT] <= store.server_time()
+    any_redis.hdel(KEYS.health, IDLE_AT)
+    store.schedule([(now - 1, b"a retry, due")])
+    assert store.note_idle() is False
+    store.promote_due()
+    assert store.note_idle() is False  # queued now
+    assert IDLE_AT not in store.health()
 
 
 def test_batches_of_a_consumer_whose_lease_expired_go_back_to_the_queue(
@@ -204,6 +277,9 @@ def test_renew_lease_returns_the_servers_time_and_notes_the_worker_seen(
     server_now = store.renew_lease("w", 30)
     assert server_now <= store.server_time()
     assert store.last_seen() == {"w": server_now}
+    assert store.names() == {}
+    store.renew_lease("w", 30, "w1@host")
+    assert store.names() == {"w": "w1@host"}
 
 
 def test_sweep_returns_batch_keys_no_live_lease_covers(any_redis: redis.Redis) -> None:
@@ -245,5 +321,7 @@ def test_forget_unseen_drops_only_workers_gone_long_without_a_lease(
     now = store.server_time()
     any_redis.hset(KEYS.seen, mapping={"old": now - 7200, "recent": now - 10, "held": now - 7200})
     any_redis.zadd(KEYS.consumers, {"held": now + 30})
+    any_redis.hset(KEYS.names, mapping={"old": "w0@a", "recent": "w1@b", "held": "w2@c"})
     assert store.forget_unseen(3600) == 1
     assert set(store.last_seen()) == {"recent", "held"}
+    assert store.names() == {"recent": "w1@b", "held": "w2@c"}

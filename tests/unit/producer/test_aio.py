@@ -82,3 +82,27 @@ def test_track_many_async_publishes_all_in_order(track, real_redis) -> None:
     assert ids == [f"r{n}" for n in range(5)]
     assert [r["response_id"] for r in queued(real_redis)] == ids
     assert asyncio.run(track_many_async([], task=track)) == []
+
+
+def test_the_async_forms_take_the_anonymisation_options(track, real_redis) -> None:
+    asyncio.run(
+        track_async(
+            "a::b",
+            {"n": 1, "email": "ada@example.com"},
+            anonymize_fields=["email"],
+            anonymizer=lambda value: "gone",
+            task=track,
+        )
+    )
+    asyncio.run(
+        track_many_async(
+            [{"service_key": "a::b", "usage": {"n": 2, "name": "Ada"}}],
+            anonymize_fields=["name"],
+            anonymizer=lambda value: "gone",
+            task=track,
+        )
+    )
+    assert [r["payload"] for r in queued(real_redis)] == [
+        {"n": 1, "email": "gone"},
+        {"n": 2, "name": "gone"},
+    ]

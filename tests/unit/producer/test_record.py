@@ -123,3 +123,30 @@ def test_generated_response_ids_are_version_4_uuids_in_hex() -> None:
     for value in ids:
         parsed = uuid.UUID(value)
         assert parsed.hex == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_record_stamped_now_is_its_body_alone() -> None:
+    import time
+
+    from aicm_tasks.broker.messages import decode
+
+    for record in (
+        build_record("a::b", {"n": 1}),
+        build_record("a::b", {"n": 1}, timestamp=time.time() - 1),
+    ):
+        assert record.enqueued_at is None and record.message == record.body
+        assert decode(record.message).meta == {}
+
+
+def test_a_backfill_carries_when_it_was_enqueued_before_its_body() -> None:
+    import time
+
+    from aicm_tasks.broker.messages import decode
+
+    before = time.time()
+    record = build_record("a::b", {"n": 1}, timestamp=1_000_000_000, api_key_alias="team-a")
+    assert record.enqueued_at is not None and before - 1 <= record.enqueued_at <= time.time() + 1
+    item = decode(record.message)
+    assert item.meta == {"api_key_alias": "team-a", "enqueued_at": record.enqueued_at}
+    assert item.body == record.body and item.response_id == record.response_id
+    assert json.loads(record.body)["timestamp"] == "1000000000.0"

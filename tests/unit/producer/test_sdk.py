@@ -20,7 +20,10 @@ def delivery(real_redis: redis.Redis) -> CeleryDelivery:
 
 
 def queued(client: redis.Redis) -> list[dict]:
-    return [json.loads(m) for m in reversed(client.lrange("aicm.tracking", 0, -1))]
+    """The records queued, oldest first (a backfill's message carries its enqueue
+    time in a metadata line before the record: see broker/messages.py)."""
+    messages: list[bytes] = client.lrange("aicm.tracking", 0, -1)  # type: ignore[assignment]
+    return [json.loads(m.rpartition(b"\n")[2]) for m in reversed(messages)]
 
 
 def sdk_record(**changes: object) -> dict:
@@ -71,3 +74,21 @@ def test_the_delivery_stays_usable_after_close(delivery, real_redis) -> None:
     delivery.enqueue(sdk_record(response_id="after"))
     assert [r["response_id"] for r in queued(real_redis)] == ["before", "after"]
     assert not hasattr(delivery, "type")  # so Tracker leaves AICM.INI alone
+
+
+def test_a_delivery_anonymises_its_fields_before_publishing(real_redis) -> None:
+    task = track_of(create_app(Settings(broker_url=TEST_REDIS_URL)))
+    delivery = CeleryDelivery(task=task, anonymize_fields=["email"], anonymizer=lambda v: "gone")
+    delivery.enqueue(sdk_record(context={"email": "ada@example.com"}))
+    (record,) = queued(real_redis)
+    assert record["context"] == {"email": "gone"}
+
+
+def test_a_delivery_naming_fields_without_a_key_fails_at_enqueue(real_redis) -> None:
+    from aicm_tasks.errors import ConfigurationError
+
+    task = track_of(create_app(Settings(broker_url=TEST_REDIS_URL)))
+    delivery = CeleryDelivery(task=task, anonymize_fields=["email"])
+    with pytest.raises(ConfigurationError, match="AICM_ANONYMIZE_KEY"):
+        delivery.enqueue(sdk_record(context={"email": "ada@example.com"}))
+    assert queued(real_redis) == []

@@ -155,7 +155,11 @@ def test_a_mixed_batch_gets_one_result_per_record(client: TestClient) -> None:
     assert results["unknown-1"] == {
         "response_id": "unknown-1",
         "status": "service_key_unknown",
-        "errors": ["Service key 'unknown::service' is not recognized. Event queued for review."],
+        "errors": [
+            "Service key 'unknown::service' is not recognized: the event was not stored. "
+            "Teach it to the server (PUT /api/v1/services/unknown::service, or "
+            "serve --extra-service), then replay the dead letter."
+        ],
     }
     assert results["bad-1"] == {
         "response_id": "bad-1",

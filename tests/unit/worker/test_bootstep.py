@@ -54,8 +54,9 @@ def worker_for(options: Settings) -> Any:
 class FakeService:
     """Stands in for DeliveryService: remembers how it was built, started, stopped."""
 
-    def __init__(self, observers: list[Observer]) -> None:
+    def __init__(self, observers: list[Observer], name: str = "") -> None:
         self.observers = observers
+        self.name = name
         self.calls: list[tuple[str, float | None]] = []
 
     def start(self) -> None:
@@ -69,8 +70,13 @@ class FakeService:
 def built(monkeypatch: pytest.MonkeyPatch) -> list[FakeService]:
     made: list[FakeService] = []
 
-    def fake_build(options: Settings, *, extra_observers: list[Observer] = ()) -> FakeService:  # type: ignore[assignment]
-        made.append(FakeService(list(extra_observers)))
+    def fake_build(
+        options: Settings,
+        *,
+        extra_observers: list[Observer] = (),  # type: ignore[assignment]
+        name: str = "",
+    ) -> FakeService:
+        made.append(FakeService(list(extra_observers), name))
         return made[-1]
 
     monkeypatch.setattr(bootstep_module, "build_service", fake_build)
@@ -106,7 +112,10 @@ def test_events_are_wired_with_the_workers_hostname_and_closed_at_stop(
     (events,) = built[0].observers
     assert isinstance(events, TaskEvents)
     assert events.hostname == "worker1@test"
+    # The delivery service is named as Flower names the worker, for status.
+    assert built[0].name == "worker1@test"
     assert events.show_payloads is True
+    assert events.queue == QUEUE
     assert events.app is worker.app
     step.stop(worker)
     assert closed == [events]
@@ -124,6 +133,7 @@ def test_metrics_are_served_on_the_configured_port_when_set(
     (metrics,) = built[0].observers
     assert isinstance(metrics, Metrics)
     assert served == [port]
+    assert metrics.queue == QUEUE  # celery_queue_length{queue_name} names the configured queue
 
 
 def test_the_tracking_queue_is_taken_from_celerys_consumer_when_named_with_q() -> None:

@@ -278,3 +278,76 @@ def test_plan_after_error_counts_an_attempt_for_every_record_until_they_end() ->
 def test_metadata_with_counts_of_the_wrong_type_reads_as_zero() -> None:
     bad = decode(b'{"attempts":"x","retries":[1]}\n' + item("a").body)
     assert bad.attempts == 0 and bad.retries == 0 and not bad.malformed
+
+
+# -- what status judges by: rate counts and health times, written with the settle --
+
+
+def test_an_attempt_counts_its_requests_by_how_they_went() -> None:
+    from aicm_tasks.worker.attempts import attempt
+
+    answers = iter(
+        [
+            BatchVerdict(VerdictKind.TRANSIENT, "network: ConnectError"),
+            BatchVerdict(VerdictKind.UNAUTHORIZED, "HTTP 401", 401),
+        ]
+    )
+    items = [item("a"), item("b", meta={"api_key_alias": "team-b"})]
+    done = attempt(items, lambda body: next(answers), {"team-b": lambda body: next(answers)})
+    assert (done.requests, done.transport_failed, done.unauthorized) == (2, 1, 1)
+
+
+def test_a_delivered_batch_counts_its_records_and_notes_the_delivery() -> None:
+    calls: list[list[str]] = []
+    done_outcomes, requests = deliver([item("a"), item("b")], results_post({}, calls))
+    resolution, _ = plan(
+        [o for o in done_outcomes if o.fate is not Fate.DELIVERED],
+        POLICY,
+        auth_retry_interval_s=5,
+        requests=requests,
+    )
+    # Both records got no result: retried; nothing delivered, yet the server took the key.
+    assert resolution.rates == {"retried": 2, "requests": 1}
+    assert resolution.noted == () and resolution.started == ("retrying_since",)
+    assert resolution.ended == ("unauthorized_since",)
+    resolution, _ = plan([], POLICY, auth_retry_interval_s=5, delivered=2, requests=1)
+    assert resolution.rates == {"delivered": 2, "requests": 1}
+    assert resolution.noted == ("last_delivered_at",) and resolution.started == ()
+    assert resolution.ended == ("retrying_since", "unauthorized_since")
+
+
+def test_a_refused_key_starts_a_run_and_transport_failures_leave_that_run_alone() -> None:
+    unauthorized = deliver(
+        [item("a")], lambda body: BatchVerdict(VerdictKind.UNAUTHORIZED, "x", 401)
+    )
+    resolution, _ = plan(
+        unauthorized[0], POLICY, auth_retry_interval_s=5, requests=1, unauthorized=1
+    )
+    assert resolution.rates == {"retried": 1, "requests": 1, "unauthorized": 1}
+    assert resolution.noted == ("last_unauthorized_at",)
+    assert resolution.started == ("retrying_since", "unauthorized_since")
+    assert resolution.ended == ()
+    down = deliver([item("a")], lambda body: BatchVerdict(VerdictKind.TRANSIENT, "timeout"))
+    resolution, _ = plan(down[0], POLICY, auth_retry_interval_s=5, requests=1, transport_failed=1)
+    assert resolution.rates == {"retried": 1, "requests": 1, "transport_failed": 1}
+    assert (resolution.noted, resolution.started, resolution.ended) == (
+        (),
+        ("retrying_since",),
+        (),
+    )
+
+
+def test_a_backfills_enqueue_time_survives_its_retries() -> None:
+    items = [item("old", meta={"enqueued_at": 1234.5})]
+    outcomes, _ = deliver(items, lambda body: BatchVerdict(VerdictKind.TRANSIENT, "HTTP 503", 503))
+    resolution, _ = plan(outcomes, POLICY, auth_retry_interval_s=5, now=2000.0)
+    ((_, message),) = resolution.retries
+    assert decode(message).meta["enqueued_at"] == 1234.5
+
+
+def test_a_batch_of_dead_letters_alone_ends_a_run_of_retries() -> None:
+    unknown = {"a": "service_key_unknown"}
+    outcomes, requests = deliver([item("a")], results_post(unknown, []))
+    resolution, _ = plan(outcomes, POLICY, auth_retry_interval_s=5, requests=requests)
+    assert resolution.rates == {"dead_lettered": 1, "requests": 1}
+    assert resolution.started == () and "retrying_since" in resolution.ended

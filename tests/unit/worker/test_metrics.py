@@ -66,6 +66,19 @@ def test_housekeeping_sets_the_depth_gauges_and_missing_states_read_zero(
     assert value(metrics, "aicm_workers_with_lease") == 1
 
 
+def test_the_queue_depth_is_also_celery_exporters_celery_queue_length() -> None:
+    # Name, type and label as danihodovic/celery-exporter exports them, so its
+    # dashboards and CeleryHighQueueLength alert read the tracking queue.
+    metrics = Metrics(CollectorRegistry(), queue="billing.tracking")
+    metrics.housekeeping({"queued": 2028, "held": 500, "scheduled": 7})
+    (family,) = [f for f in metrics.registry.collect() if f.name == "celery_queue_length"]
+    assert family.type == "gauge"
+    assert [(s.name, s.labels, s.value) for s in family.samples] == [
+        ("celery_queue_length", {"queue_name": "billing.tracking"}, 2028.0)
+    ]
+    assert Metrics(CollectorRegistry()).queue == "aicm.tracking"
+
+
 @pytest.mark.parametrize(
     ("settings", "evicting", "aof", "labels"),
     [
@@ -111,3 +124,7 @@ def test_metrics_are_served_on_the_port_in_the_exposition_format(metrics: Metric
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     assert "aicm_records_delivered_total 3.0" in text
     assert "# TYPE aicm_records_delivered_total counter" in text
+    metrics.housekeeping({"queued": 4})
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert "# TYPE celery_queue_length gauge" in text
+    assert 'celery_queue_length{queue_name="aicm.tracking"} 4.0' in text

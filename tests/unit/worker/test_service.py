@@ -16,7 +16,7 @@ from typing import Any, cast
 import pytest
 import redis
 
-from aicm_tasks.broker.keys import Keys, dead_lettered_field
+from aicm_tasks.broker.keys import IDLE_AT, LAST_DELIVERED_AT, Keys, dead_lettered_field
 from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import wait_until
@@ -177,6 +177,25 @@ def test_housekeeping_sweeps_a_batch_key_no_lease_covers_back_for_delivery(
     assert sorted(post.received) == sorted(r.response_id for r in records)
     assert any_redis.exists(stray) == 0
     assert "returned 4 records to the queue from batch keys no lease covered" in caplog.text
+
+
+def test_a_running_service_writes_what_status_judges_by(any_redis: redis.Redis) -> None:
+    post = FakeTrack()
+    delivery = service(any_redis, post, name="w1@host")
+    delivery.start()
+    try:
+        # Nothing waits: housekeeping notes it (its first round reads the depth).
+        wait_until(lambda: IDLE_AT in delivery.store.health(), 30, "idle noted")
+        publish(delivery.store, 20)
+        wait_until(lambda: delivery.store.stats().get("delivered", 0) >= 20, 60, "20 delivered")
+        assert delivery.store.names() == {delivery.consumer: "w1@host"}
+        health = delivery.store.health()
+        assert LAST_DELIVERED_AT in health and health[LAST_DELIVERED_AT] >= health[IDLE_AT]
+        buckets = [any_redis.hgetall(k) for k in any_redis.scan_iter(KEYS.rate_prefix + "*")]
+        assert sum(int(b.get(b"delivered", 0)) for b in buckets) == 20
+        assert sum(int(b.get(b"requests", 0)) for b in buckets) >= 1
+    finally:
+        delivery.stop(30)
 
 
 def test_a_batch_whose_processing_raises_is_retried_with_the_attempt_counted(

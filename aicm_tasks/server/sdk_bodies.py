@@ -1,0 +1,43 @@
+"""Request bodies of the SDK-shaped endpoints: JSON read with a size bound, checked by pydantic.
+
+A body that is not JSON, or does not fit the model, is a 400 whose ``detail``
+names the fields at fault (never their values: a body may hold personal data).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+#: Largest body of a customer or custom service, in bytes.
+MAX_SDK_BODY_BYTES = 1024 * 1024
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def read_model(request: Request, model: type[Model]) -> Model:
+    """The request's JSON body as ``model``, or HTTPException 400 (413 when too large)."""
+    size = 0
+    chunks: list[bytes] = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_SDK_BODY_BYTES:
+            raise HTTPException(413, f"request body is over {MAX_SDK_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        document = json.loads(b"".join(chunks))
+    except ValueError:
+        raise HTTPException(400, "the body must be a JSON object") from None
+    try:
+        return model.model_validate(document)
+    except PydanticValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise HTTPException(400, problems) from None

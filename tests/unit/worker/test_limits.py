@@ -1,0 +1,217 @@
+"""The worker's side of limits: only verified tokens reach the broker, over fakeredis and Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.limits import DEFAULT_SOURCE, STALE, UNCHANGED, WRITTEN, LimitStore
+from aicm_tasks.limits import TriggeredLimit
+from aicm_tasks.worker.limits import LimitsKeeper, api_key_id, poll_limits, verify_token
+from aicm_tasks.worker.outcomes import VerdictKind, classify_response
+from aicm_tasks.worker.transport import TrackTransport
+from tests.support.limits import (
+    SigningKey,
+    forged_object,
+    limit,
+    token_claims,
+    triggered_limits_object,
+)
+
+KEYS = Keys("test.limits", "testlimits")
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey()
+
+
+@pytest.fixture
+def store(any_redis: redis.Redis) -> LimitStore:
+    return LimitStore(any_redis, KEYS)
+
+
+def test_a_genuine_token_verifies_and_its_limits_reach_the_broker(
+    key: SigningKey, store: LimitStore
+) -> None:
+    tripped = limit("openai::gpt-4o", "acme")
+    keeper = LimitsKeeper(store)
+    assert keeper.accept(DEFAULT_SOURCE, triggered_limits_object([tripped], key))
+    assert store.read() == {DEFAULT_SOURCE: (tripped,)}
+
+
+@pytest.mark.parametrize("how", ["other-key", "unsigned", "wrong-issuer", "hs256"])
+def test_a_forged_token_is_ignored_and_nothing_is_stored(
+    key: SigningKey, store: LimitStore, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    keeper = LimitsKeeper(store)
+    assert not keeper.accept(DEFAULT_SOURCE, forged_object([limit()], key, how))
+    assert store.read() == {}
+    assert "does not verify" in caplog.text
+
+
+def test_tokens_that_are_not_to_be_trusted_do_not_verify(key: SigningKey) -> None:
+    claims = token_claims([limit()])
+    assert verify_token(key.sign(claims), key.public_pem) is not None
+    assert verify_token(key.sign({**claims, "exp": time.time() - 60}), key.public_pem) is None
+    assert (
+        verify_token(key.sign({k: v for k, v in claims.items() if k != "iss"}), key.public_pem)
+        is None
+    )
+    assert verify_token(key.sign(claims), None) is None
+    assert verify_token(key.sign(claims), "not a key") is None
+    assert verify_token("not.a.token", key.public_pem) is None
+
+
+def test_a_later_answer_without_its_public_key_uses_the_last_one_received(
+    key: SigningKey, store: LimitStore
+) -> None:
+    keeper = LimitsKeeper(store)
+    assert keeper.accept(DEFAULT_SOURCE, triggered_limits_object([], key))
+    later = limit()
+    assert keeper.accept(
+        DEFAULT_SOURCE, triggered_limits_object([later], key, with_public_key=False)
+    )
+    assert store.read()[DEFAULT_SOURCE] == (later,)
+
+
+def test_a_pinned_public_key_refuses_a_token_that_brings_its_own(
+    key: SigningKey, store: LimitStore
+) -> None:
+    intruder = SigningKey()
+    keeper = LimitsKeeper(store, pinned_public_key=key.public_pem)
+    assert not keeper.accept(DEFAULT_SOURCE, triggered_limits_object([limit()], intruder))
+    assert keeper.accept(DEFAULT_SOURCE, triggered_limits_object([limit()], key))
+
+
+def test_only_the_limits_of_the_key_that_asked_are_kept(key: SigningKey, store: LimitStore) -> None:
+    ours, theirs = limit(api_key_id="uuid-1"), limit(api_key_id="uuid-2")
+    keeper = LimitsKeeper(store, key_ids={"team-a": api_key_id("secret.uuid-1")})
+    keeper.accept("team-a", triggered_limits_object([ours, theirs], key))
+    assert store.read() == {"team-a": (ours,)}
+    assert api_key_id("no-dot-key") is None
+
+
+def test_an_empty_set_clears_and_an_older_token_does_not_undo_a_newer(store: LimitStore) -> None:
+    first = limit()
+    assert store.write(DEFAULT_SOURCE, (first,), issued_at=10.0) == WRITTEN
+    assert store.write(DEFAULT_SOURCE, (first,), issued_at=11.0) == UNCHANGED
+    assert store.write(DEFAULT_SOURCE, (), issued_at=5.0) == STALE
+    assert store.read() == {DEFAULT_SOURCE: (first,)}
+    assert store.write(DEFAULT_SOURCE, (), issued_at=12.0) == WRITTEN
+    assert store.read() == {DEFAULT_SOURCE: ()}
+
+
+def test_a_change_is_announced_on_the_channel(real_redis: redis.Redis) -> None:
+    store = LimitStore(real_redis, KEYS)
+    pubsub = real_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(KEYS.limits_changed)
+    store.write("team-a", (limit(),), issued_at=1.0)
+    deadline = time.monotonic() + 10
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+    pubsub.close()
+    assert message is not None and message["data"] == b"team-a"
+
+
+def test_an_unreadable_entry_is_skipped_not_fatal(real_redis: redis.Redis) -> None:
+    real_redis.hset(KEYS.limits, "team-b", "{not json")
+    store = LimitStore(real_redis, KEYS)
+    store.write("team-a", (limit(),), issued_at=1.0)
+    assert set(store.read()) == {"team-a"}
+
+
+# -- the transport hands answers' limits over ------------------------------------------
+
+
+def answer(data: dict[str, Any] | None) -> bytes:
+    body: dict[str, Any] = {"results": [{"response_id": "r1", "status": "queued"}]}
+    if data is not None:
+        body["triggered_limits"] = data
+    return json.dumps(body).encode()
+
+
+def test_the_answer_carries_its_triggered_limits_object(key: SigningKey) -> None:
+    data = triggered_limits_object([limit()], key)
+    verdict = classify_response(200, {}, answer(data))
+    assert verdict.kind is VerdictKind.RESULTS and verdict.triggered_limits == data
+    assert classify_response(200, {}, answer({})).triggered_limits is None
+    assert classify_response(200, {}, answer(None)).triggered_limits is None
+
+
+def test_the_transport_reports_limits_by_the_alias_that_sent_and_polls_them(
+    key: SigningKey,
+) -> None:
+    data = triggered_limits_object([limit()], key)
+    seen: list[tuple[str, Any]] = []
+    asked: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path} {request.headers['authorization']}")
+        if request.method == "GET":
+            return httpx.Response(200, json={"triggered_limits": data})
+        return httpx.Response(200, content=answer(data))
+
+    transport = TrackTransport(
+        "http://x.test/api/v1/track",
+        "default-key",
+        keys={"team-a": "a-key"},
+        transport=httpx.MockTransport(server),
+        on_limits=lambda source, got: seen.append((source, got)),
+    )
+    transport.post(b"{}")
+    transport.sender("team-a")(b"{}")
+    assert seen == [(DEFAULT_SOURCE, data), ("team-a", data)]
+    assert transport.sources == [DEFAULT_SOURCE, "team-a"]
+    assert transport.get_triggered_limits("team-a") == data
+    assert asked[-1] == "GET /api/v1/triggered-limits Bearer a-key"
+    transport.close()
+
+
+def test_a_fault_in_taking_limits_does_not_undo_a_delivered_batch(key: SigningKey) -> None:
+    def broken(source: str, got: Any) -> None:
+        raise RuntimeError("bug")
+
+    transport = TrackTransport(
+        "http://x.test/api/v1/track",
+        "k",
+        transport=httpx.MockTransport(
+            lambda r: httpx.Response(200, content=answer(triggered_limits_object([], key)))
+        ),
+        on_limits=broken,
+    )
+    assert transport.post(b"{}").kind is VerdictKind.RESULTS
+    transport.close()
+
+
+def test_the_poll_asks_every_source_at_once_then_stops_when_told(
+    key: SigningKey, store: LimitStore
+) -> None:
+    keeper = LimitsKeeper(store)
+    asked: list[str] = []
+    stop = threading.Event()
+
+    def fetch(source: str) -> dict[str, str] | None:
+        asked.append(source)
+        stop.set()
+        return triggered_limits_object([limit(limit_id=source)], key)
+
+    poll_limits(keeper, fetch, [DEFAULT_SOURCE, "team-a"], stop, interval_s=60)
+    assert asked == [DEFAULT_SOURCE, "team-a"]
+    assert {s: [x.limit_id for x in v] for s, v in store.read().items()} == {
+        DEFAULT_SOURCE: [DEFAULT_SOURCE],
+        "team-a": ["team-a"],
+    }
+
+
+def test_limits_are_triggered_limit_objects(store: LimitStore) -> None:
+    store.write("a", (limit(),), issued_at=0)
+    assert all(isinstance(item, TriggeredLimit) for item in store.read()["a"])
