@@ -66,6 +66,8 @@ class LimitGuard:
         #: Counts nudges: a nudge that lands while a read is under way makes that
         #: read count as stale (it may have missed the change).
         self._nudges = 0
+        #: Counts reads done (or failed), so a check that waited for one does not read again.
+        self._attempts = 0
         self._pid = -1
         self._lock = threading.Lock()
         # In a forked child the copied snapshot is read again at the next check,
@@ -91,9 +93,16 @@ class LimitGuard:
             self._after_fork()
         # Only one thread reads; the others use the snapshot they have, unless
         # there is none yet (the first check must not pass for want of a read).
+        attempts = self._attempts
         if not self._lock.acquire(blocking=self._read_at == -math.inf):
             return
         try:
+            if self._attempts != attempts:
+                # Another thread read (or failed to) while this one waited: take
+                # its answer. Reading again made the Nth of N checks waiting on a
+                # broker that does not answer wait N reads, each up to the
+                # publish budget.
+                return
             read_at = time.monotonic()
             nudges = self._nudges
             try:
@@ -102,6 +111,8 @@ class LimitGuard:
                 # Keep the last set: a broker that does not answer changes no
                 # limit. Tried again after refresh_s, not on every call.
                 logger.debug("could not read the triggered limits: %s", exc)
+            finally:
+                self._attempts += 1
             if nudges == self._nudges:
                 self._read_at = read_at
         finally:

@@ -36,6 +36,14 @@ from aicm_tasks.limits import (
 
 logger = logging.getLogger(__name__)
 
+#: How far the server's clock may be behind the worker's for a token with an
+#: ``exp`` that just passed here to still count, in seconds. (``iat`` is not
+#: checked against this host's clock at all: it only orders sets, and PyJWT
+#: refused a token "not yet valid" when the server ran a second ahead, dropping
+#: a tripped limit.) An expired token replayed later than this is refused, and
+#: one replayed within it is older than the set stored, so ``iat`` refuses it.
+EXPIRY_LEEWAY_S = 30.0
+
 
 def verify_token(token: str, public_key: str | None) -> dict[str, Any] | None:
     """The claims of ``token`` when it is signed RS256 by ``public_key`` and issued
@@ -44,7 +52,14 @@ def verify_token(token: str, public_key: str | None) -> dict[str, Any] | None:
         return None
     try:
         key = _load_public_key(public_key)
-        claims = jwt.decode(token, key, algorithms=[ALGORITHM], issuer=ISSUER)
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            leeway=EXPIRY_LEEWAY_S,
+            options={"verify_iat": False},
+        )
     except Exception:
         # PyJWTError for a bad token; ValueError/TypeError from cryptography for a
         # key that is not an RSA public key. All mean: not to be trusted.

@@ -215,3 +215,26 @@ def test_the_poll_asks_every_source_at_once_then_stops_when_told(
 def test_limits_are_triggered_limit_objects(store: LimitStore) -> None:
     store.write("a", (limit(),), issued_at=0)
     assert all(isinstance(item, TriggeredLimit) for item in store.read()["a"])
+
+
+@pytest.mark.parametrize("server_ahead_s", [2, 90])
+def test_a_token_from_a_server_whose_clock_is_ahead_still_verifies(
+    key: SigningKey, store: LimitStore, server_ahead_s: int
+) -> None:
+    """``iat`` only orders sets (issued at on the server's clock); PyJWT refused a
+    token "not yet valid (iat)" when the server's clock ran ahead of the worker's
+    by as little as a second, and the tripped limit was dropped: producers went on."""
+    tripped = limit("openai::gpt-4o", "acme")
+    claims = {**token_claims([tripped]), "iat": int(time.time()) + server_ahead_s}
+    data = {"encrypted_payload": key.sign(claims), "public_key": key.public_pem}
+    assert LimitsKeeper(store).accept(DEFAULT_SOURCE, data)
+    assert store.read() == {DEFAULT_SOURCE: (tripped,)}
+
+
+def test_a_token_expired_a_moment_ago_by_a_server_clock_behind_still_verifies(
+    key: SigningKey,
+) -> None:
+    claims = {**token_claims([limit()]), "exp": int(time.time()) - 5}
+    assert verify_token(key.sign(claims), key.public_pem) is not None
+    claims = {**token_claims([limit()]), "exp": int(time.time()) - 3600}
+    assert verify_token(key.sign(claims), key.public_pem) is None
