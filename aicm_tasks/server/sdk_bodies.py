@@ -37,7 +37,9 @@ async def read_model(request: Request, model: type[Model]) -> Model:
         chunks.append(chunk)
     try:
         document = json.loads(b"".join(chunks))
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: a body nested past the parser (200,000 brackets fit
+        # in the size bound); it was a 500.
         raise HTTPException(400, "the body must be a JSON object") from None
     return validate_body(model, document)
 

@@ -89,3 +89,16 @@ def test_a_webhook_tolerance_past_any_column_is_a_400(client: TestClient, tolera
         f"/api/v1/webhooks/{created['uuid']}/", json={"tolerance": tolerance}, headers=HEADERS
     )
     assert answer.status_code == 400, answer.text
+
+
+def test_a_body_nested_past_the_json_parser_is_a_400(client: TestClient) -> None:
+    """Under the 1 MiB bound, 200,000 brackets made ``json.loads`` raise RecursionError: a 500."""
+    deep = b"[" * 200_000 + b"]" * 200_000
+    created = client.post("/api/v1/customers/", json={"customer_key": "deep"}, headers=HEADERS)
+    for method, path in [
+        ("POST", "/api/v1/customers/"),
+        ("POST", "/api/v1/custom-services/"),
+        ("PUT", f"/api/v1/customers/{created.json()['uuid']}/"),
+    ]:
+        answer = client.request(method, path, content=deep, headers=HEADERS)
+        assert answer.status_code == 400, (method, path, answer.text)
