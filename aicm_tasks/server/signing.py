@@ -92,7 +92,10 @@ class LimitSigner:
         with self._lock:
             if self._cached is not None and self._cached[0] == identity:
                 return self._cached[1]
-        claims = {"iss": ISSUER, "iat": int(time.time()), "triggered_limits": list(events)}
+        # Sub-second (RFC 7519 allows a non-integer NumericDate; PyJWT and the SDK
+        # read it): workers keep the set with the latest iat, and whole seconds
+        # made two sets of one second equal, so the earlier could replace the later.
+        claims = {"iss": ISSUER, "iat": time.time(), "triggered_limits": list(events)}
         private_key, _ = self._keys()
         token = jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": self.key_id})
         document = {

@@ -99,3 +99,15 @@ def test_keys_live_beside_an_sqlite_file_else_in_the_data_dir(
         assert found == tmp_path.resolve()
     else:
         assert found is not None and found.name == "aicm-tasks"
+
+
+def test_sets_signed_one_after_another_within_a_second_are_ordered_by_iat() -> None:
+    """Workers keep the set with the latest ``iat``; in whole seconds, two limits
+    tripping within one second gave two sets with one ``iat``, and a worker whose
+    answer came second could write the earlier set over the later."""
+    signer = LimitSigner()
+    issued = []
+    for amount in range(5):
+        token = signer.payload([{**EVENT, "amount": float(amount)}])["encrypted_payload"]
+        issued.append(signer.decode(token)["iat"])
+    assert issued == sorted(issued) and len(set(issued)) == len(issued)

@@ -238,3 +238,45 @@ def test_a_token_expired_a_moment_ago_by_a_server_clock_behind_still_verifies(
     assert verify_token(key.sign(claims), key.public_pem) is not None
     claims = {**token_claims([limit()]), "exp": int(time.time()) - 3600}
     assert verify_token(key.sign(claims), key.public_pem) is None
+
+
+def test_a_set_lost_from_the_broker_is_written_again_by_the_next_answer_that_carries_it(
+    key: SigningKey, real_redis: redis.Redis
+) -> None:
+    """The server caches its token while the set is unchanged, so every answer
+    carries the same token; a worker skipped a token it had stored once, so a
+    limits hash evicted (or lost in a Redis restart) stayed empty, and every
+    producer went on past a tripped limit, until the set changed."""
+    store = LimitStore(real_redis, KEYS)
+    keeper = LimitsKeeper(store)
+    tripped = limit("openai::gpt-4o", "acme")
+    data = triggered_limits_object([tripped], key)
+    assert keeper.accept(DEFAULT_SOURCE, data)
+    real_redis.delete(KEYS.limits)  # evicted
+    keeper.accept(DEFAULT_SOURCE, data)  # the next answer: the same cached token
+    assert store.read() == {DEFAULT_SOURCE: (tripped,)}
+
+
+def test_two_workers_answers_signed_in_one_second_settle_on_the_set_answers_still_carry(
+    key: SigningKey, real_redis: redis.Redis
+) -> None:
+    """Two limits tripped within one second give two sets with one ``iat`` (whole
+    seconds): one worker stored the later set, another then the earlier (equal
+    ``iat`` does not refuse it). The answers that follow carry the later token
+    (cached); its worker skipped it as stored, so the second limit stayed lost."""
+    store = LimitStore(real_redis, KEYS)
+    first, second = limit("openai::gpt-4o"), limit("openai::gpt-4o-mini")
+    iat = int(time.time())
+    earlier = {
+        "encrypted_payload": key.sign({**token_claims([first]), "iat": iat}),
+        "public_key": key.public_pem,
+    }
+    later = {
+        "encrypted_payload": key.sign({**token_claims([first, second]), "iat": iat}),
+        "public_key": key.public_pem,
+    }
+    worker_a, worker_b = LimitsKeeper(store), LimitsKeeper(store)
+    assert worker_a.accept(DEFAULT_SOURCE, later)
+    worker_b.accept(DEFAULT_SOURCE, earlier)  # crossed: written over the later
+    worker_a.accept(DEFAULT_SOURCE, later)  # the next answer to worker A
+    assert set(store.read()[DEFAULT_SOURCE]) == {first, second}
