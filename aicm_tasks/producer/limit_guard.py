@@ -70,6 +70,8 @@ class LimitGuard:
         self._attempts = 0
         self._pid = -1
         self._lock = threading.Lock()
+        #: Starts the listener once per process.
+        self._start_lock = threading.Lock()
         # In a forked child the copied snapshot is read again at the next check,
         # and a listener of its own is started then: a hook, not an os.getpid()
         # per check (a system call on the hot path).
@@ -119,20 +121,28 @@ class LimitGuard:
             self._lock.release()
 
     def _after_fork(self) -> None:
-        """In a new process (or the first check): a fresh lock (a fork may have copied
-        it held by a thread that does not exist here) and a listener of our own."""
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._read_at = -math.inf
-        if self._subscriber_client is not None and self.channel is not None:
-            threading.Thread(
-                target=self._listen,
-                args=(self._pid,),
-                name="aicm-limits-subscriber",
-                daemon=True,
-            ).start()
+        """In a new process (or the first check): a listener of our own, started once
+        however many threads find the process new at the same time."""
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._read_at = -math.inf
+            if self._subscriber_client is not None and self.channel is not None:
+                threading.Thread(
+                    target=self._listen,
+                    args=(self._pid,),
+                    name="aicm-limits-subscriber",
+                    daemon=True,
+                ).start()
 
     def _forked(self) -> None:
+        """The at-fork hook, in the child while it has one thread: fresh locks (the
+        fork may have copied one held by a thread that does not exist here). Made
+        here, not at the first check: two threads of the child both making one
+        swapped the lock under a read, and a release raised RuntimeError."""
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._pid = -1
         self._read_at = -math.inf
 

@@ -305,3 +305,48 @@ def test_checks_waiting_on_a_read_of_a_hung_broker_do_not_read_again_one_after_a
         if server.process is not None:
             server.process.send_signal(signal.SIGCONT)
         server.stop()
+
+
+def test_two_first_checks_in_a_forked_child_do_not_swap_the_lock_under_each_other(
+    real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a new child, two threads may both find the process new before either
+    notes its pid. Each then made a fresh lock: the first, reading under the old
+    one, released the new one the second held, and the second's release raised
+    RuntimeError out of ``check_limits`` (or out of ``track.delay``, after the
+    record was published). The interleaving is forced: the hook a fork runs,
+    then the second thread's step made while the first one reads."""
+    track = make_track()
+    guard = track.producer.limits
+    guard._subscriber_client = None
+    first_reading, first_may_finish = threading.Event(), threading.Event()
+    real_read = LimitStore.read
+
+    def read(self: LimitStore) -> Any:
+        if threading.current_thread().name == "first":
+            first_reading.set()
+            assert first_may_finish.wait(30)
+        return real_read(self)
+
+    monkeypatch.setattr(LimitStore, "read", read)
+    guard._forked()  # what the at-fork hook does in the child
+    errors: list[BaseException] = []
+    results: list[Any] = []
+
+    def check() -> None:
+        try:
+            results.append(check_limits(SERVICE, raise_on_match=False, task=track))
+        except BaseException as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=check, name="first")
+    first.start()
+    assert first_reading.wait(30)
+    guard._after_fork()  # the second thread, which also found the process new
+    second = threading.Thread(target=check, name="second")
+    second.start()
+    first_may_finish.set()
+    for thread in (first, second):
+        thread.join(30)
+    assert errors == []
+    assert results == [[], []]
