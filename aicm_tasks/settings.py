@@ -84,6 +84,11 @@ _UNPARSED_FIELD = re.compile(r'error parsing value for field "(\w+)"')
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
+#: Shortest ``AICM_ANONYMIZE_KEY`` accepted: 32 characters (``token_hex(16)``,
+#: 128 bits when random).
+MIN_ANONYMIZE_KEY_CHARS = 32
+
+
 class Settings(BaseSettings):
     """aicm-tasks configuration, read from ``AICM_*`` environment variables.
 
@@ -204,6 +209,14 @@ class Settings(BaseSettings):
                 "AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY, the key of the keyed hash "
                 "that replaces the values (e.g. python -c 'import secrets; "
                 "print(secrets.token_hex(32))')"
+            )
+        key = self.anonymize_key
+        if key is not None and len(key.get_secret_value()) < MIN_ANONYMIZE_KEY_CHARS:
+            # A guessable key lets anyone hash candidate values under it and find
+            # a user's digest: the hash then hides nothing.
+            raise ValueError(
+                f"AICM_ANONYMIZE_KEY must be at least {MIN_ANONYMIZE_KEY_CHARS} characters, "
+                "random (e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
             )
         return self
 

@@ -388,6 +388,23 @@ def test_anonymized_fields_without_the_key_are_refused_at_load(
         Settings()
 
 
+@pytest.mark.parametrize("key", ["", "k", "hunter2", "x" * 31])
+def test_an_anonymize_key_anyone_could_guess_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """The keyed hash hides a value only while the key cannot be guessed: with
+    ``hunter2`` (or an empty key, accepted too), anyone can hash candidate e-mail
+    addresses under likely keys and find a user's digest. At least 32 characters,
+    what the documented ``secrets.token_hex(16)`` gives; the key is never echoed."""
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", "email")
+    monkeypatch.setenv("AICM_ANONYMIZE_KEY", key)
+    with pytest.raises(ValidationError, match="AICM_ANONYMIZE_KEY") as failure:
+        Settings()
+    assert len(key) < 6 or key not in str(failure.value)
+    monkeypatch.setenv("AICM_ANONYMIZE_KEY", "k" * 32)
+    assert Settings().anonymize_fields == ("email",)
+
+
 def test_a_rule_across_variables_is_one_line_too(monkeypatch: pytest.MonkeyPatch) -> None:
     from aicm_tasks.errors import SettingsError
 
