@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -76,6 +77,15 @@ def _load_public_key(pem: str) -> RSAPublicKey:
     if not isinstance(key, RSAPublicKey):
         raise TypeError("not an RSA public key")
     return key
+
+
+def _issued_at(iat: Any) -> float:
+    """A token's ``iat`` as the epoch seconds that order sets; 0.0 when it is not a
+    time. ``Infinity`` (which PyJWT's JSON reads) would have ordered every later set
+    before it, freezing the stored limits for good."""
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        return 0.0
+    return float(iat) if math.isfinite(iat) else 0.0
 
 
 def api_key_id(key: str) -> str | None:
@@ -142,8 +152,7 @@ class LimitsKeeper:
             except (ValueError, TypeError) as exc:  # TypeError: an amount that is a list
                 logger.warning("ignored triggered limits for %s: %s", source, exc)
                 return False
-            iat = claims.get("iat")
-            issued_at = float(iat) if isinstance(iat, int | float) else 0.0
+            issued_at = _issued_at(claims.get("iat"))
         try:
             written = self.store.write(source, limits, issued_at=issued_at)
         except redis.RedisError as exc:

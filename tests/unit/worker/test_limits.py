@@ -280,3 +280,20 @@ def test_two_workers_answers_signed_in_one_second_settle_on_the_set_answers_stil
     worker_b.accept(DEFAULT_SOURCE, earlier)  # crossed: written over the later
     worker_a.accept(DEFAULT_SOURCE, later)  # the next answer to worker A
     assert set(store.read()[DEFAULT_SOURCE]) == {first, second}
+
+
+@pytest.mark.parametrize("iat", [float("inf"), float("nan"), "soon", True])
+def test_a_token_whose_iat_is_not_a_time_does_not_freeze_the_stored_set(
+    key: SigningKey, store: LimitStore, iat: Any
+) -> None:
+    """``iat`` orders sets; it is no longer checked against the clock (a server
+    ahead of the worker), so ``Infinity`` (JSON PyJWT reads) reached the store's
+    ordering: every later set was older, and the limits stayed as they were for good."""
+    odd = {
+        "encrypted_payload": key.sign({**token_claims([limit()]), "iat": iat}),
+        "public_key": key.public_pem,
+    }
+    LimitsKeeper(store).accept(DEFAULT_SOURCE, odd)
+    cleared = triggered_limits_object([], key)
+    LimitsKeeper(store).accept(DEFAULT_SOURCE, cleared)
+    assert store.read() == {DEFAULT_SOURCE: ()}
