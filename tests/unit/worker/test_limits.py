@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -13,6 +14,7 @@ import redis
 
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.limits import DEFAULT_SOURCE, STALE, UNCHANGED, WRITTEN, LimitStore
+from aicm_tasks.devtools.processes import free_port
 from aicm_tasks.limits import TriggeredLimit
 from aicm_tasks.worker.limits import LimitsKeeper, api_key_id, poll_limits, verify_token
 from aicm_tasks.worker.outcomes import VerdictKind, classify_response
@@ -297,3 +299,16 @@ def test_a_token_whose_iat_is_not_a_time_does_not_freeze_the_stored_set(
     cleared = triggered_limits_object([], key)
     LimitsKeeper(store).accept(DEFAULT_SOURCE, cleared)
     assert store.read() == {DEFAULT_SOURCE: ()}
+
+
+def test_a_failed_poll_logs_the_url_without_the_password_an_api_base_may_carry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = TrackTransport(
+        f"http://admin:S3CRET-PW@127.0.0.1:{free_port()}/api/v1/track", "default-key"
+    )
+    with caplog.at_level(logging.DEBUG, logger="aicm_tasks.worker.transport"):
+        assert transport.get_triggered_limits(DEFAULT_SOURCE) is None
+    transport.close()
+    assert "triggered-limits failed" in caplog.text
+    assert "S3CRET-PW" not in caplog.text
