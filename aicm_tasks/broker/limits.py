@@ -66,6 +66,12 @@ class LimitStore:
                 continue
             try:
                 found[name] = decode_limits(value)
-            except (ValueError, TypeError) as exc:
-                logger.warning("the triggered limits stored for %s cannot be read: %s", name, exc)
+            except (ValueError, TypeError, RecursionError) as exc:
+                # RecursionError: JSON nested past the parser, which would otherwise
+                # stop every producer's check (and track.delay after publishing).
+                logger.warning(
+                    "the triggered limits stored for %s cannot be read: %s",
+                    name,
+                    type(exc).__name__ if isinstance(exc, RecursionError) else exc,
+                )
         return found

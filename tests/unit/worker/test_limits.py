@@ -312,3 +312,31 @@ def test_a_failed_poll_logs_the_url_without_the_password_an_api_base_may_carry(
     transport.close()
     assert "triggered-limits failed" in caplog.text
     assert "S3CRET-PW" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "[" * 100_000 + "]" * 100_000,  # RecursionError from json.loads
+        '[{"limit_id": "x", "amount": 1' + "0" * 400 + "}]",  # OverflowError from float()
+    ],
+    ids=["nested", "huge-amount"],
+)
+def test_an_entry_that_breaks_the_reader_is_skipped_not_fatal(
+    real_redis: redis.Redis, entry: str
+) -> None:
+    """Every producer reads this hash on its hot path (and ``track.delay`` reads it
+    after publishing): an entry that raised RecursionError or OverflowError, not
+    ValueError, stopped every producer instead of being left out."""
+    real_redis.hset(KEYS.limits, "team-b", entry)
+    store = LimitStore(real_redis, KEYS)
+    store.write("team-a", (limit(),), issued_at=1.0)
+    assert set(store.read()) == {"team-a"}
+
+
+def test_a_token_with_an_amount_past_a_float_is_ignored_not_raised(
+    key: SigningKey, store: LimitStore
+) -> None:
+    claims = {**token_claims([]), "triggered_limits": [{"limit_id": "x", "amount": 10**400}]}
+    data = {"encrypted_payload": key.sign(claims), "public_key": key.public_pem}
+    assert LimitsKeeper(store).accept(DEFAULT_SOURCE, data) is False
