@@ -61,7 +61,7 @@ class LimitStore:
         raw = self.client.hgetall(self.keys.limits)
         found: dict[str, tuple[TriggeredLimit, ...]] = {}
         for field, value in raw.items():
-            name = field.decode() if isinstance(field, bytes) else str(field)
+            name = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
             if name.endswith(_STAMP):
                 continue
             try:

@@ -329,6 +329,7 @@ def test_an_entry_that_breaks_the_reader_is_skipped_not_fatal(
     after publishing): an entry that raised RecursionError or OverflowError, not
     ValueError, stopped every producer instead of being left out."""
     real_redis.hset(KEYS.limits, "team-b", entry)
+    real_redis.hset(KEYS.limits, b"\xff\xfe", entry)  # a field name that is not UTF-8
     store = LimitStore(real_redis, KEYS)
     store.write("team-a", (limit(),), issued_at=1.0)
     assert set(store.read()) == {"team-a"}
