@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,12 @@ from aicm_tasks.limits import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: How often a worker writes an unchanged set again, at most, in seconds: one
+#: EVALSHA that changes nothing (0.4 ms here, loaded) per second rather than per
+#: answer (a busy worker settles hundreds of batches a second), and a set lost
+#: from the broker is back within a second of the next answer.
+REWRITE_EVERY_S = 1.0
 
 #: How far the server's clock may be behind the worker's for a token with an
 #: ``exp`` that just passed here to still count, in seconds. (``iat`` is not
@@ -108,20 +115,22 @@ class LimitsKeeper:
         *,
         key_ids: Mapping[str, str | None] | None = None,
         pinned_public_key: str | None = None,
+        rewrite_every_s: float = REWRITE_EVERY_S,
     ) -> None:
         self.store = store
         self.key_ids = dict(key_ids or {})
         self.pinned_public_key = pinned_public_key
+        self.rewrite_every_s = rewrite_every_s
         self._lock = threading.Lock()
         self._public_keys: dict[str, str] = {}
-        #: The last token of each source verified, with its limits and ``iat``:
-        #: the same token again is not verified again (a busy worker sees it in
-        #: every answer, the server caching it while the set is unchanged;
-        #: verifying costs about 0.1 ms). It is still written, one EVALSHA that
-        #: changes nothing when the broker holds it: skipping the write left a
-        #: set evicted from the broker, or overwritten by another worker's
-        #: answer of the same second, lost until the set changed.
-        self._verified: dict[str, tuple[str, tuple[TriggeredLimit, ...], float]] = {}
+        #: The last token of each source verified, with its limits, ``iat`` and
+        #: when this keeper last wrote it (monotonic s): the same token again is
+        #: not verified again (a busy worker sees it in every answer, the server
+        #: caching it while the set is unchanged; verifying costs about 0.1 ms),
+        #: and is written again once ``rewrite_every_s`` has passed. Never
+        #: writing it again left a set evicted from the broker, or overwritten by
+        #: another worker's answer of the same second, lost until the set changed.
+        self._verified: dict[str, tuple[str, tuple[TriggeredLimit, ...], float, float]] = {}
 
     def accept(self, source: str, data: Mapping[str, Any]) -> bool:
         """Verify one ``triggered_limits`` object and store its limits; True when
@@ -137,6 +146,8 @@ class LimitsKeeper:
             )
             key = key or self._public_keys.get(source)
         if known is not None and known[0] == token:
+            if time.monotonic() - known[3] < self.rewrite_every_s:
+                return False
             limits, issued_at = known[1], known[2]
         else:
             claims = verify_token(token, key)
@@ -159,7 +170,7 @@ class LimitsKeeper:
             logger.warning("could not store the triggered limits for %s: %s", source, exc)
             return False
         with self._lock:
-            self._verified[source] = (token, limits, issued_at)
+            self._verified[source] = (token, limits, issued_at, time.monotonic())
             if isinstance(sent_key, str) and sent_key:
                 self._public_keys[source] = sent_key
         if written == WRITTEN:

@@ -250,13 +250,33 @@ def test_a_set_lost_from_the_broker_is_written_again_by_the_next_answer_that_car
     limits hash evicted (or lost in a Redis restart) stayed empty, and every
     producer went on past a tripped limit, until the set changed."""
     store = LimitStore(real_redis, KEYS)
-    keeper = LimitsKeeper(store)
+    # 0: every answer writes again (by default, one a second at most).
+    keeper = LimitsKeeper(store, rewrite_every_s=0.0)
     tripped = limit("openai::gpt-4o", "acme")
     data = triggered_limits_object([tripped], key)
     assert keeper.accept(DEFAULT_SOURCE, data)
     real_redis.delete(KEYS.limits)  # evicted
     keeper.accept(DEFAULT_SOURCE, data)  # the next answer: the same cached token
     assert store.read() == {DEFAULT_SOURCE: (tripped,)}
+
+
+def test_a_burst_of_answers_with_one_token_writes_it_once_per_interval(
+    key: SigningKey, real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LimitStore(real_redis, KEYS)
+    writes: list[str] = []
+    real_write = LimitStore.write
+
+    def counting(self: LimitStore, source: str, *args: Any, **kwargs: Any) -> int:
+        writes.append(source)
+        return real_write(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(LimitStore, "write", counting)
+    keeper = LimitsKeeper(store, rewrite_every_s=3600.0)
+    data = triggered_limits_object([limit()], key)
+    for _ in range(50):
+        keeper.accept(DEFAULT_SOURCE, data)
+    assert writes == [DEFAULT_SOURCE]
 
 
 def test_two_workers_answers_signed_in_one_second_settle_on_the_set_answers_still_carry(
@@ -277,7 +297,8 @@ def test_two_workers_answers_signed_in_one_second_settle_on_the_set_answers_stil
         "encrypted_payload": key.sign({**token_claims([first, second]), "iat": iat}),
         "public_key": key.public_pem,
     }
-    worker_a, worker_b = LimitsKeeper(store), LimitsKeeper(store)
+    worker_a = LimitsKeeper(store, rewrite_every_s=0.0)
+    worker_b = LimitsKeeper(store, rewrite_every_s=0.0)
     assert worker_a.accept(DEFAULT_SOURCE, later)
     worker_b.accept(DEFAULT_SOURCE, earlier)  # crossed: written over the later
     worker_a.accept(DEFAULT_SOURCE, later)  # the next answer to worker A
