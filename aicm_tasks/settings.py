@@ -220,6 +220,27 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("limits_public_key")
+    @classmethod
+    def _check_limits_public_key(cls, value: str | None) -> str | None:
+        # Pinned, it is the only key tokens verify with: one that cannot be read
+        # made every genuine token "not verify", and no limit was ever enforced.
+        # Imported here: only a process that pins a key pays for cryptography.
+        if value is None:
+            return value
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+        try:
+            key = serialization.load_pem_public_key(value.encode())
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, RSAPublicKey):
+            raise ValueError(
+                "not an RSA public key in PEM (-----BEGIN PUBLIC KEY-----, real newlines, not \\n)"
+            )
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _check_aliases(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
