@@ -81,7 +81,10 @@ def limit_from_event(event: Mapping[str, Any]) -> TriggeredLimit:
     for name in _FIELD_NAMES:
         value = event.get(name)
         if name == "amount":
-            amount = float(value or 0)
+            try:
+                amount = float(value or 0)
+            except OverflowError:  # an integer past a float: one ValueError for callers
+                raise ValueError("a limit's amount is past what a float holds") from None
             values[name] = amount if math.isfinite(amount) else 0.0
         else:
             values[name] = None if value is None else str(value)

@@ -84,6 +84,11 @@ _UNPARSED_FIELD = re.compile(r'error parsing value for field "(\w+)"')
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
+#: Shortest ``AICM_ANONYMIZE_KEY`` accepted: 32 characters (``token_hex(16)``,
+#: 128 bits when random).
+MIN_ANONYMIZE_KEY_CHARS = 32
+
+
 class Settings(BaseSettings):
     """aicm-tasks configuration, read from ``AICM_*`` environment variables.
 
@@ -205,7 +210,36 @@ class Settings(BaseSettings):
                 "that replaces the values (e.g. python -c 'import secrets; "
                 "print(secrets.token_hex(32))')"
             )
+        key = self.anonymize_key
+        if key is not None and len(key.get_secret_value()) < MIN_ANONYMIZE_KEY_CHARS:
+            # A guessable key lets anyone hash candidate values under it and find
+            # a user's digest: the hash then hides nothing.
+            raise ValueError(
+                f"AICM_ANONYMIZE_KEY must be at least {MIN_ANONYMIZE_KEY_CHARS} characters, "
+                "random (e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
         return self
+
+    @field_validator("limits_public_key")
+    @classmethod
+    def _check_limits_public_key(cls, value: str | None) -> str | None:
+        # Pinned, it is the only key tokens verify with: one that cannot be read
+        # made every genuine token "not verify", and no limit was ever enforced.
+        # Imported here: only a process that pins a key pays for cryptography.
+        if value is None:
+            return value
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+        try:
+            key = serialization.load_pem_public_key(value.encode())
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, RSAPublicKey):
+            raise ValueError(
+                "not an RSA public key in PEM (-----BEGIN PUBLIC KEY-----, real newlines, not \\n)"
+            )
+        return value
 
     @field_validator("api_keys")
     @classmethod

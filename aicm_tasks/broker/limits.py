@@ -61,11 +61,17 @@ class LimitStore:
         raw = self.client.hgetall(self.keys.limits)
         found: dict[str, tuple[TriggeredLimit, ...]] = {}
         for field, value in raw.items():
-            name = field.decode() if isinstance(field, bytes) else str(field)
+            name = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
             if name.endswith(_STAMP):
                 continue
             try:
                 found[name] = decode_limits(value)
-            except (ValueError, TypeError) as exc:
-                logger.warning("the triggered limits stored for %s cannot be read: %s", name, exc)
+            except (ValueError, TypeError, RecursionError) as exc:
+                # RecursionError: JSON nested past the parser, which would otherwise
+                # stop every producer's check (and track.delay after publishing).
+                logger.warning(
+                    "the triggered limits stored for %s cannot be read: %s",
+                    name,
+                    type(exc).__name__ if isinstance(exc, RecursionError) else exc,
+                )
         return found

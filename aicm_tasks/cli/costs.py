@@ -21,6 +21,7 @@ from rich.table import Table
 
 from aicm_tasks.cli.common import echo_json, json_option, load_settings
 from aicm_tasks.contract import COST_GROUP_BY
+from aicm_tasks.redact import redact_url
 
 #: Width of the bar chart column, in characters.
 BAR_WIDTH = 30
@@ -102,7 +103,9 @@ def _get(
         )
     except httpx.HTTPError as exc:
         raise error(
-            f"no answer from the local server at {base} ({exc}); is `aicm-tasks serve` running?"
+            # redact_url: a --url may carry a password, never echoed.
+            f"no answer from the local server at {redact_url(base)} ({exc}); is `aicm-tasks"
+            " serve` running?"
             " (--url or AICM_SERVER_URL)",
         ) from exc
     if response.status_code == 401:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from aicm_tasks.cli.common import load_settings
+from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.redact import redact_url
 
 
@@ -114,19 +115,23 @@ def serve(
         f" (ledger in {redact_url(database)})",
         err=True,
     )
-    run_server(
-        host=host,
-        port=port,
-        api_key=api_key,
-        db=database,
-        extra_services=extra_service,
-        log_level=server_log_level,
-        monthly_budget_usd=monthly_budget
-        if monthly_budget is not None
-        else settings.monthly_budget_usd,
-        customer_budgets_usd=budgets,
-        keys_dir=keys_dir or settings.server_keys_dir,
-    )
+    try:
+        run_server(
+            host=host,
+            port=port,
+            api_key=api_key,
+            db=database,
+            extra_services=extra_service,
+            log_level=server_log_level,
+            monthly_budget_usd=monthly_budget
+            if monthly_budget is not None
+            else settings.monthly_budget_usd,
+            customer_budgets_usd=budgets,
+            keys_dir=keys_dir or settings.server_keys_dir,
+        )
+    except ConfigurationError as exc:
+        # One line, not a traceback: a signing key other users can read, and the like.
+        raise click.ClickException(str(exc)) from None
 
 
 def _parse_budgets(pairs: tuple[str, ...]) -> dict[str, float]:

@@ -66,8 +66,12 @@ class LimitGuard:
         #: Counts nudges: a nudge that lands while a read is under way makes that
         #: read count as stale (it may have missed the change).
         self._nudges = 0
+        #: Counts reads done (or failed), so a check that waited for one does not read again.
+        self._attempts = 0
         self._pid = -1
         self._lock = threading.Lock()
+        #: Starts the listener once per process.
+        self._start_lock = threading.Lock()
         # In a forked child the copied snapshot is read again at the next check,
         # and a listener of its own is started then: a hook, not an os.getpid()
         # per check (a system call on the hot path).
@@ -91,9 +95,16 @@ class LimitGuard:
             self._after_fork()
         # Only one thread reads; the others use the snapshot they have, unless
         # there is none yet (the first check must not pass for want of a read).
+        attempts = self._attempts
         if not self._lock.acquire(blocking=self._read_at == -math.inf):
             return
         try:
+            if self._attempts != attempts:
+                # Another thread read (or failed to) while this one waited: take
+                # its answer. Reading again made the Nth of N checks waiting on a
+                # broker that does not answer wait N reads, each up to the
+                # publish budget.
+                return
             read_at = time.monotonic()
             nudges = self._nudges
             try:
@@ -102,26 +113,36 @@ class LimitGuard:
                 # Keep the last set: a broker that does not answer changes no
                 # limit. Tried again after refresh_s, not on every call.
                 logger.debug("could not read the triggered limits: %s", exc)
+            finally:
+                self._attempts += 1
             if nudges == self._nudges:
                 self._read_at = read_at
         finally:
             self._lock.release()
 
     def _after_fork(self) -> None:
-        """In a new process (or the first check): a fresh lock (a fork may have copied
-        it held by a thread that does not exist here) and a listener of our own."""
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._read_at = -math.inf
-        if self._subscriber_client is not None and self.channel is not None:
-            threading.Thread(
-                target=self._listen,
-                args=(self._pid,),
-                name="aicm-limits-subscriber",
-                daemon=True,
-            ).start()
+        """In a new process (or the first check): a listener of our own, started once
+        however many threads find the process new at the same time."""
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._read_at = -math.inf
+            if self._subscriber_client is not None and self.channel is not None:
+                threading.Thread(
+                    target=self._listen,
+                    args=(self._pid,),
+                    name="aicm-limits-subscriber",
+                    daemon=True,
+                ).start()
 
     def _forked(self) -> None:
+        """The at-fork hook, in the child while it has one thread: fresh locks (the
+        fork may have copied one held by a thread that does not exist here). Made
+        here, not at the first check: two threads of the child both making one
+        swapped the lock under a read, and a release raised RuntimeError."""
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._pid = -1
         self._read_at = -math.inf
 

@@ -26,7 +26,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from aicm_tasks.contract import SDK_FIELDS
-from aicm_tasks.errors import RecordTypeError, UsageLimitError, usage_limit_exceeded_class
+from aicm_tasks.errors import (
+    RecordError,
+    RecordTypeError,
+    UsageLimitError,
+    usage_limit_exceeded_class,
+)
 from aicm_tasks.producer.anonymize import Anonymization, Anonymizer
 from aicm_tasks.producer.api import HasProducer, default_task
 from aicm_tasks.producer.record import check_api_key_alias
@@ -134,13 +139,26 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
         Here every record is published, then ``UsageLimitExceeded`` names every
         limit they matched. (``Tracker.track_batch`` calls ``enqueue`` record by
         record and still stops at the first: use ``track_many`` for batches.)
+        A record that is refused (``RecordError``) does not stop the others
+        either, as ``/track`` takes a body's good records: they are published,
+        then the first refusal is raised, naming its index (``tracked[1].service_key``).
         """
         matched: list[Any] = []
-        for payload in body.get(self._body_key, []):
+        refused: RecordError | None = None
+        for index, payload in enumerate(body.get(self._body_key, [])):
             try:
                 self.enqueue(payload)
             except UsageLimitError as exc:
                 matched.extend(x for x in exc.triggered_limits if x not in matched)
+            except RecordError as exc:
+                if refused is None:
+                    problem = str(exc).split(": ", 1)[-1]
+                    refused = type(exc)(
+                        f"{self._body_key}[{index}].{exc.field}",
+                        f"{problem} (the body's other records were published)",
+                    )
+        if refused is not None:
+            raise refused
         if matched:
             raise usage_limit_exceeded_class()(matched)
 

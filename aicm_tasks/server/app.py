@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from aicm_tasks.contract import service_key_problem
+from aicm_tasks.contract import service_key_problem, text_problem
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.server.catalog import ServiceCatalog
 from aicm_tasks.server.limit_store import LimitStore
@@ -137,6 +137,12 @@ def create_server_app(
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+            for name, value in request.path_params.items():
+                # An id no record or row can hold: PostgreSQL refused the NUL
+                # with an error that was a 500.
+                problem = text_problem(value) if isinstance(value, str) else None
+                if problem is not None:
+                    return JSONResponse({"detail": f"{name} {problem}"}, status_code=400)
             return await handler(request)
 
         return guarded

@@ -49,6 +49,19 @@ ACTIVE_LIMITS_TTL_S = 1.0
 ENFORCED_THRESHOLD = "limit"
 
 
+#: Largest limit amount, in USD: its nano-USD must fit the ledger's 64-bit
+#: integer column (about 9.2e9 USD); a larger one overflowed there, a 500.
+MAX_AMOUNT_USD = 1_000_000_000
+
+
+def amount_nano_usd(amount: Decimal) -> int:
+    """``amount`` (USD) in whole nano-USD, as limits are kept. A positive amount
+    under one nano-USD is one, not 0: truncated, it made a limit of 0 that
+    tripped at once with nothing spent."""
+    nano = int(amount * NANO_PER_USD)
+    return 1 if nano == 0 and amount > 0 else nano
+
+
 class UsageLimitInput(BaseModel):
     """A limit as the SDK's client sends it (``UsageLimitIn``, the same fields)."""
 
@@ -56,7 +69,7 @@ class UsageLimitInput(BaseModel):
 
     threshold_type: Literal["alert", "limit"]
     #: USD, a number or a decimal string.
-    amount: Decimal = Field(ge=0, allow_inf_nan=False, max_digits=24)
+    amount: Decimal = Field(ge=0, le=MAX_AMOUNT_USD, allow_inf_nan=False, max_digits=24)
     period: Literal["day", "month"]
     service_key: str | None = Field(default=None, min_length=1, max_length=256)
     client: str | None = Field(default=None, min_length=1, max_length=256)
@@ -70,7 +83,7 @@ class UsageLimitInput(BaseModel):
         return (
             limit_id,
             self.threshold_type,
-            int(self.amount * NANO_PER_USD),
+            amount_nano_usd(self.amount),
             self.period,
             self.service_key,
             self.client,

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from aicm_tasks.server.limit_store import LimitStore
 from aicm_tasks.server.limits import LimitBook, UsageLimitInput, limit_document
+from aicm_tasks.server.sdk_bodies import validate_body
 from aicm_tasks.server.webhooks import WebhookInput, WebhookUpdate, webhook_document
 
 #: Largest body of a limit or webhook request, in bytes: a few hundred suffice.
@@ -186,11 +187,4 @@ async def _read_json(request: Request) -> Any:
 
 def _parse(model: type[M], document: Any) -> M:
     """``document`` validated as ``model``, or HTTPException 400 naming each problem."""
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise HTTPException(400, problems) from None
+    return validate_body(model, document)

@@ -32,6 +32,8 @@ import platformdirs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from aicm_tasks.errors import ConfigurationError
+
 logger = logging.getLogger(__name__)
 
 #: The issuer the SDK checks (``issuer="aicm-api"`` in its ``jwt.decode``).
@@ -92,7 +94,10 @@ class LimitSigner:
         with self._lock:
             if self._cached is not None and self._cached[0] == identity:
                 return self._cached[1]
-        claims = {"iss": ISSUER, "iat": int(time.time()), "triggered_limits": list(events)}
+        # Sub-second (RFC 7519 allows a non-integer NumericDate; PyJWT and the SDK
+        # read it): workers keep the set with the latest iat, and whole seconds
+        # made two sets of one second equal, so the earlier could replace the later.
+        claims = {"iss": ISSUER, "iat": time.time(), "triggered_limits": list(events)}
         private_key, _ = self._keys()
         token = jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": self.key_id})
         document = {
@@ -133,11 +138,29 @@ def default_keys_dir(db: str) -> Path | None:
     return Path(path).expanduser().resolve().parent
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a key file other users may read or write (as ssh refuses one).
+
+    It signs the limits workers enforce, and it sits beside the SQLite file, in
+    a directory others may write to (``/tmp``): readable, it lets them sign
+    limits a worker pinned to this key trusts; writable, or planted there, the
+    same. This server creates it 0600; only a copy or a plant is refused."""
+    if os.name != "posix":
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"{path} (the triggered-limits signing key) is open to other users "
+            f"(mode {mode:o}); chmod 600 it, or delete it to make a new one"
+        )
+
+
 def _load_or_create(keys_dir: Path | None) -> rsa.RSAPrivateKey:
     if keys_dir is None:
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
     path = keys_dir / PRIVATE_KEY_FILE
     if path.exists():
+        _check_private(path)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError(f"{path} does not hold an RSA private key")

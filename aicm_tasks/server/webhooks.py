@@ -52,6 +52,9 @@ LOCAL_TEAM_UUID = "00000000-0000-0000-0000-000000000000"
 SIGNATURE_HEADER = "AICM-Signature"
 #: The event type of a tripped limit.
 EVENT_TYPE = "usage_limit.triggered"
+#: Largest ``tolerance`` accepted, in seconds (68 years): a larger one overflowed
+#: the stores' integer columns, a 500 instead of a 400.
+MAX_TOLERANCE_S = 2**31 - 1
 
 
 class WebhookInput(BaseModel):
@@ -62,7 +65,7 @@ class WebhookInput(BaseModel):
     url: str = Field(pattern=r"^https?://", max_length=2048)
     secret: str = Field(min_length=1, max_length=512)
     active: bool = True
-    tolerance: int = Field(default=300, ge=0)
+    tolerance: int = Field(default=300, ge=0, le=MAX_TOLERANCE_S)
 
 
 class WebhookUpdate(BaseModel):
@@ -73,7 +76,7 @@ class WebhookUpdate(BaseModel):
     url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
     secret: str | None = Field(default=None, min_length=1, max_length=512)
     active: bool | None = None
-    tolerance: int | None = Field(default=None, ge=0)
+    tolerance: int | None = Field(default=None, ge=0, le=MAX_TOLERANCE_S)
 
 
 def webhook_document(row: Row) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from aicm_tasks.broker.limits import DEFAULT_SOURCE
+from aicm_tasks.redact import redact_url
 from aicm_tasks.worker.outcomes import (
     BODY_EXCERPT_CHARS,
     BatchVerdict,
@@ -74,6 +75,8 @@ class TrackTransport:
         self.url = url
         #: ``GET /triggered-limits``, beside ``/track``.
         self.limits_url = url.rsplit("/", 1)[0] + "/triggered-limits"
+        #: As log lines name it: an AICM_API_BASE may carry a password.
+        self._shown_limits_url = redact_url(self.limits_url)
         self.on_limits = on_limits
         self._timeout_s = timeout_s
         self._auth = {alias: _bearer(key) for alias, key in (keys or {}).items()}
@@ -121,10 +124,10 @@ class TrackTransport:
                 self.limits_url, headers=headers or {}, timeout=min(self._timeout_s, 10.0)
             )
         except httpx.HTTPError as exc:
-            logger.warning("GET %s failed: %s", self.limits_url, type(exc).__name__)
+            logger.warning("GET %s failed: %s", self._shown_limits_url, type(exc).__name__)
             return None
         if response.status_code != 200:
-            logger.debug("GET %s answered %d", self.limits_url, response.status_code)
+            logger.debug("GET %s answered %d", self._shown_limits_url, response.status_code)
             return None
         try:
             document = response.json()
@@ -179,4 +182,4 @@ class TrackTransport:
         self._client.close()
 
     def __repr__(self) -> str:  # never show the key
-        return f"TrackTransport(url={self.url!r})"
+        return f"TrackTransport(url={redact_url(self.url)!r})"

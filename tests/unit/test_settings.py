@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr, ValidationError
 
 from aicm_tasks.contract import MAX_RECORDS_PER_REQUEST
@@ -25,6 +27,15 @@ from aicm_tasks.settings import (
 )
 
 CONFIGURATION_MD = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+#: An RSA public key in PEM, as AICM_LIMITS_PUBLIC_KEY takes one.
+PUBLIC_PEM = (
+    rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
 
 
 class Row(NamedTuple):
@@ -70,7 +81,7 @@ TABLE = [
     Row("limits_enabled", False, [("true", True), ("1", True), ("off", False)], ["sometimes"]),
     Row("limits_refresh_ms", 500, [("10", 10), ("3600000", 3600000)], ["9", "3600001", "0.5"]),
     Row("limits_poll_interval_s", 30.0, [("0.5", 0.5)], ["0", "-1"]),
-    Row("limits_public_key", None, [("-----BEGIN PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----")], []),
+    Row("limits_public_key", None, [(PUBLIC_PEM, PUBLIC_PEM)], ["-----BEGIN PUBLIC KEY-----"]),
     Row("events_enabled", True, [("false", False)], ["sometimes"]),
     Row("events_show_payloads", False, [("true", True)], ["sometimes"]),
     Row("metrics_port", None, [("9100", 9100), ("1", 1), ("65535", 65535)], ["0", "65536"]),
@@ -388,6 +399,23 @@ def test_anonymized_fields_without_the_key_are_refused_at_load(
         Settings()
 
 
+@pytest.mark.parametrize("key", ["", "k", "hunter2", "x" * 31])
+def test_an_anonymize_key_anyone_could_guess_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """The keyed hash hides a value only while the key cannot be guessed: with
+    ``hunter2`` (or an empty key, accepted too), anyone can hash candidate e-mail
+    addresses under likely keys and find a user's digest. At least 32 characters,
+    what the documented ``secrets.token_hex(16)`` gives; the key is never echoed."""
+    monkeypatch.setenv("AICM_ANONYMIZE_FIELDS", "email")
+    monkeypatch.setenv("AICM_ANONYMIZE_KEY", key)
+    with pytest.raises(ValidationError, match="AICM_ANONYMIZE_KEY") as failure:
+        Settings()
+    assert len(key) < 6 or key not in str(failure.value)
+    monkeypatch.setenv("AICM_ANONYMIZE_KEY", "k" * 32)
+    assert Settings().anonymize_fields == ("email",)
+
+
 def test_a_rule_across_variables_is_one_line_too(monkeypatch: pytest.MonkeyPatch) -> None:
     from aicm_tasks.errors import SettingsError
 
@@ -396,3 +424,30 @@ def test_a_rule_across_variables_is_one_line_too(monkeypatch: pytest.MonkeyPatch
         Settings.from_env()
     assert str(failure.value).startswith("AICM_ANONYMIZE_FIELDS needs AICM_ANONYMIZE_KEY")
     assert "\n" not in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        "not a key",
+        # The usual way a PEM goes wrong in an environment variable: its newlines
+        # written as the two characters backslash-n.
+        "-----BEGIN PUBLIC KEY-----\\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\\n-----END PUBLIC KEY-----",
+    ],
+)
+def test_a_pinned_limits_key_that_is_not_an_rsa_public_key_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, pem: str
+) -> None:
+    """Pinned, it is the only key tokens verify with: one that cannot be read made
+    every genuine token "not verify", so no limit was ever enforced, with a warning
+    per answer that blamed the token."""
+    monkeypatch.setenv("AICM_LIMITS_PUBLIC_KEY", pem)
+    with pytest.raises(ValidationError, match="not an RSA public key"):
+        Settings()
+
+
+def test_a_pinned_limits_key_that_is_an_rsa_public_key_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_LIMITS_PUBLIC_KEY", PUBLIC_PEM)
+    assert Settings().limits_public_key == PUBLIC_PEM

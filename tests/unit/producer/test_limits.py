@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import time
 import uuid
 from typing import Any
@@ -21,6 +23,7 @@ from aicm_tasks.settings import Settings
 from aicm_tasks.tasks import TrackTask
 from tests.conftest import TEST_REDIS_URL
 from tests.support.limits import limit
+from tests.support.pipeline import PrivateRedis
 from tests.support.tasks import track_of
 
 SERVICE = "openai::gpt-4o-mini"
@@ -240,3 +243,110 @@ def test_celery_delivery_deliver_publishes_every_record_before_it_raises(
         CeleryDelivery(task=track).deliver(body)
     assert raised.value.triggered_limits == [tripped]
     assert queued(track, real_redis) == 3  # the SDK's deliver would have stopped at r0
+
+
+def test_checks_waiting_on_a_read_of_a_hung_broker_do_not_read_again_one_after_another(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web request's check must not wait longer than about one publish budget.
+
+    The first check in a process (or the first after a nudge) waits for the
+    read under way; it used to then make a read of its own, so with a broker
+    that accepts connections but does not answer (paused, swapping) the Nth
+    waiting request waited N reads of ``publish_timeout_s`` each.
+    """
+    server = PrivateRedis(tmp_path / "hung-redis", appendonly=False)
+    server.start()
+    try:
+        run = uuid.uuid4().hex[:6]
+        track = track_of(
+            create_app(
+                Settings(
+                    broker_url=server.url,
+                    queue=f"test.limits.{run}",
+                    key_prefix=f"testlimits-{run}",
+                    limits_enabled=True,
+                    publish_timeout_s=1.0,
+                )
+            )
+        )
+        guard = track.producer.limits
+        guard._subscriber_client = None  # the read alone
+        reading = threading.Event()
+        reads: list[int] = []
+        real_read = LimitStore.read
+
+        def counting(self: LimitStore) -> Any:
+            reads.append(threading.get_ident())
+            reading.set()
+            return real_read(self)
+
+        monkeypatch.setattr(LimitStore, "read", counting)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        results: list[Any] = []
+
+        def check() -> None:
+            results.append(check_limits(SERVICE, raise_on_match=False, task=track))
+
+        first = threading.Thread(target=check)
+        first.start()
+        assert reading.wait(30)
+        waiting = [threading.Thread(target=check) for _ in range(4)]
+        for thread in waiting:
+            thread.start()
+        for thread in [first, *waiting]:
+            thread.join(60)
+        # One read of the hung broker; the checks waiting on it took its answer
+        # (the last set: none here) instead of each trying again.
+        assert len(reads) == 1
+        assert results == [[]] * 5
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def test_two_first_checks_in_a_forked_child_do_not_swap_the_lock_under_each_other(
+    real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a new child, two threads may both find the process new before either
+    notes its pid. Each then made a fresh lock: the first, reading under the old
+    one, released the new one the second held, and the second's release raised
+    RuntimeError out of ``check_limits`` (or out of ``track.delay``, after the
+    record was published). The interleaving is forced: the hook a fork runs,
+    then the second thread's step made while the first one reads."""
+    track = make_track()
+    guard = track.producer.limits
+    guard._subscriber_client = None
+    first_reading, first_may_finish = threading.Event(), threading.Event()
+    real_read = LimitStore.read
+
+    def read(self: LimitStore) -> Any:
+        if threading.current_thread().name == "first":
+            first_reading.set()
+            assert first_may_finish.wait(30)
+        return real_read(self)
+
+    monkeypatch.setattr(LimitStore, "read", read)
+    guard._forked()  # what the at-fork hook does in the child
+    errors: list[BaseException] = []
+    results: list[Any] = []
+
+    def check() -> None:
+        try:
+            results.append(check_limits(SERVICE, raise_on_match=False, task=track))
+        except BaseException as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=check, name="first")
+    first.start()
+    assert first_reading.wait(30)
+    guard._after_fork()  # the second thread, which also found the process new
+    second = threading.Thread(target=check, name="second")
+    second.start()
+    first_may_finish.set()
+    for thread in (first, second):
+        thread.join(30)
+    assert errors == []
+    assert results == [[], []]

@@ -92,3 +92,20 @@ def test_a_delivery_naming_fields_without_a_key_fails_at_enqueue(real_redis) -> 
     with pytest.raises(ConfigurationError, match="AICM_ANONYMIZE_KEY"):
         delivery.enqueue(sdk_record(context={"email": "ada@example.com"}))
     assert queued(real_redis) == []
+
+
+def test_deliver_publishes_every_good_record_of_a_body_before_it_raises_for_a_bad_one(
+    delivery, real_redis
+) -> None:
+    """As ``/track`` takes the good records of a body and refuses the bad one: the
+    records after a bad one were never published (spent, never billed)."""
+    body = {
+        "tracked": [
+            sdk_record(response_id="r0"),
+            sdk_record(response_id="r1", service_key="openai_chat"),
+            sdk_record(response_id="r2"),
+        ]
+    }
+    with pytest.raises(RecordValueError, match=r"tracked\[1\]\.service_key"):
+        delivery.deliver(body)
+    assert [r["response_id"] for r in queued(real_redis)] == ["r0", "r2"]

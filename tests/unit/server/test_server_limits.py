@@ -156,6 +156,11 @@ def test_a_limit_already_spent_trips_when_created_and_un_trips_when_changed(
         {"threshold_type": "limit", "amount": 1, "period": "day", "colour": "red"},
         {"threshold_type": "limit", "period": "day"},
         [],
+        # Past what the ledger's integer nano-USD column holds (about 9.2e9 USD):
+        # these were a 500 (an overflow in the store), not a 400.
+        {"threshold_type": "limit", "amount": "9300000000", "period": "day"},
+        {"threshold_type": "limit", "amount": "1e15", "period": "day"},
+        {"threshold_type": "limit", "amount": "123456789012.123456789012", "period": "day"},
     ],
 )
 def test_a_bad_limit_is_a_400_naming_the_problem(client: TestClient, body: Any) -> None:
@@ -253,3 +258,20 @@ def test_a_track_answer_survives_limits_that_cannot_be_read(
     assert [r["status"] for r in response.json()["results"]] == ["completed"]
     assert "triggered_limits" not in response.json()
     assert "usage limits not judged" in caplog.text
+
+
+@pytest.mark.parametrize("amount", ["0.0000000001", "0.0000000009"])
+def test_an_amount_under_a_nano_usd_is_not_read_as_zero(client: TestClient, amount: str) -> None:
+    """Amounts are kept in whole nano-USD: a positive amount under one was
+    truncated to 0, a limit that tripped at once, with nothing spent, and
+    stopped every producer it matched."""
+    created = client.post(
+        "/api/v1/usage-limits/",
+        headers=AUTH,
+        json={"threshold_type": "limit", "amount": amount, "period": "day"},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["amount"] > 0
+    triggered = client.get("/api/v1/triggered-limits", headers=AUTH).json()
+    token = triggered.get("triggered_limits", triggered)["encrypted_payload"]
+    assert jwt.decode(token, options={"verify_signature": False})["triggered_limits"] == []

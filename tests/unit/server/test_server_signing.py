@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from aicostmanager.config_manager import ConfigManager
 from aicostmanager.triggered_limits_cache import triggered_limits_cache
 
+from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.server.signing import PRIVATE_KEY_FILE, LimitSigner, default_keys_dir
 
 EVENT = {
@@ -99,3 +101,33 @@ def test_keys_live_beside_an_sqlite_file_else_in_the_data_dir(
         assert found == tmp_path.resolve()
     else:
         assert found is not None and found.name == "aicm-tasks"
+
+
+def test_sets_signed_one_after_another_within_a_second_are_ordered_by_iat() -> None:
+    """Workers keep the set with the latest ``iat``; in whole seconds, two limits
+    tripping within one second gave two sets with one ``iat``, and a worker whose
+    answer came second could write the earlier set over the later."""
+    signer = LimitSigner()
+    issued = []
+    for amount in range(5):
+        token = signer.payload([{**EVENT, "amount": float(amount)}])["encrypted_payload"]
+        issued.append(signer.decode(token)["iat"])
+    assert issued == sorted(issued) and len(set(issued)) == len(issued)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o606, 0o660])
+def test_a_private_key_other_users_can_read_or_write_is_refused_at_start(
+    tmp_path: Path, mode: int
+) -> None:
+    """The key signs the limits workers enforce, and it sits beside the SQLite
+    file, a directory others may write to (``/tmp``): a key file another user
+    can read lets them sign limits a pinned worker trusts; one they can write
+    (or planted there by them), the same. As ssh does, such a key is refused."""
+    LimitSigner(tmp_path)
+    key_file = tmp_path / PRIVATE_KEY_FILE
+    key_file.chmod(mode)
+    with pytest.raises(ConfigurationError, match="chmod 600"):
+        LimitSigner(tmp_path)
+    key_file.chmod(0o600)
+    assert LimitSigner(tmp_path).public_key_pem

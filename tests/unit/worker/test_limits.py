@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -13,6 +14,7 @@ import redis
 
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.limits import DEFAULT_SOURCE, STALE, UNCHANGED, WRITTEN, LimitStore
+from aicm_tasks.devtools.processes import free_port
 from aicm_tasks.limits import TriggeredLimit
 from aicm_tasks.worker.limits import LimitsKeeper, api_key_id, poll_limits, verify_token
 from aicm_tasks.worker.outcomes import VerdictKind, classify_response
@@ -215,3 +217,148 @@ def test_the_poll_asks_every_source_at_once_then_stops_when_told(
 def test_limits_are_triggered_limit_objects(store: LimitStore) -> None:
     store.write("a", (limit(),), issued_at=0)
     assert all(isinstance(item, TriggeredLimit) for item in store.read()["a"])
+
+
+@pytest.mark.parametrize("server_ahead_s", [2, 90])
+def test_a_token_from_a_server_whose_clock_is_ahead_still_verifies(
+    key: SigningKey, store: LimitStore, server_ahead_s: int
+) -> None:
+    """``iat`` only orders sets (issued at on the server's clock); PyJWT refused a
+    token "not yet valid (iat)" when the server's clock ran ahead of the worker's
+    by as little as a second, and the tripped limit was dropped: producers went on."""
+    tripped = limit("openai::gpt-4o", "acme")
+    claims = {**token_claims([tripped]), "iat": int(time.time()) + server_ahead_s}
+    data = {"encrypted_payload": key.sign(claims), "public_key": key.public_pem}
+    assert LimitsKeeper(store).accept(DEFAULT_SOURCE, data)
+    assert store.read() == {DEFAULT_SOURCE: (tripped,)}
+
+
+def test_a_token_expired_a_moment_ago_by_a_server_clock_behind_still_verifies(
+    key: SigningKey,
+) -> None:
+    claims = {**token_claims([limit()]), "exp": int(time.time()) - 5}
+    assert verify_token(key.sign(claims), key.public_pem) is not None
+    claims = {**token_claims([limit()]), "exp": int(time.time()) - 3600}
+    assert verify_token(key.sign(claims), key.public_pem) is None
+
+
+def test_a_set_lost_from_the_broker_is_written_again_by_the_next_answer_that_carries_it(
+    key: SigningKey, real_redis: redis.Redis
+) -> None:
+    """The server caches its token while the set is unchanged, so every answer
+    carries the same token; a worker skipped a token it had stored once, so a
+    limits hash evicted (or lost in a Redis restart) stayed empty, and every
+    producer went on past a tripped limit, until the set changed."""
+    store = LimitStore(real_redis, KEYS)
+    # 0: every answer writes again (by default, one a second at most).
+    keeper = LimitsKeeper(store, rewrite_every_s=0.0)
+    tripped = limit("openai::gpt-4o", "acme")
+    data = triggered_limits_object([tripped], key)
+    assert keeper.accept(DEFAULT_SOURCE, data)
+    real_redis.delete(KEYS.limits)  # evicted
+    keeper.accept(DEFAULT_SOURCE, data)  # the next answer: the same cached token
+    assert store.read() == {DEFAULT_SOURCE: (tripped,)}
+
+
+def test_a_burst_of_answers_with_one_token_writes_it_once_per_interval(
+    key: SigningKey, real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LimitStore(real_redis, KEYS)
+    writes: list[str] = []
+    real_write = LimitStore.write
+
+    def counting(self: LimitStore, source: str, *args: Any, **kwargs: Any) -> int:
+        writes.append(source)
+        return real_write(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(LimitStore, "write", counting)
+    keeper = LimitsKeeper(store, rewrite_every_s=3600.0)
+    data = triggered_limits_object([limit()], key)
+    for _ in range(50):
+        keeper.accept(DEFAULT_SOURCE, data)
+    assert writes == [DEFAULT_SOURCE]
+
+
+def test_two_workers_answers_signed_in_one_second_settle_on_the_set_answers_still_carry(
+    key: SigningKey, real_redis: redis.Redis
+) -> None:
+    """Two limits tripped within one second give two sets with one ``iat`` (whole
+    seconds): one worker stored the later set, another then the earlier (equal
+    ``iat`` does not refuse it). The answers that follow carry the later token
+    (cached); its worker skipped it as stored, so the second limit stayed lost."""
+    store = LimitStore(real_redis, KEYS)
+    first, second = limit("openai::gpt-4o"), limit("openai::gpt-4o-mini")
+    iat = int(time.time())
+    earlier = {
+        "encrypted_payload": key.sign({**token_claims([first]), "iat": iat}),
+        "public_key": key.public_pem,
+    }
+    later = {
+        "encrypted_payload": key.sign({**token_claims([first, second]), "iat": iat}),
+        "public_key": key.public_pem,
+    }
+    worker_a = LimitsKeeper(store, rewrite_every_s=0.0)
+    worker_b = LimitsKeeper(store, rewrite_every_s=0.0)
+    assert worker_a.accept(DEFAULT_SOURCE, later)
+    worker_b.accept(DEFAULT_SOURCE, earlier)  # crossed: written over the later
+    worker_a.accept(DEFAULT_SOURCE, later)  # the next answer to worker A
+    assert set(store.read()[DEFAULT_SOURCE]) == {first, second}
+
+
+@pytest.mark.parametrize("iat", [float("inf"), float("nan"), "soon", True])
+def test_a_token_whose_iat_is_not_a_time_does_not_freeze_the_stored_set(
+    key: SigningKey, store: LimitStore, iat: Any
+) -> None:
+    """``iat`` orders sets; it is no longer checked against the clock (a server
+    ahead of the worker), so ``Infinity`` (JSON PyJWT reads) reached the store's
+    ordering: every later set was older, and the limits stayed as they were for good."""
+    odd = {
+        "encrypted_payload": key.sign({**token_claims([limit()]), "iat": iat}),
+        "public_key": key.public_pem,
+    }
+    LimitsKeeper(store).accept(DEFAULT_SOURCE, odd)
+    cleared = triggered_limits_object([], key)
+    LimitsKeeper(store).accept(DEFAULT_SOURCE, cleared)
+    assert store.read() == {DEFAULT_SOURCE: ()}
+
+
+def test_a_failed_poll_logs_the_url_without_the_password_an_api_base_may_carry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = TrackTransport(
+        f"http://admin:S3CRET-PW@127.0.0.1:{free_port()}/api/v1/track", "default-key"
+    )
+    with caplog.at_level(logging.DEBUG, logger="aicm_tasks.worker.transport"):
+        assert transport.get_triggered_limits(DEFAULT_SOURCE) is None
+    transport.close()
+    assert "triggered-limits failed" in caplog.text
+    assert "S3CRET-PW" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "[" * 100_000 + "]" * 100_000,  # RecursionError from json.loads
+        '[{"limit_id": "x", "amount": 1' + "0" * 400 + "}]",  # OverflowError from float()
+    ],
+    ids=["nested", "huge-amount"],
+)
+def test_an_entry_that_breaks_the_reader_is_skipped_not_fatal(
+    real_redis: redis.Redis, entry: str
+) -> None:
+    """Every producer reads this hash on its hot path (and ``track.delay`` reads it
+    after publishing): an entry that raised RecursionError or OverflowError, not
+    ValueError, stopped every producer instead of being left out."""
+    real_redis.hset(KEYS.limits, "team-b", entry)
+    real_redis.hset(KEYS.limits, b"\xff\xfe", entry)  # a field name that is not UTF-8
+    store = LimitStore(real_redis, KEYS)
+    store.write("team-a", (limit(),), issued_at=1.0)
+    assert set(store.read()) == {"team-a"}
+
+
+def test_a_token_with_an_amount_past_a_float_is_ignored_not_raised(
+    key: SigningKey, store: LimitStore
+) -> None:
+    claims = {**token_claims([]), "triggered_limits": [{"limit_id": "x", "amount": 10**400}]}
+    data = {"encrypted_payload": key.sign(claims), "public_key": key.public_pem}
+    assert LimitsKeeper(store).accept(DEFAULT_SOURCE, data) is False
