@@ -1,4 +1,4 @@
-"""Fixtures shared by unit and integration tests: Redis (fake and real)."""
+"""Fixtures shared by unit and integration tests: Redis (fake and real), PostgreSQL, RabbitMQ."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
+from tests.support.rabbitmq import (
+    TEST_RABBITMQ_URL,
+    RabbitVhost,
+    broker_answers,
+    private_vhost,
+)
 
 # Tests never spool into the user's cache directory; a test that needs the
 # spool sets its own directory.
@@ -142,3 +149,30 @@ def ledger_db(request: pytest.FixtureRequest, tmp_path: object) -> str:
     if request.param == "sqlite":
         return str(tmp_path) + "/ledger.sqlite3"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[RabbitVhost]:
+    """A virtual host of its own on the real RabbitMQ, made for this session and deleted after.
+
+    Skips without a RabbitMQ (fails under CI). ``tests/support/rabbitmq.py``
+    has the helpers: quorum queues, confirmed publishes, queue depth.
+    """
+    problem = broker_answers(TEST_RABBITMQ_URL)
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a RabbitMQ at {TEST_RABBITMQ_URL}: {problem}")
+        pytest.skip(f"no RabbitMQ at {TEST_RABBITMQ_URL}: {problem}")
+    session = private_vhost(TEST_RABBITMQ_URL)
+    try:
+        vhost = session.__enter__()
+    except Exception as exc:
+        # A RabbitMQ this user cannot administer (rabbitmqctl needs the node's
+        # cookie; the management API may be off): no private vhost, no test.
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a private vhost on {TEST_RABBITMQ_URL}: {exc}")
+        pytest.skip(f"cannot make a vhost on {TEST_RABBITMQ_URL}: {exc}")
+    try:
+        yield vhost
+    finally:
+        session.__exit__(None, None, None)

@@ -1,0 +1,148 @@
+"""The RabbitMQ test support on the real broker: a private vhost, a quorum queue, confirms, acks.
+
+These also pin the broker behaviours docs/design/rabbitmq.md builds on: an
+acknowledgement with ``multiple=True`` settles every earlier delivery, and
+deliveries left unacknowledged return to the queue when their consumer's
+connection closes, counted in ``x-delivery-count``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import amqp
+import pytest
+
+from aicm_tasks.devtools.processes import wait_until
+from tests.support.rabbitmq import (
+    RabbitVhost,
+    declare_quorum_queue,
+    delivery_tag,
+    private_vhost,
+    publish_confirmed,
+    queue_counts,
+    queue_depth,
+    vhost_admin,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _queue_name() -> str:
+    return f"records-{uuid.uuid4().hex[:8]}"
+
+
+def _consume(channel: amqp.Channel, queue: str, count: int, prefetch: int) -> list[amqp.Message]:
+    """Deliveries from a consumer with ``prefetch``, until ``count`` arrived (none acked)."""
+    received: list[amqp.Message] = []
+    channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
+    channel.basic_consume(queue, callback=received.append, no_ack=False)
+    while len(received) < count:
+        channel.connection.drain_events(timeout=10)
+    return received
+
+
+def _publish(vhost: RabbitVhost, queue: str, count: int) -> None:
+    with vhost.connect(confirm_publish=True) as connection:
+        channel = connection.channel()
+        declare_quorum_queue(channel, queue)
+        for index in range(count):
+            publish_confirmed(channel, queue, {"response_id": f"r{index}"})
+
+
+def _depth(vhost: RabbitVhost, queue: str) -> int:
+    with vhost.connect() as connection:
+        return queue_depth(connection.channel(), queue)
+
+
+def test_a_quorum_queue_in_the_session_vhost_takes_confirmed_records_and_empties_on_ack(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    queue = _queue_name()
+    _publish(rabbitmq_vhost, queue, 10)
+    assert _depth(rabbitmq_vhost, queue) == 10
+
+    with rabbitmq_vhost.connect() as connection:
+        channel = connection.channel()
+        received = _consume(channel, queue, 10, prefetch=20)
+        assert [json.loads(m.body)["response_id"] for m in received] == [f"r{i}" for i in range(10)]
+        assert all(m.properties["delivery_mode"] == 2 for m in received)
+        # One ack settles the whole batch: every delivery up to the last tag.
+        channel.basic_ack(delivery_tag(received[-1]), multiple=True)
+        assert queue_counts(channel, queue) == (0, 1)
+    # Had the ack not been taken, closing the connection would have returned
+    # the ten records to the queue; after it, the queue stays empty.
+    assert _depth(rabbitmq_vhost, queue) == 0
+
+
+def test_unacked_deliveries_return_when_their_consumer_connection_closes(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    queue = _queue_name()
+    _publish(rabbitmq_vhost, queue, 6)
+
+    with rabbitmq_vhost.connect() as connection:
+        channel = connection.channel()
+        received = _consume(channel, queue, 6, prefetch=10)
+        channel.basic_ack(delivery_tag(received[2]), multiple=True)  # the first three only
+        assert queue_depth(channel, queue) == 0  # the other three are held, unacked
+    wait_until(lambda: _depth(rabbitmq_vhost, queue) == 3, 30, "the unacked three to return")
+
+    with rabbitmq_vhost.connect() as connection:
+        channel = connection.channel()
+        again = _consume(channel, queue, 3, prefetch=10)
+        assert [json.loads(m.body)["response_id"] for m in again] == ["r3", "r4", "r5"]
+        assert all(m.delivery_info["redelivered"] for m in again)
+        # Quorum queues count returns per message (what x-delivery-limit is checked against).
+        assert [(m.headers or {}).get("x-delivery-count") for m in again] == [1, 1, 1]
+        channel.basic_ack(delivery_tag(again[-1]), multiple=True)
+
+
+def test_a_quorum_queue_redeclared_with_other_arguments_is_refused(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    queue = _queue_name()
+    with rabbitmq_vhost.connect() as connection:
+        declare_quorum_queue(connection.channel(), queue)
+        with pytest.raises(amqp.exceptions.PreconditionFailed):
+            declare_quorum_queue(connection.channel(), queue, {"x-delivery-limit": 5})
+    with rabbitmq_vhost.connect() as connection:
+        # The same arguments again are fine: declaring is idempotent.
+        assert declare_quorum_queue(connection.channel(), queue) == 0
+
+
+def test_a_full_billing_queue_nacks_the_publisher_instead_of_dropping_a_record(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    # reject-publish overflow (which at-least-once dead-lettering requires):
+    # a record that does not fit is refused to its publisher, who can spool
+    # it; the queue's oldest record is not dropped to make room. A quorum
+    # queue's limit is soft: on RabbitMQ 3.10 it took one record past
+    # x-max-length before it nacked (measured here), so the test publishes
+    # until the first nack rather than expecting it at a fixed count.
+    queue = _queue_name()
+    accepted: list[str] = []
+    with rabbitmq_vhost.connect(confirm_publish=True) as connection:
+        channel = connection.channel()
+        declare_quorum_queue(channel, queue, {"x-max-length": 2})
+        with pytest.raises(amqp.exceptions.MessageNacked):
+            for index in range(5):
+                publish_confirmed(channel, queue, {"response_id": f"r{index}"})
+                accepted.append(f"r{index}")
+        assert accepted[:2] == ["r0", "r1"]
+        received = _consume(connection.channel(), queue, len(accepted), prefetch=10)
+        assert [json.loads(m.body)["response_id"] for m in received] == accepted
+
+
+def test_a_private_vhost_holds_its_queues_apart_and_is_deleted_at_exit(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    admin = vhost_admin()
+    queue = _queue_name()
+    with private_vhost(rabbitmq_vhost.url, admin, label="nested") as other:
+        assert admin.exists(other.name)
+        _publish(other, queue, 1)
+        with rabbitmq_vhost.connect() as connection, pytest.raises(amqp.exceptions.NotFound):
+            queue_depth(connection.channel(), queue)  # not in the session's vhost
+    assert not admin.exists(other.name)

@@ -1,0 +1,303 @@
+"""A real RabbitMQ for tests and the benchmark: a private virtual host, quorum queues, confirms.
+
+The shared RabbitMQ (``AICM_TEST_RABBITMQ_URL``, default
+``amqp://guest:guest@127.0.0.1:5672/``) is never reconfigured: a test session
+(or a benchmark run) creates a virtual host of its own, gives its user every
+permission there, and deletes it at the end, which deletes every queue and
+exchange in it. Nothing a test declares can meet another engineer's queues.
+
+Virtual hosts cannot be made over AMQP 0-9-1, so :func:`vhost_admin` picks
+one of two admin paths:
+
+* the management HTTP API when ``AICM_TEST_RABBITMQ_API`` is set
+  (``http://guest:guest@127.0.0.1:15672/api/``): works from any machine user;
+* otherwise ``rabbitmqctl`` (the broker's CLI; it needs the node's Erlang
+  cookie, so root or the ``rabbitmq`` user on the broker's host). The
+  management plugin is not enabled on the shared broker here, so this is the
+  path the tests take on this machine and in ``.ci/run``.
+
+Helpers over py-amqp (the client kombu's ``amqp://`` transport uses): declare
+a durable quorum queue with a billing queue's arguments, publish persistent
+messages with publisher confirms, read a queue's depth by passive declare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import amqp
+import httpx
+
+#: The broker the tests use (the vhost part of the URL is replaced by a private one).
+TEST_RABBITMQ_URL = os.environ.get("AICM_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+#: The management API, when enabled (``http://user:pass@host:15672/api/``); else rabbitmqctl.
+TEST_RABBITMQ_API = os.environ.get("AICM_TEST_RABBITMQ_API", "")
+
+#: Prefix of every vhost the tests and the benchmark create, so a leftover is recognisable.
+VHOST_PREFIX = "aicm-test-"
+
+#: The arguments a billing queue is declared with (docs/design/rabbitmq.md, "The record
+#: queue"): quorum (Raft-replicated, always durable and persistent); over-limit
+#: redeliveries and rejections dead-letter at-least-once, which RabbitMQ only
+#: honours with ``reject-publish`` overflow (a full queue nacks the publisher
+#: instead of dropping the head). The dead-letter exchange is added per queue.
+BILLING_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-overflow": "reject-publish",
+    "x-dead-letter-strategy": "at-least-once",
+}
+
+
+class VhostAdmin(Protocol):
+    """Creates and deletes virtual hosts and grants the test user all rights in them."""
+
+    def create(self, vhost: str, user: str) -> None:
+        """Create ``vhost`` and give ``user`` configure, write and read on everything in it."""
+
+    def delete(self, vhost: str) -> None:
+        """Delete ``vhost`` and everything in it (no error when it is gone)."""
+
+    def exists(self, vhost: str) -> bool:
+        """Whether ``vhost`` exists."""
+
+
+class RabbitmqctlAdmin:
+    """Virtual hosts through ``rabbitmqctl`` (about 0.8 s a call here: it boots an Erlang VM)."""
+
+    def __init__(self, binary: str = "rabbitmqctl", timeout_s: float = 60.0) -> None:
+        self.binary = binary
+        self.timeout_s = timeout_s
+
+    def _run(self, *args: str) -> str:
+        result = subprocess.run(
+            [self.binary, "-q", *args],
+            capture_output=True,
+            text=True,
+            timeout=self.timeout_s,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} exited {result.returncode}: "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result.stdout
+
+    def create(self, vhost: str, user: str) -> None:
+        """``add_vhost`` then ``set_permissions -p vhost user .* .* .*``."""
+        self._run("add_vhost", vhost)
+        self._run("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+    def delete(self, vhost: str) -> None:
+        """``delete_vhost`` unless it is already gone."""
+        if self.exists(vhost):
+            self._run("delete_vhost", vhost)
+
+    def exists(self, vhost: str) -> bool:
+        """``list_vhosts name``."""
+        return vhost in self._run("list_vhosts", "name").split()
+
+
+class ManagementApiAdmin:
+    """Virtual hosts through the management plugin's HTTP API (``/api/vhosts``)."""
+
+    def __init__(self, api_url: str, timeout_s: float = 30.0) -> None:
+        parts = urlsplit(api_url if api_url.endswith("/") else api_url + "/")
+        # The credentials go in the auth header, not in every URL (nor in error messages).
+        netloc = parts.hostname or "127.0.0.1"
+        if parts.port:
+            netloc += f":{parts.port}"
+        self.base = urlunsplit(parts._replace(netloc=netloc))
+        auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+        self.client = httpx.Client(auth=auth, timeout=timeout_s)
+
+    def _vhost_url(self, vhost: str) -> str:
+        return f"{self.base}vhosts/{quote(vhost, safe='')}"
+
+    def create(self, vhost: str, user: str) -> None:
+        """``PUT /api/vhosts/{vhost}`` then ``PUT /api/permissions/{vhost}/{user}``."""
+        self.client.put(self._vhost_url(vhost)).raise_for_status()
+        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+        url = f"{self.base}permissions/{quote(vhost, safe='')}/{quote(user, safe='')}"
+        self.client.put(url, json=permissions).raise_for_status()
+
+    def delete(self, vhost: str) -> None:
+        """``DELETE /api/vhosts/{vhost}`` (404 means already gone)."""
+        response = self.client.delete(self._vhost_url(vhost))
+        if response.status_code != 404:
+            response.raise_for_status()
+
+    def exists(self, vhost: str) -> bool:
+        """``GET /api/vhosts/{vhost}`` answers 200."""
+        return self.client.get(self._vhost_url(vhost)).status_code == 200
+
+
+def vhost_admin(api_url: str = TEST_RABBITMQ_API) -> VhostAdmin:
+    """The management API when ``api_url`` is given, else ``rabbitmqctl``; RuntimeError if neither."""
+    if api_url:
+        return ManagementApiAdmin(api_url)
+    binary = shutil.which("rabbitmqctl")
+    if binary is None:
+        raise RuntimeError(
+            "cannot create a virtual host: set AICM_TEST_RABBITMQ_API to the management API "
+            "(http://guest:guest@127.0.0.1:15672/api/) or install rabbitmqctl"
+        )
+    return RabbitmqctlAdmin(binary)
+
+
+@dataclass(frozen=True)
+class RabbitVhost:
+    """A virtual host of the shared broker, private to one test session or benchmark run."""
+
+    #: ``amqp://user:pass@host:port/<vhost>``: what ``AICM_BROKER_URL`` would be.
+    url: str
+    name: str
+
+    @property
+    def host(self) -> str:
+        """``host:port`` as py-amqp takes it."""
+        parts = urlsplit(self.url)
+        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}"
+
+    @property
+    def user(self) -> str:
+        """The user the URL logs in as."""
+        return unquote(urlsplit(self.url).username or "guest")
+
+    def connect(self, *, confirm_publish: bool = False, **options: Any) -> amqp.Connection:
+        """A py-amqp connection into this vhost (``confirm_publish``: every channel confirms)."""
+        return connect(self.url, confirm_publish=confirm_publish, **options)
+
+
+def connect(url: str, *, confirm_publish: bool = False, **options: Any) -> amqp.Connection:
+    """Open a py-amqp connection to an ``amqp://`` URL (vhost taken from its path)."""
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    connection = amqp.Connection(
+        host=f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}",
+        userid=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        virtual_host=vhost,
+        confirm_publish=confirm_publish,
+        connect_timeout=options.pop("connect_timeout", 5),
+        **options,
+    )
+    connection.connect()
+    return connection
+
+
+def url_for_vhost(base_url: str, vhost: str) -> str:
+    """``base_url`` with its path replaced by ``vhost`` (URL-quoted)."""
+    return urlunsplit(urlsplit(base_url)._replace(path="/" + quote(vhost, safe="")))
+
+
+def broker_answers(url: str = TEST_RABBITMQ_URL, timeout_s: float = 1.0) -> str | None:
+    """None when an AMQP connection to ``url`` opens, else why not."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or 5672), timeout=timeout_s
+        ):
+            pass
+        connection = connect(url, connect_timeout=timeout_s)
+    except Exception as exc:  # any failure means "not usable": the caller skips or fails
+        return f"{type(exc).__name__}: {exc}"
+    connection.close()
+    return None
+
+
+@contextlib.contextmanager
+def private_vhost(
+    base_url: str = TEST_RABBITMQ_URL, admin: VhostAdmin | None = None, label: str = "session"
+) -> Iterator[RabbitVhost]:
+    """Create ``aicm-test-<label>-<random>`` on the broker of ``base_url``; delete it at exit."""
+    admin = admin or vhost_admin()
+    name = f"{VHOST_PREFIX}{label}-{uuid.uuid4().hex[:10]}"
+    vhost = RabbitVhost(url=url_for_vhost(base_url, name), name=name)
+    admin.create(name, vhost.user)
+    try:
+        yield vhost
+    finally:
+        admin.delete(name)
+
+
+def declare_quorum_queue(
+    channel: amqp.Channel, name: str, arguments: Mapping[str, Any] | None = None
+) -> int:
+    """Declare ``name`` durable, quorum, with :data:`BILLING_QUEUE_ARGUMENTS` (+ ``arguments``).
+
+    Returns the ready-message count. Re-declaring with other arguments fails
+    with ``PreconditionFailed`` (406), so every declarer must use the same ones.
+    """
+    ok = channel.queue_declare(
+        name,
+        durable=True,
+        auto_delete=False,
+        arguments={**BILLING_QUEUE_ARGUMENTS, **(arguments or {})},
+    )
+    return _declare_ok(ok)[0]
+
+
+def publish_confirmed(
+    channel: amqp.Channel,
+    queue: str,
+    body: bytes | str | Mapping[str, Any],
+    *,
+    confirm_timeout_s: float = 10.0,
+    headers: Mapping[str, Any] | None = None,
+) -> None:
+    """Publish one persistent message to ``queue`` and wait for the broker's confirm.
+
+    ``channel`` must come from a connection opened with ``confirm_publish=True``
+    (py-amqp then waits for ``basic.ack`` after each publish; ``basic.nack``
+    raises ``amqp.exceptions.MessageNacked``, no answer in time raises
+    ``socket.timeout``). ``mandatory`` makes an unroutable message come back
+    instead of vanishing (a missing queue is then an error, not a silent drop).
+    """
+    if isinstance(body, Mapping):
+        body = json.dumps(body)
+    message = amqp.basic_message.Message(
+        body,
+        delivery_mode=2,
+        content_type="application/json",
+        application_headers=dict(headers or {}),
+    )
+    channel.basic_publish(
+        message, exchange="", routing_key=queue, mandatory=True, confirm_timeout=confirm_timeout_s
+    )
+
+
+def queue_depth(channel: amqp.Channel, name: str) -> int:
+    """Ready messages in ``name`` by passive declare (unacknowledged ones are not counted)."""
+    return _declare_ok(channel.queue_declare(name, passive=True))[0]
+
+
+def queue_counts(channel: amqp.Channel, name: str) -> tuple[int, int]:
+    """``(ready messages, consumers)`` of ``name`` by passive declare."""
+    return _declare_ok(channel.queue_declare(name, passive=True))
+
+
+def _declare_ok(ok: tuple[str, int, int] | None) -> tuple[int, int]:
+    """``(message_count, consumer_count)`` of a ``queue.declare-ok`` (None only with nowait)."""
+    if ok is None:
+        raise RuntimeError("queue_declare answered nothing (nowait)")
+    _, messages, consumers = ok
+    return int(messages), int(consumers)
+
+
+def delivery_tag(message: amqp.Message) -> int:
+    """The delivery tag of a consumed message (what ``basic_ack`` takes)."""
+    tag = message.delivery_tag
+    if tag is None:
+        raise ValueError("the message was not delivered by a consumer (no delivery tag)")
+    return int(tag)
