@@ -3,7 +3,8 @@
 These also pin the broker behaviours docs/design/rabbitmq.md builds on: an
 acknowledgement with ``multiple=True`` settles every earlier delivery, and
 deliveries left unacknowledged return to the queue when their consumer's
-connection closes, counted in ``x-delivery-count``.
+connection closes, counted in ``x-delivery-count``; a stream (the dead-letter
+store's candidate) is read again from any offset and refuses purge.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from aicm_tasks.devtools.processes import wait_until
 from tests.support.rabbitmq import (
     RabbitVhost,
     declare_quorum_queue,
+    declare_stream,
     delivery_tag,
     private_vhost,
     publish_confirmed,
     queue_counts,
     queue_depth,
+    read_stream,
     vhost_admin,
 )
 
@@ -133,6 +136,35 @@ def test_a_full_billing_queue_nacks_the_publisher_instead_of_dropping_a_record(
         assert accepted[:2] == ["r0", "r1"]
         received = _consume(connection.channel(), queue, len(accepted), prefetch=10)
         assert [json.loads(m.body)["response_id"] for m in received] == accepted
+
+
+def test_a_stream_is_read_again_from_any_offset_and_keeps_what_was_read(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    stream = f"dead-letters-{uuid.uuid4().hex[:8]}"
+    with rabbitmq_vhost.connect(confirm_publish=True) as connection:
+        channel = connection.channel()
+        declare_stream(channel, stream)
+        for index in range(5):
+            publish_confirmed(channel, stream, {"response_id": f"r{index}"})
+
+        def ids_and_offsets(offset: int | str, count: int) -> list[tuple[str, int]]:
+            messages = read_stream(connection, stream, offset, count)
+            return [
+                (json.loads(m.body)["response_id"], (m.headers or {})["x-stream-offset"])
+                for m in messages
+            ]
+
+        everything = [(f"r{i}", i) for i in range(5)]
+        assert ids_and_offsets("first", 5) == everything
+        assert ids_and_offsets(3, 2) == everything[3:]  # straight to an offset
+        assert ids_and_offsets("first", 5) == everything  # reading removed nothing
+    with (
+        rabbitmq_vhost.connect() as connection,
+        pytest.raises(amqp.exceptions.AMQPNotImplementedError),
+    ):
+        # So a purge of dead letters cannot delete from the stream: it appends a tombstone.
+        connection.channel().queue_purge(stream)
 
 
 def test_a_private_vhost_holds_its_queues_apart_and_is_deleted_at_exit(

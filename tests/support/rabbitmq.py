@@ -277,6 +277,42 @@ def publish_confirmed(
     )
 
 
+def declare_stream(channel: amqp.Channel, name: str, max_age: str = "7D") -> None:
+    """Declare ``name`` as a durable stream (an append-only log) kept ``max_age`` (``7D``, ``1h``)."""
+    channel.queue_declare(
+        name,
+        durable=True,
+        auto_delete=False,
+        arguments={"x-queue-type": "stream", "x-max-age": max_age},
+    )
+
+
+def read_stream(
+    connection: amqp.Connection, name: str, offset: int | str, count: int, timeout_s: float = 10.0
+) -> list[amqp.Message]:
+    """``count`` messages of stream ``name`` from ``offset`` (a number, ``first``, ``1h``...).
+
+    A stream is read by a consumer with a prefetch and manual acks (RabbitMQ
+    refuses ``basic.get``, auto-ack and a consumer without ``basic.qos``);
+    reading removes nothing. Each message carries its offset in the
+    ``x-stream-offset`` header.
+    """
+    channel = connection.channel()
+    received: list[amqp.Message] = []
+    try:
+        channel.basic_qos(prefetch_size=0, prefetch_count=max(count, 1), a_global=False)
+        channel.basic_consume(
+            name, callback=received.append, no_ack=False, arguments={"x-stream-offset": offset}
+        )
+        while len(received) < count:
+            connection.drain_events(timeout=timeout_s)
+        if received:
+            channel.basic_ack(delivery_tag(received[-1]), multiple=True)
+    finally:
+        channel.close()
+    return received[:count]
+
+
 def queue_depth(channel: amqp.Channel, name: str) -> int:
     """Ready messages in ``name`` by passive declare (unacknowledged ones are not counted)."""
     return _declare_ok(channel.queue_declare(name, passive=True))[0]
