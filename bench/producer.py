@@ -8,7 +8,8 @@ Commands:
 * ``prefill-aicm``: fill an aicm-tasks queue with ``track_many`` chunks;
 * ``track-many``: time ``track_many`` on lists of records;
 * ``celery-prefill``: fill a Celery anchor's queue with cloned messages;
-* ``sdk-drain``: pre-fill the SDK's SQLite queue, then start its delivery thread.
+* ``sdk-drain``: pre-fill the SDK's SQLite queue, then start its delivery thread;
+* ``amqp-drain``: fill a RabbitMQ quorum queue, then drain it with a bare py-amqp consumer.
 
 Commands that must outlive their publishing (the SDK's delivery thread runs in
 the producer) wait for SIGTERM after writing their result.
@@ -188,6 +189,70 @@ def sdk_drain(args: argparse.Namespace) -> dict[str, Any]:
     return {"count": args.count, "started_at": started_at, "delivery": repr(delivery)}
 
 
+def amqp_drain(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill a quorum queue with ``--count`` records, then time a bare py-amqp consumer.
+
+    The fill is unconfirmed (confirming 100,000 one by one would take ~30 s) and
+    untimed; the consumer starts only once a passive declare counts them all.
+    The consumer: prefetch ``--prefetch``, one ``basic_ack(multiple=True)`` per
+    ``--ack-every`` deliveries (the shape of a worker acking a settled batch).
+    Clock: ``basic_consume`` sent -> the last ack sent and flushed by a
+    round trip (a passive declare that sees the queue empty).
+    """
+    import amqp
+
+    from tests.support.rabbitmq import connect, declare_quorum_queue, queue_counts
+
+    url, queue = os.environ["BENCH_BROKER_URL"], os.environ["BENCH_QUEUE"]
+    body = json.dumps(record_dict())
+    with connect(url) as connection:
+        channel = connection.channel()
+        declare_quorum_queue(channel, queue)
+        for _ in range(args.count):
+            channel.basic_publish(
+                amqp.Message(body, delivery_mode=2, content_type="application/json"),
+                exchange="",
+                routing_key=queue,
+            )
+        deadline = time.monotonic() + 300
+        while queue_counts(channel, queue)[0] < args.count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{queue} never held {args.count} records")
+            time.sleep(0.1)
+
+    received = 0
+    pending_tag = 0
+    with connect(url) as connection:
+        channel = connection.channel()
+
+        def on_message(message: Any) -> None:
+            nonlocal received, pending_tag
+            received += 1
+            pending_tag = message.delivery_tag
+            if received % args.ack_every == 0:
+                channel.basic_ack(pending_tag, multiple=True)
+
+        channel.basic_qos(prefetch_size=0, prefetch_count=args.prefetch, a_global=False)
+        started = time.perf_counter()
+        channel.basic_consume(queue, callback=on_message, no_ack=False)
+        first_at: float | None = None
+        while received < args.count:
+            connection.drain_events(timeout=30)
+            if first_at is None:
+                first_at = time.perf_counter()
+        if received % args.ack_every:
+            channel.basic_ack(pending_tag, multiple=True)
+        ready, _ = queue_counts(channel, queue)  # a round trip after the last ack
+        ended = time.perf_counter()
+    return {
+        "count": received,
+        "left": ready,
+        "seconds": ended - started,
+        "messages_per_s": received / (ended - started),
+        "first_delivery_s": (first_at or ended) - started,
+    }
+
+
 COMMANDS = {
     "publish-cost": publish_cost,
     "flood": flood,
@@ -196,6 +261,7 @@ COMMANDS = {
     "track-many": track_many_rate,
     "celery-prefill": celery_prefill,
     "sdk-drain": sdk_drain,
+    "amqp-drain": amqp_drain,
 }
 #: Commands whose process must stay up (the SDK's delivery thread) after the result.
 LINGERING = {"sdk-drain"}
@@ -219,6 +285,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--sdk-dir", type=Path)
     parser.add_argument("--api-base")
+    parser.add_argument("--prefetch", type=int, default=2_000)
+    parser.add_argument("--ack-every", type=int, default=500)
     parser.add_argument("--linger", action="store_true", help="wait for SIGTERM after the result")
     return parser.parse_args(argv)
 
