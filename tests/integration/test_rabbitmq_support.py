@@ -102,6 +102,40 @@ def test_unacked_deliveries_return_when_their_consumer_connection_closes(
         channel.basic_ack(delivery_tag(again[-1]), multiple=True)
 
 
+def test_a_record_returned_past_the_delivery_limit_is_dead_lettered_not_dropped(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    # The safety net under a worker that dies on a record every time: after
+    # x-delivery-limit returns the broker dead-letters it (at-least-once) to the
+    # exchange given; without one it would drop it (RabbitMQ 4.0+ sets a limit
+    # of 20 by default), so a billing queue always names one. Up to RabbitMQ
+    # 4.2 every return counts, a closed connection's included (as here, on
+    # 3.10); 4.3 counts only failures (basic.reject), not disconnects
+    # (docs/design/rabbitmq.md), so on 4.3 this test would need a reject.
+    queue, parked = _queue_name(), _queue_name()
+    with rabbitmq_vhost.connect(confirm_publish=True) as connection:
+        channel = connection.channel()
+        channel.exchange_declare(parked, "fanout", durable=True, auto_delete=False)
+        declare_quorum_queue(channel, parked)
+        channel.queue_bind(parked, parked, "")
+        declare_quorum_queue(
+            channel, queue, {"x-delivery-limit": 2, "x-dead-letter-exchange": parked}
+        )
+        publish_confirmed(channel, queue, {"response_id": "r0"})
+    counts = []
+    for _ in range(3):  # delivered, then returned by a closed connection, three times
+        with rabbitmq_vhost.connect() as connection:
+            (message,) = _consume(connection.channel(), queue, 1, prefetch=10)
+            counts.append((message.headers or {}).get("x-delivery-count"))
+    assert counts == [None, 1, 2]
+    wait_until(lambda: _depth(rabbitmq_vhost, parked) == 1, 30, "the record to be parked")
+    assert _depth(rabbitmq_vhost, queue) == 0
+    with rabbitmq_vhost.connect() as connection:
+        (message,) = _consume(connection.channel(), parked, 1, prefetch=10)
+        assert json.loads(message.body) == {"response_id": "r0"}
+        assert (message.headers or {})["x-first-death-reason"] == "delivery_limit"
+
+
 def test_a_quorum_queue_redeclared_with_other_arguments_is_refused(
     rabbitmq_vhost: RabbitVhost,
 ) -> None:
