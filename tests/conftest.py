@@ -10,12 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.support.rabbitmq import (
-    TEST_RABBITMQ_URL,
-    RabbitVhost,
-    broker_answers,
-    private_vhost,
-)
+from tests.support.rabbitmq import TEST_RABBITMQ_URL, RabbitVhost, vhost_or_skip
 
 # Tests never spool into the user's cache directory; a test that needs the
 # spool sets its own directory.
@@ -158,21 +153,5 @@ def rabbitmq_vhost() -> Iterator[RabbitVhost]:
     Skips without a RabbitMQ (fails under CI). ``tests/support/rabbitmq.py``
     has the helpers: quorum queues, confirmed publishes, queue depth.
     """
-    problem = broker_answers(TEST_RABBITMQ_URL)
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a RabbitMQ at {TEST_RABBITMQ_URL}: {problem}")
-        pytest.skip(f"no RabbitMQ at {TEST_RABBITMQ_URL}: {problem}")
-    session = private_vhost(TEST_RABBITMQ_URL)
-    try:
-        vhost = session.__enter__()
-    except Exception as exc:
-        # A RabbitMQ this user cannot administer (rabbitmqctl needs the node's
-        # cookie; the management API may be off): no private vhost, no test.
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a private vhost on {TEST_RABBITMQ_URL}: {exc}")
-        pytest.skip(f"cannot make a vhost on {TEST_RABBITMQ_URL}: {exc}")
-    try:
+    with vhost_or_skip(TEST_RABBITMQ_URL, ci=bool(os.environ.get("CI"))) as vhost:
         yield vhost
-    finally:
-        session.__exit__(None, None, None)

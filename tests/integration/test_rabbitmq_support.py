@@ -15,7 +15,7 @@ import uuid
 import amqp
 import pytest
 
-from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.devtools.processes import free_port, wait_until
 from tests.support.rabbitmq import (
     RabbitVhost,
     declare_quorum_queue,
@@ -27,6 +27,7 @@ from tests.support.rabbitmq import (
     queue_depth,
     read_stream,
     vhost_admin,
+    vhost_or_skip,
 )
 
 pytestmark = pytest.mark.integration
@@ -212,3 +213,16 @@ def test_a_private_vhost_holds_its_queues_apart_and_is_deleted_at_exit(
         with rabbitmq_vhost.connect() as connection, pytest.raises(amqp.exceptions.NotFound):
             queue_depth(connection.channel(), queue)  # not in the session's vhost
     assert not admin.exists(other.name)
+
+
+def test_without_a_rabbitmq_the_fixture_skips_on_a_laptop_and_fails_in_ci() -> None:
+    nowhere = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
+    skip, fail = pytest.skip.Exception, pytest.fail.Exception
+    with pytest.raises(skip, match="no RabbitMQ at") as skipped, vhost_or_skip(nowhere, ci=False):
+        pass
+    with (
+        pytest.raises(fail, match="CI needs a RabbitMQ at") as failed,
+        vhost_or_skip(nowhere, ci=True),
+    ):
+        pass
+    assert "secret" not in str(skipped.value) + str(failed.value)

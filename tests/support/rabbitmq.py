@@ -231,6 +231,46 @@ def private_vhost(
         admin.delete(name)
 
 
+@contextlib.contextmanager
+def vhost_or_skip(
+    base_url: str = TEST_RABBITMQ_URL, *, ci: bool, admin: VhostAdmin | None = None
+) -> Iterator[RabbitVhost]:
+    """:func:`private_vhost`, or a skip naming why not (a failure when ``ci``).
+
+    No broker answering, or no way to make a vhost (rabbitmqctl needs the
+    node's cookie; the management API may be off): a laptop skips, CI fails.
+    """
+    import pytest
+
+    problem = broker_answers(base_url)
+    if problem is not None:
+        if ci:
+            pytest.fail(f"CI needs a RabbitMQ at {redact(base_url)}: {problem}")
+        pytest.skip(f"no RabbitMQ at {redact(base_url)}: {problem}")
+    session = private_vhost(base_url, admin)
+    try:
+        vhost = session.__enter__()
+    except Exception as exc:
+        if ci:
+            pytest.fail(f"CI needs a private vhost on {redact(base_url)}: {exc}")
+        pytest.skip(f"cannot make a vhost on {redact(base_url)}: {exc}")
+    try:
+        yield vhost
+    finally:
+        session.__exit__(None, None, None)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for skip and failure messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def declare_quorum_queue(
     channel: amqp.Channel, name: str, arguments: Mapping[str, Any] | None = None
 ) -> int:
