@@ -14,7 +14,12 @@ privately as cheaply as ``redis-server``):
   docs ask for quorum queues (``task_default_queue_type="quorum"`` and
   ``confirm_publish``);
 * drain: a bare py-amqp consumer of a quorum queue holding ``counts.rabbitmq_drain``
-  records, prefetch 2,000, one ``basic_ack(multiple=True)`` per 500, messages/s.
+  records, prefetch 2,000, one ``basic_ack(multiple=True)`` per 500, messages/s;
+* confirmed lists: ``counts.many_batches`` lists of ``counts.many_batch`` records
+  published to a quorum queue with one confirm wait per list (``track_many``'s
+  shape on RabbitMQ), records/s;
+* stream read: the same consumer reading a stream of ``counts.rabbitmq_drain``
+  records from its first offset (how the dead-letter store would be folded).
 
 No targets yet: they are ratios of ``track.delay`` on RabbitMQ to these, which
 arrive with the transport.
@@ -63,6 +68,16 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
         f"RabbitMQ: bare py-amqp drain (prefetch {DRAIN_PREFETCH:,}, ack ×{DRAIN_ACK_EVERY})",
         "msgs/s",
     )
+    batches = Figure(
+        "rabbitmq.confirm_batch",
+        f"RabbitMQ: confirmed lists of {counts.many_batch:,} (one wait a list, quorum)",
+        "records/s",
+    )
+    stream = Figure(
+        "rabbitmq.stream_read",
+        f"RabbitMQ: bare py-amqp read of a stream (prefetch {DRAIN_PREFETCH:,})",
+        "msgs/s",
+    )
     with private_vhost(RABBITMQ_URL, label="bench") as vhost:
         version = server_version(vhost)
         logger.info("rabbitmq %s, vhost %s", version, vhost.name)
@@ -87,10 +102,27 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
                 continue
             drain.values.append(result["messages_per_s"])
             drain.also.append({"s": result["seconds"], "left": result["left"]})
+            logger.info("rabbitmq: confirmed lists, run %d/%d", run_index + 1, counts.runs)
+            try:
+                result = measure_confirm_batch(bench, vhost, counts)
+            except Exception as exc:
+                attempt((batches,), f"rabbitmq confirmed lists run {run_index + 1}", exc)
+            else:
+                batches.values.append(result["records_per_s"])
+                batches.also.append({"nacked": result["nacked"]})
+            logger.info("rabbitmq: stream read, run %d/%d", run_index + 1, counts.runs)
+            try:
+                result = measure_drain(bench, vhost, counts, stream=True)
+            except Exception as exc:
+                attempt((stream,), f"rabbitmq stream read run {run_index + 1}", exc)
+            else:
+                stream.values.append(result["messages_per_s"])
+                stream.also.append({"s": result["seconds"]})
     for p50, p99 in publish.values():
         p99.note = p50.note = f"RabbitMQ {version}; {counts.publish_calls:,} timed calls a run"
-    drain.note = f"RabbitMQ {version}; {counts.rabbitmq_drain:,} records a run"
-    return [figure for pair in publish.values() for figure in pair] + [drain]
+    stream.note = drain.note = f"RabbitMQ {version}; {counts.rabbitmq_drain:,} records a run"
+    batches.note = f"RabbitMQ {version}; {counts.many_batches} lists a run"
+    return [figure for pair in publish.values() for figure in pair] + [drain, batches, stream]
 
 
 def server_version(vhost: RabbitVhost) -> str:
@@ -110,9 +142,18 @@ def measure_publish(bench: Bench, vhost: RabbitVhost, kind: str, counts: Counts)
     return run_producer(bench, "publish-cost", args, env)
 
 
-def measure_drain(bench: Bench, vhost: RabbitVhost, counts: Counts) -> dict:
-    """One fill-then-drain run of the bare consumer in its own process, on a fresh queue."""
-    env = bench.env({"BENCH_BROKER_URL": vhost.url, "BENCH_QUEUE": bench.unique("drain")})
+def measure_drain(bench: Bench, vhost: RabbitVhost, counts: Counts, stream: bool = False) -> dict:
+    """One fill-then-drain run of the bare consumer in its own process, on a fresh queue
+    (or stream)."""
+    name = bench.unique("stream" if stream else "drain")
+    env = bench.env({"BENCH_BROKER_URL": vhost.url, "BENCH_QUEUE": name})
     args = ["--count", str(counts.rabbitmq_drain), "--prefetch", str(DRAIN_PREFETCH),
-            "--ack-every", str(DRAIN_ACK_EVERY)]  # fmt: skip
+            "--ack-every", str(DRAIN_ACK_EVERY), *(["--stream"] if stream else [])]  # fmt: skip
     return run_producer(bench, "amqp-drain", args, env)
+
+
+def measure_confirm_batch(bench: Bench, vhost: RabbitVhost, counts: Counts) -> dict:
+    """One run of confirmed lists in its own producer process, on a fresh queue."""
+    env = bench.env({"BENCH_BROKER_URL": vhost.url, "BENCH_QUEUE": bench.unique("lists")})
+    args = ["--batch", str(counts.many_batch), "--batches", str(counts.many_batches)]
+    return run_producer(bench, "amqp-confirm-batch", args, env)

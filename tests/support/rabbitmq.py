@@ -29,6 +29,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -351,6 +352,64 @@ def read_stream(
     finally:
         channel.close()
     return received[:count]
+
+
+class ConfirmedBatch:
+    """Publish many messages on one channel in confirm mode and wait once for all confirms.
+
+    py-amqp's ``confirm_publish`` waits after every message (one round trip
+    each); here confirm mode is selected by hand, every message is published,
+    and the broker's ``basic.ack``/``basic.nack`` (delivery tags 1, 2, ... per
+    channel; ``multiple`` covers every tag up to its own) are counted from the
+    channel's ``events`` while the connection drains. The channel's connection
+    must not have ``confirm_publish`` set.
+    """
+
+    def __init__(self, channel: amqp.Channel) -> None:
+        self.channel = channel
+        self.next_tag = 1
+        self.pending: set[int] = set()
+        self.nacked: set[int] = set()
+        channel.confirm_select()
+        # py-amqp calls these on basic.ack/basic.nack (its stubs omit ``events``).
+        events: Any = getattr(channel, "events")  # noqa: B009
+        events["basic_ack"].add(self._on_ack)
+        events["basic_nack"].add(self._on_nack)
+
+    def _settle(self, tag: int, multiple: bool) -> set[int]:
+        done = {t for t in self.pending if t <= tag} if multiple else {tag} & self.pending
+        self.pending -= done
+        return done
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self.nacked |= self._settle(tag, multiple)
+
+    def publish(self, queue: str, body: bytes | str) -> int:
+        """Publish one persistent message to ``queue``; returns its delivery tag."""
+        message = amqp.basic_message.Message(body, delivery_mode=2, content_type="application/json")
+        self.channel.basic_publish(message, exchange="", routing_key=queue, mandatory=True)
+        tag = self.next_tag
+        self.next_tag += 1
+        self.pending.add(tag)
+        return tag
+
+    def wait(self, timeout_s: float) -> set[int]:
+        """Wait until every published message is confirmed; returns the nacked tags.
+
+        Raises ``TimeoutError`` (``socket.timeout`` is its alias) when confirms are
+        still missing after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(self.pending)} publishes unconfirmed")
+            self.channel.connection.drain_events(timeout=left)
+        nacked, self.nacked = self.nacked, set()
+        return nacked
 
 
 def queue_depth(channel: amqp.Channel, name: str) -> int:
