@@ -6,11 +6,18 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
-from tests.support.rabbitmq import TEST_RABBITMQ_URL, RabbitVhost, vhost_or_skip
+from tests.support.rabbitmq import (
+    TEST_RABBITMQ_URL,
+    PrivateRabbit,
+    RabbitVhost,
+    rabbitmq_server_script,
+    vhost_or_skip,
+)
 
 # Tests never spool into the user's cache directory; a test that needs the
 # spool sets its own directory.
@@ -155,3 +162,24 @@ def rabbitmq_vhost() -> Iterator[RabbitVhost]:
     """
     with vhost_or_skip(TEST_RABBITMQ_URL, ci=bool(os.environ.get("CI"))) as vhost:
         yield vhost
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbit]:
+    """A RabbitMQ node of this test's own (free ports, data in tmp_path), started; stopped after.
+
+    For tests that stop or kill the broker: never the shared one. Skips
+    without ``rabbitmq-server`` installed (fails under CI).
+    """
+    from aicm_tasks.devtools.processes import free_port
+
+    if rabbitmq_server_script() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs rabbitmq-server installed (.ci/run installs it)")
+        pytest.skip("rabbitmq-server is not installed")
+    node = PrivateRabbit(tmp_path / "rabbitmq", port=free_port(), dist_port=free_port())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
