@@ -205,9 +205,9 @@ def amqp_drain(args: argparse.Namespace) -> dict[str, Any]:
     """
     import amqp
 
-    from tests.support.rabbitmq import (
+    from tests.support.rabbitmq import connect
+    from tests.support.rabbitmq_messages import (
         ConfirmedBatch,
-        connect,
         declare_quorum_queue,
         declare_stream,
         queue_counts,
@@ -282,7 +282,8 @@ def amqp_confirm_batch(args: argparse.Namespace) -> dict[str, Any]:
     published, then one wait for all their confirms. The JSON of each record is
     built before the clock starts (as ``track-many`` builds its lists first).
     """
-    from tests.support.rabbitmq import ConfirmedBatch, connect, declare_quorum_queue
+    from tests.support.rabbitmq import connect
+    from tests.support.rabbitmq_messages import ConfirmedBatch, declare_quorum_queue
 
     url, queue = os.environ["BENCH_BROKER_URL"], os.environ["BENCH_QUEUE"]
     lists = [[json.dumps(record_dict()) for _ in range(args.batch)] for _ in range(args.batches)]

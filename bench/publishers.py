@@ -83,7 +83,8 @@ def amqp_publish(confirm: bool) -> Contender:
     the floor under any publish that may promise "the broker holds it").
     ``json.dumps`` is timed, as for LPUSH.
     """
-    from tests.support.rabbitmq import connect, declare_quorum_queue, publish_confirmed
+    from tests.support.rabbitmq import connect
+    from tests.support.rabbitmq_messages import declare_quorum_queue, publish_confirmed
 
     connection = connect(os.environ["BENCH_BROKER_URL"], confirm_publish=confirm)
     channel = connection.channel()

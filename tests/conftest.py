@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.rabbitmq import (
-    TEST_RABBITMQ_URL,
-    PrivateRabbit,
-    RabbitVhost,
-    rabbitmq_server_script,
-    vhost_or_skip,
-)
+from tests.support.rabbitmq import TEST_RABBITMQ_URL, RabbitVhost, vhost_or_skip
+from tests.support.rabbitmq_node import PrivateRabbit, rabbitmq_server_script
 
 # Tests never spool into the user's cache directory; a test that needs the
 # spool sets its own directory.
@@ -157,8 +152,8 @@ def ledger_db(request: pytest.FixtureRequest, tmp_path: object) -> str:
 def rabbitmq_vhost() -> Iterator[RabbitVhost]:
     """A virtual host of its own on the real RabbitMQ, made for this session and deleted after.
 
-    Skips without a RabbitMQ (fails under CI). ``tests/support/rabbitmq.py``
-    has the helpers: quorum queues, confirmed publishes, queue depth.
+    Skips without a RabbitMQ (fails under CI). ``tests/support/rabbitmq_messages.py``
+    has the helpers: quorum queues, confirmed publishes, queue depth, streams.
     """
     with vhost_or_skip(TEST_RABBITMQ_URL, ci=bool(os.environ.get("CI"))) as vhost:
         yield vhost

@@ -18,21 +18,23 @@ import pytest
 
 from aicm_tasks.devtools.processes import free_port, wait_until
 from tests.support.rabbitmq import (
-    ConfirmedBatch,
-    PrivateRabbit,
     RabbitVhost,
     connect,
+    private_vhost,
+    vhost_admin,
+    vhost_or_skip,
+)
+from tests.support.rabbitmq_messages import (
+    ConfirmedBatch,
     declare_quorum_queue,
     declare_stream,
     delivery_tag,
-    private_vhost,
     publish_confirmed,
     queue_counts,
     queue_depth,
     read_stream,
-    vhost_admin,
-    vhost_or_skip,
 )
+from tests.support.rabbitmq_node import PrivateRabbit
 
 pytestmark = pytest.mark.integration
 
