@@ -34,6 +34,8 @@ class Counts:
     #: records after they all publish the server trips it.
     limits_producers: int = 4
     limits_trip_after: int = 2_000
+    #: Records in the quorum queue the bare RabbitMQ consumer drains (rabbitmq scenario).
+    rabbitmq_drain: int = 100_000
 
 
 FULL = Counts(
@@ -74,4 +76,5 @@ QUICK = Counts(
     rss_prefill_chunk=10_000,
     many_batch=1_000,
     many_batches=10,
+    rabbitmq_drain=10_000,
 )

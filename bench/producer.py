@@ -8,7 +8,10 @@ Commands:
 * ``prefill-aicm``: fill an aicm-tasks queue with ``track_many`` chunks;
 * ``track-many``: time ``track_many`` on lists of records;
 * ``celery-prefill``: fill a Celery anchor's queue with cloned messages;
-* ``sdk-drain``: pre-fill the SDK's SQLite queue, then start its delivery thread.
+* ``sdk-drain``: pre-fill the SDK's SQLite queue, then start its delivery thread;
+* ``amqp-drain``: fill a RabbitMQ quorum queue (or stream), then drain (read) it with a bare
+  py-amqp consumer;
+* ``amqp-confirm-batch``: publish lists to a quorum queue with one confirm wait per list.
 
 Commands that must outlive their publishing (the SDK's delivery thread runs in
 the producer) wait for SIGTERM after writing their result.
@@ -188,6 +191,121 @@ def sdk_drain(args: argparse.Namespace) -> dict[str, Any]:
     return {"count": args.count, "started_at": started_at, "delivery": repr(delivery)}
 
 
+def amqp_drain(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill a quorum queue (``--stream``: a stream) with ``--count`` records, then time a
+    bare py-amqp consumer (of a stream: a reader from its first offset).
+
+    The fill is untimed: into a queue unconfirmed (confirming 100,000 one by
+    one would take ~30 s), the consumer starting once a passive declare counts
+    them all; into a stream with one confirm wait for all.
+    The consumer: prefetch ``--prefetch``, one ``basic_ack(multiple=True)`` per
+    ``--ack-every`` deliveries (the shape of a worker acking a settled batch).
+    Clock: ``basic_consume`` sent -> the last ack sent and flushed by a
+    round trip (a passive declare that sees the queue empty).
+    """
+    import amqp
+
+    from tests.support.rabbitmq import connect
+    from tests.support.rabbitmq_messages import (
+        ConfirmedBatch,
+        declare_quorum_queue,
+        declare_stream,
+        queue_counts,
+    )
+
+    url, queue = os.environ["BENCH_BROKER_URL"], os.environ["BENCH_QUEUE"]
+    body = json.dumps(record_dict())
+    with connect(url) as connection:
+        channel = connection.channel()
+        if args.stream:
+            # A stream has no depth to poll (passive declare answers 0): the
+            # fill waits for the confirms instead, once, after publishing all.
+            declare_stream(channel, queue)
+            batch = ConfirmedBatch(channel)
+            for _ in range(args.count):
+                batch.publish(queue, body)
+            batch.wait(300)
+        else:
+            declare_quorum_queue(channel, queue)
+            for _ in range(args.count):
+                channel.basic_publish(
+                    amqp.Message(body, delivery_mode=2, content_type="application/json"),
+                    exchange="",
+                    routing_key=queue,
+                )
+            deadline = time.monotonic() + 300
+            while queue_counts(channel, queue)[0] < args.count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{queue} never held {args.count} records")
+                time.sleep(0.1)
+
+    received = 0
+    pending_tag = 0
+    with connect(url) as connection:
+        channel = connection.channel()
+
+        def on_message(message: Any) -> None:
+            nonlocal received, pending_tag
+            received += 1
+            pending_tag = message.delivery_tag
+            if received % args.ack_every == 0:
+                channel.basic_ack(pending_tag, multiple=True)
+
+        channel.basic_qos(prefetch_size=0, prefetch_count=args.prefetch, a_global=False)
+        started = time.perf_counter()
+        # A stream is read from its first offset; reading removes nothing.
+        arguments = {"x-stream-offset": "first"} if args.stream else None
+        channel.basic_consume(queue, callback=on_message, no_ack=False, arguments=arguments)
+        first_at: float | None = None
+        while received < args.count:
+            connection.drain_events(timeout=30)
+            if first_at is None:
+                first_at = time.perf_counter()
+        if received % args.ack_every:
+            channel.basic_ack(pending_tag, multiple=True)
+        # A round trip after the last ack (a stream answers 0 whatever it holds).
+        ready, _ = queue_counts(channel, queue)
+        ended = time.perf_counter()
+    return {
+        "count": received,
+        "left": ready,
+        "seconds": ended - started,
+        "messages_per_s": received / (ended - started),
+        "first_delivery_s": (first_at or ended) - started,
+    }
+
+
+def amqp_confirm_batch(args: argparse.Namespace) -> dict[str, Any]:
+    """``--batches`` lists of ``--batch`` records to a quorum queue, one confirm wait per list.
+
+    The shape ``track_many`` will have on RabbitMQ: every record of a list
+    published, then one wait for all their confirms. The JSON of each record is
+    built before the clock starts (as ``track-many`` builds its lists first).
+    """
+    from tests.support.rabbitmq import connect
+    from tests.support.rabbitmq_messages import ConfirmedBatch, declare_quorum_queue
+
+    url, queue = os.environ["BENCH_BROKER_URL"], os.environ["BENCH_QUEUE"]
+    lists = [[json.dumps(record_dict()) for _ in range(args.batch)] for _ in range(args.batches)]
+    with connect(url) as connection:
+        channel = connection.channel()
+        declare_quorum_queue(channel, queue)
+        batch = ConfirmedBatch(channel)
+        for body in lists[0][:10]:  # warm up
+            batch.publish(queue, body)
+        batch.wait(30)
+        nacked = 0
+        started = time.perf_counter()
+        for bodies in lists:
+            for body in bodies:
+                batch.publish(queue, body)
+            nacked += len(batch.wait(60))
+        seconds = time.perf_counter() - started
+    records = args.batch * args.batches
+    return {"records": records, "seconds": seconds, "records_per_s": records / seconds,
+            "nacked": nacked}  # fmt: skip
+
+
 COMMANDS = {
     "publish-cost": publish_cost,
     "flood": flood,
@@ -196,6 +314,8 @@ COMMANDS = {
     "track-many": track_many_rate,
     "celery-prefill": celery_prefill,
     "sdk-drain": sdk_drain,
+    "amqp-drain": amqp_drain,
+    "amqp-confirm-batch": amqp_confirm_batch,
 }
 #: Commands whose process must stay up (the SDK's delivery thread) after the result.
 LINGERING = {"sdk-drain"}
@@ -219,6 +339,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--sdk-dir", type=Path)
     parser.add_argument("--api-base")
+    parser.add_argument("--prefetch", type=int, default=2_000)
+    parser.add_argument("--ack-every", type=int, default=500)
+    parser.add_argument("--stream", action="store_true", help="amqp-drain: a stream, not a queue")
     parser.add_argument("--linger", action="store_true", help="wait for SIGTERM after the result")
     return parser.parse_args(argv)
 

@@ -18,8 +18,18 @@ from typing import Any
 
 from bench.records import CONTEXT, CUSTOMER_KEY, SERVICE_KEY, USAGE, record_dict
 
-#: Contenders of the publish-cost scenario.
-KINDS = ("aicm", "celery", "sdk", "lpush")
+#: Contenders of the publish-cost scenario (the ``amqp-*`` and ``celery-amqp*`` ones
+#: are the rabbitmq scenario's: ``BENCH_BROKER_URL`` is then an ``amqp://`` URL).
+KINDS = (
+    "aicm",
+    "celery",
+    "sdk",
+    "lpush",
+    "amqp-confirm",
+    "amqp-noconfirm",
+    "celery-amqp",
+    "celery-amqp-quorum",
+)
 
 
 @dataclass
@@ -65,6 +75,45 @@ def lpush() -> Contender:
     return Contender(record_dict, publish, client.close)
 
 
+def amqp_publish(confirm: bool) -> Contender:
+    """py-amqp ``basic_publish`` of the record's JSON, persistent, to a quorum queue.
+
+    With ``confirm`` the connection is in confirm mode and each call waits for
+    the broker's ``basic.ack`` (one round trip and the quorum queue's commit:
+    the floor under any publish that may promise "the broker holds it").
+    ``json.dumps`` is timed, as for LPUSH.
+    """
+    from tests.support.rabbitmq import connect
+    from tests.support.rabbitmq_messages import declare_quorum_queue, publish_confirmed
+
+    connection = connect(os.environ["BENCH_BROKER_URL"], confirm_publish=confirm)
+    channel = connection.channel()
+    queue = os.environ["BENCH_QUEUE"]
+    declare_quorum_queue(channel, queue)
+
+    def publish(record: dict[str, Any]) -> Any:
+        publish_confirmed(channel, queue, record)
+
+    return Contender(record_dict, publish, connection.close)
+
+
+def celery_amqp(quorum: bool) -> Contender:
+    """Plain Celery ``task.delay(record)`` on RabbitMQ (the anchor app, ``BENCH_BROKER_URL`` amqp).
+
+    Celery's defaults: a classic queue and no publisher confirm. With
+    ``quorum``, what Celery's docs ask for quorum queues:
+    ``task_default_queue_type="quorum"`` and ``confirm_publish``.
+    """
+    from bench.anchors.celery_plain import track
+
+    if quorum:
+        track.app.conf.update(
+            task_default_queue_type="quorum",
+            broker_transport_options={"confirm_publish": True},
+        )
+    return Contender(record_dict, track.delay, _nothing)
+
+
 def sdk(directory: Path, api_base: str, db_path: Path) -> Contender:
     """The SDK: ``Tracker.track(...)`` with ``PersistentDelivery`` (its thread delivering)."""
     from bench.anchors.sdk import make_tracker
@@ -88,6 +137,10 @@ def contender(kind: str, sdk_dir: Path | None, api_base: str | None) -> Contende
         return celery()
     if kind == "lpush":
         return lpush()
+    if kind in ("amqp-confirm", "amqp-noconfirm"):
+        return amqp_publish(confirm=kind == "amqp-confirm")
+    if kind in ("celery-amqp", "celery-amqp-quorum"):
+        return celery_amqp(quorum=kind == "celery-amqp-quorum")
     if kind == "sdk":
         if sdk_dir is None or api_base is None:
             raise ValueError("the sdk contender needs --sdk-dir and --api-base")

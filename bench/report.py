@@ -25,7 +25,7 @@ from bench.stats import Figure, fmt_number, fmt_spread
 from bench.targets import Verdict
 
 #: Distributions whose versions describe a run.
-PACKAGES = ("aicm-tasks", "celery", "kombu", "redis", "httpx", "aicostmanager",
+PACKAGES = ("aicm-tasks", "celery", "kombu", "amqp", "redis", "httpx", "aicostmanager",
             "celery-batches", "psutil", "starlette", "uvicorn")  # fmt: skip
 COLUMNS = ("figure", "unit", "median (min–max)", "target", "ratio", "✓/✗", "also (medians)")
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by unit and integration tests: Redis (fake and real)."""
+"""Fixtures shared by unit and integration tests: Redis (fake and real), PostgreSQL, RabbitMQ."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+
+from tests.support.rabbitmq import TEST_RABBITMQ_URL, RabbitVhost, vhost_or_skip
+from tests.support.rabbitmq_node import PrivateRabbit, rabbitmq_server_script
 
 # Tests never spool into the user's cache directory; a test that needs the
 # spool sets its own directory.
@@ -142,3 +146,35 @@ def ledger_db(request: pytest.FixtureRequest, tmp_path: object) -> str:
     if request.param == "sqlite":
         return str(tmp_path) + "/ledger.sqlite3"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[RabbitVhost]:
+    """A virtual host of its own on the real RabbitMQ, made for this session and deleted after.
+
+    Skips without a RabbitMQ (fails under CI). ``tests/support/rabbitmq_messages.py``
+    has the helpers: quorum queues, confirmed publishes, queue depth, streams.
+    """
+    with vhost_or_skip(TEST_RABBITMQ_URL, ci=bool(os.environ.get("CI"))) as vhost:
+        yield vhost
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbit]:
+    """A RabbitMQ node of this test's own (free ports, data in tmp_path), started; stopped after.
+
+    For tests that stop or kill the broker: never the shared one. Skips
+    without ``rabbitmq-server`` installed (fails under CI).
+    """
+    from aicm_tasks.devtools.processes import free_port
+
+    if rabbitmq_server_script() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs rabbitmq-server installed (.ci/run installs it)")
+        pytest.skip("rabbitmq-server is not installed")
+    node = PrivateRabbit(tmp_path / "rabbitmq", port=free_port(), dist_port=free_port())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -1,4 +1,4 @@
-"""The seven scenarios, in the order ``bench.run`` runs them."""
+"""The eight scenarios, in the order ``bench.run`` runs them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ from collections.abc import Callable
 
 from bench.config import Counts
 from bench.harness import Bench
-from bench.scenarios import drain, latency, limits, publish, sustained, track_many, worker_rss
+from bench.scenarios import (
+    drain,
+    latency,
+    limits,
+    publish,
+    rabbitmq,
+    sustained,
+    track_many,
+    worker_rss,
+)
 from bench.stats import Figure
 
 Scenario = Callable[[Bench, Counts], list[Figure]]
@@ -20,4 +29,5 @@ SCENARIOS: dict[str, Scenario] = {
     "rss": worker_rss.run,
     "track_many": track_many.run,
     "limits": limits.run,
+    "rabbitmq": rabbitmq.run,
 }
