@@ -46,7 +46,9 @@ def test_any_json_value_hashes_to_a_fixed_size_string(value: object) -> None:
         assert digest is None
     else:
         assert digest.startswith(DIGEST_PREFIX) and len(digest) == len(DIGEST_PREFIX) + 32
-        assert json.dumps(value) not in digest or json.dumps(value) in ("0", "1")
+        # A short value (a digit) may occur in any hex digest by chance.
+        if len(json.dumps(value)) >= 8:
+            assert json.dumps(value) not in digest
 
 
 def test_a_call_widens_the_process_fields_and_can_bring_its_own_anonymizer() -> None:
