@@ -30,8 +30,9 @@ count) records another worker took back. These moves are Lua scripts
 be atomic: kombu's own Redis consumer pops a message (BRPOP) and records it as
 unacknowledged in a second round trip, so a kill in between loses it.
 
-Scripts take key names built at run time (batch keys), so they need a
-standalone Redis or a primary with replicas/Sentinel, not Redis Cluster.
+Every script is handed every key it touches (none is built inside a script),
+and all keys of one store share a shard's hash tag (:mod:`aicm_tasks.broker.keys`),
+so the same scripts run on a standalone Redis and on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
@@ -58,14 +60,24 @@ from aicm_tasks.broker.resolution import Resolution as Resolution
 #: Most scheduled records moved back to the queue by one PROMOTE call; the Lua
 #: ``unpack`` limit is about 8,000 values.
 PROMOTE_CHUNK = 1000
+#: Most expired consumers one RECLAIM round looks at.
+RECLAIM_CHUNK = 16
+#: Tries to reclaim one consumer whose held set changes under us before leaving
+#: it to the next round.
+RECLAIM_TRIES = 3
+
+#: A client of the broker: one standalone Redis, or redis-py's cluster client
+#: (which follows MOVED/ASK redirections and failovers by itself).
+BrokerClient = redis.Redis | RedisCluster
 
 
 class RecordStore:
     """The broker-side operations on records, over one redis-py client."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: BrokerClient, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._expired = client.register_script(scripts.source("expired"))
         self._fetch = client.register_script(scripts.source("fetch"))
         self._resolve = client.register_script(scripts.source("resolve"))
         self._release = client.register_script(scripts.source("release"))
@@ -166,6 +178,16 @@ class RecordStore:
         keys = [self.keys.consumers, self.keys.seen]
         return float(self._renew(keys=keys, args=[consumer, lease_s]))
 
+    def server_client(self) -> redis.Redis:
+        """A client of the one Redis server that holds this store's keys: the
+        client itself, or on a cluster the primary serving this shard's slot now
+        (for CONFIG and INFO, which a cluster client would send to every node)."""
+        if isinstance(self.client, RedisCluster):
+            # redis-py leaves these cluster helpers unannotated.
+            node = self.client.get_node_from_key(self.keys.queue)  # type: ignore[no-untyped-call]
+            return self.client.get_redis_connection(node)
+        return self.client
+
     def server_time(self) -> float:
         """The Redis server's clock, in epoch seconds."""
         seconds, micros = self.client.time()
@@ -191,8 +213,31 @@ class RecordStore:
         ``caller`` is never reclaimed: a live worker whose lease lapsed (a long
         pause) renews it next and keeps its batches, rather than racing itself.
         """
-        keys = [self.keys.consumers, self.keys.queue]
-        return int(self._reclaim(keys=keys, args=[self.keys.prefix, caller]))
+        expired = self._expired(keys=[self.keys.consumers], args=[caller, RECLAIM_CHUNK])
+        moved = 0
+        for raw in expired:
+            moved += self._reclaim_one(_as_text(raw))
+        return moved
+
+    def _reclaim_one(self, consumer: str) -> int:
+        """Return one expired consumer's batches; 0 when it renewed meanwhile.
+
+        The held set is read first and its batch keys passed to the script (a
+        script on Redis Cluster must declare its keys), which moves nothing
+        unless the set still lists exactly those keys and the lease is still
+        expired, on the server's clock.
+        """
+        held = self.keys.held(consumer)
+        for _ in range(RECLAIM_TRIES):
+            batches = sorted(_as_text(b) for b in self.client.smembers(held))
+            keys = [self.keys.consumers, self.keys.queue, held, *batches]
+            moved = int(self._reclaim(keys=keys, args=[consumer]))
+            if moved >= 0:
+                return moved
+            score = self.client.zscore(self.keys.consumers, consumer)
+            if score is None or score > self.server_time():
+                return 0  # renewed (alive) or reclaimed by another worker
+        return 0
 
     def sweep(self, scan_count: int = 1000) -> int:
         """Return every batch key that no live lease covers to the queue.
@@ -204,7 +249,15 @@ class RecordStore:
         """
         head = self.keys.batch_prefix
         moved = 0
-        for raw_key in self.client.scan_iter(match=_glob_escape(head) + "*", count=scan_count):
+        options: dict[str, Any] = {}
+        if isinstance(self.client, RedisCluster):
+            # Only the node that serves this shard's slot holds its batch keys.
+            options["target_nodes"] = self.client.get_node_from_key(  # type: ignore[no-untyped-call]
+                self.keys.queue
+            )
+        for raw_key in self.client.scan_iter(
+            match=_glob_escape(head) + "*", count=scan_count, **options
+        ):
             batch_key = _as_text(raw_key)
             consumer = batch_key[len(head) :].rpartition(":")[0]
             keys = [batch_key, self.keys.held(consumer), self.keys.consumers, self.keys.queue]

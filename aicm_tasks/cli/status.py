@@ -14,14 +14,15 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from aicm_tasks.broker.figures import ALIVE_WITHIN_S, Figures, Thresholds, read_figures
+from aicm_tasks.broker.figures import ALIVE_WITHIN_S, Figures, Thresholds
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.broker.shard_figures import read_all_figures
+from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 
 
-def _store() -> RecordStore:
-    settings = load_settings()
-    return RecordStore(redis_client(settings), keys_of(settings))
+def _stores() -> list[RecordStore]:
+    """Every shard's store: status and monitor sum them into one pipeline."""
+    return topology_of(load_settings()).stores
 
 
 def _thresholds_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,7 +57,7 @@ def status(
     """The pipeline's figures once; exit code 1 with the reasons when unhealthy."""
     thresholds = Thresholds(no_worker_s, max_oldest_s, max_dead_letters)
     try:
-        figures = read_figures(_store(), thresholds)
+        figures = read_all_figures(_stores(), thresholds)
     except redis.RedisError as exc:
         if as_json:
             echo_json({"healthy": False, "problems": [f"the broker did not answer: {exc}"]})
@@ -87,16 +88,16 @@ def monitor(
     no_worker_s: float,
 ) -> None:
     """A live view of the pipeline; Ctrl-C quits."""
-    store = _store()
+    stores = _stores()
     thresholds = Thresholds(no_worker_s, max_oldest_s, max_dead_letters)
     try:
         with Live(
-            render(read_figures(store, thresholds)), refresh_per_second=4, screen=False
+            render(read_all_figures(stores, thresholds)), refresh_per_second=4, screen=False
         ) as live:
             while not once:
                 time.sleep(interval)
                 try:
-                    live.update(render(read_figures(store, thresholds)))
+                    live.update(render(read_all_figures(stores, thresholds)))
                 except redis.RedisError as exc:
                     live.update(f"[red]the broker did not answer: {exc}[/red]")
     except KeyboardInterrupt:

@@ -13,12 +13,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from celery import bootsteps
 from celery.worker import control
 
-from aicm_tasks.broker.keys import Keys
-from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.topology import connect
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.settings import Settings
 from aicm_tasks.worker.events import TaskEvents
@@ -94,8 +92,8 @@ def build_service(
             "AICM_API_KEY is not set: the worker needs the /track API key "
             "(producers do not). Set it (or AICM_API_KEYS) in the worker's environment."
         )
-    client = redis.Redis.from_url(
-        settings.broker_url,
+    topology = connect(
+        settings,
         socket_connect_timeout=5.0,
         # Longer than the longest blocking wait (BLMOVE), so a wait never times out
         # on the socket, yet a blackholed Redis is noticed.
@@ -118,14 +116,16 @@ def build_service(
         "auth_retry_interval_s": settings.auth_retry_interval_s,
         "redelivery_timeout_s": settings.redelivery_timeout_s,
     }
-    store = RecordStore(client, Keys(settings.queue, settings.key_prefix))
-    options["observers"] = [RedisFigures(client, store.keys), *extra_observers]
+    stores = topology.stores
+    # Rates and last errors go to the first shard: figures, not records, so a
+    # shard that is down costs a blank figure at worst (status sums every shard).
+    options["observers"] = [RedisFigures(stores[0].client, stores[0].keys), *extra_observers]
     options["aliases"] = {alias: transport.sender(alias) for alias in transport.aliases}
     # Its pooled connections are closed when the service stops (not at exit):
     # a worker stopped and started again by Celery builds a new transport.
     options["on_stopped"] = [transport.close]
     options.update(overrides)
-    return DeliveryService(store, transport.poster(), **options)
+    return DeliveryService(stores, transport.poster(), **options)
 
 
 @control.inspect_command(name="active_queues")

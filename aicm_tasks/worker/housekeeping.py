@@ -6,6 +6,11 @@ beside its delivery threads: about once a second it renews this worker's lease
 reclaims the batches of workers whose lease expired; less often it sweeps for
 batch keys no lease covers, forgets ``seen`` entries of gone workers, reads the
 queue depths for observers and checks the Redis server's settings and clock.
+
+With several shards it does all of it on each shard, on that shard's clock (a
+lease in shard ``i`` is decided by the Redis that holds shard ``i``'s records),
+and a shard whose Redis fails backs off alone: the others' leases are still
+renewed every round.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -41,18 +47,19 @@ CLOCK_SKEW_WARN_EVERY_S = 600.0
 
 
 class Housekeeping:
-    """The periodic broker chores of one worker process (``consumer``)."""
+    """The periodic broker chores of one worker process (``consumer``), on every shard."""
 
     def __init__(
         self,
-        store: RecordStore,
+        store: RecordStore | Sequence[RecordStore],
         consumer: str,
         *,
         lease_s: float,
         observers: Observers,
         settings_check_interval_s: float,
     ) -> None:
-        self.store = store
+        self.stores = [store] if isinstance(store, RecordStore) else list(store)
+        self.store = self.stores[0]
         self.consumer = consumer
         self.lease_s = lease_s
         self.observers = observers
@@ -64,38 +71,58 @@ class Housekeeping:
         """Do the chores every HOUSEKEEPING_INTERVAL_S until ``stop`` is set.
 
         A broker error backs off (doubling) and tries again: this thread must
-        outlive any Redis outage, since it renews the lease."""
-        pause_s = HOUSEKEEPING_INTERVAL_S
+        outlive any Redis outage, since it renews the lease. Each shard backs
+        off on its own."""
+        n = len(self.stores)
+        pause_s = [HOUSEKEEPING_INTERVAL_S] * n
+        retry_at = [0.0] * n
+        checked_at = [-float("inf")] * n
         rounds = 0
-        checked_at = -float("inf")
-        while not stop.wait(pause_s):
+        while not stop.wait(HOUSEKEEPING_INTERVAL_S if n > 1 else pause_s[0]):
             rounds += 1
-            try:
-                server_now = self.store.renew_lease(self.consumer, self.lease_s)
-                self._check_clock(server_now)
-                if time.monotonic() - checked_at >= self.settings_check_interval_s:
-                    checked_at = time.monotonic()
-                    self._check_redis_settings_safely()
-                if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
-                    self.observers.housekeeping(self.store.depth())
-                self.store.promote_due()
-                reclaimed = self.store.reclaim_expired(self.consumer)
-                if reclaimed:
-                    logger.warning(
-                        "reclaimed %d records from workers whose lease expired", reclaimed
-                    )
-                if rounds % SWEEP_EVERY_ROUNDS == 1:
-                    swept = self.store.sweep()
-                    if swept:
-                        logger.warning(
-                            "returned %d records to the queue from batch keys no lease covered",
-                            swept,
-                        )
-                    self.store.forget_unseen(FORGET_UNSEEN_AFTER_S)
-                pause_s = HOUSEKEEPING_INTERVAL_S
-            except redis.RedisError as exc:
-                logger.warning("broker error in housekeeping: %s", exc)
-                pause_s = next_pause_s(pause_s)
+            depths: list[dict[str, int]] = []
+            for index, store in enumerate(self.stores):
+                if retry_at[index] > time.monotonic():
+                    continue
+                try:
+                    check = time.monotonic() - checked_at[index] >= self.settings_check_interval_s
+                    if check:
+                        checked_at[index] = time.monotonic()
+                    depth = self._round(store, rounds, check_settings=check)
+                    if depth is not None:
+                        depths.append(depth)
+                    pause_s[index] = HOUSEKEEPING_INTERVAL_S
+                except redis.RedisError as exc:
+                    logger.warning("broker error in housekeeping (shard %d): %s", index, exc)
+                    pause_s[index] = next_pause_s(pause_s[index])
+                    retry_at[index] = time.monotonic() + pause_s[index] - HOUSEKEEPING_INTERVAL_S
+            if depths:
+                self.observers.housekeeping(sum_depths(depths))
+
+    def _round(
+        self, store: RecordStore, rounds: int, *, check_settings: bool
+    ) -> dict[str, int] | None:
+        """One round of chores on one shard; its depth when observers want it."""
+        server_now = store.renew_lease(self.consumer, self.lease_s)
+        self._check_clock(server_now)
+        if check_settings:
+            self._check_redis_settings_safely(store)
+        depth = None
+        if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
+            depth = store.depth()
+        store.promote_due()
+        reclaimed = store.reclaim_expired(self.consumer)
+        if reclaimed:
+            logger.warning("reclaimed %d records from workers whose lease expired", reclaimed)
+        if rounds % SWEEP_EVERY_ROUNDS == 1:
+            swept = store.sweep()
+            if swept:
+                logger.warning(
+                    "returned %d records to the queue from batch keys no lease covered",
+                    swept,
+                )
+            store.forget_unseen(FORGET_UNSEEN_AFTER_S)
+        return depth
 
     def _check_clock(self, server_now: float) -> None:
         """Warn when this host's clock is far from the Redis server's.
@@ -117,23 +144,24 @@ class Housekeeping:
             skew_s,
         )
 
-    def _check_redis_settings_safely(self) -> None:
+    def _check_redis_settings_safely(self, store: RecordStore) -> None:
         """A bug in the check must not stop this thread: it renews the lease."""
         try:
-            self.check_redis_settings()
+            self.check_redis_settings(store)
         except redis.RedisError:
             raise
         except Exception:
             logger.exception("could not check the Redis settings")
 
-    def check_redis_settings(self) -> list[Finding]:
+    def check_redis_settings(self, store: RecordStore | None = None) -> list[Finding]:
         """Read the broker's eviction and persistence settings, log what is wrong, tell observers.
 
         An error (an evicting policy) is logged at every check, since records
         are at risk for as long as it lasts; a warning only when the findings
         change, so a Redis without AOF gives one line, not one a minute.
+        ``store``: the shard whose Redis to read (default: the first).
         """
-        settings = read_settings(self.store.client, read_by=self.consumer)
+        settings = read_settings((store or self.store).server_client(), read_by=self.consumer)
         findings = judge_settings(settings)
         changed = findings != self._last_findings
         self._last_findings = findings
@@ -150,3 +178,17 @@ class Housekeeping:
             )
         self.observers.redis_settings_read(settings, findings)
         return findings
+
+
+def sum_depths(depths: Sequence[dict[str, int]]) -> dict[str, int]:
+    """The depths of every shard as one pipeline's: counts added, workers the
+    most any shard saw (each worker holds a lease in every shard)."""
+    total: dict[str, int] = {}
+    for depth in depths:
+        for name, value in depth.items():
+            total[name] = (
+                max(total.get(name, 0), value)
+                if name == "workers"
+                else (total.get(name, 0) + value)
+            )
+    return total

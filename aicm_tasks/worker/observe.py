@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import redis
-
 from aicm_tasks.broker.keys import RATE_BUCKET_S, Keys
 from aicm_tasks.broker.messages import Item
+from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
 from aicm_tasks.worker.delivery import Summary
 
@@ -90,7 +89,7 @@ class Observers(Observer):
 class RedisFigures(Observer):
     """Writes delivery-rate buckets and the last errors to Redis for status/monitor."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: BrokerClient, keys: Keys) -> None:
         self.client = client
         self.keys = keys
 

@@ -1,7 +1,10 @@
 """The delivery loop a worker process runs: fetch a batch, deliver it, settle it.
 
 :class:`DeliveryService` owns a few delivery threads and one housekeeping
-thread (:mod:`aicm_tasks.worker.housekeeping`). It knows Redis (through :class:`~aicm_tasks.broker.records.RecordStore`) and
+thread (:mod:`aicm_tasks.worker.housekeeping`). With several shards
+(:mod:`aicm_tasks.broker.topology`) each batch is taken from the next shard in
+turn, so every worker consumes every shard and none needs a coordinator; a
+shard whose Redis fails is skipped, backing off, while the others are served. It knows Redis (through :class:`~aicm_tasks.broker.records.RecordStore`) and
 the transport, but not Celery: the bootstep in :mod:`aicm_tasks.worker.bootstep`
 starts and stops it.
 """
@@ -39,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 #: Longest single wait for the queue, so a stop request is noticed quickly.
 MAX_WAIT_S = 1.0
+#: Shortest wait on one shard's queue when several are idle, in seconds (the
+#: wait is MAX_WAIT_S shared between shards: a record on another shard waits
+#: at most one round of them).
+MIN_SHARD_WAIT_S = 0.1
 #: While a batch fills, how often to take what has arrived, in seconds.
 GATHER_POLL_S = 0.02
 #: During shutdown, how long to keep trying to settle a batch while Redis is
@@ -53,7 +60,7 @@ class DeliveryService:
 
     def __init__(
         self,
-        store: RecordStore,
+        store: RecordStore | Sequence[RecordStore],
         post: Post | None,
         *,
         batch_size: int,
@@ -67,7 +74,11 @@ class DeliveryService:
         settings_check_interval_s: float = CHECK_INTERVAL_S,
         on_stopped: Sequence[Callable[[], None]] = (),
     ) -> None:
-        self.store = store
+        #: Every shard's store (one unless sharded); ``store`` is the first.
+        self.stores = [store] if isinstance(store, RecordStore) else list(store)
+        if not self.stores:
+            raise ValueError("DeliveryService needs at least one RecordStore")
+        self.store = self.stores[0]
         #: Called once every thread has stopped (the transport's close): never
         #: while a delivery thread that outlived the grace period may still POST.
         self.on_stopped = tuple(on_stopped)
@@ -84,16 +95,30 @@ class DeliveryService:
         self.observers = Observers(observers)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.housekeeping = Housekeeping(
-            store,
+            self.stores,
             self.consumer,
             lease_s=self.lease_s,
             observers=self.observers,
             settings_check_interval_s=settings_check_interval_s,
         )
         self._numbers = itertools.count()
+        self._turn = itertools.count()
+        #: Per shard: when it may be tried again after a broker error (monotonic),
+        #: and the pause the next error adds.
+        self._retry_at = [0.0] * len(self.stores)
+        self._pause_s = [REDIS_RETRY_MIN_S] * len(self.stores)
+        self._wait_s = (
+            MAX_WAIT_S
+            if len(self.stores) == 1
+            else max(MIN_SHARD_WAIT_S, MAX_WAIT_S / len(self.stores))
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._held: set[str] = set()
+        #: Batches taken and not settled yet, with the store (shard) they live in.
+        self._held: dict[str, RecordStore] = {}
+        #: Batches whose hand-back failed (their shard did not answer): tried again
+        #: by the delivery threads until it does.
+        self._to_hand_back: dict[str, RecordStore] = {}
         self._held_lock = threading.Lock()
         self._gather_lock = threading.Lock()
 
@@ -101,9 +126,9 @@ class DeliveryService:
     def start(self) -> None:
         """Register the lease and start the threads."""
         self._stop.clear()
-        self._retrying(
-            "register lease", lambda: self.store.renew_lease(self.consumer, self.lease_s) > 0
-        )
+        # Waits until one shard answers; one that does not is registered by
+        # housekeeping (and by its first fetch) once it does.
+        self._retrying("register lease", self._register_lease)
         housekeeping = threading.Thread(
             target=self.housekeeping.run, args=(self._stop,), name="aicm-housekeeping", daemon=True
         )
@@ -116,9 +141,11 @@ class DeliveryService:
         for thread in self._threads:
             thread.start()
         logger.info(
-            "delivery started: consumer=%s queue=%s batch_size=%d flush_interval_s=%.3g threads=%d",
+            "delivery started: consumer=%s queue=%s shards=%d batch_size=%d "
+            "flush_interval_s=%.3g threads=%d",
             self.consumer,
             self.store.keys.queue,
+            len(self.stores),
             self.batch_size,
             self.flush_interval_s,
             self.concurrency,
@@ -131,10 +158,10 @@ class DeliveryService:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._held_lock:
-            left = list(self._held)
-        for batch_key in left:
+            left = list(self._held.items())
+        for batch_key, store in left:
             try:
-                returned = self.store.release(self.consumer, batch_key)
+                returned = store.release(self.consumer, batch_key)
                 logger.warning("handed %d records back to the queue at shutdown", returned)
             except redis.RedisError as exc:
                 logger.error(
@@ -143,10 +170,13 @@ class DeliveryService:
                     exc,
                 )
         if not any(t.is_alive() for t in self._threads[1:]):
-            try:
-                self.store.drop_lease(self.consumer)
-            except redis.RedisError as exc:
-                logger.warning("could not drop lease at shutdown: %s", exc)
+            for store in self.stores:
+                try:
+                    store.drop_lease(self.consumer)
+                except redis.RedisError as exc:
+                    logger.warning(
+                        "could not drop lease at shutdown (shard %d): %s", store.keys.shard, exc
+                    )
         if not any(t.is_alive() for t in self._threads):
             for close in self.on_stopped:
                 try:
@@ -160,49 +190,105 @@ class DeliveryService:
         return self._stop.is_set()
 
     # -- delivery ----------------------------------------------------------------
-    def _deliver_loop(self) -> None:
-        pause_s = REDIS_RETRY_MIN_S
-        while not self._stop.is_set():
-            batch_key = self.store.keys.batch(self.consumer, next(self._numbers))
-            with self._held_lock:
-                self._held.add(batch_key)
+    def _register_lease(self) -> bool:
+        registered = False
+        for store in self.stores:
             try:
-                self._run_one_batch(batch_key)
-                pause_s = REDIS_RETRY_MIN_S
+                registered = store.renew_lease(self.consumer, self.lease_s) > 0 or registered
             except redis.RedisError as exc:
-                logger.warning("broker error in delivery (%s); retrying in %.1fs", exc, pause_s)
-                self._stop.wait(pause_s)
-                pause_s = next_pause_s(pause_s)
+                if len(self.stores) == 1:
+                    raise
+                logger.warning("shard %d does not answer yet (%s)", store.keys.shard, exc)
+        if not registered:
+            raise redis.ConnectionError("no shard answered")
+        return True
+
+    def _next_shard(self) -> int | None:
+        """The next shard in turn that is not backing off after an error; None
+        when all are."""
+        now = time.monotonic()
+        for _ in range(len(self.stores)):
+            index = next(self._turn) % len(self.stores)
+            if self._retry_at[index] <= now:
+                return index
+        return None
+
+    def _deliver_loop(self) -> None:
+        while not self._stop.is_set():
+            self._retry_hand_backs()
+            index = self._next_shard()
+            if index is None:
+                self._stop.wait(max(0.01, min(self._retry_at) - time.monotonic()))
+                continue
+            store = self.stores[index]
+            batch_key = store.keys.batch(self.consumer, next(self._numbers))
+            with self._held_lock:
+                self._held[batch_key] = store
+            try:
+                self._run_one_batch(store, batch_key)
+                self._pause_s[index] = REDIS_RETRY_MIN_S
+            except redis.RedisError as exc:
+                pause_s = self._pause_s[index]
+                logger.warning(
+                    "broker error in delivery on shard %d (%s); retrying it in %.1fs",
+                    store.keys.shard,
+                    exc,
+                    pause_s,
+                )
+                self._retry_at[index] = time.monotonic() + pause_s
+                self._pause_s[index] = next_pause_s(pause_s)
             except Exception:  # a bug must not kill the thread
                 logger.exception("unexpected error in delivery; the batch goes back to the queue")
                 self._stop.wait(REDIS_RETRY_MAX_S)
             finally:
-                self._hand_back_if_unsettled(batch_key)
+                self._hand_back_if_unsettled(store, batch_key)
 
-    def _hand_back_if_unsettled(self, batch_key: str) -> None:
+    def _hand_back_if_unsettled(self, store: RecordStore, batch_key: str) -> None:
         """A batch interrupted before it was settled goes back to the queue.
 
         Left alone it would stay held under a lease this live worker keeps
-        renewing, so nobody would ever reclaim it.
+        renewing, so nobody would ever reclaim it. When its shard does not
+        answer, it waits in ``_to_hand_back`` (still held, still covered by our
+        lease) while this thread serves the other shards.
         """
         with self._held_lock:
             if batch_key not in self._held:
                 return
-        if self._retrying(
-            "hand back an interrupted batch",
-            lambda: self.store.release(self.consumer, batch_key) >= 0,
-        ):
+        try:
+            store.release(self.consumer, batch_key)
+        except redis.RedisError as exc:
+            logger.warning(
+                "broker error (%s) while trying to hand back an interrupted batch; "
+                "trying again while serving the other shards",
+                exc,
+            )
             with self._held_lock:
-                self._held.discard(batch_key)
+                self._to_hand_back[batch_key] = store
+            return
+        with self._held_lock:
+            self._held.pop(batch_key, None)
 
-    def _run_one_batch(self, batch_key: str) -> None:
-        raw, owned = self._gather(batch_key)
+    def _retry_hand_backs(self) -> None:
+        """Hand back the interrupted batches of shards that answer again."""
+        with self._held_lock:
+            waiting = list(self._to_hand_back.items())
+        now = time.monotonic()
+        for batch_key, store in waiting:
+            if self._retry_at[self.stores.index(store)] > now:
+                continue
+            with self._held_lock:
+                if self._to_hand_back.pop(batch_key, None) is None:
+                    continue  # another thread took it
+            self._hand_back_if_unsettled(store, batch_key)
+
+    def _run_one_batch(self, store: RecordStore, batch_key: str) -> None:
+        raw, owned = self._gather(store, batch_key)
         if not owned:
             # Reclaimed while it filled (a pause longer than the lease): what was
             # taken before is back in the queue already; not sent, so no duplicates.
-            returned = self.store.release(self.consumer, batch_key)
+            returned = store.release(self.consumer, batch_key)
             with self._held_lock:
-                self._held.discard(batch_key)
+                self._held.pop(batch_key, None)
             logger.warning(
                 "batch %s was reclaimed while it filled (lease lost); %d records were "
                 "not sent and %d stray ones went back to the queue",
@@ -213,9 +299,9 @@ class DeliveryService:
             return
         if not raw:
             # Nothing arrived: the (empty) batch key is still registered; settle it.
-            self.store.resolve(self.consumer, batch_key, _EMPTY)
+            store.resolve(self.consumer, batch_key, _EMPTY)
             with self._held_lock:
-                self._held.discard(batch_key)
+                self._held.pop(batch_key, None)
             return
         started = time.monotonic()
         try:
@@ -241,10 +327,10 @@ class DeliveryService:
             items = []
             resolution, summary = plan_after_error(raw, exc, self.policy)
         settled = self._retrying(
-            "settle batch", lambda: self.store.resolve(self.consumer, batch_key, resolution)
+            "settle batch", lambda: store.resolve(self.consumer, batch_key, resolution)
         )
         with self._held_lock:
-            self._held.discard(batch_key)
+            self._held.pop(batch_key, None)
         elapsed_s = time.monotonic() - started
         if not settled:
             logger.warning(
@@ -268,7 +354,7 @@ class DeliveryService:
 
         return timed_post
 
-    def _gather(self, batch_key: str) -> tuple[list[bytes], bool]:
+    def _gather(self, store: RecordStore, batch_key: str) -> tuple[list[bytes], bool]:
         """Take up to batch_size records: all at once from a backlog, or what
         arrives within flush_interval_s of the first one. Returns the records
         and whether the batch is still ours (False: reclaimed while it filled).
@@ -280,9 +366,9 @@ class DeliveryService:
         round trip per poll, not per record.
         """
         with self._gather_lock:
-            raw = self.store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s) or []
+            raw = store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s) or []
             if not raw:
-                first = self.store.wait_one(batch_key, MAX_WAIT_S)
+                first = store.wait_one(batch_key, self._wait_s)
                 if first is None:
                     return [], True
                 raw = [first]
@@ -292,7 +378,7 @@ class DeliveryService:
                 if remaining_s <= 0:
                     break
                 self._stop.wait(min(remaining_s, GATHER_POLL_S))
-                more = self.store.fetch(
+                more = store.fetch(
                     self.consumer, batch_key, self.batch_size - len(raw), self.lease_s, first=False
                 )
                 if more is None:

@@ -45,6 +45,14 @@ TABLE = [
     ),
     Row("queue", "aicm.tracking", [("billing.q", "billing.q")], []),
     Row("key_prefix", "aicm", [("acme", "acme")], []),
+    Row(
+        "shard_urls",
+        (),
+        [("redis://a:6379/0, redis://b:6379/0", ("redis://a:6379/0", "redis://b:6379/0"))],
+        ["http://a:6379", "redis://a:6379/0,redis://a:6379/0", "redis://:pa/ss@host:6379/0"],
+    ),
+    Row("redis_cluster", False, [], ["maybe"]),
+    Row("shards", None, [("1", 1), ("1024", 1024)], ["0", "1025", "two"]),
     Row("publish_timeout_s", 1.0, [("0.25", 0.25)], ["0", "-1", "soon"]),
     Row("max_record_bytes", 32768, [("256", 256), ("1048576", 1048576)], ["255", "1048577", "1e3x"]),
     Row("spool_enabled", True, [("false", False), ("0", False), ("yes", True)], ["maybe"]),
@@ -138,6 +146,29 @@ def test_a_value_out_of_range_or_of_the_wrong_type_fails_naming_the_variable(
     with pytest.raises(ValidationError) as failure:
         Settings()
     assert field in str(failure.value)
+
+
+def test_a_cluster_needs_its_node_urls_and_celery_keeps_the_broker_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_REDIS_CLUSTER", "true")
+    with pytest.raises(ValidationError, match="AICM_REDIS_CLUSTER=true needs AICM_SHARD_URLS"):
+        Settings()
+    monkeypatch.setenv("AICM_SHARD_URLS", "redis://n1:7000,redis://n2:7001")
+    settings = Settings()
+    assert settings.redis_cluster is True
+    assert settings.broker_url == "redis://localhost:6379/0"
+
+
+def test_fewer_shards_than_primaries_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_SHARD_URLS", "redis://a:6379/0,redis://b:6379/0,redis://c:6379/0")
+    monkeypatch.setenv("AICM_SHARDS", "2")
+    with pytest.raises(ValidationError, match="AICM_SHARDS=2 leaves some of the 3"):
+        Settings()
+    monkeypatch.setenv("AICM_SHARDS", "6")
+    assert Settings().shards == 6
 
 
 def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
