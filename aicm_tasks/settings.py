@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     #: How many shards hold the records; default one per URL of AICM_SHARD_URLS
     #: (one: today's key names), 3 on a cluster. Never lower it while shards hold records.
     shards: int | None = Field(default=None, ge=1, le=1024)
+    #: Replicas that must acknowledge each publish and settle (WAIT); 0: off. See
+    #: broker/replicas.py and docs/guarantees.md for what each costs and risks.
+    replica_acks: int = Field(default=0, ge=0, le=5)
+    #: How long a publish or settle waits for those acknowledgements.
+    replica_ack_timeout_s: PositiveSeconds = 0.2
     #: Upper bound on one publish (connect + LPUSH) before it fails.
     publish_timeout_s: PositiveSeconds = 1.0
     #: Largest serialised record accepted at the call site, in bytes.
@@ -171,6 +176,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "AICM_REDIS_CLUSTER=true needs AICM_SHARD_URLS, the cluster's node URLs; "
                 "AICM_BROKER_URL stays Celery's broker (a standalone Redis for events)"
+            )
+        if self.replica_acks and self.replica_ack_timeout_s >= self.publish_timeout_s / 2:
+            raise ValueError(
+                f"AICM_REPLICA_ACK_TIMEOUT_S={self.replica_ack_timeout_s:g} must be under half "
+                f"of AICM_PUBLISH_TIMEOUT_S={self.publish_timeout_s:g} (one publish attempt)"
             )
         if (
             self.shards is not None

@@ -37,6 +37,7 @@ so the same scripts run on a standalone Redis and on Redis Cluster.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -45,9 +46,12 @@ from redis.cluster import RedisCluster
 
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.replicas import ReplicaAcks, write_acknowledged
 
 # Re-exported: callers name it from here, beside RecordStore.resolve.
 from aicm_tasks.broker.resolution import Resolution as Resolution
+
+logger = logging.getLogger(__name__)
 
 # Under ``maxmemory`` with ``noeviction``, Redis refuses a script whose first
 # write is one that may grow memory (LPUSH, ZADD, SADD, HSET: "deny-oom"), and
@@ -72,11 +76,16 @@ BrokerClient = redis.Redis | RedisCluster
 
 
 class RecordStore:
-    """The broker-side operations on records, over one redis-py client."""
+    """The broker-side operations on records, over one redis-py client.
 
-    def __init__(self, client: BrokerClient, keys: Keys) -> None:
+    ``acks``: replicas that must acknowledge each publish and settle (see
+    :mod:`aicm_tasks.broker.replicas`); none by default.
+    """
+
+    def __init__(self, client: BrokerClient, keys: Keys, acks: ReplicaAcks | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.acks = acks or ReplicaAcks()
         self._expired = client.register_script(scripts.source("expired"))
         self._fetch = client.register_script(scripts.source("fetch"))
         self._resolve = client.register_script(scripts.source("resolve"))
@@ -90,21 +99,47 @@ class RecordStore:
 
     # -- producer side ---------------------------------------------------------
     def push(self, message: bytes) -> None:
-        """Append one message to the queue (one round trip)."""
+        """Append one message to the queue (one round trip).
+
+        With replica acknowledgement, raises :class:`redis.TimeoutError` when
+        too few replicas acknowledged it in time: publish it elsewhere."""
+        if self.acks.enabled:
+            self._published(lambda pipe: pipe.lpush(self.keys.queue, message))
+            return
         self.client.lpush(self.keys.queue, message)
 
     def push_many(self, messages: Sequence[bytes], chunk: int = 10_000) -> None:
         """Append many messages in one round trip (pipelined LPUSH in chunks)."""
-        with self.client.pipeline(transaction=False) as pipe:
+
+        def write(pipe: Any) -> None:
             for start in range(0, len(messages), chunk):
                 pipe.lpush(self.keys.queue, *messages[start : start + chunk])
+
+        if self.acks.enabled:
+            self._published(write)
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            write(pipe)
             pipe.execute()
 
     def schedule(self, items: Iterable[tuple[float, bytes]]) -> None:
         """Hold messages in the scheduled set until their due time (epoch seconds)."""
         mapping = {message: due for due, message in items}
-        if mapping:
-            self.client.zadd(self.keys.scheduled, mapping)
+        if not mapping:
+            return
+        if self.acks.enabled:
+            self._published(lambda pipe: pipe.zadd(self.keys.scheduled, mapping))
+            return
+        self.client.zadd(self.keys.scheduled, mapping)
+
+    def _published(self, write: Any) -> None:
+        """``write`` followed by WAIT; raises when too few replicas acknowledged it."""
+        _, acknowledged = write_acknowledged(self.client, self.server_client(), self.acks, write)
+        if acknowledged < self.acks.replicas:
+            raise redis.TimeoutError(
+                f"{acknowledged} of {self.acks.replicas} replicas acknowledged the publish "
+                f"within {self.acks.timeout_s:g}s (AICM_REPLICA_ACK_TIMEOUT_S)"
+            )
 
     # -- worker side -------------------------------------------------------------
     def fetch(
@@ -162,7 +197,25 @@ class RecordStore:
             self.keys.stats,
             self.keys.queue,
         ]
-        return bool(self._resolve(keys=keys, args=args))
+        if not self.acks.enabled:
+            return bool(self._resolve(keys=keys, args=args))
+        (settled,), acknowledged = write_acknowledged(
+            self.client,
+            self.server_client(),
+            self.acks,
+            lambda pipe: self._resolve(keys=keys, args=args, client=pipe),
+        )
+        if acknowledged < self.acks.replicas:
+            # Not an error: a settle lost in a failover returns its batch for
+            # delivery again (duplicates, which the server dedupes), never a loss.
+            logger.warning(
+                "%d of %d replicas acknowledged the settle of %s within %gs",
+                acknowledged,
+                self.acks.replicas,
+                batch_key,
+                self.acks.timeout_s,
+            )
+        return bool(settled)
 
     def release(self, consumer: str, batch_key: str) -> int:
         """Hand a held batch back to the queue; returns how many records went back."""

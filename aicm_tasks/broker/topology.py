@@ -37,6 +37,7 @@ from redis.exceptions import RedisClusterException
 
 from aicm_tasks.broker.keys import Keys, shard_keys
 from aicm_tasks.broker.records import BrokerClient, RecordStore
+from aicm_tasks.broker.replicas import ReplicaAcks
 from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
 
@@ -135,11 +136,12 @@ def connect(settings: Settings, **client_options: Any) -> Topology:
     every client. A cluster client connects here, to learn the slot map: raises
     :class:`redis.ConnectionError` when no seed node answers."""
     layout = layout_of(settings)
+    acks = ReplicaAcks(settings.replica_acks, settings.replica_ack_timeout_s)
     if layout.cluster:
         cluster = cluster_client(record_urls(settings), **client_options)
         return Topology(
             tuple(
-                Shard(p.index, redact_url(p.url), RecordStore(cluster, p.keys))
+                Shard(p.index, redact_url(p.url), RecordStore(cluster, p.keys, acks))
                 for p in layout.places
             ),
             cluster=True,
@@ -150,7 +152,11 @@ def connect(settings: Settings, **client_options: Any) -> Topology:
         if place.url not in clients:
             clients[place.url] = redis.Redis.from_url(place.url, **client_options)
         shards.append(
-            Shard(place.index, redact_url(place.url), RecordStore(clients[place.url], place.keys))
+            Shard(
+                place.index,
+                redact_url(place.url),
+                RecordStore(clients[place.url], place.keys, acks),
+            )
         )
     return Topology(tuple(shards), cluster=False)
 

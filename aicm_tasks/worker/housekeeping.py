@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -37,6 +37,9 @@ DEPTH_EVERY_ROUNDS = 5
 #: Housekeeping rounds between two sweeps for batch keys no lease covers (a
 #: SCAN of the database: one round trip per 1,000 keys in it).
 SWEEP_EVERY_ROUNDS = 30
+#: Housekeeping rounds between two checks that every batch Redis lists as this
+#: worker's is one it holds (see DeliveryService.release_strays).
+STRAYS_EVERY_ROUNDS = 5
 #: ``seen`` entries of workers gone (no lease) this long are forgotten, in seconds.
 FORGET_UNSEEN_AFTER_S = 3600.0
 #: A host clock this far from the Redis server's is logged (leases do not
@@ -57,6 +60,7 @@ class Housekeeping:
         lease_s: float,
         observers: Observers,
         settings_check_interval_s: float,
+        release_strays: Callable[[RecordStore], int] | None = None,
     ) -> None:
         self.stores = [store] if isinstance(store, RecordStore) else list(store)
         self.store = self.stores[0]
@@ -64,6 +68,7 @@ class Housekeeping:
         self.lease_s = lease_s
         self.observers = observers
         self.settings_check_interval_s = settings_check_interval_s
+        self.release_strays = release_strays
         self._last_findings: list[Finding] | None = None
         self._skew_warned_at = -CLOCK_SKEW_WARN_EVERY_S
 
@@ -111,6 +116,8 @@ class Housekeeping:
         if rounds % DEPTH_EVERY_ROUNDS == 1 and self.observers:
             depth = store.depth()
         store.promote_due()
+        if self.release_strays is not None and rounds % STRAYS_EVERY_ROUNDS == 0:
+            self.release_strays(store)
         reclaimed = store.reclaim_expired(self.consumer)
         if reclaimed:
             logger.warning("reclaimed %d records from workers whose lease expired", reclaimed)

@@ -28,6 +28,7 @@ from aicm_tasks.broker.redis_settings import CHECK_INTERVAL_S, Finding
 from aicm_tasks.broker.resolution import Resolution
 from aicm_tasks.worker.attempts import attempt
 from aicm_tasks.worker.delivery import Summary, plan, plan_after_error
+from aicm_tasks.worker.held import HeldBatches
 from aicm_tasks.worker.housekeeping import Housekeeping
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
 from aicm_tasks.worker.outcomes import BatchVerdict, Post
@@ -37,6 +38,7 @@ from aicm_tasks.worker.retry import (
     BackoffPolicy,
     next_pause_s,
 )
+from aicm_tasks.worker.shards import ShardTurns
 
 logger = logging.getLogger(__name__)
 
@@ -94,19 +96,18 @@ class DeliveryService:
         self.lease_s = redelivery_timeout_s
         self.observers = Observers(observers)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Batches taken and not settled yet, with the store (shard) each lives in.
+        self.held = HeldBatches(self.consumer)
         self.housekeeping = Housekeeping(
             self.stores,
             self.consumer,
             lease_s=self.lease_s,
             observers=self.observers,
             settings_check_interval_s=settings_check_interval_s,
+            release_strays=self.held.release_strays,
         )
         self._numbers = itertools.count()
-        self._turn = itertools.count()
-        #: Per shard: when it may be tried again after a broker error (monotonic),
-        #: and the pause the next error adds.
-        self._retry_at = [0.0] * len(self.stores)
-        self._pause_s = [REDIS_RETRY_MIN_S] * len(self.stores)
+        self._turns = ShardTurns(len(self.stores))
         self._wait_s = (
             MAX_WAIT_S
             if len(self.stores) == 1
@@ -114,12 +115,6 @@ class DeliveryService:
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        #: Batches taken and not settled yet, with the store (shard) they live in.
-        self._held: dict[str, RecordStore] = {}
-        #: Batches whose hand-back failed (their shard did not answer): tried again
-        #: by the delivery threads until it does.
-        self._to_hand_back: dict[str, RecordStore] = {}
-        self._held_lock = threading.Lock()
         self._gather_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -157,9 +152,7 @@ class DeliveryService:
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        with self._held_lock:
-            left = list(self._held.items())
-        for batch_key, store in left:
+        for batch_key, store in self.held.items():
             try:
                 returned = store.release(self.consumer, batch_key)
                 logger.warning("handed %d records back to the queue at shutdown", returned)
@@ -203,83 +196,32 @@ class DeliveryService:
             raise redis.ConnectionError("no shard answered")
         return True
 
-    def _next_shard(self) -> int | None:
-        """The next shard in turn that is not backing off after an error; None
-        when all are."""
-        now = time.monotonic()
-        for _ in range(len(self.stores)):
-            index = next(self._turn) % len(self.stores)
-            if self._retry_at[index] <= now:
-                return index
-        return None
-
     def _deliver_loop(self) -> None:
         while not self._stop.is_set():
-            self._retry_hand_backs()
-            index = self._next_shard()
+            self.held.retry_hand_backs(lambda store: self._turns.ready(self.stores.index(store)))
+            index = self._turns.next()
             if index is None:
-                self._stop.wait(max(0.01, min(self._retry_at) - time.monotonic()))
+                self._stop.wait(self._turns.until_one_is_ready_s())
                 continue
             store = self.stores[index]
             batch_key = store.keys.batch(self.consumer, next(self._numbers))
-            with self._held_lock:
-                self._held[batch_key] = store
+            self.held.add(batch_key, store)
             try:
                 self._run_one_batch(store, batch_key)
-                self._pause_s[index] = REDIS_RETRY_MIN_S
+                self._turns.succeeded(index)
             except redis.RedisError as exc:
-                pause_s = self._pause_s[index]
+                pause_s = self._turns.failed(index)
                 logger.warning(
                     "broker error in delivery on shard %d (%s); retrying it in %.1fs",
                     store.keys.shard,
                     exc,
                     pause_s,
                 )
-                self._retry_at[index] = time.monotonic() + pause_s
-                self._pause_s[index] = next_pause_s(pause_s)
             except Exception:  # a bug must not kill the thread
                 logger.exception("unexpected error in delivery; the batch goes back to the queue")
                 self._stop.wait(REDIS_RETRY_MAX_S)
             finally:
-                self._hand_back_if_unsettled(store, batch_key)
-
-    def _hand_back_if_unsettled(self, store: RecordStore, batch_key: str) -> None:
-        """A batch interrupted before it was settled goes back to the queue.
-
-        Left alone it would stay held under a lease this live worker keeps
-        renewing, so nobody would ever reclaim it. When its shard does not
-        answer, it waits in ``_to_hand_back`` (still held, still covered by our
-        lease) while this thread serves the other shards.
-        """
-        with self._held_lock:
-            if batch_key not in self._held:
-                return
-        try:
-            store.release(self.consumer, batch_key)
-        except redis.RedisError as exc:
-            logger.warning(
-                "broker error (%s) while trying to hand back an interrupted batch; "
-                "trying again while serving the other shards",
-                exc,
-            )
-            with self._held_lock:
-                self._to_hand_back[batch_key] = store
-            return
-        with self._held_lock:
-            self._held.pop(batch_key, None)
-
-    def _retry_hand_backs(self) -> None:
-        """Hand back the interrupted batches of shards that answer again."""
-        with self._held_lock:
-            waiting = list(self._to_hand_back.items())
-        now = time.monotonic()
-        for batch_key, store in waiting:
-            if self._retry_at[self.stores.index(store)] > now:
-                continue
-            with self._held_lock:
-                if self._to_hand_back.pop(batch_key, None) is None:
-                    continue  # another thread took it
-            self._hand_back_if_unsettled(store, batch_key)
+                self.held.hand_back_if_unsettled(store, batch_key)
 
     def _run_one_batch(self, store: RecordStore, batch_key: str) -> None:
         raw, owned = self._gather(store, batch_key)
@@ -287,8 +229,7 @@ class DeliveryService:
             # Reclaimed while it filled (a pause longer than the lease): what was
             # taken before is back in the queue already; not sent, so no duplicates.
             returned = store.release(self.consumer, batch_key)
-            with self._held_lock:
-                self._held.pop(batch_key, None)
+            self.held.discard(batch_key)
             logger.warning(
                 "batch %s was reclaimed while it filled (lease lost); %d records were "
                 "not sent and %d stray ones went back to the queue",
@@ -300,8 +241,7 @@ class DeliveryService:
         if not raw:
             # Nothing arrived: the (empty) batch key is still registered; settle it.
             store.resolve(self.consumer, batch_key, _EMPTY)
-            with self._held_lock:
-                self._held.pop(batch_key, None)
+            self.held.discard(batch_key)
             return
         started = time.monotonic()
         try:
@@ -329,8 +269,7 @@ class DeliveryService:
         settled = self._retrying(
             "settle batch", lambda: store.resolve(self.consumer, batch_key, resolution)
         )
-        with self._held_lock:
-            self._held.pop(batch_key, None)
+        self.held.discard(batch_key)
         elapsed_s = time.monotonic() - started
         if not settled:
             logger.warning(

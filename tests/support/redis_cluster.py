@@ -178,6 +178,16 @@ class LocalRedisCluster:
                     return node
         raise LookupError(f"no live primary serves slot {slot}")
 
+    def replica_of(self, primary: ClusterNode) -> ClusterNode:
+        """The live node replicating ``primary`` now."""
+        for node in self.nodes:
+            if node.process is None or node is primary:
+                continue
+            info = node.client.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                return node
+        raise LookupError(f"no live replica of {primary.port}")
+
     def wait_failover(self, dead: ClusterNode, timeout_s: float = 30) -> None:
         """Until a replica has taken over ``dead``'s slots and the cluster is ok.
 

@@ -65,6 +65,9 @@ class ShardedPipeline(Pipeline):
             env["AICM_REDIS_CLUSTER"] = "true"
         if self.settings.shards is not None:
             env["AICM_SHARDS"] = str(self.settings.shards)
+        if self.settings.replica_acks:
+            env["AICM_REPLICA_ACKS"] = str(self.settings.replica_acks)
+            env["AICM_REPLICA_ACK_TIMEOUT_S"] = str(self.settings.replica_ack_timeout_s)
         return env
 
     def worker_env(self, **extra: str) -> dict[str, str]:
@@ -115,11 +118,11 @@ class ShardedPipeline(Pipeline):
 def sharded_factory(
     real_redis: redis.Redis, local_server: LocalServer, tmp_path: Path
 ) -> Iterator[Any]:
-    """Makes sharded pipelines: ``make(shard_urls, cluster=..., shards=...)``."""
+    """Makes sharded pipelines: ``make(shard_urls, cluster=..., shards=..., **settings)``."""
     made: list[ShardedPipeline] = []
 
     def make(
-        shard_urls: list[str], *, cluster: bool = False, shards: int | None = None
+        shard_urls: list[str], *, cluster: bool = False, shards: int | None = None, **options: Any
     ) -> ShardedPipeline:
         run = uuid.uuid4().hex[:6]
         settings = Settings(
@@ -129,6 +132,7 @@ def sharded_factory(
             shards=shards,
             queue=f"aicm.test.{run}",
             key_prefix=f"aicm-test-{run}",
+            **options,
         )
         pipeline = ShardedPipeline(settings, local_server, local_server.url, tmp_path)
         made.append(pipeline)

@@ -53,6 +53,8 @@ TABLE = [
     ),
     Row("redis_cluster", False, [], ["maybe"]),
     Row("shards", None, [("1", 1), ("1024", 1024)], ["0", "1025", "two"]),
+    Row("replica_acks", 0, [("1", 1), ("5", 5)], ["-1", "6"]),
+    Row("replica_ack_timeout_s", 0.2, [("0.05", 0.05)], ["0"]),
     Row("publish_timeout_s", 1.0, [("0.25", 0.25)], ["0", "-1", "soon"]),
     Row("max_record_bytes", 32768, [("256", 256), ("1048576", 1048576)], ["255", "1048577", "1e3x"]),
     Row("spool_enabled", True, [("false", False), ("0", False), ("yes", True)], ["maybe"]),
@@ -158,6 +160,17 @@ def test_a_cluster_needs_its_node_urls_and_celery_keeps_the_broker_url(
     settings = Settings()
     assert settings.redis_cluster is True
     assert settings.broker_url == "redis://localhost:6379/0"
+
+
+def test_the_replica_wait_must_fit_in_one_publish_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_REPLICA_ACKS", "1")
+    monkeypatch.setenv("AICM_REPLICA_ACK_TIMEOUT_S", "0.5")
+    with pytest.raises(ValidationError, match="must be under half of AICM_PUBLISH_TIMEOUT_S=1"):
+        Settings()
+    monkeypatch.setenv("AICM_PUBLISH_TIMEOUT_S", "2")
+    assert Settings().replica_acks == 1
 
 
 def test_fewer_shards_than_primaries_is_refused_in_one_line(

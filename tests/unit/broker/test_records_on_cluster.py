@@ -11,11 +11,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection
 from aicm_tasks.broker.keys import Keys, shard_keys
 from aicm_tasks.broker.records import RecordStore, Resolution
+from aicm_tasks.broker.replicas import ReplicaAcks
+from aicm_tasks.producer.shards import ShardedTarget
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.shards import redis_cluster
 
@@ -102,3 +105,29 @@ def test_a_dead_letter_is_replayed_to_its_own_shard(cluster_client: RedisCluster
     assert dead.count() == 1
     assert dead.replay(Selection(all=True)) == ["x"]
     assert [s.depth()["queued"] for s in stores] == [0, 0, 1]
+
+
+def test_a_publish_counts_once_a_replica_acknowledged_it(cluster_client: RedisCluster) -> None:
+    store = shard(cluster_client, 0)
+    acked = RecordStore(cluster_client, store.keys, ReplicaAcks(1, 0.5))
+    acked.push(b"a")
+    acked.push_many([b"b", b"c"])
+    acked.schedule([(1.0, b"d")])
+    batch = store.keys.batch("w", 0)
+    acked.fetch("w", batch, 3, lease_s=30)
+    assert acked.resolve("w", batch, Resolution(stats={"delivered": 3})) is True
+    assert store.stats() == {"delivered": 3}
+
+
+def test_a_publish_too_few_replicas_acknowledged_fails_and_goes_to_another_shard(
+    cluster_client: RedisCluster,
+) -> None:
+    # Each primary of the test cluster has one replica: asking for two never succeeds.
+    starved = RecordStore(cluster_client, shard(cluster_client, 0).keys, ReplicaAcks(2, 0.05))
+    with pytest.raises(redis.TimeoutError, match="1 of 2 replicas acknowledged"):
+        starved.push(b"x")
+    other = RecordStore(cluster_client, shard(cluster_client, 1).keys, ReplicaAcks(1, 0.5))
+    target = ShardedTarget([starved, other])
+    for _ in range(4):
+        target.push_many([b"y"])
+    assert other.depth()["queued"] == 4
