@@ -242,8 +242,9 @@ class RecordStore:
         return self.client
 
     def server_time(self) -> float:
-        """The Redis server's clock, in epoch seconds."""
-        seconds, micros = self.client.time()
+        """The Redis server's clock, in epoch seconds: on a cluster, that of the
+        primary holding this shard (the clock its leases are decided on)."""
+        seconds, micros = self.server_client().time()
         return float(seconds) + float(micros) / 1e6
 
     def last_seen(self) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from aicm_tasks.devtools.processes import wait_until
 from tests.support.cli import run_cli
 from tests.support.pipeline import PrivateRedis, in_background, publish
 from tests.support.redis_cluster import LocalRedisCluster
+from tests.support.sdk_queue import write_sdk_queue
 from tests.support.shards import ShardedPipeline, redis_cluster, sharded_factory, three_primaries
 
 pytestmark = pytest.mark.integration
@@ -144,3 +146,20 @@ def test_a_shard_whose_primary_is_down_leaves_publishing_to_the_others(
     pipeline.wait_drained()
     assert pipeline.server.response_ids() == set(ids) | set(more)
     assert pipeline.dead_letters.count() == 0
+
+
+def test_the_sdk_queue_is_imported_once_onto_a_cluster_and_delivered(
+    redis_cluster: LocalRedisCluster, sharded_factory: Any, tmp_path: Path
+) -> None:
+    pipeline: ShardedPipeline = sharded_factory(cluster_urls(redis_cluster), cluster=True)
+    sdk = write_sdk_queue(tmp_path / "sdk")
+    first = run_cli("import-sqlite", str(sdk.path), "--json", env=pipeline.cli_env())
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["published"] == 7
+    # Remembered in the same transaction, in the same slot: a second run publishes nothing.
+    again = run_cli("import-sqlite", str(sdk.path), "--json", env=pipeline.cli_env())
+    assert json.loads(again.stdout)["published"] == 0
+    pipeline.start_worker()
+    pipeline.wait_settled(7)
+    pipeline.wait_drained()
+    assert len(pipeline.server.response_ids()) == 7
