@@ -118,11 +118,17 @@ class ShardedPipeline(Pipeline):
 def sharded_factory(
     real_redis: redis.Redis, local_server: LocalServer, tmp_path: Path
 ) -> Iterator[Any]:
-    """Makes sharded pipelines: ``make(shard_urls, cluster=..., shards=..., **settings)``."""
+    """Makes sharded pipelines: ``make(shard_urls, cluster=..., shards=..., api_base=...,
+    **settings)``."""
     made: list[ShardedPipeline] = []
 
     def make(
-        shard_urls: list[str], *, cluster: bool = False, shards: int | None = None, **options: Any
+        shard_urls: list[str],
+        *,
+        cluster: bool = False,
+        shards: int | None = None,
+        api_base: str | None = None,
+        **options: Any,
     ) -> ShardedPipeline:
         run = uuid.uuid4().hex[:6]
         settings = Settings(
@@ -134,7 +140,7 @@ def sharded_factory(
             key_prefix=f"aicm-test-{run}",
             **options,
         )
-        pipeline = ShardedPipeline(settings, local_server, local_server.url, tmp_path)
+        pipeline = ShardedPipeline(settings, local_server, api_base or local_server.url, tmp_path)
         made.append(pipeline)
         return pipeline
 
