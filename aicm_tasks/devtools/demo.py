@@ -226,10 +226,17 @@ class Demo:
             duplicates_at_server=int(server.get("duplicates", 0)),
             seconds=seconds,
             publish_seconds=publish_seconds,
-            broker=redact_url(self.broker_url),
+            broker=self._where(),
             private_redis=self.private_redis,
             expected_dead=expected,
         )
+
+    def _where(self) -> str:
+        """Where the records went: the broker, or the shards and their Redis servers."""
+        urls = self.demo_settings.shard_urls
+        if not urls:
+            return redact_url(self.broker_url)
+        return f"{len(self.stores)} shards on " + ", ".join(redact_url(u) for u in urls)
 
     def _stats(self) -> dict[str, int]:
         """The delivery counters of every shard, added up."""

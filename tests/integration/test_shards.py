@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from aicm_tasks.devtools.processes import wait_until
 from tests.support.cli import run_cli
@@ -163,3 +164,18 @@ def test_the_sdk_queue_is_imported_once_onto_a_cluster_and_delivered(
     pipeline.wait_settled(7)
     pipeline.wait_drained()
     assert len(pipeline.server.response_ids()) == 7
+
+
+def test_the_demo_runs_over_the_shards(
+    three_primaries: list[PrivateRedis], sharded_factory: Any
+) -> None:
+    pipeline: ShardedPipeline = sharded_factory([r.url for r in three_primaries])
+    env = {**pipeline.shard_env(), "AICM_BROKER_URL": pipeline.settings.broker_url}
+    done = run_cli("demo", "--records", "300", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    dead = sum(summary["dead_lettered"].values())
+    assert summary["delivered"] + dead == summary["published"] == 300
+    assert summary["broker"].startswith("3 shards on ")
+    # It removes its keys from every shard at the end.
+    assert all(redis.Redis.from_url(r.url).dbsize() == 0 for r in three_primaries)
