@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.producer.spool import Spool
 from tests.support.cli import run_cli
 from tests.support.pipeline import PrivateRedis, in_background, publish
 from tests.support.redis_cluster import LocalRedisCluster
@@ -179,3 +180,22 @@ def test_the_demo_runs_over_the_shards(
     assert summary["broker"].startswith("3 shards on ")
     # It removes its keys from every shard at the end.
     assert all(redis.Redis.from_url(r.url).dbsize() == 0 for r in three_primaries)
+
+
+def test_spool_drain_pushes_to_the_shards_that_answer(
+    three_primaries: list[PrivateRedis], sharded_factory: Any, tmp_path: Path
+) -> None:
+    pipeline: ShardedPipeline = sharded_factory([r.url for r in three_primaries])
+    spool_dir = tmp_path / "spool"
+    settings = pipeline.settings.model_copy(update={"spool_dir": spool_dir})
+    spool = Spool.for_settings(settings)
+    for chunk in range(5):
+        spool.append_many([b'{"n":%d,"chunk":%d}' % (n, chunk) for n in range(1000)])
+    three_primaries[0].stop()
+    env = {**pipeline.cli_env(), "AICM_SPOOL_DIR": str(spool_dir)}
+    done = run_cli("spool", "drain", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"pushed": 5000}
+    queued = [store.depth()["queued"] for store in pipeline.stores[1:]]
+    assert sum(queued) == 5000 and all(queued), queued
+    assert not spool.has_records()
