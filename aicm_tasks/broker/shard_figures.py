@@ -53,8 +53,13 @@ def merge_figures(
         values["last_errors"], key=lambda e: -float(e.get("at", 0) or 0)
     )[:LAST_ERRORS]
     merged = Figures(**values)
+    # The first shard's reading where one is shown (the monitor's lines), and
+    # every shard's under "shards".
+    merged.redis_settings.update(readings[0].redis_settings)
+    merged.redis_settings["shards"] = {
+        str(shard): reading.redis_settings for shard, reading in zip(shards, readings, strict=True)
+    }
     for shard, reading in zip(shards, readings, strict=True):
-        merged.redis_settings[f"shard {shard}"] = reading.redis_settings
         own = judge(reading, thresholds)
         merged.problems.extend(_named(shard, p) for p in reading.problems if p not in own)
         merged.warnings.extend(_named(shard, w) for w in reading.warnings)

@@ -100,6 +100,9 @@ def test_dead_letters_of_every_shard_are_listed_shown_and_replayed_as_one_by_the
     status = run_cli("status", "--json", env=env)
     figures = json.loads(status.stdout)
     assert figures["dead_letters"] == 30, figures
+    assert set(figures["redis_settings"]["shards"]) == {"0", "1", "2"}
+    shown = run_cli("status", env=env)
+    assert "noeviction" in shown.stdout, shown.stdout + shown.stderr
     pipeline.server.learn("acme::not-yet-known")
     replayed = run_cli("dlq", "replay", "--all", env=env)
     assert replayed.returncode == 0, replayed.stderr

@@ -61,7 +61,11 @@ def test_health_is_judged_on_the_whole_and_a_shards_settings_finding_names_it() 
         problems=["maxmemory-policy is allkeys-lru: ..."],
         warnings=["AOF is off: ..."],
     )
+    quiet.redis_settings.update(maxmemory_policy="noeviction")
+    evicting.redis_settings.update(maxmemory_policy="allkeys-lru")
     merged = merge_figures([quiet, evicting], [0, 1], Thresholds())
+    assert merged.redis_settings["maxmemory_policy"] == "noeviction"
+    assert merged.redis_settings["shards"]["1"] == {"maxmemory_policy": "allkeys-lru"}
     # A worker alive on any shard is alive for the pipeline; the evicting shard is named.
     assert merged.problems == ["shard 1: maxmemory-policy is allkeys-lru: ..."]
     assert merged.warnings == ["shard 1: AOF is off: ..."]
