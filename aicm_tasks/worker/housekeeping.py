@@ -96,6 +96,8 @@ class Housekeeping:
                     depth = self._round(store, rounds, check_settings=check)
                     if depth is not None:
                         depths.append(depth)
+                        if n > 1:
+                            self.observers.shard_depth(store.keys.shard, depth)
                     pause_s[index] = HOUSEKEEPING_INTERVAL_S
                 except redis.RedisError as exc:
                     logger.warning("broker error in housekeeping (shard %d): %s", index, exc)

@@ -56,6 +56,12 @@ class Metrics(Observer):
         self.depth = Gauge(
             "aicm_records", "Records by where they are in Redis.", ["state"], registry=r
         )
+        self.shard_depth_gauge = Gauge(
+            "aicm_shard_records",
+            "Records by shard and where they are (with several shards; aicm_records sums them).",
+            ["shard", "state"],
+            registry=r,
+        )
         self.workers = Gauge("aicm_workers_with_lease", "Workers holding a live lease.", registry=r)
         self.broker_evicting = Gauge(
             "aicm_broker_evicting",
@@ -89,6 +95,10 @@ class Metrics(Observer):
         for state in ("queued", "scheduled", "held", "dead_letters"):
             self.depth.labels(state=state).set(depth.get(state, 0))
         self.workers.set(depth.get("workers", 0))
+
+    def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
+        for state in ("queued", "scheduled", "held", "dead_letters"):
+            self.shard_depth_gauge.labels(shard=str(shard), state=state).set(depth.get(state, 0))
 
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         evicting = evicts_records(settings)

@@ -52,6 +52,9 @@ class Observer:
     def housekeeping(self, depth: dict[str, int]) -> None:
         """Every few housekeeping rounds: the queue depth, held, scheduled, dead letters."""
 
+    def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
+        """With several shards, beside :meth:`housekeeping`: one shard's depth."""
+
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         """After each reading of the broker's eviction and persistence settings."""
 
@@ -81,6 +84,9 @@ class Observers(Observer):
 
     def housekeeping(self, depth: dict[str, int]) -> None:
         self._each(lambda o: o.housekeeping(depth), "housekeeping")
+
+    def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
+        self._each(lambda o: o.shard_depth(shard, depth), "shard_depth")
 
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         self._each(lambda o: o.redis_settings_read(settings, findings), "redis_settings_read")

@@ -4,15 +4,20 @@ handed back."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from aicm_tasks.broker.keys import shard_keys
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.worker.housekeeping import Housekeeping
+from aicm_tasks.worker.metrics import Metrics
+from aicm_tasks.worker.observe import Observers
 from aicm_tasks.worker.retry import BackoffPolicy
 from aicm_tasks.worker.service import DeliveryService
 from tests.unit.worker.test_service import FakeTrack, publish
@@ -105,3 +110,30 @@ def test_a_batch_a_thread_holds_is_never_taken_for_a_stray(count: int) -> None:
     store.fetch(delivery.consumer, batch, 3, lease_s=30)
     assert delivery.held.release_strays(store) == 0
     assert store.depth()["held"] == 3
+
+
+def test_housekeeping_reports_each_shards_depth_and_their_sum() -> None:
+    stores = shards(fakeredis.FakeRedis(), 3)
+    for n, store in enumerate(stores):
+        store.push_many([b"x"] * (n + 1))
+    metrics = Metrics(CollectorRegistry())
+    housekeeping = Housekeeping(
+        stores, "c", lease_s=30, observers=Observers([metrics]), settings_check_interval_s=1e9
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=housekeeping.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: metrics.registry.get_sample_value("aicm_records", {"state": "queued"}) == 6,
+            30,
+            "the summed depth",
+        )
+    finally:
+        stop.set()
+        thread.join(10)
+    for n in range(3):
+        labels = {"shard": str(n), "state": "queued"}
+        assert metrics.registry.get_sample_value("aicm_shard_records", labels) == n + 1
+    # The worker holds a lease in every shard: one worker, not three.
+    assert metrics.registry.get_sample_value("aicm_workers_with_lease") == 1
