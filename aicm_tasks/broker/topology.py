@@ -130,6 +130,32 @@ class Topology:
         for client in self.clients:
             client.close()
 
+    def shards_per_server(self) -> dict[str, list[int]]:
+        """Server (``host:port``) -> the shards it holds now; on a cluster, every
+        primary is listed, those holding none with an empty list."""
+        placed: dict[str, list[int]] = {}
+        for client in self.clients:
+            if isinstance(client, RedisCluster):
+                for node in client.get_primaries():  # type: ignore[no-untyped-call]
+                    placed.setdefault(node.name, [])
+        for shard in self.shards:
+            client = shard.store.client
+            if isinstance(client, RedisCluster):
+                # redis-py leaves this helper unannotated.
+                node = client.get_node_from_key(shard.store.keys.queue)  # type: ignore[no-untyped-call]
+                name = str(node.name)
+            else:
+                kwargs = client.connection_pool.connection_kwargs
+                name = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+            placed.setdefault(name, []).append(shard.index)
+        return placed
+
+
+def uneven(placed: dict[str, list[int]]) -> bool:
+    """Whether some server holds two shards more than another (load follows shards)."""
+    counts = [len(shards) for shards in placed.values()]
+    return bool(counts) and max(counts) - min(counts) > 1
+
 
 def connect(settings: Settings, **client_options: Any) -> Topology:
     """Clients and stores for every shard, with ``client_options`` (timeouts) on

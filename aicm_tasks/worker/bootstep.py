@@ -16,7 +16,7 @@ from typing import Any
 from celery import bootsteps
 from celery.worker import control
 
-from aicm_tasks.broker.topology import connect
+from aicm_tasks.broker.topology import Topology, connect, uneven
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.settings import Settings
 from aicm_tasks.worker.events import TaskEvents
@@ -101,6 +101,8 @@ def build_service(
         socket_keepalive=True,
         health_check_interval=30,
     )
+    if len(topology.shards) > 1 or topology.cluster:
+        log_placement(topology)
     transport = TrackTransport(
         settings.track_url,
         default_key or None,
@@ -126,6 +128,24 @@ def build_service(
     options["on_stopped"] = [transport.close]
     options.update(overrides)
     return DeliveryService(stores, transport.poster(), **options)
+
+
+def log_placement(topology: Topology) -> None:
+    """Which server holds which shard, and a warning when some hold two or more
+    shards than others: the load follows the shards, and on Redis Cluster a
+    shard's slot is decided by its hash tag, not by the cluster's layout."""
+    placed = topology.shards_per_server()
+    listing = "; ".join(
+        f"{server}: {shards or 'none'}" for server, shards in sorted(placed.items())
+    )
+    logger.info("shards by Redis server: %s", listing)
+    if uneven(placed):
+        logger.warning(
+            "shards are spread unevenly over the Redis servers (%s): move their slots "
+            "(redis-cli --cluster reshard; CLUSTER KEYSLOT names each shard's) or raise "
+            "AICM_SHARDS, see docs/how-it-works.md#shards",
+            listing,
+        )
 
 
 @control.inspect_command(name="active_queues")

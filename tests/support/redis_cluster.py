@@ -172,10 +172,13 @@ class LocalRedisCluster:
     def node_of(self, key: str) -> ClusterNode:
         """The primary that serves ``key``'s slot now."""
         slot = self.client().keyslot(key)
+        # Every node's CLUSTER SLOTS lists the whole map: each range with the
+        # primary serving it (host, port, id) first.
         for node in self.primaries():
-            for start, end, *_ in node.client.cluster("slots"):
+            for start, end, primary, *_ in node.client.cluster("slots"):
                 if start <= slot <= end:
-                    return node
+                    port = int(primary[1])
+                    return next(n for n in self.nodes if n.port == port)
         raise LookupError(f"no live primary serves slot {slot}")
 
     def replica_of(self, primary: ClusterNode) -> ClusterNode:

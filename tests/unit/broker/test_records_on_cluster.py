@@ -18,7 +18,9 @@ from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection
 from aicm_tasks.broker.keys import Keys, shard_keys
 from aicm_tasks.broker.records import RecordStore, Resolution
 from aicm_tasks.broker.replicas import ReplicaAcks
+from aicm_tasks.broker.topology import connect
 from aicm_tasks.producer.shards import ShardedTarget
+from aicm_tasks.settings import Settings
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.shards import redis_cluster
 
@@ -131,3 +133,19 @@ def test_a_publish_too_few_replicas_acknowledged_fails_and_goes_to_another_shard
     for _ in range(4):
         target.push_many([b"y"])
     assert other.depth()["queued"] == 4
+
+
+def test_every_primary_is_listed_with_the_shards_it_serves(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    urls = tuple(f"redis://127.0.0.1:{n.port}/0" for n in redis_cluster.primaries())
+    topology = connect(Settings(shard_urls=urls, redis_cluster=True, shards=6))
+    placed = topology.shards_per_server()
+    assert len(placed) == 3
+    assert sorted(i for shards in placed.values() for i in shards) == list(range(6))
+    for server, shards in placed.items():
+        port = int(server.rsplit(":", 1)[1])
+        assert all(
+            redis_cluster.node_of(topology.shards[i].store.keys.queue).port == port for i in shards
+        )
+    topology.close()

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from aicm_tasks.broker.keys import Keys, shard_keys
-from aicm_tasks.broker.topology import DEFAULT_CLUSTER_SHARDS, connect, layout_of
+from aicm_tasks.broker.topology import DEFAULT_CLUSTER_SHARDS, connect, layout_of, uneven
 from aicm_tasks.settings import Settings
 
 A, B, C = "redis://a:6379/0", "redis://b:6379/0", "redis://c:6379/0"
@@ -58,4 +58,13 @@ def test_standalone_shards_on_one_server_share_its_client() -> None:
     assert len(topology.clients) == 2
     assert all(isinstance(c, redis.Redis) for c in topology.clients)
     assert topology.shards[2].store.client is topology.shards[0].store.client
+    topology.close()
+
+
+def test_the_shards_each_server_holds_are_listed_and_an_uneven_spread_is_seen() -> None:
+    topology = connect(Settings(broker_url=A, shard_urls=(A, B), shards=4))
+    placed = topology.shards_per_server()
+    assert placed == {"a:6379": [0, 2], "b:6379": [1, 3]}
+    assert not uneven(placed)
+    assert uneven({"a:1": [0, 1, 2], "b:1": [3], "c:1": []})
     topology.close()
