@@ -87,3 +87,79 @@ def test_one_shard_is_read_exactly_as_before(monkeypatch: pytest.MonkeyPatch) ->
         store.push_many([b"x"] * (n + 1))
     assert read_all_figures(stores[:1]).queued == 1
     assert read_all_figures(stores).queued == 6
+
+
+def worker(consumer: str, seen_s_ago: float, alive: bool = True) -> dict[str, Any]:
+    return {"name": f"w@{consumer}", "consumer": consumer, "seen_s_ago": seen_s_ago,
+            "alive": alive}  # fmt: skip
+
+
+ALIVE = {"workers_alive": ["w@c1"], "last_worker_seen_s_ago": 1.0}
+
+
+def test_rates_add_up_and_the_last_delivery_is_the_most_recent_on_any_shard() -> None:
+    merged = merge_figures(
+        [
+            reading(delivered_last_5s=10, delivered_per_s_last_5s=2.0, last_delivered_s_ago=40.0,
+                    recent={"delivered": 10, "requests": 2}, window_s=30.0, **ALIVE),
+            reading(delivered_last_5s=5, delivered_per_s_last_5s=1.0, last_delivered_s_ago=3.0,
+                    recent={"delivered": 5, "requests": 1, "transport_failed": 1}, window_s=30.0,
+                    **ALIVE),
+        ],
+        [0, 1],
+        Thresholds(window_s=30.0),
+    )  # fmt: skip
+    assert (merged.delivered_last_5s, merged.delivered_per_s_last_5s) == (15, 3.0)
+    assert merged.recent == {"delivered": 15, "requests": 3, "transport_failed": 1}
+    assert merged.last_delivered_s_ago == 3.0
+    # One setting, read alike by every shard: not added up.
+    assert merged.window_s == 30.0
+
+
+def test_a_worker_holding_a_lease_on_every_shard_is_listed_once() -> None:
+    merged = merge_figures(
+        [
+            reading(workers=[worker("c1", 4.0), worker("c2", 2.0)], **ALIVE),
+            reading(workers=[worker("c1", 1.0)], **ALIVE),
+        ],
+        [0, 1],
+        Thresholds(),
+    )
+    assert [(w["consumer"], w["seen_s_ago"]) for w in merged.workers] == [("c1", 1.0), ("c2", 2.0)]
+    assert merged.workers_alive == ["w@c1"]
+
+
+def test_records_due_on_one_shard_with_nothing_delivered_anywhere_are_a_stall() -> None:
+    window = Thresholds(window_s=30.0)
+    stuck = reading(queued=7, idle_s_ago=200.0, last_delivered_s_ago=500.0, **ALIVE)
+    # The other shard is empty and was idle a moment ago: that must not hide the stall.
+    empty = reading(idle_s_ago=2.0, last_delivered_s_ago=400.0, **ALIVE)
+    merged = merge_figures([stuck, empty], [0, 1], window)
+    assert merged.idle_s_ago == 200.0
+    assert any("7 records waiting" in p and "none delivered for 200s" in p for p in merged.problems)
+
+
+def test_records_waiting_on_one_shard_while_another_delivers_are_not_a_stall() -> None:
+    window = Thresholds(window_s=30.0)
+    stuck = reading(queued=7, idle_s_ago=200.0, last_delivered_s_ago=500.0,
+                    retrying_for_s=200.0, **ALIVE)  # fmt: skip
+    delivering = reading(queued=1, idle_s_ago=100.0, last_delivered_s_ago=1.0, **ALIVE)
+    merged = merge_figures([stuck, delivering], [0, 1], window)
+    assert merged.last_delivered_s_ago == 1.0
+    # Retries on one shard are cut at the last delivery on any shard.
+    assert merged.retrying_for_s == 1.0
+    assert merged.healthy, merged.problems
+
+
+def test_a_refused_key_is_the_longest_run_of_401_on_any_shard() -> None:
+    window = Thresholds(window_s=30.0)
+    merged = merge_figures(
+        [
+            reading(queued=2, unauthorized_for_s=45.0, last_unauthorized_s_ago=5.0, **ALIVE),
+            reading(queued=1, unauthorized_for_s=10.0, last_unauthorized_s_ago=1.0, **ALIVE),
+        ],
+        [0, 1],
+        window,
+    )
+    assert (merged.unauthorized_for_s, merged.last_unauthorized_s_ago) == (45.0, 1.0)
+    assert any("refused the API key (401/403) for 45s" in p for p in merged.problems)
