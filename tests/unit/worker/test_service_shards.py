@@ -14,10 +14,12 @@ from prometheus_client import CollectorRegistry
 
 from aicm_tasks.broker.keys import shard_keys
 from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
 from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.worker import housekeeping as housekeeping_module
 from aicm_tasks.worker.housekeeping import Housekeeping
 from aicm_tasks.worker.metrics import Metrics
-from aicm_tasks.worker.observe import Observers
+from aicm_tasks.worker.observe import Observer, Observers
 from aicm_tasks.worker.retry import BackoffPolicy
 from aicm_tasks.worker.service import DeliveryService
 from tests.unit.worker.test_service import FakeTrack, publish
@@ -137,3 +139,41 @@ def test_housekeeping_reports_each_shards_depth_and_their_sum() -> None:
         assert metrics.registry.get_sample_value("aicm_shard_records", labels) == n + 1
     # The worker holds a lease in every shard: one worker, not three.
     assert metrics.registry.get_sample_value("aicm_workers_with_lease") == 1
+
+
+class FindingsSeen(Observer):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+        self.messages += [f.message for f in findings if f.level == "error"]
+
+
+def test_each_shards_settings_findings_name_their_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    stores = shards(fakeredis.FakeRedis(), 2)
+    evicting = BrokerSettings("allkeys-lru", True, "", "CONFIG")
+    monkeypatch.setattr(housekeeping_module, "read_settings", lambda *a, **k: evicting)
+    seen = FindingsSeen()
+    housekeeping = Housekeeping(
+        stores, "c", lease_s=30, observers=Observers([seen]), settings_check_interval_s=60
+    )
+    for store in stores:
+        housekeeping.check_redis_settings(store)
+    # What Flower's failed check_broker task carries: each shard's own finding, named.
+    assert [m.split(":")[0] for m in seen.messages] == ["shard 0", "shard 1"]
+    assert all("allkeys-lru" in m for m in seen.messages)
+
+
+def test_housekeeping_notes_idle_only_on_the_shards_where_nothing_waits() -> None:
+    stores = shards(fakeredis.FakeRedis(), 2)
+    stores[1].push_many([b"x"])
+    housekeeping = Housekeeping(
+        stores, "c", name="w1@host", lease_s=30, observers=Observers([]),
+        settings_check_interval_s=1e9,
+    )  # fmt: skip
+    for store in stores:
+        housekeeping._round(store, 1, check_settings=False)
+    assert "idle_at" in stores[0].health()
+    assert "idle_at" not in stores[1].health()
+    # The lease in every shard carries the worker's name (status lists it once).
+    assert [store.names() for store in stores] == [{"c": "w1@host"}] * 2
