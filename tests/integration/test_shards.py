@@ -95,6 +95,10 @@ def test_dead_letters_of_every_shard_are_listed_shown_and_replayed_as_one_by_the
         shown = run_cli("dlq", "show", dead_id, "--json", env=env)
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["reason"] == "service_key_unknown"
+    # A prefix is judged over every shard: "dead" begins ids in several.
+    ambiguous = run_cli("dlq", "show", "dead", env=env)
+    assert ambiguous.returncode == 1, ambiguous.stdout + ambiguous.stderr
+    assert "give more of the id" in ambiguous.stderr
     stats = run_cli("dlq", "stats", "--json", env=env)
     assert json.loads(stats.stdout)["total"] == 30
     status = run_cli("status", "--json", env=env)
