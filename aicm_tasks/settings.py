@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     queue: str = DEFAULT_QUEUE
     #: Prefix of every Redis key aicm-tasks owns besides the queue itself.
     key_prefix: str = "aicm"
+    #: Redis servers that hold the records instead of AICM_BROKER_URL (comma-separated
+    #: URLs): standalone primaries, or a Redis Cluster's seed nodes with
+    #: AICM_REDIS_CLUSTER. AICM_BROKER_URL stays Celery's broker. See broker/topology.py.
+    shard_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    #: AICM_SHARD_URLS name a Redis Cluster (redis-py's cluster client).
+    redis_cluster: bool = False
+    #: How many shards hold the records; default one per URL of AICM_SHARD_URLS
+    #: (one: today's key names), 3 on a cluster. Never lower it while shards hold records.
+    shards: int | None = Field(default=None, ge=1, le=1024)
+    #: Replicas that must acknowledge each publish and settle (WAIT); 0: off. See
+    #: broker/replicas.py and docs/guarantees.md for what each costs and risks.
+    replica_acks: int = Field(default=0, ge=0, le=5)
+    #: How long a publish or settle waits for those acknowledgements.
+    replica_ack_timeout_s: PositiveSeconds = 0.2
     #: Upper bound on one publish (connect + LPUSH) before it fails.
     publish_timeout_s: PositiveSeconds = 1.0
     #: Largest serialised record accepted at the call site, in bytes.
@@ -191,6 +205,50 @@ class Settings(BaseSettings):
     monthly_budget_usd: float | None = Field(default=None, ge=0)
     #: Monthly budgets per customer key, in USD, as JSON: ``{"acme": 250}``.
     customer_budgets_usd: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+    @field_validator("shard_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @field_validator("shard_urls")
+    @classmethod
+    def _check_shard_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            problem = url_problem(url, ("redis", "rediss", "unix"))
+            if problem:
+                raise ValueError(
+                    f"{redact_url(url)} is not a usable shard URL: {problem}. Percent-encode "
+                    "/ # ? @ : in the password (urllib.parse.quote(password, safe=''))"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("a URL is listed twice: list each Redis once")
+        return value
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> Settings:
+        if self.redis_cluster and not self.shard_urls:
+            raise ValueError(
+                "AICM_REDIS_CLUSTER=true needs AICM_SHARD_URLS, the cluster's node URLs; "
+                "AICM_BROKER_URL stays Celery's broker (a standalone Redis for events)"
+            )
+        if self.replica_acks and self.replica_ack_timeout_s >= self.publish_timeout_s / 2:
+            raise ValueError(
+                f"AICM_REPLICA_ACK_TIMEOUT_S={self.replica_ack_timeout_s:g} must be under half "
+                f"of AICM_PUBLISH_TIMEOUT_S={self.publish_timeout_s:g} (one publish attempt)"
+            )
+        if (
+            self.shards is not None
+            and not self.redis_cluster
+            and self.shards < len(self.shard_urls)
+        ):
+            raise ValueError(
+                f"AICM_SHARDS={self.shards} leaves some of the {len(self.shard_urls)} "
+                "AICM_SHARD_URLS unused: set at least one shard per URL"
+            )
+        return self
 
     @field_validator("anonymize_fields", mode="before")
     @classmethod

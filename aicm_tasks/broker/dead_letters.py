@@ -9,22 +9,27 @@ fails again after a replay replaces its own entry, its attempts counted.
 An id may be given by a unique prefix, as ``git`` takes commits
 (:meth:`DeadLetterStore.resolve`): ZSCAN with a MATCH pattern over the index,
 so only matching ids cross the wire and the client holds a few at a time.
+
+With several shards each shard keeps its own dead letters (a batch's are written
+with it, in its slot); this store reads them all as one: counts summed, entries
+merged oldest first, an id found in whichever shard holds it, a prefix unique
+over all shards, and a replayed record returned to its own shard's queue.
 """
 
 from __future__ import annotations
 
 import builtins
+import heapq
 import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import redis
-
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import encode
+from aicm_tasks.broker.records import BrokerClient, RecordStore
 from aicm_tasks.errors import AmbiguousDeadLetterIdError, DeadLetterNotFoundError
 
 #: Entries read per round trip when scanning the store.
@@ -60,18 +65,34 @@ class Selection:
         return self.service_key is None or entry.get("service_key") == self.service_key
 
 
-class DeadLetterStore:
-    """Operations on the dead letters of one aicm-tasks deployment."""
+class _Shard:
+    """One shard's dead letters: its client, key names and scripts."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: BrokerClient, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._replay = client.register_script(scripts.source("replay"))
-        self._purge = client.register_script(scripts.source("purge"))
+        self.replay = client.register_script(scripts.source("replay"))
+        self.purge = client.register_script(scripts.source("purge"))
+
+
+class DeadLetterStore:
+    """Operations on the dead letters of one aicm-tasks deployment, over all its shards."""
+
+    def __init__(self, client: BrokerClient, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self.shards = [_Shard(client, keys)]
+
+    @classmethod
+    def over(cls, stores: Sequence[RecordStore]) -> DeadLetterStore:
+        """The dead letters of every shard, read as one store."""
+        store = cls(stores[0].client, stores[0].keys)
+        store.shards += [_Shard(s.client, s.keys) for s in stores[1:]]
+        return store
 
     def count(self) -> int:
         """How many dead letters are stored."""
-        return int(self.client.zcard(self.keys.dlq_index))
+        return sum(int(shard.client.zcard(shard.keys.dlq_index)) for shard in self.shards)
 
     def stats(self) -> dict[str, Any]:
         """Totals by reason and by service key, and the oldest/newest failure times."""
@@ -84,22 +105,29 @@ class DeadLetterStore:
             by_reason[reason] = by_reason.get(reason, 0) + 1
             service = str(entry.get("service_key"))
             by_service[service] = by_service.get(service, 0) + 1
-        oldest = self.client.zrange(self.keys.dlq_index, 0, 0, withscores=True)
-        newest = self.client.zrange(self.keys.dlq_index, -1, -1, withscores=True)
+        oldest: builtins.list[float] = []
+        newest: builtins.list[float] = []
+        for shard in self.shards:
+            first: Any = shard.client.zrange(shard.keys.dlq_index, 0, 0, withscores=True)
+            last: Any = shard.client.zrange(shard.keys.dlq_index, -1, -1, withscores=True)
+            oldest += [float(score) for _, score in first]
+            newest += [float(score) for _, score in last]
         return {
             "total": total,
             "by_reason": dict(sorted(by_reason.items())),
             "by_service_key": dict(sorted(by_service.items())),
-            "oldest_failure_at": oldest[0][1] if oldest else None,
-            "newest_failure_at": newest[0][1] if newest else None,
+            "oldest_failure_at": min(oldest) if oldest else None,
+            "newest_failure_at": max(newest) if newest else None,
         }
 
     def get(self, dead_letter_id: str) -> dict[str, Any]:
-        """One entry by id; raises :class:`DeadLetterNotFoundError`."""
-        raw = self.client.hget(self.keys.dlq, dead_letter_id)
-        if raw is None:
-            raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id!r}")
-        return _load(raw)
+        """One entry by id, from whichever shard holds it; raises
+        :class:`DeadLetterNotFoundError`."""
+        for shard in self.shards:
+            raw = shard.client.hget(shard.keys.dlq, dead_letter_id)
+            if raw is not None:
+                return _load(raw)
+        raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id!r}")
 
     def resolve(self, id_or_prefix: str) -> str:
         """The full id of the one dead letter whose id is, or begins with, ``id_or_prefix``.
@@ -107,19 +135,24 @@ class DeadLetterStore:
         An exact id wins even when it also begins others. Raises
         :class:`DeadLetterNotFoundError` when none matches and
         :class:`AmbiguousDeadLetterIdError` (listing a few) when several do.
-        Cost: one HEXISTS, then one ZSCAN pass over the index that stops at
-        ``CANDIDATES_SHOWN + 1`` matches; memory holds only the matches.
+        Over several shards the prefix must be unique over all of them; an exact
+        id in any shard wins. Cost: one HEXISTS per shard, then one ZSCAN pass
+        per shard's index that stops once ``CANDIDATES_SHOWN + 1`` matches are
+        found in all; memory holds only the matches.
         """
         if not id_or_prefix:
             raise DeadLetterNotFoundError("give a response_id or the start of one")
-        if self.client.hexists(self.keys.dlq, id_or_prefix):
+        if any(shard.client.hexists(shard.keys.dlq, id_or_prefix) for shard in self.shards):
             return id_or_prefix
         pattern = glob_escape(id_or_prefix) + "*"
         found: set[str] = set()  # ZSCAN may return a member twice while Redis rehashes
-        for member, _score in self.client.zscan_iter(
-            self.keys.dlq_index, match=pattern, count=PAGE
-        ):
-            found.add(member.decode() if isinstance(member, bytes) else str(member))
+        for shard in self.shards:
+            for member, _score in shard.client.zscan_iter(
+                shard.keys.dlq_index, match=pattern, count=PAGE
+            ):
+                found.add(member.decode() if isinstance(member, bytes) else str(member))
+                if len(found) > CANDIDATES_SHOWN:
+                    break
             if len(found) > CANDIDATES_SHOWN:
                 break
         if not found:
@@ -137,26 +170,33 @@ class DeadLetterStore:
         return found.pop()
 
     def iter_entries(self, selection: Selection) -> Iterator[dict[str, Any]]:
-        """Selected entries, oldest failure first."""
+        """Selected entries, oldest failure first (across shards)."""
+        for _, entry in self._located(selection):
+            yield entry
+
+    def _located(self, selection: Selection) -> Iterator[tuple[_Shard, dict[str, Any]]]:
+        """Selected entries with the shard that holds each, oldest failure first."""
         if selection.ids:
             for dead_letter_id in selection.ids:
-                raw = self.client.hget(self.keys.dlq, dead_letter_id)
-                if raw is not None and selection.matches(entry := _load(raw)):
-                    yield entry
+                for shard in self.shards:
+                    raw = shard.client.hget(shard.keys.dlq, dead_letter_id)
+                    if raw is not None:
+                        if selection.matches(entry := _load(raw)):
+                            yield shard, entry
+                        break
             return
         if selection.is_empty:
             return
-        start = 0
-        while True:
-            ids: builtins.list[Any] = builtins.list(
-                self.client.zrange(self.keys.dlq_index, start, start + PAGE - 1)
-            )
-            if not ids:
-                return
-            for raw in self.client.hmget(self.keys.dlq, ids):
-                if raw is not None and selection.matches(entry := _load(raw)):
-                    yield entry
-            start += PAGE
+        if len(self.shards) == 1:
+            for _, shard, entry in _scan(self.shards[0], 0, selection):
+                yield shard, entry
+            return
+        merged = heapq.merge(
+            *(_scan(shard, n, selection) for n, shard in enumerate(self.shards)),
+            key=lambda item: item[0],
+        )
+        for _, shard, entry in merged:
+            yield shard, entry
 
     def list(
         self, selection: Selection, *, limit: int | None = None
@@ -174,25 +214,31 @@ class DeadLetterStore:
         remove their entries; returns the replayed ids. A record that fails again
         comes back with its attempts counted."""
         replayed: builtins.list[str] = []
-        for entry in builtins.list(self.iter_entries(selection)):
+        for shard, entry in builtins.list(self._located(selection)):
             message = replay_message(entry)
             if message is None:
                 continue
             if dry_run:
                 replayed.append(entry["id"])
                 continue
-            keys = [self.keys.dlq, self.keys.dlq_index, self.keys.queue]
-            if self._replay(keys=keys, args=[entry["id"], message]):
+            # Back to its own shard's queue: one script, one slot.
+            keys = [shard.keys.dlq, shard.keys.dlq_index, shard.keys.queue]
+            if shard.replay(keys=keys, args=[entry["id"], message]):
                 replayed.append(entry["id"])
         return replayed
 
     def purge(self, selection: Selection) -> int:
         """Delete the selected entries for good; returns how many were removed."""
-        ids: builtins.list[str] = [entry["id"] for entry in self.iter_entries(selection)]
+        by_shard: dict[int, builtins.list[str]] = {}
+        for shard, entry in self._located(selection):
+            by_shard.setdefault(self.shards.index(shard), []).append(entry["id"])
         removed = 0
-        for start in range(0, len(ids), PAGE):
-            chunk = ids[start : start + PAGE]
-            removed += int(self._purge(keys=[self.keys.dlq, self.keys.dlq_index], args=chunk))
+        for index, ids in by_shard.items():
+            shard = self.shards[index]
+            for start in range(0, len(ids), PAGE):
+                chunk = ids[start : start + PAGE]
+                keys = [shard.keys.dlq, shard.keys.dlq_index]
+                removed += int(shard.purge(keys=keys, args=chunk))
         return removed
 
     def export(self, selection: Selection, out: TextIO) -> int:
@@ -231,6 +277,25 @@ def replay_message(entry: dict[str, Any]) -> bytes | None:
 def glob_escape(text: str) -> str:
     """``text`` as a Redis MATCH pattern that matches only itself."""
     return "".join("\\" + char if char in _GLOB_SPECIAL else char for char in text)
+
+
+def _scan(
+    shard: _Shard, number: int, selection: Selection
+) -> Iterator[tuple[float, _Shard, dict[str, Any]]]:
+    """One shard's selected entries with their failure times, oldest first, a
+    page per round trip."""
+    start = 0
+    while True:
+        page: builtins.list[Any] = builtins.list(
+            shard.client.zrange(shard.keys.dlq_index, start, start + PAGE - 1, withscores=True)
+        )
+        if not page:
+            return
+        ids = [dead_id for dead_id, _ in page]
+        for (_, score), raw in zip(page, shard.client.hmget(shard.keys.dlq, ids), strict=True):
+            if raw is not None and selection.matches(entry := _load(raw)):
+                yield float(score), shard, entry
+        start += PAGE
 
 
 def _load(raw: bytes | str) -> dict[str, Any]:

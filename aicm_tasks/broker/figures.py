@@ -128,7 +128,7 @@ def read_figures(store: RecordStore, thresholds: Thresholds | None = None) -> Fi
 def redis_settings_of(store: RecordStore) -> BrokerSettings:
     """The broker's settings read now, or, when this client may run neither CONFIG
     nor INFO, as a worker last read and stored them."""
-    settings = read_settings(store.client, read_by="status")
+    settings = read_settings(store.server_client(), read_by="status")
     if settings.source != UNKNOWN:
         return settings
     stored = BrokerSettings.from_hash(store.client.hgetall(store.keys.redis_settings))

@@ -1,7 +1,6 @@
-"""Every Redis key name aicm-tasks uses, for one queue and key prefix.
+"""Every Redis key name aicm-tasks uses, for one queue and key prefix (one shard).
 
-One place, so that a reader (or a new broker layout: Redis Cluster hash tags)
-sees the whole keyspace at once::
+One place, so that a reader sees the whole keyspace at once::
 
     <queue>                        list: records ready for delivery (LPUSH in, taken from the right)
     <prefix>:batch:<consumer>:<n>  list: one batch held by a worker
@@ -19,6 +18,20 @@ sees the whole keyspace at once::
     <prefix>:imported              set: SDK queue rows already imported
     <prefix>:limits                hash: API-key alias -> its triggered limits (verified), and issue times
     <prefix>:limits:changed        pub/sub channel: a set of triggered limits changed
+
+Shards (see :mod:`aicm_tasks.broker.topology`). One shard on a standalone Redis
+(the default) uses the names above exactly, ``aicm.tracking`` and ``aicm:...``,
+so records queued before an upgrade stay where workers look. With several
+shards, or on Redis Cluster, shard ``i`` is the same keyspace under a hash tag
+that names the prefix and the shard, ``{<prefix>:<i>}``::
+
+    <queue>:{<prefix>:<i>}         the shard's ready list (aicm.tracking:{aicm:0})
+    {<prefix>:<i>}:<name>          every other key ({aicm:0}:scheduled, {aicm:0}:batch:...)
+
+Redis Cluster hashes only what is inside the first ``{...}`` of a name, so every
+key of a shard lands in one slot and every script touches one slot. The tag
+becomes the shard's ``prefix``: a property added below as
+``f"{self.prefix}:something"`` is per shard and tagged with no further change.
 """
 
 from __future__ import annotations
@@ -68,10 +81,15 @@ RETRYING_SINCE = "retrying_since"
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The Redis key names for one queue and key prefix."""
+    """The Redis key names for one queue and key prefix: one shard's keyspace.
+
+    Build a shard's names with :func:`shard_keys`; ``shard`` is its number (0
+    when unsharded), for logs and metrics labels.
+    """
 
     queue: str
     prefix: str
+    shard: int = 0
 
     @property
     def scheduled(self) -> str:
@@ -153,6 +171,23 @@ class Keys:
 
     def batch(self, consumer: str, number: int) -> str:
         return f"{self.prefix}:batch:{consumer}:{number}"
+
+
+def shard_tag(prefix: str, shard: int) -> str:
+    """The hash tag of shard ``shard``: ``{<prefix>:<shard>}``."""
+    return f"{{{prefix}:{shard}}}"
+
+
+def shard_keys(queue: str, prefix: str, shard: int, *, tagged: bool) -> Keys:
+    """The key names of shard ``shard``.
+
+    ``tagged=False`` (one shard on a standalone Redis) keeps today's names
+    unchanged; ``tagged=True`` puts every name under the shard's hash tag.
+    """
+    if not tagged:
+        return Keys(queue, prefix, shard)
+    tag = shard_tag(prefix, shard)
+    return Keys(f"{queue}:{tag}", tag, shard)
 
 
 def dead_lettered_field(reason: str) -> str:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.limits import TriggeredLimit, decode_limits, encode_limits
 
 logger = logging.getLogger(__name__)
@@ -37,9 +36,14 @@ def source_of(api_key_alias: str | None) -> str:
 
 
 class LimitStore:
-    """Reads and writes the triggered limits of one key prefix."""
+    """Reads and writes the triggered limits of one key prefix.
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    With shards, the pipeline keeps one set, on shard 0: build this store with
+    shard 0's client and keys (its hash and channel carry shard 0's hash tag,
+    so the write script touches one slot on Redis Cluster).
+    """
+
+    def __init__(self, client: BrokerClient, keys: Keys) -> None:
         self.client = client
         self.keys = keys
         self._write = client.register_script(scripts.source("write_limits"))

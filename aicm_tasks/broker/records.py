@@ -30,22 +30,29 @@ count) records another worker took back. These moves are Lua scripts
 be atomic: kombu's own Redis consumer pops a message (BRPOP) and records it as
 unacknowledged in a second round trip, so a kill in between loses it.
 
-Scripts take key names built at run time (batch keys), so they need a
-standalone Redis or a primary with replicas/Sentinel, not Redis Cluster.
+Every script is handed every key it touches (the one built inside a script, RESOLVE's
+rate bucket, begins with the shard's prefix and so shares its tag),
+and all keys of one store share a shard's hash tag (:mod:`aicm_tasks.broker.keys`),
+so the same scripts run on a standalone Redis and on Redis Cluster.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from aicm_tasks.broker import scripts
 from aicm_tasks.broker.keys import IDLE_AT, RATE_BUCKET_S, RATE_KEEP_S, Keys
+from aicm_tasks.broker.replicas import ReplicaAcks, write_acknowledged
 
 # Re-exported: callers name it from here, beside RecordStore.resolve.
 from aicm_tasks.broker.resolution import Resolution as Resolution
+
+logger = logging.getLogger(__name__)
 
 # Under ``maxmemory`` with ``noeviction``, Redis refuses a script whose first
 # write is one that may grow memory (LPUSH, ZADD, SADD, HSET: "deny-oom"), and
@@ -58,14 +65,29 @@ from aicm_tasks.broker.resolution import Resolution as Resolution
 #: Most scheduled records moved back to the queue by one PROMOTE call; the Lua
 #: ``unpack`` limit is about 8,000 values.
 PROMOTE_CHUNK = 1000
+#: Most expired consumers one RECLAIM round looks at.
+RECLAIM_CHUNK = 16
+#: Tries to reclaim one consumer whose held set changes under us before leaving
+#: it to the next round.
+RECLAIM_TRIES = 3
+
+#: A client of the broker: one standalone Redis, or redis-py's cluster client
+#: (which follows MOVED/ASK redirections and failovers by itself).
+BrokerClient = redis.Redis | RedisCluster
 
 
 class RecordStore:
-    """The broker-side operations on records, over one redis-py client."""
+    """The broker-side operations on records, over one redis-py client.
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    ``acks``: replicas that must acknowledge each publish and settle (see
+    :mod:`aicm_tasks.broker.replicas`); none by default.
+    """
+
+    def __init__(self, client: BrokerClient, keys: Keys, acks: ReplicaAcks | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.acks = acks or ReplicaAcks()
+        self._expired = client.register_script(scripts.source("expired"))
         self._fetch = client.register_script(scripts.source("fetch"))
         self._resolve = client.register_script(scripts.source("resolve"))
         self._release = client.register_script(scripts.source("release"))
@@ -79,21 +101,47 @@ class RecordStore:
 
     # -- producer side ---------------------------------------------------------
     def push(self, message: bytes) -> None:
-        """Append one message to the queue (one round trip)."""
+        """Append one message to the queue (one round trip).
+
+        With replica acknowledgement, raises :class:`redis.TimeoutError` when
+        too few replicas acknowledged it in time: publish it elsewhere."""
+        if self.acks.enabled:
+            self._published(lambda pipe: pipe.lpush(self.keys.queue, message))
+            return
         self.client.lpush(self.keys.queue, message)
 
     def push_many(self, messages: Sequence[bytes], chunk: int = 10_000) -> None:
         """Append many messages in one round trip (pipelined LPUSH in chunks)."""
-        with self.client.pipeline(transaction=False) as pipe:
+
+        def write(pipe: Any) -> None:
             for start in range(0, len(messages), chunk):
                 pipe.lpush(self.keys.queue, *messages[start : start + chunk])
+
+        if self.acks.enabled:
+            self._published(write)
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            write(pipe)
             pipe.execute()
 
     def schedule(self, items: Iterable[tuple[float, bytes]]) -> None:
         """Hold messages in the scheduled set until their due time (epoch seconds)."""
         mapping = {message: due for due, message in items}
-        if mapping:
-            self.client.zadd(self.keys.scheduled, mapping)
+        if not mapping:
+            return
+        if self.acks.enabled:
+            self._published(lambda pipe: pipe.zadd(self.keys.scheduled, mapping))
+            return
+        self.client.zadd(self.keys.scheduled, mapping)
+
+    def _published(self, write: Any) -> None:
+        """``write`` followed by WAIT; raises when too few replicas acknowledged it."""
+        _, acknowledged = write_acknowledged(self.client, self.server_client(), self.acks, write)
+        if acknowledged < self.acks.replicas:
+            raise redis.TimeoutError(
+                f"{acknowledged} of {self.acks.replicas} replicas acknowledged the publish "
+                f"within {self.acks.timeout_s:g}s (AICM_REPLICA_ACK_TIMEOUT_S)"
+            )
 
     # -- worker side -------------------------------------------------------------
     def fetch(
@@ -168,7 +216,25 @@ class RecordStore:
             self.keys.queue,
             self.keys.health,
         ]
-        return bool(self._resolve(keys=keys, args=args))
+        if not self.acks.enabled:
+            return bool(self._resolve(keys=keys, args=args))
+        (settled,), acknowledged = write_acknowledged(
+            self.client,
+            self.server_client(),
+            self.acks,
+            lambda pipe: self._resolve(keys=keys, args=args, client=pipe),
+        )
+        if acknowledged < self.acks.replicas:
+            # Not an error: a settle lost in a failover returns its batch for
+            # delivery again (duplicates, which the server dedupes), never a loss.
+            logger.warning(
+                "%d of %d replicas acknowledged the settle of %s within %gs",
+                acknowledged,
+                self.acks.replicas,
+                batch_key,
+                self.acks.timeout_s,
+            )
+        return bool(settled)
 
     def release(self, consumer: str, batch_key: str) -> int:
         """Hand a held batch back to the queue; returns how many records went back."""
@@ -200,9 +266,20 @@ class RecordStore:
         raw = self.client.hgetall(self.keys.names)
         return {_as_text(k): _as_text(v) for k, v in raw.items()}
 
+    def server_client(self) -> redis.Redis:
+        """A client of the one Redis server that holds this store's keys: the
+        client itself, or on a cluster the primary serving this shard's slot now
+        (for CONFIG and INFO, which a cluster client would send to every node)."""
+        if isinstance(self.client, RedisCluster):
+            # redis-py leaves these cluster helpers unannotated.
+            node = self.client.get_node_from_key(self.keys.queue)  # type: ignore[no-untyped-call]
+            return self.client.get_redis_connection(node)
+        return self.client
+
     def server_time(self) -> float:
-        """The Redis server's clock, in epoch seconds."""
-        seconds, micros = self.client.time()
+        """The Redis server's clock, in epoch seconds: on a cluster, that of the
+        primary holding this shard (the clock its leases are decided on)."""
+        seconds, micros = self.server_client().time()
         return float(seconds) + float(micros) / 1e6
 
     def last_seen(self) -> dict[str, float]:
@@ -225,8 +302,31 @@ class RecordStore:
         ``caller`` is never reclaimed: a live worker whose lease lapsed (a long
         pause) renews it next and keeps its batches, rather than racing itself.
         """
-        keys = [self.keys.consumers, self.keys.queue]
-        return int(self._reclaim(keys=keys, args=[self.keys.prefix, caller]))
+        expired = self._expired(keys=[self.keys.consumers], args=[caller, RECLAIM_CHUNK])
+        moved = 0
+        for raw in expired:
+            moved += self._reclaim_one(_as_text(raw))
+        return moved
+
+    def _reclaim_one(self, consumer: str) -> int:
+        """Return one expired consumer's batches; 0 when it renewed meanwhile.
+
+        The held set is read first and its batch keys passed to the script (a
+        script on Redis Cluster must declare its keys), which moves nothing
+        unless the set still lists exactly those keys and the lease is still
+        expired, on the server's clock.
+        """
+        held = self.keys.held(consumer)
+        for _ in range(RECLAIM_TRIES):
+            batches = sorted(_as_text(b) for b in self.client.smembers(held))
+            keys = [self.keys.consumers, self.keys.queue, held, *batches]
+            moved = int(self._reclaim(keys=keys, args=[consumer]))
+            if moved >= 0:
+                return moved
+            score = self.client.zscore(self.keys.consumers, consumer)
+            if score is None or score > self.server_time():
+                return 0  # renewed (alive) or reclaimed by another worker
+        return 0
 
     def sweep(self, scan_count: int = 1000) -> int:
         """Return every batch key that no live lease covers to the queue.
@@ -238,7 +338,15 @@ class RecordStore:
         """
         head = self.keys.batch_prefix
         moved = 0
-        for raw_key in self.client.scan_iter(match=_glob_escape(head) + "*", count=scan_count):
+        options: dict[str, Any] = {}
+        if isinstance(self.client, RedisCluster):
+            # Only the node that serves this shard's slot holds its batch keys.
+            options["target_nodes"] = self.client.get_node_from_key(  # type: ignore[no-untyped-call]
+                self.keys.queue
+            )
+        for raw_key in self.client.scan_iter(
+            match=_glob_escape(head) + "*", count=scan_count, **options
+        ):
             batch_key = _as_text(raw_key)
             consumer = batch_key[len(head) :].rpartition(":")[0]
             keys = [batch_key, self.keys.held(consumer), self.keys.consumers, self.keys.queue]

@@ -22,6 +22,7 @@ SCRIPTS = (
     "fetch",
     "resolve",
     "release",
+    "expired",
     "reclaim",
     "sweep",
     "renew",

@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 import click
-import redis
 
-from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.topology import Topology, connect
 from aicm_tasks.errors import SettingsError
 from aicm_tasks.settings import Settings
 
@@ -30,13 +29,10 @@ def load_settings() -> Settings:
         raise BadSettingError(str(exc)) from None
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client for operator commands (short timeouts: a human is waiting)."""
-    return redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3, socket_timeout=10)
-
-
-def keys_of(settings: Settings) -> Keys:
-    return Keys(settings.queue, settings.key_prefix)
+def topology_of(settings: Settings) -> Topology:
+    """Every shard, with the operator commands' short timeouts. The commands
+    read and change all shards as one pipeline."""
+    return connect(settings, socket_connect_timeout=3, socket_timeout=10)
 
 
 def echo_json(value: Any) -> None:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection, selection_of
-from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 from aicm_tasks.errors import DeadLetterNotFoundError
 from aicm_tasks.worker.outcomes import Reason
 
@@ -27,7 +27,8 @@ WIDE_COLUMNS = 100_000
 
 def _store() -> DeadLetterStore:
     settings = load_settings()
-    return DeadLetterStore(redis_client(settings), keys_of(settings))
+    # Every shard's dead letters, as one store (an id is found wherever it is).
+    return DeadLetterStore.over(topology_of(settings).stores)
 
 
 def _selection_options(func: Callable[..., Any]) -> Callable[..., Any]:

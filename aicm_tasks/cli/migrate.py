@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import redis
 
-from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.producer.sqlite_import import DEFAULT_CHUNK, SDK_STATUSES, import_sqlite_queue
 from aicm_tasks.redact import redact_url
@@ -32,10 +32,14 @@ def import_sqlite(path: Path, dry_run: bool, chunk: int, as_json: bool) -> None:
     file first."""
     settings = load_settings()
     try:
+        # The first shard: the import remembers what it published (the
+        # ``imported`` set) in the same transaction as the push, so both must
+        # live in one slot; workers consume every shard alike.
+        store = topology_of(settings).stores[0]
         report = import_sqlite_queue(
             path,
-            redis_client(settings),
-            keys_of(settings),
+            store.client,
+            store.keys,
             dry_run=dry_run,
             max_record_bytes=settings.max_record_bytes,
             chunk=chunk,

@@ -7,8 +7,8 @@ import dataclasses
 import click
 import redis
 
-from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
+from aicm_tasks.producer.shards import ShardedTarget
 from aicm_tasks.producer.spool import Spool
 
 
@@ -44,9 +44,10 @@ def status(as_json: bool) -> None:
 def drain(as_json: bool) -> None:
     """Push every record spooled for the configured queue to the broker now."""
     settings = load_settings()
-    store = RecordStore(redis_client(settings), keys_of(settings))
     try:
-        pushed = Spool.for_settings(settings).drain(store)
+        # To whichever shards answer, in turn, as the producer would.
+        target = ShardedTarget(topology_of(settings).stores)
+        pushed = Spool.for_settings(settings).drain(target)
     except redis.RedisError as exc:
         raise click.ClickException(
             f"the broker did not answer; records stay spooled: {exc}"

@@ -14,15 +14,17 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from aicm_tasks.broker.figures import Figures, Thresholds, read_figures
+from aicm_tasks.broker.figures import Figures, Thresholds
 from aicm_tasks.broker.health import ALIVE_WITHIN_S, DEFAULT_MAX_OLDEST_QUEUED_S
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.cli.common import echo_json, json_option, keys_of, load_settings, redis_client
+from aicm_tasks.broker.shard_figures import read_all_figures
+from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 from aicm_tasks.settings import Settings
 
 
-def _store(settings: Settings) -> RecordStore:
-    return RecordStore(redis_client(settings), keys_of(settings))
+def _stores(settings: Settings) -> list[RecordStore]:
+    """Every shard's store: status and monitor sum them into one pipeline."""
+    return topology_of(settings).stores
 
 
 def _thresholds_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,7 +83,7 @@ def status(
     settings = load_settings()
     thresholds = _thresholds(settings, no_worker_s, max_oldest_s, max_dead_letters, window_s)
     try:
-        figures = read_figures(_store(settings), thresholds)
+        figures = read_all_figures(_stores(settings), thresholds)
     except redis.RedisError as exc:
         if as_json:
             echo_json({"healthy": False, "problems": [f"the broker did not answer: {exc}"]})
@@ -114,16 +116,16 @@ def monitor(
 ) -> None:
     """A live view of the pipeline; Ctrl-C quits."""
     settings = load_settings()
-    store = _store(settings)
+    stores = _stores(settings)
     thresholds = _thresholds(settings, no_worker_s, max_oldest_s, max_dead_letters, window_s)
     try:
         with Live(
-            render(read_figures(store, thresholds)), refresh_per_second=4, screen=False
+            render(read_all_figures(stores, thresholds)), refresh_per_second=4, screen=False
         ) as live:
             while not once:
                 time.sleep(interval)
                 try:
-                    live.update(render(read_figures(store, thresholds)))
+                    live.update(render(read_all_figures(stores, thresholds)))
                 except redis.RedisError as exc:
                     live.update(f"[red]the broker did not answer: {exc}[/red]")
     except KeyboardInterrupt:

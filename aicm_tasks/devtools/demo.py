@@ -26,8 +26,8 @@ import httpx
 import redis
 
 from aicm_tasks.app import create_app
-from aicm_tasks.broker.keys import Keys, dead_lettered_by_reason
-from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.keys import dead_lettered_by_reason
+from aicm_tasks.broker.topology import connect
 from aicm_tasks.devtools.processes import (
     free_port,
     redis_answers,
@@ -150,13 +150,14 @@ class Demo:
             "AICM_API_BASE": f"http://127.0.0.1:{self.port}",
             "AICM_QUEUE": self.demo_settings.queue,
             "AICM_KEY_PREFIX": self.demo_settings.key_prefix,
+            # The shards, when configured (the demo then runs over all of them).
+            **_shard_env(self.demo_settings),
         }
         worker = start_worker(env, name=f"demo-{self.run_id}", log_path=self.workdir / "worker.log")
         self._processes.append(worker)
-        self.store = RecordStore(
-            redis.Redis.from_url(self.broker_url),
-            Keys(self.demo_settings.queue, self.demo_settings.key_prefix),
-        )
+        self.stores = connect(self.demo_settings).stores
+        #: The first shard: where the demo's hand-made records go.
+        self.store = self.stores[0]
         wait_until(
             lambda: self.store.depth()["workers"] > 0 or worker.poll() is not None,
             60,
@@ -211,7 +212,7 @@ class Demo:
                 raise TimeoutError(f"not every record settled within {timeout_s:.0f}s: {progress}")
             time.sleep(0.1)
         seconds = time.monotonic() - started
-        stats = self.store.stats()
+        stats = self._stats()
         server = httpx.get(
             f"http://127.0.0.1:{self.port}/api/v1/stats",
             headers={"Authorization": f"Bearer {self.api_key}"},
@@ -225,13 +226,28 @@ class Demo:
             duplicates_at_server=int(server.get("duplicates", 0)),
             seconds=seconds,
             publish_seconds=publish_seconds,
-            broker=redact_url(self.broker_url),
+            broker=self._where(),
             private_redis=self.private_redis,
             expected_dead=expected,
         )
 
+    def _where(self) -> str:
+        """Where the records went: the broker, or the shards and their Redis servers."""
+        urls = self.demo_settings.shard_urls
+        if not urls:
+            return redact_url(self.broker_url)
+        return f"{len(self.stores)} shards on " + ", ".join(redact_url(u) for u in urls)
+
+    def _stats(self) -> dict[str, int]:
+        """The delivery counters of every shard, added up."""
+        total: dict[str, int] = {}
+        for store in self.stores:
+            for name, count in store.stats().items():
+                total[name] = total.get(name, 0) + count
+        return total
+
     def _progress(self, published: int, started: float) -> Progress:
-        stats = self.store.stats()
+        stats = self._stats()
         dead = sum(dead_lettered_by_reason(stats).values())
         return Progress(published, stats.get("delivered", 0), dead, time.monotonic() - started)
 
@@ -241,15 +257,27 @@ class Demo:
             if "redis-server" in str(process.args):
                 continue
             stop_process(process)
-        store = getattr(self, "store", None)
-        if store is not None:
+        for store in getattr(self, "stores", []):
             try:
                 client = store.client
                 doomed = [store.keys.queue, *client.scan_iter(match=f"{store.keys.prefix}:*")]
-                if doomed:
-                    client.delete(*doomed)
+                # One by one: on a cluster a DEL of several keys must stay in one slot.
+                for key in doomed:
+                    client.delete(key)
             except redis.RedisError as exc:
                 logger.warning("could not remove the demo's keys: %s", exc)
         for process in self._processes:
             stop_process(process)
         self._processes.clear()
+
+
+def _shard_env(settings: Settings) -> dict[str, str]:
+    """The shard settings as the worker's environment (none when unsharded)."""
+    env: dict[str, str] = {}
+    if settings.shard_urls:
+        env["AICM_SHARD_URLS"] = ",".join(settings.shard_urls)
+    if settings.redis_cluster:
+        env["AICM_REDIS_CLUSTER"] = "true"
+    if settings.shards is not None:
+        env["AICM_SHARDS"] = str(settings.shards)
+    return env

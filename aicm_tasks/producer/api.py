@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 import redis
 
-from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.limits import LimitStore
+from aicm_tasks.broker.records import BrokerClient
+from aicm_tasks.broker.topology import cluster_client, layout_of, record_urls
 from aicm_tasks.errors import RecordTypeError, RecordValueError
 from aicm_tasks.producer.anonymize import Anonymization, Anonymizer
 from aicm_tasks.producer.limit_guard import LimitGuard
@@ -121,10 +122,12 @@ class Producer:
         self._limit_store: LimitStore | None = None
         #: Read once: with limits off, a publish pays one attribute test for them.
         self._enforce_limits = settings.limits_enabled
+        # One limits set for the pipeline, on shard 0 (the workers write it there).
+        self._limits_place = layout_of(settings).places[0]
         self.limits = LimitGuard(
             self._limits_store,
             refresh_s=settings.limits_refresh_ms / 1000,
-            channel=Keys(settings.queue, settings.key_prefix).limits_changed,
+            channel=self._limits_place.keys.limits_changed,
             subscriber_client=self._subscriber_client,
         )
 
@@ -134,11 +137,20 @@ class Producer:
             self._limit_store = LimitStore(self.publisher.store.client, self.publisher.store.keys)
         return self._limit_store
 
-    def _subscriber_client(self) -> redis.Redis:
+    def _subscriber_client(self) -> BrokerClient:
         # Its own connection, without the publisher's socket timeout: it waits
         # for messages indefinitely (keepalive and health checks notice a dead peer).
+        # Shard 0's Redis, where the limits live. On a cluster, redis-py's
+        # ClusterPubSub subscribes on the node serving the channel's slot (the
+        # channel carries shard 0's hash tag); a PUBLISH reaches every node anyway.
+        if self.settings.redis_cluster:
+            return cluster_client(
+                record_urls(self.settings),
+                socket_connect_timeout=self.settings.publish_timeout_s,
+                socket_keepalive=True,
+            )
         return redis.Redis.from_url(
-            self.settings.broker_url,
+            self._limits_place.url,
             socket_connect_timeout=self.settings.publish_timeout_s,
             socket_keepalive=True,
             health_check_interval=30,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from aicm_tasks.broker.limits import LimitStore, source_of
+from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.errors import usage_limit_exceeded_class
 from aicm_tasks.limits import TriggeredLimit, matching
 from aicm_tasks.producer.record import Record
@@ -55,7 +56,7 @@ class LimitGuard:
         *,
         refresh_s: float,
         channel: str | None = None,
-        subscriber_client: Callable[[], redis.Redis] | None = None,
+        subscriber_client: Callable[[], BrokerClient] | None = None,
     ) -> None:
         self._store_factory = store
         self.refresh_s = refresh_s

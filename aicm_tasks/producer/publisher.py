@@ -5,7 +5,9 @@ most of its time building a printable copy of the arguments and a protocol-2
 envelope (and kombu 5.7 builds a new Redis client per publish); the worker
 reads records in bulk straight from the Redis list, so it needs none of that.
 The list is still the Celery queue named in the app's ``task_queues``, so
-Celery and Flower tools see its length.
+Celery and Flower tools see its length (with one shard: sharded queues carry
+their shard's hash tag, see :mod:`aicm_tasks.broker.topology`). With several
+shards each publish goes to the next shard that answers (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.topology import Topology, connect, record_urls
 from aicm_tasks.errors import PublishError
 from aicm_tasks.producer.record import Record
+from aicm_tasks.producer.shards import ShardedTarget
 from aicm_tasks.producer.spool import Spool
 from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
@@ -37,25 +40,28 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._store: RecordStore | None = None
+        self._target: ShardedTarget | None = None
         self._lock = threading.Lock()
         self.spool: Spool | None = Spool.for_settings(settings) if settings.spool_enabled else None
         self._spooling = False
         self._checked_leftovers_pid = -1
 
     @property
-    def store(self) -> RecordStore:
-        """The broker store, connected on first use."""
-        store = self._store
-        if store is None:
+    def target(self) -> ShardedTarget:
+        """Every shard, connected on first use (a cluster client learns the slot
+        map then: raises :class:`redis.RedisError` when no node answers)."""
+        target = self._target
+        if target is None:
             with self._lock:
-                if self._store is None:
-                    self._store = RecordStore(
-                        producer_client(self.settings),
-                        Keys(self.settings.queue, self.settings.key_prefix),
-                    )
-                store = self._store
-        return store
+                if self._target is None:
+                    self._target = ShardedTarget(producer_topology(self.settings).stores)
+                target = self._target
+        return target
+
+    @property
+    def store(self) -> RecordStore:
+        """The first shard's store (the only one, unless sharded)."""
+        return self.target.stores[0]
 
     def publish(self, record: Record, *, due_epoch_s: float | None = None) -> None:
         """Put one record on the queue (or in the scheduled set when ``due_epoch_s``).
@@ -67,9 +73,9 @@ class Publisher:
             self._resume_leftovers()
         try:
             if due_epoch_s is None:
-                self.store.push(record.message)
+                self.target.run(lambda store: store.push(record.message))
             else:
-                self.store.schedule([(due_epoch_s, record.message)])
+                self.target.run(lambda store: store.schedule([(due_epoch_s, record.message)]))
         except redis.RedisError as exc:
             self._fallback([record], exc, due_epoch_s)
             return
@@ -80,14 +86,14 @@ class Publisher:
         if not records:
             return
         try:
-            self.store.push_many([record.message for record in records])
+            self.target.push_many([record.message for record in records])
         except redis.RedisError as exc:
             self._fallback(records, exc)
 
     def _fallback(
         self, records: Sequence[Record], exc: redis.RedisError, due_epoch_s: float | None = None
     ) -> None:
-        where = redact_url(self.settings.broker_url)
+        where = ", ".join(redact_url(url) for url in record_urls(self.settings))
         what = (
             f"record {records[0].response_id}"
             if len(records) == 1
@@ -108,7 +114,19 @@ class Publisher:
                 self.spool.directory,
             )
             self._spooling = True
-        self.spool.ensure_drainer(self.store, self._broker_answers)
+        self._start_drainer()
+
+    def _start_drainer(self) -> None:
+        """The spool's drain thread, pushing to whichever shards answer."""
+        if self.spool is None:
+            return
+        try:
+            target = self.target
+        except redis.RedisError:
+            # No cluster node answered yet: the thread connects when one does.
+            self.spool.ensure_drainer(_LazyTarget(self), self._broker_answers)
+            return
+        self.spool.ensure_drainer(target, self._broker_answers)
 
     def _resume_leftovers(self) -> None:
         """Once per process: records spooled for our queue by a process that died are
@@ -122,24 +140,38 @@ class Publisher:
             logger.warning("the spool in %s cannot be read: %s", self.spool.directory, exc)
             return
         if waiting:
-            self.spool.ensure_drainer(self.store, self._broker_answers)
+            self._start_drainer()
 
     def _broker_answers(self) -> bool:
         try:
-            return bool(self.store.client.ping())
+            return self.target.answers()
         except redis.RedisError:
             return False
 
 
-def producer_client(settings: Settings) -> redis.Redis:
-    """A Redis client whose every call ends within about ``publish_timeout_s``.
+class _LazyTarget:
+    """The publisher's shards, looked up at each push (a spool target for a drain
+    thread started before any shard answered)."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    def push_many(self, messages: Sequence[bytes]) -> None:
+        self.publisher.target.push_many(messages)
+
+    def schedule(self, items: Iterable[tuple[float, bytes]]) -> None:
+        self.publisher.target.schedule(items)
+
+
+def producer_topology(settings: Settings) -> Topology:
+    """Every shard with clients whose every call ends within about ``publish_timeout_s``.
 
     Each attempt gets half the budget, and one retry on a fresh connection covers
     a pooled connection that went stale (a Redis restart).
     """
     half_s = settings.publish_timeout_s / 2
-    return redis.Redis.from_url(
-        settings.broker_url,
+    return connect(
+        settings,
         socket_connect_timeout=half_s,
         socket_timeout=half_s,
         retry=Retry(NoBackoff(), 1),

@@ -169,7 +169,7 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
         if spool is None or not spool.has_records():
             return
         try:
-            spool.drain(publisher.store)
+            spool.drain(publisher.target)
         except redis.RedisError as exc:
             logger.warning(
                 "%d records stay spooled in %s: the broker does not answer (%s); the "

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.contract import SDK_FIELDS
 from aicm_tasks.errors import ConfigurationError, RecordError
 from aicm_tasks.producer.record import Record, build_record
@@ -136,7 +135,7 @@ def record_of_row(payload_json: str, max_bytes: int) -> Record:
 
 def import_sqlite_queue(
     path: Path,
-    client: redis.Redis,
+    client: BrokerClient,
     keys: Keys,
     *,
     dry_run: bool = False,

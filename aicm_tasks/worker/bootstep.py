@@ -14,13 +14,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from celery import bootsteps
 from celery.worker import control
 
-from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.limits import DEFAULT_SOURCE, LimitStore
-from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.topology import Topology, connect, uneven
 from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.settings import Settings
 from aicm_tasks.worker.events import TaskEvents
@@ -106,8 +104,8 @@ def build_service(
     """Build the delivery service a worker process runs, from settings."""
     require_api_key(settings)
     default_key = settings.api_key.get_secret_value() if settings.api_key else ""
-    client = redis.Redis.from_url(
-        settings.broker_url,
+    topology = connect(
+        settings,
         socket_connect_timeout=5.0,
         # Longer than the longest blocking wait (BLMOVE), so a wait never times out
         # on the socket, yet a blackholed Redis is noticed.
@@ -115,13 +113,17 @@ def build_service(
         socket_keepalive=True,
         health_check_interval=30,
     )
+    if len(topology.shards) > 1 or topology.cluster:
+        log_placement(topology)
     keys = {alias: key.get_secret_value() for alias, key in settings.api_keys.items()}
     keys_by_source = {DEFAULT_SOURCE: default_key, **keys} if default_key else keys
     # Every answer's triggered limits are kept, limits enabled or not: they cost
     # nothing to read, and producers that enable limits need the set the moment
     # they do. Only the GET /triggered-limits poll waits for AICM_LIMITS_ENABLED.
+    # One limits set for the whole pipeline, on shard 0 (every producer reads it there).
+    shard_zero = topology.stores[0]
     keeper = LimitsKeeper(
-        LimitStore(client, Keys(settings.queue, settings.key_prefix)),
+        LimitStore(shard_zero.client, shard_zero.keys),
         key_ids={source: api_key_id(key) for source, key in keys_by_source.items()},
         pinned_public_key=settings.limits_public_key,
     )
@@ -141,8 +143,10 @@ def build_service(
         "auth_retry_interval_s": settings.auth_retry_interval_s,
         "redelivery_timeout_s": settings.redelivery_timeout_s,
     }
-    store = RecordStore(client, Keys(settings.queue, settings.key_prefix))
-    options["observers"] = [RedisFigures(client, store.keys), *extra_observers]
+    stores = topology.stores
+    # Rates and last errors go to the first shard: figures, not records, so a
+    # shard that is down costs a blank figure at worst (status sums every shard).
+    options["observers"] = [RedisFigures(stores[0].client, stores[0].keys), *extra_observers]
     options["aliases"] = {alias: transport.sender(alias) for alias in transport.aliases}
     # Its pooled connections are closed when the service stops (not at exit):
     # a worker stopped and started again by Celery builds a new transport.
@@ -158,7 +162,25 @@ def build_service(
             )
         ]
     options.update(overrides)
-    return DeliveryService(store, transport.poster(), **options)
+    return DeliveryService(stores, transport.poster(), **options)
+
+
+def log_placement(topology: Topology) -> None:
+    """Which server holds which shard, and a warning when some hold two or more
+    shards than others: the load follows the shards, and on Redis Cluster a
+    shard's slot is decided by its hash tag, not by the cluster's layout."""
+    placed = topology.shards_per_server()
+    listing = "; ".join(
+        f"{server}: {shards or 'none'}" for server, shards in sorted(placed.items())
+    )
+    logger.info("shards by Redis server: %s", listing)
+    if uneven(placed):
+        logger.warning(
+            "shards are spread unevenly over the Redis servers (%s): move their slots "
+            "(redis-cli --cluster reshard; CLUSTER KEYSLOT names each shard's) or raise "
+            "AICM_SHARDS, see docs/how-it-works.md#shards",
+            listing,
+        )
 
 
 def require_api_key(settings: Settings) -> None:

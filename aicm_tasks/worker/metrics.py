@@ -68,12 +68,19 @@ class Metrics(Observer):
         )
         # celery-exporter's name, type and label (a Gauge "celery_queue_length",
         # label "queue_name", set to the Redis queue's LLEN as it reads it); not
-        # prefixed, so dashboards built on it find the tracking queue.
+        # prefixed, so dashboards built on it find the tracking queue. With
+        # several shards, the sum of every shard's list under the queue's name.
         self.celery_queue_length = Gauge(
             "celery_queue_length",
             "The number of message in broker queue (celery-exporter's name): records "
             "queued in the tracking queue.",
             ["queue_name"],
+            registry=r,
+        )
+        self.shard_depth_gauge = Gauge(
+            "aicm_shard_records",
+            "Records by shard and where they are (with several shards; aicm_records sums them).",
+            ["shard", "state"],
             registry=r,
         )
         self.workers = Gauge("aicm_workers_with_lease", "Workers holding a live lease.", registry=r)
@@ -110,6 +117,10 @@ class Metrics(Observer):
             self.depth.labels(state=state).set(depth.get(state, 0))
         self.celery_queue_length.labels(queue_name=self.queue).set(depth.get("queued", 0))
         self.workers.set(depth.get("workers", 0))
+
+    def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
+        for state in ("queued", "scheduled", "held", "dead_letters"):
+            self.shard_depth_gauge.labels(shard=str(shard), state=state).set(depth.get(state, 0))
 
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         evicting = evicts_records(settings)

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import redis
-
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import Item
+from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.broker.redis_settings import BrokerSettings, Finding
 from aicm_tasks.worker.delivery import Summary
 
@@ -51,6 +50,9 @@ class Observer:
     def housekeeping(self, depth: dict[str, int]) -> None:
         """Every few housekeeping rounds: the queue depth, held, scheduled, dead letters."""
 
+    def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
+        """With several shards, beside :meth:`housekeeping`: one shard's depth."""
+
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         """After each reading of the broker's eviction and persistence settings."""
 
@@ -81,6 +83,9 @@ class Observers(Observer):
     def housekeeping(self, depth: dict[str, int]) -> None:
         self._each(lambda o: o.housekeeping(depth), "housekeeping")
 
+    def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
+        self._each(lambda o: o.shard_depth(shard, depth), "shard_depth")
+
     def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
         self._each(lambda o: o.redis_settings_read(settings, findings), "redis_settings_read")
 
@@ -93,7 +98,7 @@ class RedisFigures(Observer):
     round trip): see :class:`aicm_tasks.broker.resolution.Resolution`.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: BrokerClient, keys: Keys) -> None:
         self.client = client
         self.keys = keys
 

@@ -1,7 +1,10 @@
 """The delivery loop a worker process runs: fetch a batch, deliver it, settle it.
 
 :class:`DeliveryService` owns a few delivery threads and one housekeeping
-thread (:mod:`aicm_tasks.worker.housekeeping`). It knows Redis (through :class:`~aicm_tasks.broker.records.RecordStore`) and
+thread (:mod:`aicm_tasks.worker.housekeeping`). With several shards
+(:mod:`aicm_tasks.broker.topology`) each batch is taken from the next shard in
+turn, so every worker consumes every shard and none needs a coordinator; a
+shard whose Redis fails is skipped, backing off, while the others are served. It knows Redis (through :class:`~aicm_tasks.broker.records.RecordStore`) and
 the transport, but not Celery: the bootstep in :mod:`aicm_tasks.worker.bootstep`
 starts and stops it.
 """
@@ -25,6 +28,7 @@ from aicm_tasks.broker.redis_settings import CHECK_INTERVAL_S, Finding
 from aicm_tasks.broker.resolution import Resolution
 from aicm_tasks.worker.attempts import attempt
 from aicm_tasks.worker.delivery import Summary, plan, plan_after_error
+from aicm_tasks.worker.held import HeldBatches
 from aicm_tasks.worker.housekeeping import Housekeeping
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
 from aicm_tasks.worker.outcomes import BatchVerdict, Post
@@ -34,11 +38,16 @@ from aicm_tasks.worker.retry import (
     BackoffPolicy,
     next_pause_s,
 )
+from aicm_tasks.worker.shards import ShardTurns
 
 logger = logging.getLogger(__name__)
 
 #: Longest single wait for the queue, so a stop request is noticed quickly.
 MAX_WAIT_S = 1.0
+#: Shortest wait on one shard's queue when several are idle, in seconds (the
+#: wait is MAX_WAIT_S shared between shards: a record on another shard waits
+#: at most one round of them).
+MIN_SHARD_WAIT_S = 0.1
 #: While a batch fills, how often to take what has arrived, in seconds.
 GATHER_POLL_S = 0.02
 #: During shutdown, how long to keep trying to settle a batch while Redis is
@@ -53,7 +62,7 @@ class DeliveryService:
 
     def __init__(
         self,
-        store: RecordStore,
+        store: RecordStore | Sequence[RecordStore],
         post: Post | None,
         *,
         batch_size: int,
@@ -69,7 +78,11 @@ class DeliveryService:
         background: Sequence[Callable[[threading.Event], None]] = (),
         name: str = "",
     ) -> None:
-        self.store = store
+        #: Every shard's store (one unless sharded); ``store`` is the first.
+        self.stores = [store] if isinstance(store, RecordStore) else list(store)
+        if not self.stores:
+            raise ValueError("DeliveryService needs at least one RecordStore")
+        self.store = self.stores[0]
         #: More threads to run until the service stops (the triggered-limits poll),
         #: each given the stop event.
         self.background = tuple(background)
@@ -91,29 +104,35 @@ class DeliveryService:
         self.lease_s = redelivery_timeout_s
         self.observers = Observers(observers)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Batches taken and not settled yet, with the store (shard) each lives in.
+        self.held = HeldBatches(self.consumer)
         self.housekeeping = Housekeeping(
-            store,
+            self.stores,
             self.consumer,
             name=name,
             lease_s=self.lease_s,
             observers=self.observers,
             settings_check_interval_s=settings_check_interval_s,
+            release_strays=self.held.release_strays,
         )
         self._numbers = itertools.count()
+        self._turns = ShardTurns(len(self.stores))
+        self._wait_s = (
+            MAX_WAIT_S
+            if len(self.stores) == 1
+            else max(MIN_SHARD_WAIT_S, MAX_WAIT_S / len(self.stores))
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._held: set[str] = set()
-        self._held_lock = threading.Lock()
         self._gather_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         """Register the lease and start the threads."""
         self._stop.clear()
-        self._retrying(
-            "register lease",
-            lambda: self.store.renew_lease(self.consumer, self.lease_s, self.name) > 0,
-        )
+        # Waits until one shard answers; one that does not is registered by
+        # housekeeping (and by its first fetch) once it does.
+        self._retrying("register lease", self._register_lease)
         housekeeping = threading.Thread(
             target=self.housekeeping.run, args=(self._stop,), name="aicm-housekeeping", daemon=True
         )
@@ -133,10 +152,12 @@ class DeliveryService:
         for thread in self._threads:
             thread.start()
         logger.info(
-            "delivery started: worker=%s consumer=%s queue=%s batch_size=%d flush_interval_s=%.3g threads=%d",
+            "delivery started: worker=%s consumer=%s queue=%s shards=%d batch_size=%d "
+            "flush_interval_s=%.3g threads=%d",
             self.name or "-",
             self.consumer,
             self.store.keys.queue,
+            len(self.stores),
             self.batch_size,
             self.flush_interval_s,
             self.concurrency,
@@ -148,11 +169,9 @@ class DeliveryService:
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        with self._held_lock:
-            left = list(self._held)
-        for batch_key in left:
+        for batch_key, store in self.held.items():
             try:
-                returned = self.store.release(self.consumer, batch_key)
+                returned = store.release(self.consumer, batch_key)
                 logger.warning("handed %d records back to the queue at shutdown", returned)
             except redis.RedisError as exc:
                 logger.error(
@@ -161,10 +180,13 @@ class DeliveryService:
                     exc,
                 )
         if not any(t.is_alive() for t in self._threads[1 : 1 + self.concurrency]):
-            try:
-                self.store.drop_lease(self.consumer)
-            except redis.RedisError as exc:
-                logger.warning("could not drop lease at shutdown: %s", exc)
+            for store in self.stores:
+                try:
+                    store.drop_lease(self.consumer)
+                except redis.RedisError as exc:
+                    logger.warning(
+                        "could not drop lease at shutdown (shard %d): %s", store.keys.shard, exc
+                    )
         if not any(t.is_alive() for t in self._threads):
             for close in self.on_stopped:
                 try:
@@ -178,49 +200,55 @@ class DeliveryService:
         return self._stop.is_set()
 
     # -- delivery ----------------------------------------------------------------
-    def _deliver_loop(self) -> None:
-        pause_s = REDIS_RETRY_MIN_S
-        while not self._stop.is_set():
-            batch_key = self.store.keys.batch(self.consumer, next(self._numbers))
-            with self._held_lock:
-                self._held.add(batch_key)
+    def _register_lease(self) -> bool:
+        registered = False
+        for store in self.stores:
             try:
-                self._run_one_batch(batch_key)
-                pause_s = REDIS_RETRY_MIN_S
+                registered = (
+                    store.renew_lease(self.consumer, self.lease_s, self.name) > 0 or registered
+                )
             except redis.RedisError as exc:
-                logger.warning("broker error in delivery (%s); retrying in %.1fs", exc, pause_s)
-                self._stop.wait(pause_s)
-                pause_s = next_pause_s(pause_s)
+                if len(self.stores) == 1:
+                    raise
+                logger.warning("shard %d does not answer yet (%s)", store.keys.shard, exc)
+        if not registered:
+            raise redis.ConnectionError("no shard answered")
+        return True
+
+    def _deliver_loop(self) -> None:
+        while not self._stop.is_set():
+            self.held.retry_hand_backs(lambda store: self._turns.ready(self.stores.index(store)))
+            index = self._turns.next()
+            if index is None:
+                self._stop.wait(self._turns.until_one_is_ready_s())
+                continue
+            store = self.stores[index]
+            batch_key = store.keys.batch(self.consumer, next(self._numbers))
+            self.held.add(batch_key, store)
+            try:
+                self._run_one_batch(store, batch_key)
+                self._turns.succeeded(index)
+            except redis.RedisError as exc:
+                pause_s = self._turns.failed(index)
+                logger.warning(
+                    "broker error in delivery on shard %d (%s); retrying it in %.1fs",
+                    store.keys.shard,
+                    exc,
+                    pause_s,
+                )
             except Exception:  # a bug must not kill the thread
                 logger.exception("unexpected error in delivery; the batch goes back to the queue")
                 self._stop.wait(REDIS_RETRY_MAX_S)
             finally:
-                self._hand_back_if_unsettled(batch_key)
+                self.held.hand_back_if_unsettled(store, batch_key)
 
-    def _hand_back_if_unsettled(self, batch_key: str) -> None:
-        """A batch interrupted before it was settled goes back to the queue.
-
-        Left alone it would stay held under a lease this live worker keeps
-        renewing, so nobody would ever reclaim it.
-        """
-        with self._held_lock:
-            if batch_key not in self._held:
-                return
-        if self._retrying(
-            "hand back an interrupted batch",
-            lambda: self.store.release(self.consumer, batch_key) >= 0,
-        ):
-            with self._held_lock:
-                self._held.discard(batch_key)
-
-    def _run_one_batch(self, batch_key: str) -> None:
-        raw, owned = self._gather(batch_key)
+    def _run_one_batch(self, store: RecordStore, batch_key: str) -> None:
+        raw, owned = self._gather(store, batch_key)
         if not owned:
             # Reclaimed while it filled (a pause longer than the lease): what was
             # taken before is back in the queue already; not sent, so no duplicates.
-            returned = self.store.release(self.consumer, batch_key)
-            with self._held_lock:
-                self._held.discard(batch_key)
+            returned = store.release(self.consumer, batch_key)
+            self.held.discard(batch_key)
             logger.warning(
                 "batch %s was reclaimed while it filled (lease lost); %d records were "
                 "not sent and %d stray ones went back to the queue",
@@ -231,9 +259,8 @@ class DeliveryService:
             return
         if not raw:
             # Nothing arrived: the (empty) batch key is still registered; settle it.
-            self.store.resolve(self.consumer, batch_key, _EMPTY)
-            with self._held_lock:
-                self._held.discard(batch_key)
+            store.resolve(self.consumer, batch_key, _EMPTY)
+            self.held.discard(batch_key)
             return
         started = time.monotonic()
         try:
@@ -261,10 +288,9 @@ class DeliveryService:
             items = []
             resolution, summary = plan_after_error(raw, exc, self.policy)
         settled = self._retrying(
-            "settle batch", lambda: self.store.resolve(self.consumer, batch_key, resolution)
+            "settle batch", lambda: store.resolve(self.consumer, batch_key, resolution)
         )
-        with self._held_lock:
-            self._held.discard(batch_key)
+        self.held.discard(batch_key)
         elapsed_s = time.monotonic() - started
         if not settled:
             logger.warning(
@@ -288,7 +314,7 @@ class DeliveryService:
 
         return timed_post
 
-    def _gather(self, batch_key: str) -> tuple[list[bytes], bool]:
+    def _gather(self, store: RecordStore, batch_key: str) -> tuple[list[bytes], bool]:
         """Take up to batch_size records: all at once from a backlog, or what
         arrives within flush_interval_s of the first one. Returns the records
         and whether the batch is still ours (False: reclaimed while it filled).
@@ -300,9 +326,9 @@ class DeliveryService:
         round trip per poll, not per record.
         """
         with self._gather_lock:
-            raw = self.store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s) or []
+            raw = store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s) or []
             if not raw:
-                first = self.store.wait_one(batch_key, MAX_WAIT_S)
+                first = store.wait_one(batch_key, self._wait_s)
                 if first is None:
                     return [], True
                 raw = [first]
@@ -312,7 +338,7 @@ class DeliveryService:
                 if remaining_s <= 0:
                     break
                 self._stop.wait(min(remaining_s, GATHER_POLL_S))
-                more = self.store.fetch(
+                more = store.fetch(
                     self.consumer, batch_key, self.batch_size - len(raw), self.lease_s, first=False
                 )
                 if more is None:

@@ -351,7 +351,7 @@ def test_countdown_and_eta_records_keep_their_due_time_through_the_spool(
     spool.stop_drainer()
     assert spool.status().records == 3
     private_redis.start()
-    assert spool.drain(track.publisher.store) == 3
+    assert spool.drain(track.publisher.target) == 3
     client = redis.Redis.from_url(private_redis.url)
     # bytes: redis-py types a reply as bytes | str, whatever decode_responses says.
     due = cast(
@@ -387,10 +387,10 @@ def test_a_drainer_of_another_queue_never_takes_this_queues_records(
     spool_of(pipeline.track).stop_drainer()  # this test says who drains first
     private_redis.start()  # loads its AOF
     restarted = time.monotonic()
-    spool_of(stale.track).drain(stale.track.publisher.store)  # what its thread does
+    spool_of(stale.track).drain(stale.track.publisher.target)  # what its thread does
     stale_queue = queued_ids(stale.client, stale.settings.queue)
     assert stale_queue == ["stale-0"]
-    spool_of(pipeline.track).drain(pipeline.track.publisher.store)
+    spool_of(pipeline.track).drain(pipeline.track.publisher.target)
     pipeline.wait_drained(timeout_s=180)
     result = account(
         pipeline,

@@ -57,6 +57,16 @@ TABLE = [
     ),
     Row("queue", "aicm.tracking", [("billing.q", "billing.q")], []),
     Row("key_prefix", "aicm", [("acme", "acme")], []),
+    Row(
+        "shard_urls",
+        (),
+        [("redis://a:6379/0, redis://b:6379/0", ("redis://a:6379/0", "redis://b:6379/0"))],
+        ["http://a:6379", "redis://a:6379/0,redis://a:6379/0", "redis://:pa/ss@host:6379/0"],
+    ),
+    Row("redis_cluster", False, [], ["maybe"]),
+    Row("shards", None, [("1", 1), ("1024", 1024)], ["0", "1025", "two"]),
+    Row("replica_acks", 0, [("1", 1), ("5", 5)], ["-1", "6"]),
+    Row("replica_ack_timeout_s", 0.2, [("0.05", 0.05)], ["0"]),
     Row("publish_timeout_s", 1.0, [("0.25", 0.25)], ["0", "-1", "soon"]),
     Row("max_record_bytes", 32768, [("256", 256), ("1048576", 1048576)], ["255", "1048577", "1e3x"]),
     Row("spool_enabled", True, [("false", False), ("0", False), ("yes", True)], ["maybe"]),
@@ -226,6 +236,62 @@ def test_a_bad_key_alias_is_refused_without_echoing_the_key(
         Settings.from_env()
     assert "sk-team-secret-42" not in str(failure.value)
     assert str(failure.value).startswith("AICM_API_KEYS: 'bad alias!' is not an alias name")
+
+
+def test_a_cluster_needs_its_node_urls_and_celery_keeps_the_broker_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_REDIS_CLUSTER", "true")
+    with pytest.raises(ValidationError, match="AICM_REDIS_CLUSTER=true needs AICM_SHARD_URLS"):
+        Settings()
+    monkeypatch.setenv("AICM_SHARD_URLS", "redis://n1:7000,redis://n2:7001")
+    settings = Settings()
+    assert settings.redis_cluster is True
+    assert settings.broker_url == "redis://localhost:6379/0"
+
+
+def test_the_replica_wait_must_fit_in_one_publish_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_REPLICA_ACKS", "1")
+    monkeypatch.setenv("AICM_REPLICA_ACK_TIMEOUT_S", "0.5")
+    with pytest.raises(ValidationError, match="must be under half of AICM_PUBLISH_TIMEOUT_S=1"):
+        Settings()
+    monkeypatch.setenv("AICM_PUBLISH_TIMEOUT_S", "2")
+    assert Settings().replica_acks == 1
+
+
+def test_fewer_shards_than_primaries_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AICM_SHARD_URLS", "redis://a:6379/0,redis://b:6379/0,redis://c:6379/0")
+    monkeypatch.setenv("AICM_SHARDS", "2")
+    with pytest.raises(ValidationError, match="AICM_SHARDS=2 leaves some of the 3"):
+        Settings()
+    monkeypatch.setenv("AICM_SHARDS", "6")
+    assert Settings().shards == 6
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AICM_SHARDS": "0"}, "AICM_SHARDS must be at least 1"),
+        ({"AICM_REPLICA_ACKS": "9"}, "AICM_REPLICA_ACKS must be at most 5"),
+        ({"AICM_SHARD_URLS": "http://a:1"}, "AICM_SHARD_URLS: http://a:1 is not a usable shard URL"),
+        ({"AICM_REDIS_CLUSTER": "true"}, "AICM_REDIS_CLUSTER=true needs AICM_SHARD_URLS"),
+        ({"AICM_SHARD_URLS": "redis://a:1,redis://b:1", "AICM_SHARDS": "1"},
+         "AICM_SHARDS=1 leaves some of the 2 AICM_SHARD_URLS unused"),
+    ],
+)  # fmt: skip
+def test_a_bad_shard_setting_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, text in env.items():
+        monkeypatch.setenv(name, text)
+    with pytest.raises(SettingsError) as failure:
+        Settings.from_env()
+    assert str(failure.value).startswith(message)
+    assert "\n" not in str(failure.value)
 
 
 def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from aicm_tasks.broker.dead_letters import CANDIDATES_SHOWN, DeadLetterStore, Selection
-from aicm_tasks.broker.keys import Keys
+from aicm_tasks.broker.keys import Keys, shard_keys
 from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.errors import AmbiguousDeadLetterIdError, DeadLetterNotFoundError
@@ -20,11 +20,13 @@ from tests.support.delivery import deliver
 KEYS = Keys("aicm.tracking", "aicm")
 
 
-def dead_letter(client: redis.Redis, rid: str, status: str, service: str = "acme::x") -> None:
+def dead_letter(
+    client: redis.Redis, rid: str, status: str, service: str = "acme::x", keys: Keys = KEYS
+) -> None:
     """Put a record through a real delivery and settlement that dead-letters it."""
-    store = RecordStore(client, KEYS)
+    store = RecordStore(client, keys)
     store.push(build_record(service, {"n": 1}, response_id=rid).body)
-    batch = KEYS.batch("c", hash(rid) % 10_000)
+    batch = keys.batch("c", hash(rid) % 10_000)
     fetched = store.fetch("c", batch, 10, 30)
     assert fetched is not None
     items = [decode(m) for m in fetched]
@@ -150,3 +152,22 @@ def test_many_matches_stop_the_scan_and_show_a_few(any_redis: redis.Redis) -> No
     assert len(failure.value.candidates) == CANDIDATES_SHOWN
     assert "begins more than 5 dead letter ids" in str(failure.value)
     assert store.resolve("y0799") == "y0799"
+
+
+def test_a_prefix_is_resolved_over_every_shard(any_redis: redis.Redis) -> None:
+    keys = [shard_keys("aicm.tracking", "aicm", n, tagged=True) for n in range(3)]
+    dead_letter(any_redis, "5b0e11aa", "error", keys=keys[0])
+    dead_letter(any_redis, "5b0e22bb", "error", keys=keys[1])
+    dead_letter(any_redis, "c0ffee", "error", keys=keys[2])
+    dead_letter(any_redis, "c0ffee12", "error", keys=keys[0])
+    store = DeadLetterStore.over([RecordStore(any_redis, k) for k in keys])
+    assert store.resolve("5b0e1") == "5b0e11aa"
+    assert store.resolve("5b0e2") == "5b0e22bb"
+    # An exact id in one shard wins over a longer id it begins in another.
+    assert store.resolve("c0ffee") == "c0ffee"
+    assert store.get(store.resolve("c0ffee1"))["id"] == "c0ffee12"
+    with pytest.raises(AmbiguousDeadLetterIdError) as failure:
+        store.resolve("5b0e")
+    assert failure.value.candidates == ("5b0e11aa", "5b0e22bb")
+    with pytest.raises(DeadLetterNotFoundError):
+        store.resolve("ffff")

@@ -25,8 +25,9 @@ from aicm_tasks.devtools.processes import free_port, wait_until
 from aicm_tasks.errors import PublishError
 from aicm_tasks.producer import publisher as publisher_module
 from aicm_tasks.producer import spool as spool_module
-from aicm_tasks.producer.publisher import Publisher, producer_client
+from aicm_tasks.producer.publisher import Publisher, producer_topology
 from aicm_tasks.producer.record import Record, build_record
+from aicm_tasks.producer.shards import ShardedTarget
 from aicm_tasks.producer.spool import Spool
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
@@ -55,7 +56,7 @@ def record(n: int = 0) -> Record:
 
 def over(client: redis.Redis, publisher: Publisher) -> Publisher:
     """``publisher`` talking to ``client`` (fakeredis or the test db) instead of its URL."""
-    publisher._store = RecordStore(client, KEYS)
+    publisher._target = ShardedTarget([RecordStore(client, KEYS)])
     return publisher
 
 
@@ -126,13 +127,14 @@ def test_the_publisher_connects_to_its_url_on_first_use(
     real_redis: redis.Redis, tmp_path: Path, publishers: list[Publisher]
 ) -> None:
     publisher = make(tmp_path, publishers)
-    assert publisher._store is None  # nothing connects at construction
+    assert publisher._target is None  # nothing connects at construction
     publisher.publish(record(4))
     assert queued(real_redis) == [record(4).message]
 
 
 def test_the_producer_client_gives_each_attempt_half_the_publish_budget(tmp_path: Path) -> None:
-    client = producer_client(settings(tmp_path, publish_timeout_s=0.8))
+    (client,) = producer_topology(settings(tmp_path, publish_timeout_s=0.8)).clients
+    assert isinstance(client, redis.Redis)
     kwargs = client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == pytest.approx(0.4)
     assert kwargs["socket_connect_timeout"] == pytest.approx(0.4)

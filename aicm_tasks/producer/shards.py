@@ -1,0 +1,110 @@
+"""Which shard a producer publishes to: the next in turn, skipping one that just
+failed to answer, so one dead primary does not stop publishing.
+
+A shard that does not answer within the publish budget is skipped for
+:data:`SHARD_DOWN_S`; the publish goes to the next one at once. Only when every
+shard failed does the record go to the spool. With one shard this is today's
+path: the one store is tried on every publish.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+import redis
+
+from aicm_tasks.broker.records import RecordStore
+
+logger = logging.getLogger(__name__)
+
+#: How long a shard that did not answer is skipped before it is tried again, in
+#: seconds. Short: a failover or restart takes seconds, and until then each
+#: publish would otherwise spend its budget on the dead shard first.
+SHARD_DOWN_S = 5.0
+
+T = TypeVar("T")
+
+
+class ShardedTarget:
+    """The shards a producer (or a spool drain) writes to, in turn.
+
+    It is a :class:`aicm_tasks.producer.spool.SpoolTarget`: a drain pushes
+    spooled records to whichever shards answer.
+    """
+
+    def __init__(self, stores: Sequence[RecordStore]) -> None:
+        if not stores:
+            raise ValueError("at least one shard is needed")
+        self.stores = list(stores)
+        # A random start, so that many processes starting at once spread out.
+        self._turn = itertools.count(random.randrange(len(self.stores)))
+        self._down_until = [0.0] * len(self.stores)
+        self._lock = threading.Lock()
+
+    def order(self) -> list[int]:
+        """The shards to try, in turn: those not marked down, starting with the
+        next one; when all are marked down, the one whose mark ends first."""
+        n = len(self.stores)
+        if n == 1:
+            return [0]
+        start = next(self._turn) % n
+        now = time.monotonic()
+        live = [(start + k) % n for k in range(n) if self._down_until[(start + k) % n] <= now]
+        if live:
+            return live
+        return [min(range(n), key=lambda i: self._down_until[i])]
+
+    def run(self, action: Callable[[RecordStore], T]) -> T:
+        """``action`` on the first shard that answers; raises the last
+        :class:`redis.RedisError` when none did."""
+        failure: redis.RedisError | None = None
+        for index in self.order():
+            try:
+                result = action(self.stores[index])
+            except redis.RedisError as exc:
+                failure = exc
+                self._mark_down(index, exc)
+                continue
+            self._down_until[index] = 0.0
+            return result
+        raise failure or redis.ConnectionError("no shard to publish to")
+
+    def _mark_down(self, index: int, exc: redis.RedisError) -> None:
+        if len(self.stores) == 1:
+            return
+        with self._lock:
+            was_live = self._down_until[index] <= time.monotonic()
+            self._down_until[index] = time.monotonic() + SHARD_DOWN_S
+        if was_live:
+            logger.warning(
+                "shard %d did not answer (%s): publishing to the other shards for %.0fs",
+                self.stores[index].keys.shard,
+                exc,
+                SHARD_DOWN_S,
+            )
+
+    # -- SpoolTarget -----------------------------------------------------------------
+    def push_many(self, messages: Sequence[bytes]) -> None:
+        """Append messages to one shard's queue (the next that answers)."""
+        self.run(lambda store: store.push_many(messages))
+
+    def schedule(self, items: Iterable[tuple[float, bytes]]) -> None:
+        """Hold messages in one shard's scheduled set until their due time."""
+        listed = list(items)
+        self.run(lambda store: store.schedule(listed))
+
+    def answers(self) -> bool:
+        """Whether any shard answers a PING."""
+        for store in self.stores:
+            try:
+                if store.client.ping():
+                    return True
+            except redis.RedisError:
+                continue
+        return False

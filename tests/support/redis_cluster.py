@@ -1,0 +1,221 @@
+"""A real Redis Cluster on loopback for tests: 3 primaries with a replica each.
+
+Six ``redis-server --cluster-enabled yes`` processes on free ports, joined by
+``redis-cli --cluster create ... --cluster-replicas 1``, as an operator would
+build one; a test may kill a primary and watch its replica take over. Started
+once per test session (about 3 s here) in a directory of its own, and stopped
+at the end. Needs ``redis-server`` and ``redis-cli`` (``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from redis.cluster import RedisCluster
+
+from aicm_tasks.devtools.processes import stop_process, wait_until
+
+#: Redis Cluster's bus listens on the client port + 10000, so both must be free.
+BUS_PORT_OFFSET = 10000
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A port whose bus port (port + 10000) is free as well, below 55536."""
+    for _ in range(1000):
+        port = random.randint(20000, 45000)
+        if port in taken or port + BUS_PORT_OFFSET in taken:
+            continue
+        if all(_is_free(p) for p in (port, port + BUS_PORT_OFFSET)):
+            return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class ClusterNode:
+    port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def start(self, appendonly: bool) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        args = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(self.data_dir / "nodes.conf"),
+            # Failover within a couple of seconds of a primary's death, so a
+            # test does not wait the default 15 s.
+            "--cluster-node-timeout", "1500",
+            "--save", "",
+            "--appendonly", "yes" if appendonly else "no",
+            "--maxmemory-policy", "noeviction",
+            "--dir", str(self.data_dir),
+        ]  # fmt: skip
+        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - the process keeps it
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._pings, 10, f"cluster node {self.port}")
+
+    def _pings(self) -> bool:
+        return bool(self.client.ping())
+
+    def kill(self) -> None:
+        """SIGKILL: what a crashed host does (no AOF flush beyond what is written)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+@dataclass
+class LocalRedisCluster:
+    """Three primaries, each with one replica, on 127.0.0.1."""
+
+    data_dir: Path
+    appendonly: bool = True
+    nodes: list[ClusterNode] = field(default_factory=list)
+
+    def start(self) -> None:
+        taken: set[int] = set()
+        for n in range(6):
+            port = free_cluster_port(taken)
+            taken |= {port, port + BUS_PORT_OFFSET}
+            self.nodes.append(ClusterNode(port, self.data_dir / f"node-{n}"))
+        for node in self.nodes:
+            node.start(self.appendonly)
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed")
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        wait_until(self.healthy, 30, "the cluster to cover every slot")
+        # A replica that has not finished its first sync refuses to fail over
+        # ("disconnected from master for longer than allowed"): a primary killed
+        # before that would leave its slots unserved.
+        wait_until(self.replicas_in_sync, 30, "every replica's first sync")
+
+    def replicas_in_sync(self) -> bool:
+        """Every live replica's link to its primary is up."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            info = node.client.info("replication")
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
+    @property
+    def url(self) -> str:
+        """A seed URL for redis-py's cluster client (any node will do)."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def client(self) -> RedisCluster:
+        """A cluster client seeded with every live node (one may be dead)."""
+        from redis.cluster import ClusterNode as Seed
+
+        live = [Seed("127.0.0.1", n.port) for n in self.nodes if n.process is not None]
+        return RedisCluster(startup_nodes=live)
+
+    def healthy(self) -> bool:
+        """Every slot served and every live node agreeing on it."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            info = node.client.cluster("info")
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state != "ok":
+                return False
+        return True
+
+    def primaries(self) -> list[ClusterNode]:
+        """The nodes serving slots now (failover changes which)."""
+        primaries = []
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            role = node.client.execute_command("ROLE")[0]
+            if role in (b"master", "master"):
+                primaries.append(node)
+        return primaries
+
+    def node_of(self, key: str) -> ClusterNode:
+        """The primary that serves ``key``'s slot now."""
+        slot = self.client().keyslot(key)
+        # Every node's CLUSTER SLOTS lists the whole map: each range with the
+        # primary serving it (host, port, id) first.
+        for node in self.primaries():
+            for start, end, primary, *_ in node.client.cluster("slots"):
+                if start <= slot <= end:
+                    port = int(primary[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no live primary serves slot {slot}")
+
+    def replica_of(self, primary: ClusterNode) -> ClusterNode:
+        """The live node replicating ``primary`` now."""
+        for node in self.nodes:
+            if node.process is None or node is primary:
+                continue
+            info = node.client.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                return node
+        raise LookupError(f"no live replica of {primary.port}")
+
+    def wait_failover(self, dead: ClusterNode, timeout_s: float = 30) -> None:
+        """Until a replica has taken over ``dead``'s slots and the cluster is ok.
+
+        Right after the kill the others still call the cluster ok (they notice
+        after ``cluster-node-timeout``): wait until no live node names the dead
+        one as serving a slot."""
+
+        def replaced() -> bool:
+            for node in self.nodes:
+                if node.process is None:
+                    continue
+                for _start, _end, primary, *_ in node.client.cluster("slots"):
+                    if int(primary[1]) == dead.port:
+                        return False
+            return self.healthy()
+
+        wait_until(replaced, timeout_s, f"a replica to replace {dead.port}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def wait_started(cluster: LocalRedisCluster) -> float:
+    """Start ``cluster``; returns how long it took (seconds)."""
+    started = time.monotonic()
+    cluster.start()
+    return time.monotonic() - started
