@@ -132,19 +132,22 @@ def event_rows(
     return rows
 
 
-def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
-    """The increments of ``daily_rollups`` for new event rows, one per group, sorted by key.
+#: Rollup increments being summed: (epoch day number, service key, customer key
+#: or "") -> [requests, input, output, cached input, reasoning tokens, nano-USD].
+RollupSums = dict[tuple[int, str, str], list[int]]
 
-    One tuple per (UTC day, service key, customer key) group of the batch, its
-    records summed: one upsert per group, however many records it holds.
-    Sorted so that concurrent writers (several PostgreSQL servers) lock rollup
-    rows in the same order and cannot deadlock. No customer is stored as ''
-    (NULLs would never conflict in the unique key).
+
+def sum_rollups(rows: Sequence[EventRow], sums: RollupSums | None = None) -> RollupSums:
+    """Add the rollup increments of event rows to ``sums`` (a new dict if None); return it.
+
+    One entry per (UTC day, service key, customer key) group, its records summed.
     """
-    sums: dict[tuple[int, str, str], list[int]] = {}
+    if sums is None:
+        sums = {}
     for row in rows:
-        # Grouped by the epoch day's number (named once per group, below): the
-        # names sort as the numbers do for every year the contract allows.
+        # Grouped by the epoch day's number (named once per group, in
+        # rollup_upserts): the names sort as the numbers do for every year the
+        # contract allows.
         key = (int(row[3] // 86400), row[1], row[2] or "")
         acc = sums.get(key)
         if acc is None:
@@ -156,7 +159,27 @@ def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
             acc[3] += row[9]
             acc[4] += row[11]
             acc[5] += row[12] or 0
+    return sums
+
+
+def rollup_upserts(sums: RollupSums) -> list[tuple[Any, ...]]:
+    """The rows for :data:`~aicm_tasks.server.schema.UPSERT_ROLLUP`, one per group, sorted by key.
+
+    Sorted so that concurrent writers (several PostgreSQL servers) lock rollup
+    rows in the same order and cannot deadlock, and so that SQLite walks its
+    rollup index in order. No customer is stored as '' (NULLs would never
+    conflict in the unique key).
+    """
     return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in sorted(sums.items())]
+
+
+def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
+    """The increments of ``daily_rollups`` for new event rows, one per group, sorted by key.
+
+    One tuple per (UTC day, service key, customer key) group of the batch, its
+    records summed: one upsert per group, however many records it holds.
+    """
+    return rollup_upserts(sum_rollups(rows))
 
 
 def counter_bumps(stored: int, received: int, extra: Mapping[str, int]) -> list[tuple[int, str]]:
