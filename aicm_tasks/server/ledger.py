@@ -162,15 +162,16 @@ def sum_rollups(rows: Sequence[EventRow], sums: RollupSums | None = None) -> Rol
     return sums
 
 
-def rollup_upserts(sums: RollupSums) -> list[tuple[Any, ...]]:
-    """The rows for :data:`~aicm_tasks.server.schema.UPSERT_ROLLUP`, one per group, sorted by key.
+def rollup_upserts(sums: RollupSums, *, ordered: bool = True) -> list[tuple[Any, ...]]:
+    """The rows for :data:`~aicm_tasks.server.schema.UPSERT_ROLLUP`, one per group.
 
-    Sorted so that concurrent writers (several PostgreSQL servers) lock rollup
-    rows in the same order and cannot deadlock, and so that SQLite walks its
-    rollup index in order. No customer is stored as '' (NULLs would never
+    ``ordered``: sorted by key, so that concurrent writers (several PostgreSQL
+    servers) lock rollup rows in the same order and cannot deadlock; SQLite's
+    one writer skips it. No customer is stored as '' (NULLs would never
     conflict in the unique key).
     """
-    return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in sorted(sums.items())]
+    items = sorted(sums.items()) if ordered else sums.items()
+    return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in items]
 
 
 def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
