@@ -364,10 +364,8 @@ def _check(
                 f"{timestamp[:40]!r} is not a decimal number of seconds since the epoch",
             )
         )
-    else:
-        message = timestamp_problem(float(timestamp))
-        if message is not None:
-            problems.append(Problem("timestamp", message))
+    elif not MIN_TIMESTAMP_S <= float(timestamp) <= MAX_TIMESTAMP_S:  # in range: no call
+        problems.append(Problem("timestamp", str(timestamp_problem(float(timestamp)))))
 
     payload = record.get("payload")
     if not isinstance(payload, dict):

@@ -36,18 +36,19 @@ count: :func:`is_placeholder`), is absent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class UsageError(ValueError):
     """A payload's token counts are malformed; the message says which and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class TokenCounts:
+class TokenCounts(NamedTuple):
     """One record's tokens. ``cached_input_tokens`` and ``cache_write_tokens`` are
-    part of ``input_tokens``; ``reasoning_tokens`` are part of ``output_tokens``."""
+    part of ``input_tokens``; ``reasoning_tokens`` are part of ``output_tokens``.
+
+    A named tuple, not a frozen dataclass: the server makes one per record, in
+    ~0.2 µs rather than ~0.5."""
 
     input_tokens: int = 0
     output_tokens: int = 0

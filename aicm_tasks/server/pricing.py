@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import genai_prices
 from genai_prices import Usage, types
@@ -52,9 +52,12 @@ def to_nano_usd(usd: Decimal) -> int:
     return int((usd * NANO_USD_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """A record's cost in USD, by direction, and the catalog that priced it."""
+class Cost(NamedTuple):
+    """A record's cost in USD, by direction, and the catalog that priced it.
+
+    A named tuple, not a frozen dataclass: one is made per record, and a frozen
+    dataclass of these eight fields takes ~0.8 µs to build, a tuple ~0.25.
+    """
 
     provider_id: str
     model_id: str
@@ -230,14 +233,14 @@ class PriceBook:
         if reasoning:
             output_usd += rates.reasoning * reasoning
         return Cost(
-            provider_id=match.provider_id,
-            model_id=match.model_id,
-            input_usd=input_usd,
-            output_usd=output_usd,
-            total_usd=input_usd + output_usd + rates.other,
-            catalog_version=self.catalog_version,
-            input_per_unit=None if cached or cache_write else rates.uncached_input_text,
-            output_per_unit=None if reasoning else rates.output_text,
+            match.provider_id,
+            match.model_id,
+            input_usd,
+            output_usd,
+            input_usd + output_usd + rates.other,
+            self.catalog_version,
+            None if cached or cache_write else rates.uncached_input_text,
+            None if reasoning else rates.output_text,
         )
 
     def _rates_for(self, model_price: types.ModelPrice, input_tokens: int) -> _Rates:
