@@ -165,25 +165,14 @@ def sum_rollups(rows: Sequence[EventRow], sums: RollupSums | None = None) -> Rol
     return sums
 
 
-def rollup_upserts(sums: RollupSums, *, ordered: bool = True) -> list[tuple[Any, ...]]:
-    """The rows for :data:`~aicm_tasks.server.schema.UPSERT_ROLLUP`, one per group.
+def rollup_upserts(sums: RollupSums) -> list[tuple[Any, ...]]:
+    """The rows for :data:`~aicm_tasks.server.schema.UPSERT_ROLLUP`, one per group, unsorted.
 
-    ``ordered``: sorted by key, so that concurrent writers (several PostgreSQL
-    servers) lock rollup rows in the same order and cannot deadlock; SQLite's
-    one writer skips it. No customer is stored as '' (NULLs would never
-    conflict in the unique key).
+    (SQLite's one writer needs no lock order; PostgreSQL sums and orders its
+    rollups in SQL.) No customer is stored as '' (NULLs would never conflict in
+    the unique key).
     """
-    items = sorted(sums.items()) if ordered else sums.items()
-    return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in items]
-
-
-def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
-    """The increments of ``daily_rollups`` for new event rows, one per group, sorted by key.
-
-    One tuple per (UTC day, service key, customer key) group of the batch, its
-    records summed: one upsert per group, however many records it holds.
-    """
-    return rollup_upserts(sum_rollups(rows))
+    return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in sums.items()]
 
 
 def counter_bumps(stored: int, received: int, extra: Mapping[str, int]) -> list[tuple[int, str]]:

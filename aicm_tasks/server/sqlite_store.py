@@ -167,7 +167,7 @@ class SqliteEventStore(EventStore):
                         self.location,
                         sum(values[0] for values in sums.values()),
                     )
-                    conn.executemany(UPSERT_ROLLUP, rollup_upserts(sums, ordered=False))
+                    conn.executemany(UPSERT_ROLLUP, rollup_upserts(sums))
                     conn.execute(_SET_STATE)
             conn.execute("COMMIT")
         except BaseException:
@@ -185,7 +185,7 @@ class SqliteEventStore(EventStore):
                 conn.executemany(_INSERT, new_rows)
                 if flush:
                     sums = sum_rollups(new_rows, sum_rollups(self._pending))
-                    conn.executemany(UPSERT_ROLLUP, rollup_upserts(sums, ordered=False))
+                    conn.executemany(UPSERT_ROLLUP, rollup_upserts(sums))
                     conn.execute(_SET_STATE)
                 conn.executemany(BUMP_COUNTER, counter_bumps(len(new_rows), len(rows), extra))
                 conn.execute("COMMIT")
@@ -207,9 +207,7 @@ class SqliteEventStore(EventStore):
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                UPSERT_ROLLUP, rollup_upserts(sum_rollups(self._pending), ordered=False)
-            )
+            conn.executemany(UPSERT_ROLLUP, rollup_upserts(sum_rollups(self._pending)))
             conn.execute(_SET_STATE)
             conn.execute("COMMIT")
         except BaseException:
