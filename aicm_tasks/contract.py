@@ -40,6 +40,7 @@ from aicm_tasks.usage import (
     TOKEN_COUNT_PATHS,
     TokenCounts,
     UsageError,
+    sound_flat_counts,
     token_counts,
     without_placeholders,
 )
@@ -363,10 +364,8 @@ def _check(
                 f"{timestamp[:40]!r} is not a decimal number of seconds since the epoch",
             )
         )
-    else:
-        message = timestamp_problem(float(timestamp))
-        if message is not None:
-            problems.append(Problem("timestamp", message))
+    elif not MIN_TIMESTAMP_S <= float(timestamp) <= MAX_TIMESTAMP_S:  # in range: no call
+        problems.append(Problem("timestamp", str(timestamp_problem(float(timestamp)))))
 
     payload = record.get("payload")
     if not isinstance(payload, dict):
@@ -374,8 +373,10 @@ def _check(
             Problem(payload_field, f"must be a JSON object, not {type_name(payload)}", "type")
         )
     else:
-        problems.extend(_nested_problems(payload_field, payload))
-        tokens = _count_problems(payload, payload_field, problems, counts=counts)
+        tokens = sound_flat_counts(payload, MAX_TOKEN_COUNT)
+        if tokens is None:
+            problems.extend(_nested_problems(payload_field, payload))
+            tokens = _count_problems(payload, payload_field, problems, counts=counts)
 
     customer_key = record.get("customer_key")
     if customer_key is not None and not _plain_key(customer_key, MAX_KEY_LENGTH):

@@ -101,50 +101,56 @@ def event_rows(
     are read from each payload (a malformed payload counts zero tokens).
     """
     received_at = time.time()
-    rows = []
-    for i, record in enumerate(records):
-        if tokens is not None:
-            counts = tokens[i]
-        else:
-            try:
-                counts = token_counts(record["payload"])
-            except UsageError:
-                counts = TokenCounts()
-        cost = costs[i] if costs is not None else None
-        rows.append(
-            (
-                record["response_id"],
-                record["service_key"],
-                record.get("customer_key"),
-                float(record["timestamp"]),
-                _dumps(record["payload"]),
-                None if record.get("context") is None else _dumps(record["context"]),
-                received_at,
-                counts.input_tokens,
-                counts.output_tokens,
-                counts.cached_input_tokens,
-                counts.cache_write_tokens,
-                counts.reasoning_tokens,
-                None if cost is None else cost.nano_usd,
-                None if cost is None else cost.catalog_version,
-            )
+    if tokens is None:
+        tokens = [_counts_or_zero(record["payload"]) for record in records]
+    if costs is None:
+        costs = [None] * len(records)
+    dumps = _dumps
+    # One comprehension, no per-record appends or index look-ups (~0.3 µs a record).
+    return [
+        (
+            record["response_id"],
+            record["service_key"],
+            record.get("customer_key"),
+            float(record["timestamp"]),
+            dumps(record["payload"]),
+            None if (context := record.get("context")) is None else dumps(context),
+            received_at,
+            counts.input_tokens,
+            counts.output_tokens,
+            counts.cached_input_tokens,
+            counts.cache_write_tokens,
+            counts.reasoning_tokens,
+            None if cost is None else cost.nano_usd,
+            None if cost is None else cost.catalog_version,
         )
-    return rows
+        for record, counts, cost in zip(records, tokens, costs, strict=True)
+    ]
 
 
-def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
-    """The increments of ``daily_rollups`` for new event rows, one per group, sorted by key.
+def _counts_or_zero(payload: Any) -> TokenCounts:
+    try:
+        return token_counts(payload)
+    except UsageError:  # a malformed payload counts zero tokens
+        return TokenCounts()
 
-    One tuple per (UTC day, service key, customer key) group of the batch, its
-    records summed: one upsert per group, however many records it holds.
-    Sorted so that concurrent writers (several PostgreSQL servers) lock rollup
-    rows in the same order and cannot deadlock. No customer is stored as ''
-    (NULLs would never conflict in the unique key).
+
+#: Rollup increments being summed: (epoch day number, service key, customer key
+#: or "") -> [requests, input, output, cached input, reasoning tokens, nano-USD].
+RollupSums = dict[tuple[int, str, str], list[int]]
+
+
+def sum_rollups(rows: Sequence[EventRow], sums: RollupSums | None = None) -> RollupSums:
+    """Add the rollup increments of event rows to ``sums`` (a new dict if None); return it.
+
+    One entry per (UTC day, service key, customer key) group, its records summed.
     """
-    sums: dict[tuple[int, str, str], list[int]] = {}
+    if sums is None:
+        sums = {}
     for row in rows:
-        # Grouped by the epoch day's number (named once per group, below): the
-        # names sort as the numbers do for every year the contract allows.
+        # Grouped by the epoch day's number (named once per group, in
+        # rollup_upserts): the names sort as the numbers do for every year the
+        # contract allows.
         key = (int(row[3] // 86400), row[1], row[2] or "")
         acc = sums.get(key)
         if acc is None:
@@ -156,7 +162,17 @@ def rollup_deltas(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
             acc[3] += row[9]
             acc[4] += row[11]
             acc[5] += row[12] or 0
-    return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in sorted(sums.items())]
+    return sums
+
+
+def rollup_upserts(sums: RollupSums) -> list[tuple[Any, ...]]:
+    """The rows for :data:`~aicm_tasks.server.schema.UPSERT_ROLLUP`, one per group, unsorted.
+
+    (SQLite's one writer needs no lock order; PostgreSQL sums and orders its
+    rollups in SQL.) No customer is stored as '' (NULLs would never conflict in
+    the unique key).
+    """
+    return [(_day_name(key[0]), key[1], key[2], *acc) for key, acc in sums.items()]
 
 
 def counter_bumps(stored: int, received: int, extra: Mapping[str, int]) -> list[tuple[int, str]]:

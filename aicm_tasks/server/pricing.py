@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import genai_prices
 from genai_prices import Usage, types
@@ -52,9 +52,12 @@ def to_nano_usd(usd: Decimal) -> int:
     return int((usd * NANO_USD_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """A record's cost in USD, by direction, and the catalog that priced it."""
+class Cost(NamedTuple):
+    """A record's cost in USD, by direction, and the catalog that priced it.
+
+    A named tuple, not a frozen dataclass: one is made per record, and a frozen
+    dataclass of these eight fields takes ~0.8 µs to build, a tuple ~0.25.
+    """
 
     provider_id: str
     model_id: str
@@ -62,6 +65,11 @@ class Cost:
     output_usd: Decimal
     total_usd: Decimal
     catalog_version: str
+    #: ``cost_per_unit`` of the input and output events when one rate priced every
+    #: token of the direction (written once per rate, not divided and formatted
+    #: per record: ~1 µs of a record's ~3.5 µs of ``cost_events``); None: divide.
+    input_per_unit: str | None = None
+    output_per_unit: str | None = None
 
     @property
     def nano_usd(self) -> int:
@@ -76,18 +84,23 @@ class Cost:
         """
         catalog = _catalog_name(self.catalog_version)
         events = []
-        for unit, quantity, cost in (
-            ("input_tokens", tokens.input_tokens, self.input_usd),
-            ("output_tokens", tokens.output_tokens, self.output_usd),
+        for unit, quantity, cost, known in (
+            ("input_tokens", tokens.input_tokens, self.input_usd, self.input_per_unit),
+            ("output_tokens", tokens.output_tokens, self.output_usd, self.output_per_unit),
         ):
-            per_unit = cost / quantity if quantity else Decimal(0)
+            if not quantity:
+                per_unit = "0"
+            elif known is not None:
+                per_unit = known
+            else:
+                per_unit = plain(cost / quantity)
             events.append(
                 {
                     "provider_id": self.provider_id,
                     "service_key": service_key,
                     "cost_unit_id": unit,
                     "quantity": quantity,
-                    "cost_per_unit": plain(per_unit),
+                    "cost_per_unit": per_unit,
                     "cost": plain(cost),
                     "price_catalog": catalog,
                 }
@@ -119,6 +132,21 @@ class _Rates:
     output: Decimal
     reasoning: Decimal
     other: Decimal
+    #: plain() of ``uncached_input`` and ``output``, when ``rate * tokens / tokens``
+    #: is exactly the rate for every count the contract allows (else None).
+    uncached_input_text: str | None
+    output_text: str | None
+
+
+#: Significant digits of a rate whose product with any count up to the contract's
+#: 1e9 (10 digits) is exact in Decimal's default 28 digits, so that dividing the
+#: product by the count gives the rate back exactly.
+_EXACT_RATE_DIGITS = 18
+
+
+def _rate_text(rate: Decimal) -> str | None:
+    exact = rate.is_finite() and len(rate.as_tuple().digits) <= _EXACT_RATE_DIGITS
+    return plain(rate) if exact else None
 
 
 def _tier_starts(model_price: types.ModelPrice) -> list[int]:
@@ -149,6 +177,8 @@ def _probe(model_price: types.ModelPrice, n: int) -> _Rates:
     )
     return _Rates(
         model_price=model_price,
+        uncached_input_text=_rate_text(uncached),
+        output_text=_rate_text(output),
         uncached_input=uncached,
         # One cached token replaces one uncached token of the n.
         cached_input=cached + uncached,
@@ -188,23 +218,29 @@ class PriceBook:
         else:
             model_price = model.get_prices(datetime.fromtimestamp(timestamp_s, tz=timezone.utc))
         rates = self._rates_for(model_price, tokens.input_tokens)
-        uncached = tokens.input_tokens - tokens.cached_input_tokens - tokens.cache_write_tokens
-        input_usd = (
-            rates.uncached_input * uncached
-            + rates.cached_input * tokens.cached_input_tokens
-            + rates.cache_write * tokens.cache_write_tokens
-        )
-        output_usd = (
-            rates.output * (tokens.output_tokens - tokens.reasoning_tokens)
-            + rates.reasoning * tokens.reasoning_tokens
-        )
+        # Terms of zero tokens are left out (most records have no cached, cache-write
+        # or reasoning tokens): a sum's value, and so every stored and answered
+        # figure, is the same without them.
+        cached = tokens.cached_input_tokens
+        cache_write = tokens.cache_write_tokens
+        reasoning = tokens.reasoning_tokens
+        input_usd = rates.uncached_input * (tokens.input_tokens - cached - cache_write)
+        if cached:
+            input_usd += rates.cached_input * cached
+        if cache_write:
+            input_usd += rates.cache_write * cache_write
+        output_usd = rates.output * (tokens.output_tokens - reasoning)
+        if reasoning:
+            output_usd += rates.reasoning * reasoning
         return Cost(
-            provider_id=match.provider_id,
-            model_id=match.model_id,
-            input_usd=input_usd,
-            output_usd=output_usd,
-            total_usd=input_usd + output_usd + rates.other,
-            catalog_version=self.catalog_version,
+            match.provider_id,
+            match.model_id,
+            input_usd,
+            output_usd,
+            input_usd + output_usd + rates.other,
+            self.catalog_version,
+            None if cached or cache_write else rates.uncached_input_text,
+            None if reasoning else rates.output_text,
         )
 
     def _rates_for(self, model_price: types.ModelPrice, input_tokens: int) -> _Rates:

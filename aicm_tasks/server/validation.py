@@ -33,4 +33,6 @@ def validate_record(obj: Any) -> list[str]:
 def validate_and_count(obj: Any) -> tuple[list[str], TokenCounts | None]:
     """:func:`validate_record` and, when ``obj`` is valid, its token counts (read once)."""
     problems, counts = checked_record(obj)
+    if not problems:  # the usual case, without a comprehension over nothing
+        return [], counts
     return [str(problem) for problem in problems], counts

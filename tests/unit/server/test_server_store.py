@@ -287,3 +287,18 @@ def test_rollups_are_summed_by_the_database_over_the_columns_not_grouped(
     assert store.rollups("2025-01-01", "2025-01-31", group_by=()) == []
     with pytest.raises(ValueError, match="group by"):
         store.rollups("2024-11-22", "2024-11-23", group_by=("payload",))
+
+
+def test_a_record_rolls_up_into_its_utc_day_at_the_day_boundary(store: EventStore) -> None:
+    # PostgreSQL names the day in SQL, SQLite in Python: the same day on both.
+    store.add_batch(
+        [
+            make_record("last", timestamp="1732319999.999"),  # 2024-11-22T23:59:59.999Z
+            make_record("first", timestamp="1732320000"),  # 2024-11-23T00:00:00Z
+            make_record("fraction", timestamp="1732320000.0000001"),
+        ]
+    )
+    assert [(row.day, row.requests) for row in store.rollups("2024-11-01", "2024-11-30")] == [
+        ("2024-11-22", 1),
+        ("2024-11-23", 2),
+    ]
