@@ -16,7 +16,7 @@ from aicm_tasks import check_limits
 from aicm_tasks.broker.limits import LimitStore
 from aicm_tasks.devtools.processes import stop_process, wait_until
 from aicm_tasks.errors import UsageLimitExceeded
-from tests.support.limits import LimitsServer
+from tests.support.limits import LimitsServer, outcomes_after_a_trip
 from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -66,19 +66,8 @@ def test_every_producer_process_raises_once_the_server_trips_a_limit(
     limited: Pipeline, limits_server: LimitsServer
 ) -> None:
     processes = [producer(limited, "publish", SERVICE, "0.01", "120") for _ in range(3)]
-    try:
-        assert all(
-            p.stdout is not None and p.stdout.readline().strip() == "ready" for p in processes
-        )
-        # Every producer is publishing: trip the limit 40 records from now.
-        limits_server.state.trip_after = limits_server.state.counts.get(SERVICE, 0) + 40
-        outcomes = []
-        for process in processes:
-            out, _ = process.communicate(timeout=150)
-            outcomes.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for process in processes:
-            stop_process(process)  # type: ignore[arg-type]
+    # Once every producer is publishing, the limit trips 40 records on.
+    outcomes = outcomes_after_a_trip(processes, limits_server, SERVICE)
     assert all(o["raised_at"] is not None for o in outcomes), (outcomes, limited.logs())
     # The SDK's class: existing `except aicostmanager...UsageLimitExceeded` keeps working.
     assert all("aicostmanager.client.exceptions.UsageLimitExceeded" in o["mro"] for o in outcomes)

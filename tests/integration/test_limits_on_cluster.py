@@ -3,7 +3,6 @@ by a real worker and heard by producer processes through redis-py's cluster pub/
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,8 +13,7 @@ from typing import Any
 import pytest
 
 from aicm_tasks.broker.limits import DEFAULT_SOURCE, LimitStore
-from aicm_tasks.devtools.processes import stop_process
-from tests.support.limits import LimitsServer
+from tests.support.limits import LimitsServer, outcomes_after_a_trip
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.shards import ShardedPipeline, redis_cluster, sharded_factory
 
@@ -63,18 +61,7 @@ def test_a_limit_written_by_a_worker_on_a_cluster_stops_every_producer_through_p
         AICM_LIMITS_POLL_INTERVAL_S="0.5",
     )
     processes = [producer(pipeline) for _ in range(2)]
-    try:
-        assert all(
-            p.stdout is not None and p.stdout.readline().strip() == "ready" for p in processes
-        )
-        limits_server.state.trip_after = limits_server.state.counts.get(SERVICE, 0) + 40
-        outcomes = []
-        for process in processes:
-            out, _ = process.communicate(timeout=150)
-            outcomes.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for process in processes:
-            stop_process(process)  # type: ignore[arg-type]
+    outcomes = outcomes_after_a_trip(processes, limits_server, SERVICE)
     assert all(o["raised_at"] is not None for o in outcomes), (outcomes, pipeline.logs())
     # One set for the pipeline, under shard 0's hash tag (one slot on the cluster).
     shard_zero = pipeline.stores[0]

@@ -15,6 +15,7 @@ answer and in ``GET /triggered-limits``. It can also answer with forged tokens
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from aicm_tasks.devtools.processes import free_port, wait_until
+from aicm_tasks.devtools.processes import free_port, stop_process, wait_until
 from aicm_tasks.limits import ALGORITHM, ISSUER, TriggeredLimit
 
 
@@ -235,3 +236,25 @@ class LimitsServer:
         with self._lock:
             data = self._object()
         return JSONResponse({"triggered_limits": data})
+
+
+def outcomes_after_a_trip(
+    processes: list[subprocess.Popen[str]], server: LimitsServer, service_key: str
+) -> list[dict[str, Any]]:
+    """Wait until every producer process (``tests.support.limits_producer publish``)
+    says ready, make ``server`` trip the limit 40 records of ``service_key`` on,
+    and return each process's last JSON line (its outcome). The processes are
+    stopped whatever happens."""
+    try:
+        assert all(
+            p.stdout is not None and p.stdout.readline().strip() == "ready" for p in processes
+        )
+        server.state.trip_after = server.state.counts.get(service_key, 0) + 40
+        outcomes = []
+        for process in processes:
+            out, _ = process.communicate(timeout=150)
+            outcomes.append(json.loads(out.strip().splitlines()[-1]))
+        return outcomes
+    finally:
+        for process in processes:
+            stop_process(process)  # type: ignore[arg-type]
