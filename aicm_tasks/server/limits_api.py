@@ -23,13 +23,11 @@ Database work runs in the threadpool, off the event loop.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -38,7 +36,7 @@ from starlette.routing import Route
 
 from aicm_tasks.server.limit_store import LimitStore
 from aicm_tasks.server.limits import LimitBook, UsageLimitInput, limit_document
-from aicm_tasks.server.sdk_bodies import validate_body
+from aicm_tasks.server.sdk_bodies import read_model
 from aicm_tasks.server.webhooks import WebhookInput, WebhookUpdate, webhook_document
 
 #: Largest body of a limit or webhook request, in bytes: a few hundred suffice.
@@ -47,8 +45,6 @@ MAX_BODY_BYTES = 64 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
 
 _TRUE = {"1", "true", "yes", "on"}
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def limit_routes(
@@ -61,7 +57,7 @@ def limit_routes(
         return JSONResponse([limit_document(row) for row in rows])
 
     async def create_limit(request: Request) -> Response:
-        given = _parse(UsageLimitInput, await _read_json(request))
+        given = await read_model(request, UsageLimitInput, max_bytes=MAX_BODY_BYTES)
         row = given.row(str(uuid.uuid4()), time.time())
         await run_in_threadpool(_put_and_judge, limits, book, row)
         return JSONResponse(limit_document(row), status_code=201)
@@ -77,7 +73,7 @@ def limit_routes(
 
     async def update_limit(request: Request) -> Response:
         limit_id: str = request.path_params["limit_id"]
-        given = _parse(UsageLimitInput, await _read_json(request))
+        given = await read_model(request, UsageLimitInput, max_bytes=MAX_BODY_BYTES)
         existing = await run_in_threadpool(limits.limit, limit_id)
         if existing is None:
             raise HTTPException(404, "no usage limit has that id")
@@ -108,7 +104,7 @@ def limit_routes(
         )
 
     async def create_webhook(request: Request) -> Response:
-        given = _parse(WebhookInput, await _read_json(request))
+        given = await read_model(request, WebhookInput, max_bytes=MAX_BODY_BYTES)
         now = time.time()
         row = (str(uuid.uuid4()), given.url, given.secret, int(given.active), given.tolerance)
         full = (*row, now, now)
@@ -123,7 +119,7 @@ def limit_routes(
 
     async def update_webhook(request: Request) -> Response:
         webhook_id: str = request.path_params["webhook_id"]
-        changes = _parse(WebhookUpdate, await _read_json(request))
+        changes = await read_model(request, WebhookUpdate, max_bytes=MAX_BODY_BYTES)
         row = await run_in_threadpool(limits.webhook, webhook_id)
         if row is None:
             raise HTTPException(404, "no webhook endpoint has that id")
@@ -168,23 +164,3 @@ def _put_and_judge(limits: LimitStore, book: LimitBook, row: tuple[Any, ...]) ->
     limits.put_limit(row)
     book.forget_limits()
     book.judge()
-
-
-async def _read_json(request: Request) -> Any:
-    """The request's JSON body, or HTTPException 400 / 413."""
-    size = 0
-    chunks: list[bytes] = []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body is over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise HTTPException(400, "request body is not JSON") from None
-
-
-def _parse(model: type[M], document: Any) -> M:
-    """``document`` validated as ``model``, or HTTPException 400 naming each problem."""
-    return validate_body(model, document)

@@ -26,14 +26,17 @@ MAX_SDK_BODY_BYTES = 1024 * 1024
 Model = TypeVar("Model", bound=BaseModel)
 
 
-async def read_model(request: Request, model: type[Model]) -> Model:
-    """The request's JSON body as ``model``, or HTTPException 400 (413 when too large)."""
+async def read_model(
+    request: Request, model: type[Model], *, max_bytes: int = MAX_SDK_BODY_BYTES
+) -> Model:
+    """The request's JSON body as ``model``, or HTTPException 400 (413 when over
+    ``max_bytes``)."""
     size = 0
     chunks: list[bytes] = []
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_SDK_BODY_BYTES:
-            raise HTTPException(413, f"request body is over {MAX_SDK_BODY_BYTES} bytes")
+        if size > max_bytes:
+            raise HTTPException(413, f"request body is over {max_bytes} bytes")
         chunks.append(chunk)
     try:
         document = json.loads(b"".join(chunks))
