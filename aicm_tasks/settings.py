@@ -234,6 +234,16 @@ class Settings(BaseSettings):
                 "AICM_REDIS_CLUSTER=true needs AICM_SHARD_URLS, the cluster's node URLs; "
                 "AICM_BROKER_URL stays Celery's broker (a standalone Redis for events)"
             )
+        if self.records_on_rabbitmq and (self.shards or 1) > 1:
+            raise ValueError(
+                f"AICM_SHARDS={self.shards} needs Redis: on RabbitMQ (AICM_BROKER_URL="
+                "amqp://...) the records live in one quorum queue, which RabbitMQ replicates"
+            )
+        if self.records_on_rabbitmq and self.replica_acks:
+            raise ValueError(
+                "AICM_REPLICA_ACKS is Redis's WAIT: on RabbitMQ a publisher confirm of a "
+                "quorum queue already means a majority of its replicas hold the record"
+            )
         if self.replica_acks and self.replica_ack_timeout_s >= self.publish_timeout_s / 2:
             raise ValueError(
                 f"AICM_REPLICA_ACK_TIMEOUT_S={self.replica_ack_timeout_s:g} must be under half "
@@ -249,6 +259,13 @@ class Settings(BaseSettings):
                 "AICM_SHARD_URLS unused: set at least one shard per URL"
             )
         return self
+
+    @property
+    def records_on_rabbitmq(self) -> bool:
+        """Whether records travel through RabbitMQ: AICM_BROKER_URL is ``amqp://`` or
+        ``amqps://`` and no AICM_SHARD_URLS put them on Redis instead (a cluster
+        deployment may keep RabbitMQ as Celery's broker)."""
+        return urlsplit(self.broker_url).scheme in ("amqp", "amqps") and not self.shard_urls
 
     @field_validator("anonymize_fields", mode="before")
     @classmethod
@@ -314,7 +331,7 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
-        problem = url_problem(value, ("redis", "rediss", "unix"))
+        problem = url_problem(value, ("redis", "rediss", "unix", "amqp", "amqps"))
         if problem:
             # Only the redacted URL: urllib's own error would quote part of the password.
             raise ValueError(

@@ -517,3 +517,20 @@ def test_a_pinned_limits_key_that_is_an_rsa_public_key_loads(
 ) -> None:
     monkeypatch.setenv("AICM_LIMITS_PUBLIC_KEY", PUBLIC_PEM)
     assert Settings().limits_public_key == PUBLIC_PEM
+
+
+def test_an_amqp_broker_url_puts_records_on_rabbitmq_unless_shard_urls_keep_them_on_redis():
+    assert Settings(broker_url="amqps://u:p@rabbit/billing").records_on_rabbitmq
+    assert not Settings(
+        broker_url="amqp://u:p@rabbit/", shard_urls=("redis://a:7000",)
+    ).records_on_rabbitmq
+    assert not Settings().records_on_rabbitmq
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [({"shards": 3}, "AICM_SHARDS=3 needs Redis"), ({"replica_acks": 1}, "publisher confirm")],
+)
+def test_redis_only_settings_are_refused_on_rabbitmq(extra, says):
+    with pytest.raises(ValidationError, match=says):
+        Settings(broker_url="amqp://u:p@rabbit/", **extra)
