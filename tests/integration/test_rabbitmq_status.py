@@ -9,6 +9,7 @@ each test has its own queue and delay prefix in the session's vhost.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -33,6 +34,8 @@ from aicm_tasks.broker.rabbitmq.topology import declare_topology
 from aicm_tasks.broker.resolution import Resolution
 from aicm_tasks.cli import main
 from aicm_tasks.producer.record import build_record
+from aicm_tasks.settings import Settings
+from aicm_tasks.worker.metrics import Metrics
 from tests.integration.test_rabbitmq_dlq import append_events, dead_letter_entries
 from tests.support.cli import run_cli
 
@@ -189,3 +192,31 @@ def test_status_on_rabbitmq_opens_no_redis_connection(
     for command in (["dlq", "stats", "--json"], ["monitor", "--once"]):
         done = CliRunner().invoke(main, command, env=env)
         assert done.exit_code == 0, done.output
+
+
+def test_the_worker_metrics_read_the_depths_on_rabbitmq(
+    rabbitmq_vhost, names: RabbitNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declare_topology(rabbitmq_vhost.url, names)
+    queue_records(rabbitmq_vhost.url, names, queued=6, delayed=1)
+    append_events(rabbitmq_vhost.url, names.figures, [figures(time.time())])
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a Redis connection was opened on the RabbitMQ path")
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "connect", refuse)
+    settings = Settings(broker_url=rabbitmq_vhost.url, queue=names.queue, key_prefix=names.prefix)
+    metrics = Metrics.for_settings(settings)
+    stop = threading.Event()
+    stop.set()  # one reading, then return
+    metrics.follow_depth(stop)
+    gauges = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+    }
+    assert gauges[("aicm_records", (("state", "queued"),))] == 6
+    assert gauges[("aicm_records", (("state", "scheduled"),))] == 1
+    assert gauges[("aicm_records", (("state", "parked"),))] == 0
+    assert gauges[("celery_queue_length", (("queue_name", names.queue),))] == 6
+    assert gauges[("aicm_workers_with_lease", ())] == 1

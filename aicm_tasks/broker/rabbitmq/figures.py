@@ -296,6 +296,18 @@ class RabbitFiguresReader:
         self._connection = None
 
 
+def depth_of(figures: Figures) -> dict[str, int]:
+    """What the worker's gauges show (``Observer.housekeeping``), from one reading."""
+    return {
+        "queued": figures.queued,
+        "held": figures.held,
+        "scheduled": figures.scheduled,
+        "dead_letters": figures.dead_letters,
+        "parked": figures.parked,
+        "workers": len(figures.workers_alive),
+    }
+
+
 def read_rabbit_figures(
     url: str, names: RabbitNames, thresholds: Thresholds | None = None
 ) -> Figures:
