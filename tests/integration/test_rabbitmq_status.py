@@ -18,6 +18,7 @@ import pytest
 import redis.connection
 from click.testing import CliRunner
 
+from aicm_tasks.broker.health import Thresholds
 from aicm_tasks.broker.keys import (
     LAST_DELIVERED_AT,
     LAST_UNAUTHORIZED_AT,
@@ -29,10 +30,13 @@ from aicm_tasks.broker.keys import (
 from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
 from aicm_tasks.broker.rabbitmq.events import dead_event, figures_event
+from aicm_tasks.broker.rabbitmq.figures import RabbitFiguresReader
 from aicm_tasks.broker.rabbitmq.names import RabbitNames
+from aicm_tasks.broker.rabbitmq.streams import StreamReader
 from aicm_tasks.broker.rabbitmq.topology import declare_topology
 from aicm_tasks.broker.resolution import Resolution
 from aicm_tasks.cli import main
+from aicm_tasks.devtools.processes import wait_until
 from aicm_tasks.producer.record import build_record
 from aicm_tasks.settings import Settings
 from aicm_tasks.worker.metrics import Metrics
@@ -220,3 +224,38 @@ def test_the_worker_metrics_read_the_depths_on_rabbitmq(
     assert gauges[("aicm_records", (("state", "parked"),))] == 0
     assert gauges[("celery_queue_length", (("queue_name", names.queue),))] == 6
     assert gauges[("aicm_workers_with_lease", ())] == 1
+
+
+def test_a_kept_reader_takes_new_events_without_appending_another_mark(
+    rabbitmq_vhost, names: RabbitNames
+) -> None:
+    declare_topology(rabbitmq_vhost.url, names)
+    reader = RabbitFiguresReader(rabbitmq_vhost.url, names, window_s=120)
+    thresholds = Thresholds(window_s=120)
+    try:
+        first = reader.read(thresholds)
+        assert first.dead_letters == 0 and first.workers_alive == []
+        entries = dead_letter_entries([("x1", "error", "acme::x"), ("x2", "error", "acme::x")])
+        append_events(
+            rabbitmq_vhost.url,
+            names.dead_letters,
+            [dead_event(rid, entry, time.time()) for rid, entry in entries],
+        )
+        append_events(
+            rabbitmq_vhost.url,
+            names.figures,
+            [figures(time.time(), rates={RATE_DELIVERED: 3}, noted=(LAST_DELIVERED_AT,))],
+        )
+        # What arrived is taken as it arrives (a live view may lag one frame).
+        wait_until(lambda: reader.read(thresholds).dead_letters == 2, 30, "the new dead letters")
+        later = reader.read(thresholds)
+        assert later.workers_alive == ["c1@host"] and later.delivered_last_minute == 3
+    finally:
+        reader.close()
+    connection = open_connection(rabbitmq_vhost.url, timeout_s=10)
+    try:
+        events = [e for _, e in StreamReader(connection, names.dead_letters).to_end()]
+    finally:
+        close_quietly(connection)
+    # The reader's one mark, the two dead letters, and this read's own mark (not yielded).
+    assert [e["event"] for e in events] == ["mark", "dead", "dead"]
