@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aicm_tasks.broker.keys import (
     LAST_DELIVERED_AT,
@@ -23,7 +24,7 @@ from aicm_tasks.broker.rabbitmq.streams import mark_event
 from aicm_tasks.broker.resolution import Resolution
 
 
-def event(consumer: str, at: float, **resolution: object) -> dict:
+def event(consumer: str, at: float, **resolution: Any) -> dict:
     return json.loads(figures_event(consumer, f"{consumer}@h", Resolution(**resolution), at))
 
 
