@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,12 +85,12 @@ class StreamReader:
         self.connection = connection
         self.stream = stream
         self.timeout_s = timeout_s
-        self._received: list[amqp.Message] = []
+        self._received: deque[amqp.Message] = deque()
         self._unacked = 0
         self._marks: ConfirmedPublishes | None = None
         self.channel = connection.channel()
         self.channel.basic_qos(prefetch_size=0, prefetch_count=PREFETCH, a_global=False)
-        self.channel.basic_consume(
+        self.consumer_tag = self.channel.basic_consume(
             stream,
             callback=self._received.append,
             no_ack=False,
@@ -137,7 +138,7 @@ class StreamReader:
 
     def _take(self) -> Iterator[tuple[int | None, dict[str, Any]]]:
         while self._received:
-            message = self._received.pop(0)
+            message = self._received.popleft()
             self._unacked += 1
             if self._unacked >= PREFETCH // 2:
                 # Stream credit: the broker sends more only as deliveries are acked.
@@ -151,6 +152,12 @@ class StreamReader:
                 yield offset_of(message), event
 
     def close(self) -> None:
-        """Cancel the consumer (its channel closes; nothing in the stream changes)."""
+        """Cancel the consumer and close its channel (nothing in the stream changes).
+
+        Cancelled first: deliveries still on their way are then taken before the
+        cancel's answer, instead of reaching a closing channel (which py-amqp logs
+        as a warning per delivery)."""
         if self.channel.is_open:
+            self.channel.basic_cancel(self.consumer_tag)
+            self._received.clear()
             self.channel.close()
