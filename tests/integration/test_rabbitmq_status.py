@@ -259,3 +259,21 @@ def test_a_kept_reader_takes_new_events_without_appending_another_mark(
         close_quietly(connection)
     # The reader's one mark, the two dead letters, and this read's own mark (not yielded).
     assert [e["event"] for e in events] == ["mark", "dead", "dead"]
+
+
+def test_a_consumer_on_the_record_queue_counts_as_alive_with_a_warning(
+    rabbitmq_vhost, names: RabbitNames
+) -> None:
+    declare_topology(rabbitmq_vhost.url, names)
+    connection = open_connection(rabbitmq_vhost.url, timeout_s=10)
+    try:
+        channel = connection.channel()
+        channel.basic_qos(0, 1, False)
+        channel.basic_consume(names.queue, callback=lambda message: None, no_ack=False)
+        code, seen = status(env_of(rabbitmq_vhost, names))
+    finally:
+        close_quietly(connection)
+    assert code == 0, seen["problems"]
+    assert seen["workers_alive"] == [f"1 consumer of {names.queue}"]
+    assert seen["rabbitmq"]["consumers"] == 1
+    assert any("no worker appended figures in the last 60s" in w for w in seen["warnings"])

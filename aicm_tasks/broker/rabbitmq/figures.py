@@ -83,23 +83,33 @@ _CHECK_TRIES = 1 + len(TOLERATED_ARGUMENTS)
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)'.*current is (?:the value '([^']*)'|none)")
 
 
-def ready_count(connection: amqp.Connection, queue: str) -> int | None:
-    """Ready messages of ``queue`` (passive declare); None when it is not declared."""
+def queue_counts(connection: amqp.Connection, queue: str) -> tuple[int, int] | None:
+    """``(ready messages, consumers)`` of ``queue`` (passive declare); None when it
+    is not declared."""
     channel = connection.channel()
     try:
         ok = channel.queue_declare(queue, passive=True)
     except amqp.exceptions.NotFound:
         return None
     channel.close()
-    return int(ok[1]) if ok is not None else 0
+    return (int(ok[1]), int(ok[2])) if ok is not None else (0, 0)
+
+
+def ready_count(connection: amqp.Connection, queue: str) -> int | None:
+    """Ready messages of ``queue`` (passive declare); None when it is not declared."""
+    counts = queue_counts(connection, queue)
+    return None if counts is None else counts[0]
 
 
 def read_depth(connection: amqp.Connection, names: RabbitNames) -> dict[str, int]:
-    """``queued``, ``scheduled`` and ``parked`` (30 passive declares, a few ms)."""
+    """``queued``, ``scheduled``, ``parked``, and the record queue's ``consumers``
+    (30 passive declares, a few ms)."""
+    queued, consumers = queue_counts(connection, names.queue) or (0, 0)
     return {
-        "queued": ready_count(connection, names.queue) or 0,
+        "queued": queued,
         "scheduled": sum(ready_count(connection, level) or 0 for level in names.delay_levels()),
         "parked": ready_count(connection, names.parked) or 0,
+        "consumers": consumers,
     }
 
 
@@ -241,6 +251,15 @@ class RabbitFiguresReader:
             key=lambda w: (w["seen_s_ago"], w["name"]),
         )
         alive = {w["consumer"] for w in workers if w["alive"]}
+        workers_alive = [w["name"] for w in workers if w["alive"]]
+        consumers = depth["consumers"]
+        if not workers_alive and consumers:
+            # Someone consumes the record queue now (RabbitMQ drops a consumer with
+            # its connection), though no worker appended figures lately: not "no
+            # worker alive", but said.
+            workers_alive = [
+                f"{consumers} consumer{'' if consumers == 1 else 's'} of {self.names.queue}"
+            ]
         minute = fold.summed(RATE_DELIVERED, now, MINUTE_S)
         last_5s = fold.summed(RATE_DELIVERED, now, NOW_SPAN_S)
         idle_s_ago = fold.ago(IDLE_AT, now)
@@ -260,7 +279,7 @@ class RabbitFiguresReader:
             delivered_per_s=round(minute / MINUTE_S, 1),
             delivered_last_5s=last_5s,
             delivered_per_s_last_5s=round(last_5s / NOW_SPAN_S, 1),
-            workers_alive=[w["name"] for w in workers if w["alive"]],
+            workers_alive=workers_alive,
             workers=workers,
             last_worker_seen_s_ago=workers[0]["seen_s_ago"] if workers else None,
             oldest_queued_s=None,
@@ -277,10 +296,17 @@ class RabbitFiguresReader:
                 "record_queue": self.names.queue,
                 "declared": declared,
                 "as_declared_by_aicm_tasks": declared and risk is None,
+                "consumers": consumers,
             },
         )
         if risk is not None:
             figures.problems.append(risk)
+        if consumers and not alive:
+            figures.warnings.append(
+                f"the record queue has {consumers} consumer{'' if consumers == 1 else 's'} but no "
+                f"worker appended figures in the last {thresholds.no_worker_s:.0f}s: an idle "
+                "worker that sends no heartbeat, or a consumer that is not an aicm-tasks worker"
+            )
         if not declared:
             figures.warnings.append(
                 f"the record queue {self.names.queue} is not declared yet: "
