@@ -30,7 +30,7 @@ from aicm_tasks.broker.keys import (
 from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
 from aicm_tasks.broker.rabbitmq.events import dead_event, figures_event
-from aicm_tasks.broker.rabbitmq.figures import RabbitFiguresReader
+from aicm_tasks.broker.rabbitmq.figures import RabbitFiguresReader, record_queue_risk
 from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.rabbitmq.streams import StreamReader
 from aicm_tasks.broker.rabbitmq.topology import declare_topology
@@ -277,3 +277,29 @@ def test_a_consumer_on_the_record_queue_counts_as_alive_with_a_warning(
     assert seen["workers_alive"] == [f"1 consumer of {names.queue}"]
     assert seen["rabbitmq"]["consumers"] == 1
     assert any("no worker appended figures in the last 60s" in w for w in seen["warnings"])
+
+
+def test_a_length_limit_set_by_the_operator_is_not_a_risk(
+    rabbitmq_vhost, names: RabbitNames
+) -> None:
+    connection = open_connection(rabbitmq_vhost.url, timeout_s=10)
+    try:
+        channel = connection.channel()
+        channel.queue_declare(
+            names.queue,
+            durable=True,
+            auto_delete=False,
+            arguments=names.record_queue_arguments(max_length=1000),
+        )
+        assert record_queue_risk(connection, names) is None
+        other = RabbitNames(queue=f"{names.queue}.other", prefix=names.prefix)
+        connection.channel().queue_declare(
+            other.queue,
+            durable=True,
+            auto_delete=False,
+            arguments={**other.record_queue_arguments(max_length=10), "x-overflow": "drop-head"},
+        )
+        risk = record_queue_risk(connection, other)
+        assert risk is not None and "inequivalent arg 'x-overflow'" in risk
+    finally:
+        close_quietly(connection)
