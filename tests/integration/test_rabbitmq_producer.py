@@ -83,8 +83,13 @@ def take(url: str, queue: str, expected: int, timeout_s: float = 30) -> list[amq
     return taken
 
 
+def body_of(message: amqp.Message) -> bytes:
+    body = message.body
+    return body if isinstance(body, bytes) else body.encode()
+
+
 def ids_of(messages: list[amqp.Message]) -> list[str]:
-    return [decode(bytes(message.body)).response_id for message in messages]
+    return [decode(body_of(message)).response_id for message in messages]
 
 
 def depth(url: str, queue: str) -> int:
@@ -117,7 +122,7 @@ def test_track_delay_lands_one_confirmed_persistent_record_without_its_secret(
     assert result.id == "rid-1"
     [message] = take(rabbitmq_vhost.url, names.queue, 1)
     assert message.properties["delivery_mode"] == 2
-    item = decode(bytes(message.body))
+    item = decode(body_of(message))
     assert (item.response_id, item.service_key, item.malformed) == (
         "rid-1",
         "openai::gpt-4o-mini",
@@ -125,7 +130,7 @@ def test_track_delay_lands_one_confirmed_persistent_record_without_its_secret(
     )
     record = json.loads(item.body)
     assert (record["customer_key"], record["payload"]) == ("acme", {"input_tokens": 7})
-    assert SECRET not in bytes(message.body).decode()
+    assert SECRET not in body_of(message).decode()
     assert SECRET not in json.dumps(message.properties, default=str)
     # It is the billing queue: the same arguments declare it again without a 406.
     connection = open_connection(rabbitmq_vhost.url, timeout_s=10)

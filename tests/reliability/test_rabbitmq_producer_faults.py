@@ -35,7 +35,8 @@ def take_all(url: str, queue: str) -> list[str]:
     try:
         channel = connection.channel()
         while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            ids.append(decode(bytes(message.body)).response_id)
+            body = message.body
+            ids.append(decode(body if isinstance(body, bytes) else body.encode()).response_id)
     finally:
         close_quietly(connection)
     return ids
@@ -59,7 +60,7 @@ def test_records_published_while_rabbitmq_stops_are_spooled_then_land_once(
     spooled_ever: list[str] = []
     append_many = spool.append_many
 
-    def remember(messages, due_epoch_s=None):  # type: ignore[no-untyped-def]
+    def remember(messages, due_epoch_s=None):
         append_many(messages, due_epoch_s)
         spooled_ever.extend(decode(message).response_id for message in messages)
 
