@@ -329,8 +329,40 @@ def test_track_async_and_check_limits_work_on_rabbitmq_without_opening_redis(
     assert ids_of(take(rabbitmq_vhost.url, names.queue, 4)) == ids
 
 
-def test_limits_enabled_on_rabbitmq_is_refused_with_the_reason(
-    rabbitmq_vhost: RabbitVhost,
+def test_celery_delivery_publishes_the_sdks_records_to_rabbitmq(
+    rabbitmq_vhost: RabbitVhost, names: RabbitNames, tmp_path: Path
 ) -> None:
-    with pytest.raises(ValueError, match="AICM_LIMITS_ENABLED needs Redis"):
-        Settings(broker_url=rabbitmq_vhost.url, limits_enabled=True)
+    from aicm_tasks.producer.sdk import CeleryDelivery
+
+    declare_topology(rabbitmq_vhost.url, names)
+    track = producer(settings_for(rabbitmq_vhost.url, names, tmp_path))
+    sdk_record = {"service_key": "openai::gpt-4o", "timestamp": "1764570000.5"}
+    with CeleryDelivery(task=track) as delivery:
+        answer = delivery.enqueue({**sdk_record, "response_id": "sdk-1", "payload": {"n": 1}})
+        delivery.deliver({"tracked": [{**sdk_record, "response_id": "sdk-2", "payload": {"n": 2}}]})
+    assert answer["response_id"] == "sdk-1"
+    assert ids_of(take(rabbitmq_vhost.url, names.queue, 2)) == ["sdk-1", "sdk-2"]
+
+
+def test_import_sqlite_publishes_an_sdk_queue_to_rabbitmq_once(
+    rabbitmq_vhost: RabbitVhost, names: RabbitNames, tmp_path: Path
+) -> None:
+    declare_topology(rabbitmq_vhost.url, names)
+    path = tmp_path / "queue.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE queue (id INTEGER PRIMARY KEY, payload TEXT, status TEXT)")
+        conn.executemany(
+            "INSERT INTO queue (payload, status) VALUES (?, ?)",
+            [
+                (json.dumps({"service_key": "a::b", "response_id": f"q{n}", "payload": {}}), s)
+                for n, s in enumerate(["queued", "processing", "failed", "queued"])
+            ],
+        )
+    env = {"AICM_BROKER_URL": rabbitmq_vhost.url, "AICM_QUEUE": names.queue}
+    first = run_cli("import-sqlite", str(path), "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["published"] == 4
+    again = run_cli("import-sqlite", str(path), "--json", env=env)
+    assert json.loads(again.stdout)["published"] == 0
+    assert sorted(ids_of(take(rabbitmq_vhost.url, names.queue, 4))) == ["q0", "q1", "q2", "q3"]
+    assert depth(rabbitmq_vhost.url, names.queue) == 0
