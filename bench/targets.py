@@ -22,6 +22,7 @@ _RELATIONS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
     ">=": operator.ge,
     ">": operator.gt,
+    "vs": lambda value, bound: True,  # reported, not bounded
 }
 _SYMBOLS = {"<=": "≤", ">=": "≥", ">": ">", "vs": "vs"}
 
