@@ -154,7 +154,7 @@ class Publisher:
         self.spool.append_many(messages, due_epoch_s)
         if not self._spooling:
             logger.warning(
-                "the broker at %s does not answer (%s): spooling records to %s until it does",
+                "the broker at %s did not take records (%s): spooling them to %s until it does",
                 where,
                 exc,
                 self.spool.directory,
