@@ -10,13 +10,9 @@ from aicm_tasks.broker.errors import BROKER_ERRORS
 from aicm_tasks.broker.rabbitmq.publisher import RabbitTarget
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 from aicm_tasks.errors import RecordsRefusedError
-from aicm_tasks.producer.publisher import RecordTarget
+from aicm_tasks.producer.publisher import DRAIN_TIMEOUT_S, RecordTarget
 from aicm_tasks.producer.shards import ShardedTarget
 from aicm_tasks.producer.spool import Spool
-
-#: The budget of one drained chunk on RabbitMQ (a confirm wait for up to 1,000
-#: records): an operator's command may wait longer than a web request.
-DRAIN_TIMEOUT_S = 10.0
 
 
 @click.group()

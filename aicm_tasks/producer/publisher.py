@@ -42,6 +42,10 @@ from aicm_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: The budget of one drained chunk's publish on RabbitMQ (the spool's drain
+#: thread, ``CeleryDelivery.close``): longer than a web request's publish.
+DRAIN_TIMEOUT_S = 10.0
+
 
 class RecordTarget(Protocol):
     """Where records are published: :class:`ShardedTarget` (Redis) or
@@ -74,6 +78,7 @@ class Publisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._target: RecordTarget | None = None
+        self._drain_target: RecordTarget | None = None
         self._lock = threading.Lock()
         self.spool: Spool | None = Spool.for_settings(settings) if settings.spool_enabled else None
         self._spooling = False
@@ -154,7 +159,7 @@ class Publisher:
         self.spool.append_many(messages, due_epoch_s)
         if not self._spooling:
             logger.warning(
-                "the broker at %s did not take records (%s): spooling them to %s until it does",
+                "the broker at %s does not take records (%s): spooling records to %s until it does",
                 where,
                 exc,
                 self.spool.directory,
@@ -162,9 +167,32 @@ class Publisher:
             self._spooling = True
         self._start_drainer()
 
+    @property
+    def drain_target(self) -> RecordTarget:
+        """Where spooled records are pushed back: the publisher's own target on Redis;
+        on RabbitMQ a connection of its own whose calls may take
+        :data:`DRAIN_TIMEOUT_S`, since a chunk of ``DRAIN_CHUNK`` records waits for
+        that many confirms (about 0.1-0.2 s here, more under load), and a chunk
+        timed out is pushed again whole: duplicates on every try."""
+        if not self.settings.records_on_rabbitmq:
+            return self.target
+        target = self._drain_target
+        if target is None:
+            with self._lock:
+                if self._drain_target is None:
+                    self._drain_target = record_target(
+                        self.settings,
+                        timeout_s=max(self.settings.publish_timeout_s, DRAIN_TIMEOUT_S),
+                    )
+                target = self._drain_target
+        return target
+
     def _start_drainer(self) -> None:
         """The spool's drain thread, pushing to whichever shards answer."""
         if self.spool is None:
+            return
+        if self.settings.records_on_rabbitmq:
+            self.spool.ensure_drainer(self.drain_target, self._broker_answers)
             return
         try:
             target = self.target

@@ -168,7 +168,7 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
         if spool is None or not spool.has_records():
             return
         try:
-            spool.drain(publisher.target)
+            spool.drain(publisher.drain_target)
         except BROKER_ERRORS as exc:
             logger.warning(
                 "%d records stay spooled in %s: the broker does not answer (%s); the "
