@@ -100,3 +100,25 @@ def test_records_published_while_rabbitmq_stops_are_spooled_then_land_once(
     assert duplicates <= set(spooled_ever)
     assert max(counts.values()) <= 2
     assert sum(counts.values()) == len(published) + len(duplicates)
+
+
+def test_the_first_publish_after_a_restart_goes_through_on_a_fresh_connection(
+    private_rabbitmq: PrivateRabbit, tmp_path: Path
+) -> None:
+    names = RabbitNames(queue=f"t.{uuid.uuid4().hex[:8]}.tracking")
+    declare_topology(private_rabbitmq.url, names)
+    settings = Settings(
+        broker_url=private_rabbitmq.url,
+        queue=names.queue,
+        spool_dir=tmp_path / "spool",
+        publish_timeout_s=2.0,
+    )
+    track = track_of(create_app(settings))
+    track.delay("a::b", {"n": 0}, response_id="before")  # opens the process's connection
+    private_rabbitmq.stop()
+    private_rabbitmq.start()
+    # The connection opened before the restart is dead; the call tries once more
+    # on a fresh one instead of spooling a record the broker would take.
+    track.delay("a::b", {"n": 1}, response_id="after")
+    assert spool_of(track).status().records == 0
+    assert take_all(private_rabbitmq.url, names.queue) == ["before", "after"]
