@@ -89,7 +89,11 @@ class ShardedTarget:
                 SHARD_DOWN_S,
             )
 
-    # -- SpoolTarget -----------------------------------------------------------------
+    # -- RecordTarget (producer/publisher.py) and SpoolTarget ---------------------------
+    def push(self, message: bytes) -> None:
+        """Append one message to one shard's queue (the next that answers)."""
+        self.run(lambda store: store.push(message))
+
     def push_many(self, messages: Sequence[bytes]) -> None:
         """Append messages to one shard's queue (the next that answers)."""
         self.run(lambda store: store.push_many(messages))
