@@ -8,7 +8,7 @@ import redis
 
 from aicm_tasks.broker.keys import shard_keys
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.producer.shards import ShardedTarget
+from aicm_tasks.producer.shards import SHARD_RUN, ShardedTarget
 
 
 def stores(n: int) -> list[RecordStore]:
@@ -24,9 +24,21 @@ def queued(store: RecordStore) -> int:
 def test_publishes_spread_over_every_shard_in_turn() -> None:
     shards = stores(3)
     target = ShardedTarget(shards)
-    for n in range(30):
+    for n in range(3 * SHARD_RUN * 4):
         target.push_many([b"m%d" % n])
-    assert [queued(s) for s in shards] == [10, 10, 10]
+    assert [queued(s) for s in shards] == [SHARD_RUN * 4] * 3
+
+
+def test_a_shard_takes_a_run_of_publishes_before_the_next_one_does() -> None:
+    shards = stores(3)
+    target = ShardedTarget(shards)
+    chosen = [target.order()[0] for _ in range(3 * SHARD_RUN * 2)]
+    # A shard changes at most once per run, and always to the next one.
+    changes = [(a, b) for a, b in zip(chosen, chosen[1:], strict=False) if a != b]
+    assert len(changes) in (5, 6)
+    assert all(b == (a + 1) % 3 for a, b in changes)
+    runs = [chosen.count(i) for i in range(3)]
+    assert runs == [SHARD_RUN * 2] * 3
 
 
 class DeadStore(RecordStore):
