@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import fakeredis
 import pytest
 import redis
@@ -34,7 +36,7 @@ def test_a_shard_takes_a_run_of_publishes_before_the_next_one_does() -> None:
     target = ShardedTarget(shards)
     chosen = [target.order()[0] for _ in range(3 * SHARD_RUN * 2)]
     # A shard changes at most once per run, and always to the next one.
-    changes = [(a, b) for a, b in zip(chosen, chosen[1:], strict=False) if a != b]
+    changes = [(a, b) for a, b in itertools.pairwise(chosen) if a != b]
     assert len(changes) in (5, 6)
     assert all(b == (a + 1) % 3 for a, b in changes)
     runs = [chosen.count(i) for i in range(3)]
