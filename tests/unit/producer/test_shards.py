@@ -58,10 +58,11 @@ def test_a_shard_that_does_not_answer_is_skipped_and_the_record_goes_to_another(
     dead = DeadStore(fakeredis.FakeRedis(), shard_keys("q", "p", 2, tagged=True))
     target = ShardedTarget([*live, dead])
     DeadStore.calls = 0
-    for n in range(20):
+    # Every shard's run comes twice.
+    for n in range(3 * SHARD_RUN * 2):
         message = b"m%d" % n
         target.run(lambda store: store.push(message))  # noqa: B023 - run calls it at once
-    assert sum(queued(s) for s in live) == 20
+    assert sum(queued(s) for s in live) == 3 * SHARD_RUN * 2
     # Tried once, then skipped for SHARD_DOWN_S.
     assert DeadStore.calls == 1
 
