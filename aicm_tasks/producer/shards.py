@@ -1,6 +1,6 @@
-"""Which shard a producer publishes to: the next in turn (in runs of
-:data:`SHARD_RUN` publishes), skipping one that just failed to answer, so one
-dead primary does not stop publishing.
+"""Which shard a producer publishes to: the next in turn (one record at a time
+in runs of :data:`SHARD_RUN`, a batch each call), skipping one that just failed
+to answer, so one dead primary does not stop publishing.
 
 A shard that does not answer within the publish budget is skipped for
 :data:`SHARD_DOWN_S`; the publish goes to the next one at once. Only when every
@@ -29,13 +29,15 @@ logger = logging.getLogger(__name__)
 #: publish would otherwise spend its budget on the dead shard first.
 SHARD_DOWN_S = 5.0
 
-#: Publishes that go to one shard before the next takes over. One per shard in
-#: strict turn made a lone producer wake a different Redis process every time:
-#: on the 3-primary test cluster (2 cores) an LPUSH cost 83-89 µs p50 when the
-#: shard changed every publish, 49-57 µs in runs of 64, 35-39 µs on one Redis
-#: (perf_counter_ns, 20k calls). In runs of 16 a change of shard is one publish
-#: in 16 (about 2 µs each on average) and the shards still share the records
-#: evenly, to within a run per producer.
+#: One-record publishes that go to one shard before the next takes over. One
+#: per shard in strict turn made a lone producer wake a different Redis process
+#: every time: on the 3-primary test cluster (2 cores) an LPUSH cost 83-89 µs
+#: p50 when the shard changed every publish, 49-57 µs in runs of 64, 35-39 µs
+#: on one Redis (perf_counter_ns, 20k calls). In runs of 16 a change of shard is
+#: one publish in 16 (about 2 µs each on average) and the shards still share the
+#: records evenly, to within a run per producer. A batch (a ``track_many`` call,
+#: a chunk of a spool drain) pays the change once for all its records: each
+#: goes to the next shard.
 SHARD_RUN = 16
 
 T = TypeVar("T")
@@ -54,27 +56,30 @@ class ShardedTarget:
         self.stores = list(stores)
         # A random start, so that many processes starting at once spread out.
         self._turn = itertools.count(random.randrange(len(self.stores) * SHARD_RUN))
+        self._batch_turn = itertools.count(random.randrange(len(self.stores)))
         self._down_until = [0.0] * len(self.stores)
         self._lock = threading.Lock()
 
-    def order(self) -> list[int]:
+    def order(self, *, batch: bool = False) -> list[int]:
         """The shards to try, in turn: those not marked down, starting with the
-        one whose run it is; when all are marked down, the one whose mark ends first."""
+        one whose run it is (with ``batch``, the next one); when all are marked
+        down, the one whose mark ends first."""
         n = len(self.stores)
         if n == 1:
             return [0]
-        start = next(self._turn) // SHARD_RUN % n
+        start = next(self._batch_turn) % n if batch else next(self._turn) // SHARD_RUN % n
         now = time.monotonic()
         live = [(start + k) % n for k in range(n) if self._down_until[(start + k) % n] <= now]
         if live:
             return live
         return [min(range(n), key=lambda i: self._down_until[i])]
 
-    def run(self, action: Callable[[RecordStore], T]) -> T:
-        """``action`` on the first shard that answers; raises the last
-        :class:`redis.RedisError` when none did."""
+    def run(self, action: Callable[[RecordStore], T], *, batch: bool = False) -> T:
+        """``action`` on the first shard that answers (``batch``: ``action``
+        writes many records); raises the last :class:`redis.RedisError` when
+        none did."""
         failure: redis.RedisError | None = None
-        for index in self.order():
+        for index in self.order(batch=batch):
             try:
                 result = action(self.stores[index])
             except redis.RedisError as exc:
@@ -102,12 +107,12 @@ class ShardedTarget:
     # -- SpoolTarget -----------------------------------------------------------------
     def push_many(self, messages: Sequence[bytes]) -> None:
         """Append messages to one shard's queue (the next that answers)."""
-        self.run(lambda store: store.push_many(messages))
+        self.run(lambda store: store.push_many(messages), batch=True)
 
     def schedule(self, items: Iterable[tuple[float, bytes]]) -> None:
         """Hold messages in one shard's scheduled set until their due time."""
         listed = list(items)
-        self.run(lambda store: store.schedule(listed))
+        self.run(lambda store: store.schedule(listed), batch=True)
 
     def answers(self) -> bool:
         """Whether any shard answers a PING."""

@@ -23,11 +23,20 @@ def queued(store: RecordStore) -> int:
     return int(store.client.llen(store.keys.queue))
 
 
-def test_publishes_spread_over_every_shard_in_turn() -> None:
+def test_batches_spread_over_every_shard_in_turn() -> None:
+    shards = stores(3)
+    target = ShardedTarget(shards)
+    for n in range(30):
+        target.push_many([b"m%d" % n])
+    assert [queued(s) for s in shards] == [10, 10, 10]
+
+
+def test_records_published_one_at_a_time_spread_over_every_shard() -> None:
     shards = stores(3)
     target = ShardedTarget(shards)
     for n in range(3 * SHARD_RUN * 4):
-        target.push_many([b"m%d" % n])
+        message = b"m%d" % n
+        target.run(lambda store: store.push(message))  # noqa: B023 - run calls it at once
     assert [queued(s) for s in shards] == [SHARD_RUN * 4] * 3
 
 
