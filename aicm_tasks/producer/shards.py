@@ -1,6 +1,6 @@
 """Which shard a producer publishes to: the next in turn (one record at a time
-in runs of :data:`SHARD_RUN`, a batch each call), skipping one that just failed
-to answer, so one dead primary does not stop publishing.
+in runs of :data:`SHARD_RUN_S`, a batch each call), skipping one that just
+failed to answer, so one dead primary does not stop publishing.
 
 A shard that does not answer within the publish budget is skipped for
 :data:`SHARD_DOWN_S`; the publish goes to the next one at once. Only when every
@@ -29,16 +29,17 @@ logger = logging.getLogger(__name__)
 #: publish would otherwise spend its budget on the dead shard first.
 SHARD_DOWN_S = 5.0
 
-#: One-record publishes that go to one shard before the next takes over. One
-#: per shard in strict turn made a lone producer wake a different Redis process
-#: every time: on the 3-primary test cluster (2 cores) an LPUSH cost 83-89 µs
-#: p50 when the shard changed every publish, 49-57 µs in runs of 64, 35-39 µs
-#: on one Redis (perf_counter_ns, 20k calls). In runs of 16 a change of shard is
-#: one publish in 16 (about 2 µs each on average) and the shards still share the
-#: records evenly, to within a run per producer. A batch (a ``track_many`` call,
-#: a chunk of a spool drain) pays the change once for all its records: each
-#: goes to the next shard.
-SHARD_RUN = 16
+#: How long one-record publishes keep going to one shard before the next takes
+#: over, in seconds. A producer that changes Redis process every publish finds
+#: each one idle and cold: on the 3-primary test cluster (2 cores, perf_counter_ns,
+#: 20k LPUSHes, median of 5) a lone producer's LPUSH cost 70 µs p50 in strict
+#: turn, 70 in runs of 16, 60 of 128, 54 of 1024, 52 on one shard only (one
+#: standalone Redis: 43). A run measured in time gives a fast producer long hot
+#: runs (500 records at 10k/s) and spreads a slow one's records over the shards
+#: within a fraction of a second. A batch (a ``track_many`` call, a chunk of a
+#: spool drain) pays the change once for all its records: each goes to the next
+#: shard.
+SHARD_RUN_S = 0.05
 
 T = TypeVar("T")
 
@@ -55,7 +56,8 @@ class ShardedTarget:
             raise ValueError("at least one shard is needed")
         self.stores = list(stores)
         # A random start, so that many processes starting at once spread out.
-        self._turn = itertools.count(random.randrange(len(self.stores) * SHARD_RUN))
+        self._run_shard = random.randrange(len(self.stores))
+        self._run_ends = 0.0
         self._batch_turn = itertools.count(random.randrange(len(self.stores)))
         self._down_until = [0.0] * len(self.stores)
         self._lock = threading.Lock()
@@ -67,8 +69,16 @@ class ShardedTarget:
         n = len(self.stores)
         if n == 1:
             return [0]
-        start = next(self._batch_turn) % n if batch else next(self._turn) // SHARD_RUN % n
         now = time.monotonic()
+        if batch:
+            start = next(self._batch_turn) % n
+        else:
+            if now >= self._run_ends:
+                # Two threads may both end a run here: one shard's run is then
+                # skipped, which only shifts the spread.
+                self._run_shard = (self._run_shard + 1) % n
+                self._run_ends = now + SHARD_RUN_S
+            start = self._run_shard
         live = [(start + k) % n for k in range(n) if self._down_until[(start + k) % n] <= now]
         if live:
             return live

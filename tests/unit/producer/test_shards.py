@@ -10,7 +10,8 @@ import redis
 
 from aicm_tasks.broker.keys import shard_keys
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.producer.shards import SHARD_RUN, ShardedTarget
+from aicm_tasks.producer import shards as shards_module
+from aicm_tasks.producer.shards import SHARD_DOWN_S, SHARD_RUN_S, ShardedTarget
 
 
 def stores(n: int) -> list[RecordStore]:
@@ -31,25 +32,50 @@ def test_batches_spread_over_every_shard_in_turn() -> None:
     assert [queued(s) for s in shards] == [10, 10, 10]
 
 
-def test_records_published_one_at_a_time_spread_over_every_shard() -> None:
-    shards = stores(3)
-    target = ShardedTarget(shards)
-    for n in range(3 * SHARD_RUN * 4):
+class Clock:
+    """``time.monotonic`` for the shards module: moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(shards_module.time, "monotonic", fake)
+    return fake
+
+
+#: Publishes per run in these tests: one every eighth of a run.
+PER_RUN = 8
+
+
+def publish_one_at_a_time(target: ShardedTarget, clock: Clock, count: int) -> list[int]:
+    """``count`` one-record publishes, PER_RUN a run; the shard each went to."""
+    chosen = []
+    for n in range(count):
         message = b"m%d" % n
-        target.run(lambda store: store.push(message))  # noqa: B023 - run calls it at once
-    assert [queued(s) for s in shards] == [SHARD_RUN * 4] * 3
+        chosen.append(target.run(lambda store: store.push(message) or store.keys.shard))  # noqa: B023 - run calls it at once
+        clock.now += SHARD_RUN_S / PER_RUN
+    return chosen
 
 
-def test_a_shard_takes_a_run_of_publishes_before_the_next_one_does() -> None:
+def test_records_published_one_at_a_time_spread_over_every_shard(clock: Clock) -> None:
     shards = stores(3)
-    target = ShardedTarget(shards)
-    chosen = [target.order()[0] for _ in range(3 * SHARD_RUN * 2)]
-    # A shard changes at most once per run, and always to the next one.
-    changes = [(a, b) for a, b in itertools.pairwise(chosen) if a != b]
-    assert len(changes) in (5, 6)
-    assert all(b == (a + 1) % 3 for a, b in changes)
-    runs = [chosen.count(i) for i in range(3)]
-    assert runs == [SHARD_RUN * 2] * 3
+    publish_one_at_a_time(ShardedTarget(shards), clock, 3 * PER_RUN * 4)
+    assert [queued(s) for s in shards] == [PER_RUN * 4] * 3
+
+
+def test_a_shard_takes_the_publishes_of_a_run_then_the_next_one_does(clock: Clock) -> None:
+    chosen = publish_one_at_a_time(ShardedTarget(stores(3)), clock, 3 * PER_RUN * 2)
+    # Runs of PER_RUN publishes (a fraction of a second), each shard's in turn.
+    runs = [chosen[k : k + PER_RUN] for k in range(0, len(chosen), PER_RUN)]
+    assert all(len(set(run)) == 1 for run in runs), runs
+    firsts = [run[0] for run in runs]
+    assert all(b == (a + 1) % 3 for a, b in itertools.pairwise(firsts)), firsts
 
 
 class DeadStore(RecordStore):
@@ -62,16 +88,17 @@ class DeadStore(RecordStore):
         raise redis.ConnectionError("down")
 
 
-def test_a_shard_that_does_not_answer_is_skipped_and_the_record_goes_to_another() -> None:
+def test_a_shard_that_does_not_answer_is_skipped_and_the_record_goes_to_another(
+    clock: Clock,
+) -> None:
     live = stores(2)
     dead = DeadStore(fakeredis.FakeRedis(), shard_keys("q", "p", 2, tagged=True))
     target = ShardedTarget([*live, dead])
     DeadStore.calls = 0
-    # Every shard's run comes twice.
-    for n in range(3 * SHARD_RUN * 2):
-        message = b"m%d" % n
-        target.run(lambda store: store.push(message))  # noqa: B023 - run calls it at once
-    assert sum(queued(s) for s in live) == 3 * SHARD_RUN * 2
+    # Every shard's run comes twice, within SHARD_DOWN_S.
+    assert 3 * 2 * SHARD_RUN_S < SHARD_DOWN_S
+    publish_one_at_a_time(target, clock, 3 * PER_RUN * 2)
+    assert sum(queued(s) for s in live) == 3 * PER_RUN * 2
     # Tried once, then skipped for SHARD_DOWN_S.
     assert DeadStore.calls == 1
 
