@@ -51,10 +51,14 @@ class ShardedTarget:
     spooled records to whichever shards answer.
     """
 
-    def __init__(self, stores: Sequence[RecordStore]) -> None:
+    def __init__(
+        self, stores: Sequence[RecordStore], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock``: seconds, for the runs and for how long a shard is skipped."""
         if not stores:
             raise ValueError("at least one shard is needed")
         self.stores = list(stores)
+        self._clock = clock
         # A random start, so that many processes starting at once spread out.
         self._run_shard = random.randrange(len(self.stores))
         self._run_ends = 0.0
@@ -69,7 +73,7 @@ class ShardedTarget:
         n = len(self.stores)
         if n == 1:
             return [0]
-        now = time.monotonic()
+        now = self._clock()
         if batch:
             start = next(self._batch_turn) % n
         else:
@@ -104,8 +108,8 @@ class ShardedTarget:
         if len(self.stores) == 1:
             return
         with self._lock:
-            was_live = self._down_until[index] <= time.monotonic()
-            self._down_until[index] = time.monotonic() + SHARD_DOWN_S
+            was_live = self._down_until[index] <= self._clock()
+            self._down_until[index] = self._clock() + SHARD_DOWN_S
         if was_live:
             logger.warning(
                 "shard %d did not answer (%s): publishing to the other shards for %.0fs",

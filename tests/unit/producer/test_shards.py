@@ -10,7 +10,6 @@ import redis
 
 from aicm_tasks.broker.keys import shard_keys
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.producer import shards as shards_module
 from aicm_tasks.producer.shards import SHARD_DOWN_S, SHARD_RUN_S, ShardedTarget
 
 
@@ -33,7 +32,7 @@ def test_batches_spread_over_every_shard_in_turn() -> None:
 
 
 class Clock:
-    """``time.monotonic`` for the shards module: moves only when told."""
+    """A target's clock that moves only when told."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -43,10 +42,8 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(shards_module.time, "monotonic", fake)
-    return fake
+def clock() -> Clock:
+    return Clock()
 
 
 #: Publishes per run in these tests: one every eighth of a run.
@@ -55,22 +52,25 @@ PER_RUN = 8
 
 def publish_one_at_a_time(target: ShardedTarget, clock: Clock, count: int) -> list[int]:
     """``count`` one-record publishes, PER_RUN a run; the shard each went to."""
-    chosen = []
+    chosen: list[int] = []
+    counts = [queued(shard) for shard in target.stores]
     for n in range(count):
         message = b"m%d" % n
-        chosen.append(target.run(lambda store: store.push(message) or store.keys.shard))  # noqa: B023 - run calls it at once
+        target.run(lambda store: store.push(message))  # noqa: B023 - run calls it at once
+        chosen.append(next(i for i, shard in enumerate(target.stores) if queued(shard) > counts[i]))
+        counts[chosen[-1]] += 1
         clock.now += SHARD_RUN_S / PER_RUN
     return chosen
 
 
 def test_records_published_one_at_a_time_spread_over_every_shard(clock: Clock) -> None:
     shards = stores(3)
-    publish_one_at_a_time(ShardedTarget(shards), clock, 3 * PER_RUN * 4)
+    publish_one_at_a_time(ShardedTarget(shards, clock=clock), clock, 3 * PER_RUN * 4)
     assert [queued(s) for s in shards] == [PER_RUN * 4] * 3
 
 
 def test_a_shard_takes_the_publishes_of_a_run_then_the_next_one_does(clock: Clock) -> None:
-    chosen = publish_one_at_a_time(ShardedTarget(stores(3)), clock, 3 * PER_RUN * 2)
+    chosen = publish_one_at_a_time(ShardedTarget(stores(3), clock=clock), clock, 3 * PER_RUN * 2)
     # Runs of PER_RUN publishes (a fraction of a second), each shard's in turn.
     runs = [chosen[k : k + PER_RUN] for k in range(0, len(chosen), PER_RUN)]
     assert all(len(set(run)) == 1 for run in runs), runs
@@ -93,7 +93,7 @@ def test_a_shard_that_does_not_answer_is_skipped_and_the_record_goes_to_another(
 ) -> None:
     live = stores(2)
     dead = DeadStore(fakeredis.FakeRedis(), shard_keys("q", "p", 2, tagged=True))
-    target = ShardedTarget([*live, dead])
+    target = ShardedTarget([*live, dead], clock=clock)
     DeadStore.calls = 0
     # Every shard's run comes twice, within SHARD_DOWN_S.
     assert 3 * 2 * SHARD_RUN_S < SHARD_DOWN_S
