@@ -8,9 +8,10 @@ each time), picks the node, records metrics, then sends on that node's own
 :class:`redis.Redis` connection pool. Measured on the 3-primary test cluster
 (2-core machine, 20k calls, perf_counter_ns): an LPUSH through ``RedisCluster``
 costs 128-132 µs p50, the same LPUSH on the node's ``redis.Redis`` 70-86 µs,
-and looking the node up in the slot map here ~1 µs. ``track.delay`` on the
-cluster went from 2.0x the single-Redis p50 to about 1.2x (docs/scaling.md
-has the method; the figures of the whole run are in this module's commit).
+and looking the node up in the slot map here about 2 µs. ``track.delay`` p50
+on 3 cluster shards against one standalone Redis, same script and run (20k
+calls a repeat, median of 3, a loaded 2-core machine), went from 1.60-2.16x to
+1.22-1.48x, with the producer's runs on one shard (``producer/shards.py``).
 
 So a publish looks the slot's primary up in the cluster client's map and sends
 on that node's pool (the one the cluster client itself uses: no extra
