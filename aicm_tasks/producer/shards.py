@@ -52,12 +52,19 @@ class ShardedTarget:
     """
 
     def __init__(
-        self, stores: Sequence[RecordStore], *, clock: Callable[[], float] = time.monotonic
+        self,
+        stores: Sequence[RecordStore],
+        *,
+        run_s: float = SHARD_RUN_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``clock``: seconds, for the runs and for how long a shard is skipped."""
+        """``run_s``: how long one-record publishes stay on one shard (0: each
+        to the next); ``clock``: seconds, for the runs and for how long a shard
+        is skipped."""
         if not stores:
             raise ValueError("at least one shard is needed")
         self.stores = list(stores)
+        self.run_s = run_s
         self._clock = clock
         # A random start, so that many processes starting at once spread out.
         self._run_shard = random.randrange(len(self.stores))
@@ -81,7 +88,7 @@ class ShardedTarget:
                 # Two threads may both end a run here: one shard's run is then
                 # skipped, which only shifts the spread.
                 self._run_shard = (self._run_shard + 1) % n
-                self._run_ends = now + SHARD_RUN_S
+                self._run_ends = now + self.run_s
             start = self._run_shard
         live = [(start + k) % n for k in range(n) if self._down_until[(start + k) % n] <= now]
         if live:

@@ -76,6 +76,11 @@ class ShardedPipeline(Pipeline):
     def cli_env(self) -> dict[str, str]:
         return {**super().cli_env(), **self.shard_env()}
 
+    def spread_every_publish(self) -> None:
+        """Publish each record to the next shard, so that a burst shorter than a
+        producer's run on one shard (``SHARD_RUN_S``) still reaches every shard."""
+        self.track.publisher.target.run_s = 0.0
+
     def stats(self) -> dict[str, int]:
         """Every shard's counters, added up."""
         total: dict[str, int] = {}

@@ -116,3 +116,10 @@ def test_when_every_shard_fails_the_error_reaches_the_caller_after_one_try_each(
     with pytest.raises(redis.ConnectionError):
         target.run(lambda store: store.push(b"y"))
     assert DeadStore.calls == 4
+
+
+def test_with_no_run_each_record_goes_to_the_next_shard() -> None:
+    shards = stores(3)
+    target = ShardedTarget(shards, run_s=0.0)
+    chosen = [target.order()[0] for _ in range(9)]
+    assert all(b == (a + 1) % 3 for a, b in itertools.pairwise(chosen)), chosen
