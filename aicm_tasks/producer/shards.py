@@ -32,13 +32,13 @@ SHARD_DOWN_S = 5.0
 #: How long one-record publishes keep going to one shard before the next takes
 #: over, in seconds. A producer that changes Redis process every publish finds
 #: each one idle and cold: on the 3-primary test cluster (2 cores, perf_counter_ns,
-#: 20k LPUSHes, median of 5) a lone producer's LPUSH cost 70 µs p50 in strict
-#: turn, 70 in runs of 16, 60 of 128, 54 of 1024, 52 on one shard only (one
-#: standalone Redis: 43). A run measured in time gives a fast producer long hot
-#: runs (500 records at 10k/s) and spreads a slow one's records over the shards
-#: within a fraction of a second. A batch (a ``track_many`` call, a chunk of a
-#: spool drain) pays the change once for all its records: each goes to the next
-#: shard.
+#: 20k LPUSHes, median of 5, two sessions) a lone producer's LPUSH cost 70 µs
+#: p50 in strict turn, 65-70 in runs of 16 publishes, 60 of 128, 54 of 1024, 52
+#: on one shard only (one standalone Redis: 43-55). A run measured in time gives
+#: a fast producer long hot runs (500 records at 10k/s) and spreads a slow one's
+#: records over the shards within a fraction of a second. A batch (a
+#: ``track_many`` call, a chunk of a spool drain) pays the change once for all
+#: its records: each goes to the next shard.
 SHARD_RUN_S = 0.05
 
 T = TypeVar("T")
