@@ -10,8 +10,9 @@ each time), picks the node, records metrics, then sends on that node's own
 costs 128-132 µs p50, the same LPUSH on the node's ``redis.Redis`` 70-86 µs,
 and looking the node up in the slot map here about 2 µs. ``track.delay`` p50
 on 3 cluster shards against one standalone Redis, same script and run (20k
-calls a repeat, median of 3, a loaded 2-core machine), went from 1.60-2.16x to
-1.22-1.48x, with the producer's runs on one shard (``producer/shards.py``).
+calls a repeat, median of 3 or 5, five runs on a loaded 2-core machine), went
+from 1.54-2.16x to 0.86-1.48x (35-89 µs less each run), with the producer's
+runs on one shard (``producer/shards.py``).
 
 So a publish looks the slot's primary up in the cluster client's map and sends
 on that node's pool (the one the cluster client itself uses: no extra
