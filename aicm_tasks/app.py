@@ -136,8 +136,11 @@ def task_queues(settings: Settings) -> list[Queue]:
             Queue(settings.queue, routing_key=settings.queue),
             Queue(DEFAULT_TASK_QUEUE, routing_key=DEFAULT_TASK_QUEUE),
         ]
+    # A topic exchange: Celery's native delayed delivery (its countdowns on
+    # quorum queues) binds only those, and warns for a direct one.
     tasks = Queue(
         DEFAULT_TASK_QUEUE,
+        Exchange(DEFAULT_TASK_QUEUE, type="topic", durable=True),
         routing_key=DEFAULT_TASK_QUEUE,
         durable=True,
         queue_arguments={"x-queue-type": "quorum"},
