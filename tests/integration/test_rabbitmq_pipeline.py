@@ -4,9 +4,23 @@ accounting (published = delivered + dead-lettered, 0 lost)."""
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
 
+from aicm_tasks.broker.messages import encode
+from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
+from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
+from aicm_tasks.broker.rabbitmq.consumer import BatchConsumer
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
+from aicm_tasks.broker.rabbitmq.topology import declare_record_queue, declare_topology
+from aicm_tasks.broker.resolution import Resolution
+from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.errors import SettleError
 from tests.support.pipeline import local_server
+from tests.support.rabbitmq import RabbitVhost
+from tests.support.rabbitmq_messages import queue_counts
 from tests.support.rabbitmq_pipeline import (
     RabbitPipeline,
     rabbit_pipeline,
@@ -36,3 +50,95 @@ def test_records_published_to_rabbitmq_are_all_delivered_once_in_batches_of_many
     # Batches of many: a 3,000-record backlog takes far fewer settles than records.
     assert len(figures) <= 3000 // 50, len(figures)
     assert pipeline.counts() == (0, 2)  # two delivery threads, each one consumer
+
+
+def test_a_record_parked_past_the_delivery_limit_becomes_a_replayable_dead_letter(
+    rabbit_pipeline: RabbitPipeline,
+) -> None:
+    pipeline = rabbit_pipeline
+    parked = record_messages(2, prefix="parked")
+    connection = pipeline.connect()
+    try:
+        publishes = ConfirmedPublishes(connection.channel())
+        for body in parked.values():
+            # Where RabbitMQ dead-letters a record past x-delivery-limit (a fanout).
+            publishes.publish(body, exchange=pipeline.names.parked, routing_key="")
+        assert publishes.wait(10) == set()
+    finally:
+        close_quietly(connection)
+    pipeline.start_worker(AICM_BATCH_SIZE="50")
+    wait_until(lambda: len(pipeline.dead_letters()) == 2, 60, "the parked records dead-lettered")
+    dead = pipeline.dead_letters()
+    assert {entry["reason"] for entry in dead.values()} == {"delivery_limit"}
+    for response_id, entry in dead.items():
+        # Replayable: the whole record, as the producer built it.
+        assert json.dumps(entry["record"], separators=(",", ":")).encode() == parked[response_id]
+        assert "delivery limit" in entry["detail"]
+    assert pipeline.counts(pipeline.names.parked)[0] == 0
+
+
+def test_a_settle_the_broker_refuses_leaves_the_whole_batch_in_the_queue(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking")
+    connection = open_connection(rabbitmq_vhost.url, timeout_s=10)
+    try:
+        # Only the record queue: the dead-letter stream is missing, so the broker
+        # returns the dead letter's event (mandatory) and the settle must fail.
+        channel = connection.channel()
+        declare_record_queue(channel, names)
+        publishes = ConfirmedPublishes(channel)
+        for body in record_messages(5).values():
+            publishes.publish(body, routing_key=names.queue)
+        assert publishes.wait(10) == set()
+    finally:
+        close_quietly(connection)
+    consumer = BatchConsumer(rabbitmq_vhost.url, names, prefetch=10, timeout_s=10)
+    try:
+        batch = consumer.take(5, flush_interval_s=1, wait_s=5)
+        assert len(batch) == 5
+        entry = json.dumps({"id": "r0", "reason": "rejected"})
+        with pytest.raises(SettleError):
+            consumer.settle(batch, Resolution(dead_letters=[("r0", entry)]), consumer="c")
+    finally:
+        consumer.close()
+    connection = open_connection(rabbitmq_vhost.url, timeout_s=10)
+    try:
+        wait_until(
+            lambda: queue_counts(connection.channel(), names.queue)[0] == 5,
+            30,
+            "the batch back in the queue",
+        )
+    finally:
+        close_quietly(connection)
+
+
+def test_a_settled_batch_sends_its_retries_through_the_delay_topology_and_acks_once(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking")
+    declare_topology(rabbitmq_vhost.url, names)
+    messages = list(record_messages(4).values())
+    consumer = BatchConsumer(rabbitmq_vhost.url, names, prefetch=10, timeout_s=10)
+    try:
+        for body in messages:
+            consumer.publishes.publish(body, routing_key=names.queue)
+        assert consumer.publishes.wait(10) == set()
+        batch = consumer.take(4, flush_interval_s=1, wait_s=5)
+        assert batch.bodies == messages
+        # Due "now" (0.2 s) still takes the one-second hop, as a new message.
+        retry = encode(messages[0], {"retries": 1})
+        consumer.settle(
+            batch, Resolution(retries=[(0.2, retry)], stats={"retried": 1}), consumer="c"
+        )
+        back = consumer.take(4, flush_interval_s=0.1, wait_s=15)
+        assert back.bodies == [retry]
+        # Retried again: a new message, so no x-death history rides along (a
+        # carried history is what made RabbitMQ drop Celery's retries as a cycle).
+        consumer.settle(back, Resolution(retries=[(1, retry)]), consumer="c")
+        again = consumer.take(4, flush_interval_s=0.1, wait_s=15)
+        assert again.bodies == [retry]
+        assert [death["count"] for death in again.headers[0]["x-death"]] == [1]
+        assert consumer.take(4, flush_interval_s=0.1, wait_s=2).bodies == []
+    finally:
+        consumer.close()

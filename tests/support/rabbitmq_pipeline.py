@@ -13,8 +13,8 @@ import json
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 

@@ -103,10 +103,13 @@ class BatchConsumer:
         """Up to ``batch_size`` deliveries: at once from what is prefetched, or what
         arrives within ``flush_interval_s`` of the first; empty when none came in
         ``wait_s``. Stops filling early when ``stop`` is set."""
-        if not self._waiting:
-            self._drain(wait_s)
-            if not self._waiting:
+        # Each read handles one frame, which may be a confirm, not a delivery.
+        wait_until = time.monotonic() + wait_s
+        while not self._waiting:
+            left_s = wait_until - time.monotonic()
+            if left_s <= 0 or (stop is not None and stop.is_set()):
                 return Batch()
+            self._drain(left_s)
         flush_at = time.monotonic() + flush_interval_s
         while len(self._waiting) < batch_size and not (stop is not None and stop.is_set()):
             left_s = flush_at - time.monotonic()
