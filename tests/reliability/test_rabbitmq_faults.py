@@ -29,32 +29,37 @@ from tests.support.rabbitmq_pipeline import (
 __all__ = ["local_server", "rabbit_pipeline", "rabbit_pipeline_factory"]
 
 
-
 def test_sigkill_of_workers_mid_batch_loses_nothing_on_rabbitmq(
-    rabbit_pipeline: RabbitPipeline,
+    rabbit_pipeline_factory, rabbitmq_vhost, local_server
 ) -> None:
-    pipeline = rabbit_pipeline
-    messages = record_messages(20_000)
-    pipeline.publish(messages)
-    env = {"AICM_BATCH_SIZE": "250"}
-    workers = [pipeline.start_worker(**env) for _ in range(2)]
-    kills = 0
-    while pipeline.delivered() < 16_000 and kills < 4:
-        done = pipeline.delivered()
-        wait_until(lambda d=done: pipeline.delivered() > d + 2000, 120, "progress")
-        # Each worker holds up to two prefetched batches per thread, unacknowledged.
-        victim = kills % 2
-        os.kill(workers[victim].pid, signal.SIGKILL)
-        workers[victim].wait(10)
-        workers[victim] = pipeline.start_worker(**env)
-        kills += 1
-    started = time.monotonic()
-    pipeline.wait_delivered(20_000, timeout_s=240)
-    pipeline.wait_drained()
-    result = pipeline.account(
-        f"sigkill x{kills}, 2 workers", set(messages), recovery_s=time.monotonic() - started
-    )
-    assert kills >= 3
+    with FaultProxy(local_server.url) as proxy:
+        # Every POST takes 0.5 s: a kill always finds batches in flight, each
+        # worker holding up to two prefetched batches per thread, unacknowledged.
+        proxy.state.slow_s = 0.5
+        proxy.set("slow")
+        pipeline: RabbitPipeline = rabbit_pipeline_factory(rabbitmq_vhost.url, api_base=proxy.url)
+        messages = record_messages(20_000)
+        pipeline.publish(messages)
+        env = {"AICM_BATCH_SIZE": "250"}
+        workers = [pipeline.start_worker(**env) for _ in range(2)]
+        kills = 0
+        while kills < 3:
+            done = pipeline.delivered()
+            wait_until(lambda d=done: pipeline.delivered() > d + 1000, 120, "progress")
+            victim = kills % 2
+            os.kill(workers[victim].pid, signal.SIGKILL)
+            workers[victim].wait(10)
+            workers[victim] = pipeline.start_worker(**env)
+            kills += 1
+        assert pipeline.delivered() < 20_000  # the kills came mid-run
+        started = time.monotonic()
+        pipeline.wait_delivered(20_000, timeout_s=240)
+        pipeline.wait_drained()
+        result = pipeline.account(
+            f"sigkill x{kills} mid-batch, 2 workers",
+            set(messages),
+            recovery_s=time.monotonic() - started,
+        )
     assert (result.published, result.delivered, result.lost, result.dead_lettered) == (
         20_000,
         20_000,
