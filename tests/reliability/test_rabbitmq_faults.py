@@ -69,32 +69,40 @@ def test_sigkill_of_workers_mid_batch_loses_nothing_on_rabbitmq(
 
 
 def test_rabbitmq_killed_and_restarted_mid_run_loses_nothing(
-    rabbit_pipeline_factory, private_rabbitmq: PrivateRabbit
+    rabbit_pipeline_factory, private_rabbitmq: PrivateRabbit, local_server
 ) -> None:
-    pipeline: RabbitPipeline = rabbit_pipeline_factory(private_rabbitmq.url)
-    # RabbitMQ 3.x: a quorum queue declared seconds before a crash can come back
-    # without its Raft member (docs/design/rabbitmq.md, "A 3.10 hazard"); one
-    # clean restart after the declaration makes it crash-safe.
-    private_rabbitmq.stop()
-    private_rabbitmq.start()
-    messages = record_messages(10_000)
-    pipeline.publish(messages)
-    for _ in range(2):
-        pipeline.start_worker(AICM_BATCH_SIZE="200")
-    wait_until(lambda: pipeline.delivered() > 2000, 120, "delivery under way")
-    private_rabbitmq.kill()
-    hold(2)
-    private_rabbitmq.start()
-    restarted = time.monotonic()
-    pipeline.wait_delivered(10_000, timeout_s=240)
-    pipeline.wait_drained()
-    result = pipeline.account(
-        "RabbitMQ SIGKILLed and restarted", set(messages), recovery_s=time.monotonic() - restarted
-    )
-    assert (result.delivered, result.lost, result.dead_lettered) == (10_000, 0, 0)
-    # The workers reconnected by themselves: none exited, both consume again.
-    assert all(w.poll() is None for w in pipeline.workers), pipeline.logs()
-    wait_until(lambda: pipeline.consumers() >= 4, 60, "both workers' threads consuming again")
+    with FaultProxy(local_server.url) as proxy:
+        proxy.state.slow_s = 0.3  # delivery takes long enough to be cut in the middle
+        proxy.set("slow")
+        pipeline: RabbitPipeline = rabbit_pipeline_factory(private_rabbitmq.url, api_base=proxy.url)
+        # RabbitMQ 3.x: a quorum queue declared seconds before a crash can come
+        # back without its Raft member (docs/design/rabbitmq.md, "A 3.10
+        # hazard"); one clean restart after the declaration makes it crash-safe.
+        private_rabbitmq.stop()
+        private_rabbitmq.start()
+        messages = record_messages(10_000)
+        pipeline.publish(messages)
+        for _ in range(2):
+            pipeline.start_worker(AICM_BATCH_SIZE="200")
+        wait_until(lambda: pipeline.delivered() > 2000, 120, "delivery under way")
+        private_rabbitmq.kill()
+        assert pipeline.delivered() < 10_000  # killed mid-run
+        hold(2)
+        private_rabbitmq.start()
+        restarted = time.monotonic()
+        pipeline.wait_delivered(10_000, timeout_s=240)
+        pipeline.wait_drained()
+        result = pipeline.account(
+            "RabbitMQ SIGKILLed and restarted",
+            set(messages),
+            recovery_s=time.monotonic() - restarted,
+        )
+        assert (result.delivered, result.lost, result.dead_lettered) == (10_000, 0, 0)
+        # The workers reconnected by themselves: none exited, both consume again.
+        assert all(w.poll() is None for w in pipeline.workers), pipeline.logs()
+        wait_until(lambda: pipeline.consumers() >= 4, 60, "both workers' threads consuming")
+        logs = [log.read_text(errors="replace") for log in pipeline.log_dir.glob("*.log")]
+        assert all("what this thread held goes back to the queue" in log for log in logs)
 
 
 def test_track_down_then_back_retries_through_the_delay_topology(
