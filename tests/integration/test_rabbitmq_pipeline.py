@@ -5,6 +5,9 @@ accounting (published = delivered + dead-lettered, 0 lost)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -142,3 +145,28 @@ def test_a_settled_batch_sends_its_retries_through_the_delay_topology_and_acks_o
         assert consumer.take(4, flush_interval_s=0.1, wait_s=2).bodies == []
     finally:
         consumer.close()
+
+
+def test_celery_inspect_active_queues_answers_on_rabbitmq_with_the_tracking_queue(
+    rabbit_pipeline: RabbitPipeline,
+) -> None:
+    pipeline = rabbit_pipeline
+    pipeline.start_worker()
+    env = {**os.environ, **pipeline.worker_env()}
+
+    def inspected() -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "aicm_tasks", "inspect", "active_queues",
+             "--timeout", "2", "--json"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return result.stdout if result.returncode == 0 else ""
+
+    wait_until(lambda: pipeline.queue in inspected(), 60, "inspect to list the tracking queue")
+    queues = {q["name"]: q for reply in json.loads(inspected()).values() for q in reply}
+    # Celery declares both with the transport's exact arguments (no 406).
+    assert queues[pipeline.queue]["queue_arguments"] == pipeline.names.record_queue_arguments()
+    assert queues["aicm.tasks"]["queue_arguments"] == {"x-queue-type": "quorum"}
+    log = "\n".join(p.read_text() for p in pipeline.log_dir.glob("*.log"))
+    assert "ERROR" not in log and "Traceback" not in log, log[-3000:]
+    assert "redis" not in log.lower(), "a RabbitMQ worker must not touch Redis"
