@@ -40,16 +40,19 @@ def test_sigkill_of_workers_mid_batch_loses_nothing_on_rabbitmq(
         pipeline: RabbitPipeline = rabbit_pipeline_factory(rabbitmq_vhost.url, api_base=proxy.url)
         messages = record_messages(20_000)
         pipeline.publish(messages)
-        env = {"AICM_BATCH_SIZE": "250"}
-        workers = [pipeline.start_worker(**env) for _ in range(2)]
+        workers = [pipeline.start_worker(AICM_BATCH_SIZE="250") for _ in range(2)]
         kills = 0
         while kills < 3:
             done = pipeline.delivered()
-            wait_until(lambda d=done: pipeline.delivered() > d + 1000, 120, "progress")
+
+            def progressed(since: int = done) -> bool:
+                return pipeline.delivered() > since + 1000
+
+            wait_until(progressed, 120, "progress")
             victim = kills % 2
             os.kill(workers[victim].pid, signal.SIGKILL)
             workers[victim].wait(10)
-            workers[victim] = pipeline.start_worker(**env)
+            workers[victim] = pipeline.start_worker(AICM_BATCH_SIZE="250")
             kills += 1
         assert pipeline.delivered() < 20_000  # the kills came mid-run
         started = time.monotonic()

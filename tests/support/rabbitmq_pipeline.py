@@ -208,7 +208,8 @@ def read_whole_stream(url: str, stream: str, quiet_s: float = 1.0) -> list[bytes
                 break
             if received:
                 for message in received:
-                    bodies.append(bytes(message.body))
+                    body = message.body
+                    bodies.append(body if isinstance(body, bytes) else body.encode())
                 channel.basic_ack(int(received[-1].delivery_info["delivery_tag"]), multiple=True)
                 received.clear()
                 deadline = time.monotonic() + quiet_s

@@ -10,6 +10,7 @@ import json
 import logging
 
 import pytest
+from pydantic import SecretStr
 
 from aicm_tasks.broker.messages import malformed_id
 from aicm_tasks.broker.rabbitmq.names import RabbitNames
@@ -23,7 +24,13 @@ URL = "amqp://guest:guest@127.0.0.1:1/billing"
 
 def test_build_rabbitmq_service_takes_names_and_prefetch_from_settings() -> None:
     service = build_rabbitmq_service(
-        Settings(broker_url=URL, queue="billing.q", key_prefix="bill", api_key="k", batch_size=300)
+        Settings(
+            broker_url=URL,
+            queue="billing.q",
+            key_prefix="bill",
+            api_key=SecretStr("k"),
+            batch_size=300,
+        )
     )
     assert isinstance(service, RabbitDeliveryService)
     assert service.names == RabbitNames("billing.q", "bill")
@@ -34,7 +41,7 @@ def test_build_rabbitmq_service_takes_names_and_prefetch_from_settings() -> None
 
 def test_limits_on_rabbitmq_are_off_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="aicm_tasks.worker.rabbitmq_service")
-    build_rabbitmq_service(Settings(broker_url=URL, api_key="k", limits_enabled=True))
+    build_rabbitmq_service(Settings(broker_url=URL, api_key=SecretStr("k"), limits_enabled=True))
     lines = [r.getMessage() for r in caplog.records if "triggered limits" in r.getMessage()]
     assert len(lines) == 1 and "Redis-only" in lines[0]
 
