@@ -212,6 +212,7 @@ class RabbitDeliveryService:
                             queue=queue,
                             prefetch=prefetch,
                             timeout_s=CONNECTION_TIMEOUT_S,
+                            keep_headers=queue == self.names.parked,
                         )
                     batch = consumer.take(
                         batch_size,

@@ -122,7 +122,9 @@ def test_a_settled_batch_sends_its_retries_through_the_delay_topology_and_acks_o
     names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking")
     declare_topology(rabbitmq_vhost.url, names)
     messages = list(record_messages(4).values())
-    consumer = BatchConsumer(rabbitmq_vhost.url, names, prefetch=10, timeout_s=10)
+    consumer = BatchConsumer(
+        rabbitmq_vhost.url, names, prefetch=10, timeout_s=10, keep_headers=True
+    )
     try:
         for body in messages:
             consumer.publishes.publish(body, routing_key=names.queue)

@@ -51,7 +51,7 @@ SETTLE_TIMEOUT_S = 30.0
 
 @dataclass(slots=True)
 class Batch:
-    """Deliveries taken together: their bodies, headers, and the last one's tag."""
+    """Deliveries taken together: their bodies, headers (when kept), and the last one's tag."""
 
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, Any]] = field(default_factory=list)
@@ -78,9 +78,13 @@ class BatchConsumer:
         prefetch: int,
         timeout_s: float,
         queue: str | None = None,
+        keep_headers: bool = False,
     ) -> None:
         self.names = names
         self.queue = queue or names.queue
+        #: Whether batches carry each delivery's headers (the parked drain reads
+        #: them; the record queue's hot loop skips the copy).
+        self.keep_headers = keep_headers
         self.connection = open_connection(url, timeout_s=timeout_s)
         self._waiting: deque[amqp.Message] = deque()
         try:
@@ -121,7 +125,8 @@ class BatchConsumer:
             message = self._waiting.popleft()
             body = message.body
             batch.bodies.append(body if isinstance(body, bytes) else str(body).encode())
-            batch.headers.append(dict(message.properties.get("application_headers") or {}))
+            if self.keep_headers:
+                batch.headers.append(dict(message.properties.get("application_headers") or {}))
             batch.last_tag = int(message.delivery_info["delivery_tag"])
         return batch
 
