@@ -59,8 +59,9 @@ MAX_WAIT_S = 1.0
 #: in seconds: far above a healthy broker's answer, short enough that a broker
 #: gone silent hands the batch back within it.
 CONNECTION_TIMEOUT_S = 10.0
-#: How often the parked queue is looked at, in seconds; it fills only when a
-#: record was returned DELIVERY_LIMIT times, so it is nearly always empty.
+#: How often the parked queue is looked at (and the queue depths read for the
+#: observers), in seconds; it fills only when a record was returned
+#: DELIVERY_LIMIT times, so it is nearly always empty.
 PARKED_EVERY_S = 5.0
 #: Most parked records moved to the dead-letter stream per settle.
 PARKED_BATCH = 100
@@ -223,6 +224,8 @@ class RabbitDeliveryService:
                     if batch.bodies:
                         handle(consumer, batch)
                     elif idle_s:
+                        if self.observers:  # the depth gauges (metrics), as housekeeping on Redis
+                            self.observers.housekeeping(consumer.depth())
                         self._stop.wait(idle_s)
                     pause_s = REDIS_RETRY_MIN_S
                 except _RECONNECT_ERRORS as exc:

@@ -172,3 +172,29 @@ def test_celery_inspect_active_queues_answers_on_rabbitmq_with_the_tracking_queu
     log = "\n".join(p.read_text() for p in pipeline.log_dir.glob("*.log"))
     assert "ERROR" not in log and "Traceback" not in log, log[-3000:]
     assert "redis" not in log.lower(), "a RabbitMQ worker must not touch Redis"
+
+
+def test_depth_counts_records_waiting_in_the_queue_and_in_the_delay_levels(
+    rabbitmq_vhost: RabbitVhost,
+) -> None:
+    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking")
+    declare_topology(rabbitmq_vhost.url, names)
+    consumer = BatchConsumer(rabbitmq_vhost.url, names, prefetch=1, timeout_s=10)
+    try:
+        first, second = record_messages(2).values()
+        consumer.publishes.publish(first, routing_key=names.queue)
+        consumer.publishes.publish(second, routing_key=names.queue)
+        assert consumer.publishes.wait(10) == set()
+        batch = consumer.take(1, flush_interval_s=0.1, wait_s=5)  # prefetch 1: one held
+        consumer.settle(batch, Resolution(retries=[(600, first)]), consumer="c")
+        depth = consumer.depth()
+        # The second record may be on its way to this consumer (unacked: not counted).
+        assert (depth["scheduled"], depth["parked"]) == (1, 0)
+    finally:
+        consumer.close()
+    probe = BatchConsumer(rabbitmq_vhost.url, names, prefetch=1, timeout_s=10, queue=names.parked)
+    try:
+        wait_until(lambda: probe.depth()["queued"] == 1, 30, "the unacked record back")
+        assert probe.depth() == {"queued": 1, "scheduled": 1, "parked": 0}
+    finally:
+        probe.close()
