@@ -9,5 +9,7 @@ facts: ``docs/design/rabbitmq.md``.
   that mean "the broker did not take it";
 - :mod:`.topology`: declaring all of it (a worker's start-up job);
 - :mod:`.confirms`: publishing many messages and waiting once for their confirms;
-- :mod:`.events`: the messages of the dead-letter and figures streams.
+- :mod:`.events`: the messages of the dead-letter and figures streams;
+- :mod:`.consumer`: a delivery thread's consumer: batches taken, settled
+  (retries, dead letters, figures) and acknowledged with one multiple ack.
 """
