@@ -14,7 +14,7 @@ import signal
 import time
 
 from aicm_tasks.broker.messages import malformed_id
-from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.devtools.processes import stop_process, wait_until
 from aicm_tasks.producer.record import build_record
 from tests.support.faults import FaultProxy, hold
 from tests.support.pipeline import local_server
@@ -199,3 +199,29 @@ def test_poison_records_are_dead_lettered_with_their_reason_and_their_batch_mate
         "poison1": "rejected",
     }
     assert (result.delivered, result.dead_lettered, result.lost) == (900, 4, 0)
+
+
+def test_a_warm_shutdown_settles_in_flight_batches_and_returns_the_prefetched_rest(
+    rabbit_pipeline_factory, rabbitmq_vhost, local_server
+) -> None:
+    with FaultProxy(local_server.url) as proxy:
+        proxy.state.slow_s = 0.5
+        proxy.set("slow")
+        pipeline: RabbitPipeline = rabbit_pipeline_factory(rabbitmq_vhost.url, api_base=proxy.url)
+        messages = record_messages(5000, prefix="term")
+        pipeline.publish(messages)
+        worker = pipeline.start_worker(AICM_BATCH_SIZE="200")
+        wait_until(lambda: pipeline.delivered() >= 400, 120, "delivery under way")
+        assert stop_process(worker) == 0  # SIGTERM: Celery's warm shutdown
+        stopped_at = pipeline.delivered()
+        assert stopped_at < 5000
+        # Nothing held by anyone: what the worker had prefetched is ready again.
+        ready, consumers = pipeline.counts()
+        assert consumers == 0 and ready > 0
+        pipeline.start_worker(AICM_BATCH_SIZE="200")
+        pipeline.wait_delivered(5000, timeout_s=240)
+        pipeline.wait_drained()
+        result = pipeline.account("SIGTERM mid-run, then a new worker", set(messages))
+    assert (result.delivered, result.lost, result.dead_lettered) == (5000, 0, 0)
+    # In-flight batches were settled before the exit, not posted twice.
+    assert result.duplicates == 0
