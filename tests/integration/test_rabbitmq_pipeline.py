@@ -177,7 +177,9 @@ def test_celery_inspect_active_queues_answers_on_rabbitmq_with_the_tracking_queu
 def test_depth_counts_records_waiting_in_the_queue_and_in_the_delay_levels(
     rabbitmq_vhost: RabbitVhost,
 ) -> None:
-    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking")
+    # A delay topology of its own: the record parked there for 600 s must not
+    # count in other tests' drains.
+    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking", f"t{uuid.uuid4().hex[:8]}")
     declare_topology(rabbitmq_vhost.url, names)
     consumer = BatchConsumer(rabbitmq_vhost.url, names, prefetch=1, timeout_s=10)
     try:

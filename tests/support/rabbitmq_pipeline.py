@@ -57,10 +57,13 @@ class RabbitPipeline:
     api_base: str
     log_dir: Path
     queue: str = field(default_factory=lambda: f"t.{uuid.uuid4().hex[:8]}.tracking")
+    #: A delay topology of the test's own (28 levels, about 0.5 s to declare), so
+    #: that wait_drained's count of delayed records is this test's alone.
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.names = RabbitNames(self.queue)
+        self.names = RabbitNames(self.queue, self.prefix)
         declare_topology(self.url, self.names)
 
     def worker_env(self, **extra: str) -> dict[str, str]:
@@ -68,6 +71,7 @@ class RabbitPipeline:
             **RABBIT_WORKER_ENV,
             "AICM_BROKER_URL": self.url,
             "AICM_QUEUE": self.queue,
+            "AICM_KEY_PREFIX": self.prefix,
             "AICM_API_KEY": self.server.api_key,
             "AICM_API_BASE": self.api_base,
             **extra,
