@@ -33,14 +33,15 @@ def test_sigkill_of_workers_mid_batch_loses_nothing_on_rabbitmq(
     rabbit_pipeline_factory, rabbitmq_vhost, local_server
 ) -> None:
     with FaultProxy(local_server.url) as proxy:
-        # Every POST takes 0.5 s: a kill always finds batches in flight, each
-        # worker holding up to two prefetched batches per thread, unacknowledged.
-        proxy.state.slow_s = 0.5
+        # Every POST takes 1 s: a kill always finds batches in flight, each
+        # worker holding up to two prefetched batches per thread, unacknowledged,
+        # and the run (about 400 records/s) outlasts three kills and restarts.
+        proxy.state.slow_s = 1.0
         proxy.set("slow")
         pipeline: RabbitPipeline = rabbit_pipeline_factory(rabbitmq_vhost.url, api_base=proxy.url)
         messages = record_messages(20_000)
         pipeline.publish(messages)
-        workers = [pipeline.start_worker(AICM_BATCH_SIZE="250") for _ in range(2)]
+        workers = [pipeline.start_worker(AICM_BATCH_SIZE="100") for _ in range(2)]
         kills = 0
         while kills < 3:
             done = pipeline.delivered()
@@ -52,7 +53,7 @@ def test_sigkill_of_workers_mid_batch_loses_nothing_on_rabbitmq(
             victim = kills % 2
             os.kill(workers[victim].pid, signal.SIGKILL)
             workers[victim].wait(10)
-            workers[victim] = pipeline.start_worker(AICM_BATCH_SIZE="250")
+            workers[victim] = pipeline.start_worker(AICM_BATCH_SIZE="100")
             kills += 1
         assert pipeline.delivered() < 20_000  # the kills came mid-run
         started = time.monotonic()
@@ -75,7 +76,7 @@ def test_rabbitmq_killed_and_restarted_mid_run_loses_nothing(
     rabbit_pipeline_factory, private_rabbitmq: PrivateRabbit, local_server
 ) -> None:
     with FaultProxy(local_server.url) as proxy:
-        proxy.state.slow_s = 0.3  # delivery takes long enough to be cut in the middle
+        proxy.state.slow_s = 0.5  # delivery takes long enough to be cut in the middle
         proxy.set("slow")
         pipeline: RabbitPipeline = rabbit_pipeline_factory(private_rabbitmq.url, api_base=proxy.url)
         # RabbitMQ 3.x: a quorum queue declared seconds before a crash can come
@@ -86,7 +87,7 @@ def test_rabbitmq_killed_and_restarted_mid_run_loses_nothing(
         messages = record_messages(10_000)
         pipeline.publish(messages)
         for _ in range(2):
-            pipeline.start_worker(AICM_BATCH_SIZE="200")
+            pipeline.start_worker(AICM_BATCH_SIZE="100")
         wait_until(lambda: pipeline.delivered() > 2000, 120, "delivery under way")
         private_rabbitmq.kill()
         assert pipeline.delivered() < 10_000  # killed mid-run
