@@ -9,9 +9,10 @@ from typing import Any
 
 from celery import Celery
 from celery.app.amqp import AMQP
-from kombu import Queue
+from kombu import Exchange, Queue
 from kombu.utils.objects import cached_property
 
+from aicm_tasks.broker.rabbitmq.names import RabbitNames, is_rabbitmq_url
 from aicm_tasks.settings import Settings
 from aicm_tasks.tasks import TrackTask
 from aicm_tasks.worker.bootstep import DeliveryStep
@@ -70,10 +71,7 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         # Declared here so Celery tools (Flower's broker view, `celery inspect`)
         # know the tracking queue even while no worker runs; left out of
         # app.amqp.queues (TrackingQueueAMQP) so `celery purge` leaves it alone.
-        task_queues=[
-            Queue(settings.queue, routing_key=settings.queue),
-            Queue(DEFAULT_TASK_QUEUE, routing_key=DEFAULT_TASK_QUEUE),
-        ],
+        task_queues=task_queues(settings),
         task_default_queue=DEFAULT_TASK_QUEUE,
         task_routes={TrackTask.name: {"queue": settings.queue}},
         # Delivery runs in threads of the worker's main process (see worker/bootstep.py);
@@ -86,14 +84,8 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Our leases use AICM_REDELIVERY_TIMEOUT_S; kombu's own unacked restore
-        # for ordinary tasks uses the same figure so both redeliver alike.
-        broker_transport_options={
-            "visibility_timeout": settings.redelivery_timeout_s,
-            "socket_connect_timeout": settings.publish_timeout_s,
-            "socket_timeout": max(settings.publish_timeout_s, 5.0),
-            "max_retries": 2,
-        },
+        # See transport_options below.
+        broker_transport_options=transport_options(settings),
         # Ordinary tasks sent through Celery (not track, which has its own bounded
         # path) also give up instead of hanging a web request: a bounded wait for
         # a pooled connection, bounded reconnect attempts and socket timeouts.
@@ -115,8 +107,71 @@ def create_app(settings: Settings | None = None) -> AicmCelery:
         task_send_sent_event=True,
         worker_hijack_root_logger=True,
     )
+    if is_rabbitmq_url(settings.broker_url):
+        app.conf.update(
+            # Celery's own tasks of this app on a quorum queue too (declared from
+            # task_queues, whose aicm.tasks entry says so: this setting alone
+            # applies only without task_queues); seeing it, the worker turns
+            # global QoS off, which quorum queues refuse.
+            task_default_queue_type="quorum",
+            worker_detect_quorum_queues=True,
+        )
     # A subclass per app: Celery's Task.bind() binds the *class* to an app, so
     # two apps in one process (tests, the demo) would otherwise share the last one.
     app.register_task(type("TrackTask", (TrackTask,), {"__module__": TrackTask.__module__})())
     app.steps["worker"].add(DeliveryStep)
     return app
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The app's queues: the tracking queue, then ``aicm.tasks``.
+
+    On RabbitMQ both are quorum queues, and the tracking queue carries exactly
+    the arguments and binding the transport declares
+    (:func:`~aicm_tasks.broker.rabbitmq.topology.declare_topology`): a Celery
+    tool that declares it with any other would get 406 PRECONDITION_FAILED.
+    """
+    if not is_rabbitmq_url(settings.broker_url):
+        return [
+            Queue(settings.queue, routing_key=settings.queue),
+            Queue(DEFAULT_TASK_QUEUE, routing_key=DEFAULT_TASK_QUEUE),
+        ]
+    # A topic exchange: Celery's native delayed delivery (its countdowns on
+    # quorum queues) binds only those, and warns for a direct one.
+    tasks = Queue(
+        DEFAULT_TASK_QUEUE,
+        Exchange(DEFAULT_TASK_QUEUE, type="topic", durable=True),
+        routing_key=DEFAULT_TASK_QUEUE,
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+    if not settings.records_on_rabbitmq:  # records on Redis shards; RabbitMQ is Celery's only
+        return [Queue(settings.queue, routing_key=settings.queue), tasks]
+    names = RabbitNames(settings.queue, settings.key_prefix)
+    tracking = Queue(
+        names.queue,
+        Exchange(names.records_exchange, type="topic", durable=True),
+        routing_key=names.queue,
+        durable=True,
+        queue_arguments=names.record_queue_arguments(),
+    )
+    return [tracking, tasks]
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's transport options for the broker of ``settings``.
+
+    Redis: our leases use AICM_REDELIVERY_TIMEOUT_S, and kombu's own unacked
+    restore for ordinary tasks uses the same figure so both redeliver alike;
+    bounded socket waits. RabbitMQ: publisher confirms, which Celery's docs ask
+    for with quorum queues (one round trip per task sent: ordinary tasks only,
+    records have their own path); the Redis options mean nothing there.
+    """
+    if is_rabbitmq_url(settings.broker_url):
+        return {"confirm_publish": True, "max_retries": 2}
+    return {
+        "visibility_timeout": settings.redelivery_timeout_s,
+        "socket_connect_timeout": settings.publish_timeout_s,
+        "socket_timeout": max(settings.publish_timeout_s, 5.0),
+        "max_retries": 2,
+    }

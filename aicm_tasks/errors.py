@@ -15,6 +15,7 @@
     ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
     │   └── AmbiguousDeadLetterIdError      ...but the prefix given matches several
     ├── LocalRedisError                 no Redis answers and none could be started for the demo
+    ├── SettleError                     RabbitMQ refused a batch's retries or dead letters (the batch returns unacked)
     └── UsageLimitError                 a record (or a pre-flight check) matches a triggered usage limit
         └── UsageLimitExceeded              the class raised; also the SDK's ``UsageLimitExceeded``
                                             when ``aicostmanager`` is installed
@@ -107,6 +108,11 @@ class AmbiguousDeadLetterIdError(DeadLetterNotFoundError):
 
 class LocalRedisError(AicmTasksError):
     """No Redis answers at the broker URL and none could be started locally."""
+
+
+class SettleError(AicmTasksError):
+    """RabbitMQ refused (nacked or returned) a batch's retries or dead letters:
+    the batch is not acknowledged, so RabbitMQ delivers it again."""
 
 
 class UsageLimitError(AicmTasksError):

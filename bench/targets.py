@@ -120,6 +120,8 @@ TARGETS: list[Target] = [
         "rabbitmq.celery-amqp.p50_us",
         "plain Celery .delay p50",
     ),
+    # Issue 16: one worker's drain of a quorum queue, half a bare consumer's rate.
+    Target("rabbitmq.drain.worker.ready_all", ">=", 15_000),
 ]
 
 

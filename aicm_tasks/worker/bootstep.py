@@ -25,6 +25,7 @@ from aicm_tasks.worker.events import TaskEvents
 from aicm_tasks.worker.limits import LimitsKeeper, api_key_id, poll_limits
 from aicm_tasks.worker.metrics import Metrics
 from aicm_tasks.worker.observe import Observer, RedisFigures
+from aicm_tasks.worker.rabbitmq_service import RabbitDeliveryService, build_rabbitmq_service
 from aicm_tasks.worker.retry import BackoffPolicy
 from aicm_tasks.worker.service import MAX_WAIT_S, DeliveryService
 from aicm_tasks.worker.transport import TrackTransport
@@ -47,7 +48,7 @@ class DeliveryStep(bootsteps.StartStopStep):
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.settings: Settings = worker.app.aicm_settings
-        self.service: DeliveryService | None = None
+        self.service: DeliveryService | RabbitDeliveryService | None = None
         self.events: TaskEvents | None = None
         # Celery's consumer must not take records one by one: it would race the
         # bulk reader and acknowledge what it cannot process. The queue is not in
@@ -83,8 +84,14 @@ class DeliveryStep(bootsteps.StartStopStep):
                 queue=self.settings.queue,
             )
             observers.append(self.events)
-        self.service = build_service(self.settings, extra_observers=observers, name=worker.hostname)
-        self.service.start()
+        # The one switch between the brokers that carry records (settings.py).
+        build = build_rabbitmq_service if self.settings.records_on_rabbitmq else build_service
+        self.service = build(self.settings, extra_observers=observers, name=worker.hostname)
+        try:
+            self.service.start()
+        except ConfigurationError as exc:  # a queue RabbitMQ holds with other arguments
+            logger.critical("%s", exc)
+            raise SystemExit(EXIT_BAD_SETTING) from None
 
     def stop(self, worker: Any) -> None:
         if self.service is not None:

@@ -197,6 +197,23 @@ def plan_after_error(
     return plan(outcomes, policy, auth_retry_interval_s=0.0, now=now)
 
 
+def plan_parked(
+    raw: Sequence[bytes], details: Sequence[str], now: float | None = None
+) -> tuple[Resolution, Summary]:
+    """Settle records RabbitMQ parked past its delivery limit: each is dead-lettered
+    ``delivery_limit`` with the whole record, so ``dlq replay`` can send it again;
+    ``details[i]`` says why ``raw[i]`` was parked."""
+    now = time.time() if now is None else now
+    outcomes: list[Outcome] = []
+    for message, detail in zip(raw, details, strict=True):
+        item = decode(message)
+        reason = Reason.MALFORMED if item.malformed else Reason.DELIVERY_LIMIT
+        outcomes.append(
+            Outcome(item, Fate.DEAD_LETTER, item.malformed or detail, reason, sent=False)
+        )
+    return plan(outcomes, BackoffPolicy(), auth_retry_interval_s=0.0, now=now)
+
+
 def _decide(
     outcome: Outcome, policy: BackoffPolicy, auth_retry_interval_s: float, now: float
 ) -> tuple[float, bytes] | tuple[Reason, str]:

@@ -57,6 +57,9 @@ class Reason(str, enum.Enum):
     MALFORMED = "malformed"
     #: The record names an API-key alias this worker holds no key for.
     UNKNOWN_API_KEY_ALIAS = "unknown_api_key_alias"
+    #: RabbitMQ returned the record to its queue more often than the delivery
+    #: limit (a worker killed by it each time) and parked it; replayable.
+    DELIVERY_LIMIT = "delivery_limit"
 
 
 class VerdictKind(str, enum.Enum):

@@ -22,16 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
-from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import CHECK_INTERVAL_S, Finding
 from aicm_tasks.broker.resolution import Resolution
-from aicm_tasks.worker.attempts import attempt
-from aicm_tasks.worker.delivery import Summary, plan, plan_after_error
+from aicm_tasks.worker.batches import log_batch, process, timed
 from aicm_tasks.worker.held import HeldBatches
 from aicm_tasks.worker.housekeeping import Housekeeping
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
-from aicm_tasks.worker.outcomes import BatchVerdict, Post
+from aicm_tasks.worker.outcomes import Post
 from aicm_tasks.worker.retry import (
     REDIS_RETRY_MAX_S,
     REDIS_RETRY_MIN_S,
@@ -92,17 +90,19 @@ class DeliveryService:
         #: Called once every thread has stopped (the transport's close): never
         #: while a delivery thread that outlived the grace period may still POST.
         self.on_stopped = tuple(on_stopped)
+        self.observers = Observers(observers)
         #: How batches are sent: with the default key (None: no default key),
         #: and with each API-key alias's key.
-        self.post = self._timed(post) if post is not None else None
-        self.aliases = {alias: self._timed(send) for alias, send in (aliases or {}).items()}
+        self.post = timed(post, self.observers) if post is not None else None
+        self.aliases = {
+            alias: timed(send, self.observers) for alias, send in (aliases or {}).items()
+        }
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.concurrency = concurrency
         self.policy = policy
         self.auth_retry_interval_s = auth_retry_interval_s
         self.lease_s = redelivery_timeout_s
-        self.observers = Observers(observers)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         #: Batches taken and not settled yet, with the store (shard) each lives in.
         self.held = HeldBatches(self.consumer)
@@ -263,30 +263,14 @@ class DeliveryService:
             self.held.discard(batch_key)
             return
         started = time.monotonic()
-        try:
-            items = [decode(message) for message in raw]
-            done = attempt(items, self.post, self.aliases)
-            resolution, summary = plan(
-                done.failed,
-                self.policy,
-                auth_retry_interval_s=self.auth_retry_interval_s,
-                delivered=len(done.delivered),
-                requests=done.requests,
-                transport_failed=done.transport_failed,
-                unauthorized=done.unauthorized,
-            )
-        except Exception as exc:
-            # A bug, or a record no check foresaw: every record is retried with
-            # its attempt counted (so it ends, at worst as retries_exhausted), and
-            # one that cannot even be read is dead-lettered malformed. Handing the
-            # batch back uncounted would cycle it, and its batch-mates, forever.
-            logger.exception(
-                "could not process a batch of %d records; each is retried with the "
-                "attempt counted, or dead-lettered malformed",
-                len(raw),
-            )
-            items = []
-            resolution, summary = plan_after_error(raw, exc, self.policy)
+        done = process(
+            raw,
+            self.post,
+            self.aliases,
+            self.policy,
+            auth_retry_interval_s=self.auth_retry_interval_s,
+        )
+        resolution = done.resolution
         settled = self._retrying(
             "settle batch", lambda: store.resolve(self.consumer, batch_key, resolution)
         )
@@ -300,19 +284,10 @@ class DeliveryService:
                 len(raw),
             )
             return
-        self._log_batch(summary, elapsed_s=elapsed_s)
-        self.observers.batch_settled(BatchReport(batch_key, summary, elapsed_s, items))
-
-    def _timed(self, post: Post) -> Post:
-        """``post``, telling observers how each request went."""
-
-        def timed_post(body: bytes) -> BatchVerdict:
-            started = time.monotonic()
-            verdict = post(body)
-            self.observers.request_done(verdict.http_status, time.monotonic() - started)
-            return verdict
-
-        return timed_post
+        log_batch(
+            done.summary, elapsed_s=elapsed_s, auth_retry_interval_s=self.auth_retry_interval_s
+        )
+        self.observers.batch_settled(BatchReport(batch_key, done.summary, elapsed_s, done.items))
 
     def _gather(self, store: RecordStore, batch_key: str) -> tuple[list[bytes], bool]:
         """Take up to batch_size records: all at once from a backlog, or what
@@ -345,39 +320,6 @@ class DeliveryService:
                     return raw, False
                 raw += more
             return raw, True
-
-    def _log_batch(self, summary: Summary, elapsed_s: float) -> None:
-        dead = sum(summary.dead_lettered.values())
-        logger.info(
-            "batch settled: delivered=%d retried=%d dead_lettered=%d requests=%d in %.3fs",
-            summary.delivered,
-            summary.retried,
-            dead,
-            summary.requests,
-            elapsed_s,
-        )
-        if summary.unauthorized:
-            logger.error(
-                "the /track API refused the API key (%s): %d records kept and tried again every "
-                "%.0fs; check AICM_API_KEY (or the alias's key in AICM_API_KEYS)",
-                summary.retry_detail,
-                summary.retried,
-                self.auth_retry_interval_s,
-            )
-        elif summary.retried:
-            logger.warning(
-                "%d records scheduled for retry (%s): response_ids %s",
-                summary.retried,
-                summary.retry_detail,
-                _some(summary.retried_ids),
-            )
-        if dead:
-            logger.error(
-                "%d records dead-lettered %s: response_ids %s (see `aicm-tasks dlq list`)",
-                dead,
-                summary.dead_lettered,
-                _some(summary.dead_lettered_ids),
-            )
 
     # -- housekeeping ------------------------------------------------------------
     def check_redis_settings(self) -> list[Finding]:
@@ -412,9 +354,3 @@ class DeliveryService:
                 )
                 time.sleep(pause_s)
                 pause_s = next_pause_s(pause_s)
-
-
-def _some(ids: tuple[str, ...], most: int = 10) -> str:
-    """At most ``most`` ids for a log line, and how many more there were."""
-    shown = ", ".join(ids[:most])
-    return f"{shown} (+{len(ids) - most} more)" if len(ids) > most else shown

@@ -19,7 +19,12 @@ privately as cheaply as ``redis-server``):
   published to a quorum queue with one confirm wait per list (``track_many``'s
   shape on RabbitMQ), records/s;
 * stream read: the same consumer reading a stream of ``counts.rabbitmq_drain``
-  records from its first offset (how the dead-letter store would be folded).
+  records from its first offset (how the dead-letter store would be folded);
+* worker drain: one ``celery -A aicm_tasks worker`` (default settings: batch
+  500, 4 delivery threads, prefetch 1,000 each) draining ``counts.rabbitmq_drain``
+  records pre-filled in its quorum queue to the stub /track server, ready→all
+  (from its first consumer on the queue to the stub's last new record) and
+  steady, records/s (issue 16's target: ≥ 15,000).
 
 Targets (``bench/targets.py``): ``track.delay`` p50 at most 1.3× the bare
 confirmed publish of the same run; its ratio to plain Celery ``.delay`` (which
@@ -32,12 +37,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
+from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
+from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
+from aicm_tasks.broker.rabbitmq.topology import declare_topology
+from aicm_tasks.producer.record import build_record
 from bench.config import Counts
 from bench.harness import Bench
-from bench.scenarios.common import attempt, run_producer
+from bench.scenarios.common import attempt, run_producer, start_aicm_worker
+from bench.scenarios.drain import Drained, wait_ready, watch
 from bench.stats import Figure
 from tests.support.rabbitmq import RabbitVhost, connect, private_vhost
+from tests.support.rabbitmq_messages import queue_counts
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +137,85 @@ def run(bench: Bench, counts: Counts) -> list[Figure]:
         p99.note = p50.note = f"RabbitMQ {version}; {counts.publish_calls:,} timed calls a run"
     stream.note = drain.note = f"RabbitMQ {version}; {counts.rabbitmq_drain:,} records a run"
     batches.note = f"RabbitMQ {version}; {counts.many_batches} lists a run"
-    return [figure for pair in publish.values() for figure in pair] + [drain, batches, stream]
+    return [figure for pair in publish.values() for figure in pair] + [
+        drain,
+        batches,
+        stream,
+        *run_worker_drain(bench, counts),
+    ]
+
+
+def run_worker_drain(bench: Bench, counts: Counts) -> list[Figure]:
+    """One aicm-tasks worker's drain of a pre-filled quorum queue, ``counts.runs`` times."""
+    ready_all = Figure(
+        "rabbitmq.drain.worker.ready_all",
+        "RabbitMQ: aicm-tasks worker drain, ready→all",
+        "records/s",
+    )
+    steady = Figure(
+        "rabbitmq.drain.worker.steady", "RabbitMQ: aicm-tasks worker drain, steady", "records/s"
+    )
+    count = counts.rabbitmq_drain
+    with private_vhost(RABBITMQ_URL, label="bench-drain") as vhost:
+        for run_index in range(counts.runs):
+            logger.info("rabbitmq: worker drain, run %d/%d", run_index + 1, counts.runs)
+            try:
+                drained = drain_with_worker(bench, vhost, count)
+            except Exception as exc:
+                attempt((ready_all, steady), f"rabbitmq worker drain run {run_index + 1}", exc)
+                continue
+            stats, per_1k = drained.stats, 1000 / count
+            last, first = stats["last_new_arrival"], stats["first_arrival"]
+            ready_all.values.append(count / (last - drained.ready_s))
+            steady.values.append(count / max(last - first, 1e-6))
+            ready_all.also.append(
+                {
+                    "seconds": last - drained.ready_s,
+                    "start-up s": drained.ready_s - drained.start_s,
+                    "POSTs": stats["requests"],
+                    "duplicates": stats["records"] - stats["unique"],
+                    "peak RSS MB": drained.peak_mb,
+                    "worker CPU-ms/1k (incl. start-up)": drained.consumer_cpu_s * 1000 * per_1k,
+                }
+            )
+    ready_all.note = steady.note = f"{count:,} records pre-filled; batch 500, 4 threads"
+    return [ready_all, steady]
+
+
+def drain_with_worker(bench: Bench, vhost: RabbitVhost, count: int) -> Drained:
+    """Fill a fresh quorum queue with ``count`` records (confirmed lists of 1,000),
+    start one worker on it, wait until the stub has every record."""
+    bench.reset()
+    names = RabbitNames(bench.unique("worker-drain"))
+    declare_topology(vhost.url, names)
+    connection = open_connection(vhost.url, timeout_s=30)
+    try:
+        publishes = ConfirmedPublishes(connection.channel())
+        for start in range(0, count, 1000):
+            for n in range(start, min(start + 1000, count)):
+                record = build_record(
+                    "openai::gpt-4o-mini", {"input_tokens": n, "output_tokens": 1}
+                )
+                publishes.publish(record.message, routing_key=names.queue)
+            if publishes.wait(60):
+                raise RuntimeError("RabbitMQ refused records of the backlog")
+    finally:
+        close_quietly(connection)
+    start_s = time.time()
+    worker = start_aicm_worker(bench, names.queue, AICM_BROKER_URL=vhost.url)
+    try:
+
+        def consuming() -> bool:
+            probe = open_connection(vhost.url, timeout_s=5)
+            try:
+                return queue_counts(probe.channel(), names.queue)[1] > 0
+            finally:
+                close_quietly(probe)
+
+        ready_s = wait_ready(worker, consuming)
+        return watch(bench, worker, start_s, ready_s, count, timeout_s=max(120.0, count / 300))
+    finally:
+        bench.stop(worker)
 
 
 def server_version(vhost: RabbitVhost) -> str:

@@ -11,6 +11,7 @@ from celery import Celery, shared_task
 from celery._state import _set_current_app, get_current_app  # type: ignore[attr-defined]
 
 from aicm_tasks import create_app
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.settings import Settings
 
 
@@ -55,3 +56,28 @@ def test_the_tracking_queue_is_declared_but_out_of_reach_of_celery_purge() -> No
     assert tracking not in app.amqp.queues
     assert tracking not in app.amqp.queues.consume_from
     assert "aicm.tasks" in app.amqp.queues
+
+
+def test_on_rabbitmq_the_app_declares_quorum_queues_with_the_transports_arguments() -> None:
+    app = create_app(Settings(broker_url="amqp://guest:guest@127.0.0.1:1/billing"))
+    queues = {q.name: q for q in app.conf.task_queues}
+    names = RabbitNames(app.aicm_settings.queue, app.aicm_settings.key_prefix)
+
+    # Exactly what declare_topology declares, or a Celery tool's declare gets 406.
+    assert queues[names.queue].queue_arguments == names.record_queue_arguments()
+    assert queues[names.queue].exchange.name == names.records_exchange
+    assert queues[names.queue].exchange.type == "topic"
+    assert queues["aicm.tasks"].queue_arguments == {"x-queue-type": "quorum"}
+    assert app.conf.task_default_queue_type == "quorum"
+    assert app.conf.worker_detect_quorum_queues is True
+    # Confirms, and none of the Redis transport's options.
+    assert app.conf.broker_transport_options == {"confirm_publish": True, "max_retries": 2}
+    assert names.queue not in app.amqp.queues  # still out of reach of `celery purge`
+
+
+def test_on_redis_the_app_keeps_the_redis_transport_options() -> None:
+    app = create_app(Settings(broker_url="redis://127.0.0.1:2/0"))
+
+    assert "visibility_timeout" in app.conf.broker_transport_options
+    assert "confirm_publish" not in app.conf.broker_transport_options
+    assert all(not q.queue_arguments for q in app.conf.task_queues)

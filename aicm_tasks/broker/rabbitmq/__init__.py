@@ -14,4 +14,6 @@ facts: ``docs/design/rabbitmq.md``.
 - :mod:`.dead_letters`: the dead-letter store (``aicm-tasks dlq``) over its stream;
 - :mod:`.figures`, :mod:`.figures_fold`: ``status``, ``monitor`` and the worker's
   gauges, from passive declares and the two streams.
+- :mod:`.consumer`: a delivery thread's consumer: batches taken, settled
+  (retries, dead letters, figures) and acknowledged with one multiple ack.
 """

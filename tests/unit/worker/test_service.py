@@ -21,6 +21,7 @@ from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.devtools.processes import wait_until
 from aicm_tasks.producer.record import build_record
+from aicm_tasks.worker import batches as batches_module
 from aicm_tasks.worker import housekeeping as housekeeping_module
 from aicm_tasks.worker import service as service_module
 from aicm_tasks.worker.housekeeping import CLOCK_SKEW_WARN_EVERY_S, CLOCK_SKEW_WARN_S
@@ -206,7 +207,7 @@ def test_a_batch_whose_processing_raises_is_retried_with_the_attempt_counted(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in delivery")
 
-    monkeypatch.setattr(service_module, "attempt", broken)
+    monkeypatch.setattr(batches_module, "attempt", broken)
     post = FakeTrack()
     # A long backoff: the retries stay scheduled while the test looks at them.
     policy = BackoffPolicy(base_s=600, max_s=600, max_retries=3)

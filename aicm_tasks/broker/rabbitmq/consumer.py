@@ -1,0 +1,206 @@
+"""Taking records from RabbitMQ in batches, and settling each batch with one multiple ack.
+
+One :class:`BatchConsumer` per delivery thread: its own connection and
+channel (py-amqp is not thread-safe), one consumer with manual acks and a
+per-consumer prefetch of about two batches (``basic_qos(a_global=False)``:
+quorum queues refuse a global one), so the next batch is already in the client
+while one is posted. A ``basic_ack(tag, multiple=True)`` settles every earlier
+delivery of its channel, so a channel holds one batch at a time: a contiguous
+run of tags, taken and settled in order by one thread.
+
+:meth:`BatchConsumer.settle` writes a batch's fate before the ack, in this
+order (``docs/design/rabbitmq.md``, "Consume and settle path"):
+
+1. each retry as a *new* persistent message (no broker header copied: no
+   ``x-death`` history, so no dead-letter cycle) to the delay topology's entry
+   with the routing key of its delay in whole seconds (at least one: a retry
+   due now still takes the 1 s hop), and each dead letter as a ``dead`` event
+   on the dead-letter stream, all confirmed by one wait;
+2. the batch's figures on the figures stream, not waited for (a lost one is
+   a wrong rate, never a lost record);
+3. one ``basic_ack(last_tag, multiple=True)``.
+
+Any failure before the ack (a nack, a return, a late confirm, a lost
+connection) raises; the caller closes the connection and RabbitMQ returns the
+whole batch to the queue: the delivered records of that batch are posted
+again (duplicates of an idempotent ``response_id``, never a loss).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import amqp
+
+from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
+from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
+from aicm_tasks.broker.rabbitmq.events import dead_event, figures_event
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
+from aicm_tasks.broker.resolution import Resolution
+from aicm_tasks.errors import SettleError
+
+#: Longest confirm wait of one settle, in seconds: a quorum queue confirms in
+#: about a millisecond here; far longer means the broker is in trouble, and the
+#: batch is better handed back than held.
+SETTLE_TIMEOUT_S = 30.0
+
+
+@dataclass(slots=True)
+class Batch:
+    """Deliveries taken together: their bodies, headers (when kept), and the last one's tag."""
+
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, Any]] = field(default_factory=list)
+    #: The delivery tag the batch's one ``basic_ack(multiple=True)`` names.
+    last_tag: int = 0
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+
+class BatchConsumer:
+    """One connection, one channel, one consumer of ``queue`` (default: the record queue).
+
+    ``prefetch``: deliveries RabbitMQ sends ahead of the acks (at least the
+    batch size). Raises one of :data:`~.connection.RABBIT_ERRORS` when the
+    broker cannot be reached.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        names: RabbitNames,
+        *,
+        prefetch: int,
+        timeout_s: float,
+        queue: str | None = None,
+        keep_headers: bool = False,
+    ) -> None:
+        self.names = names
+        self.queue = queue or names.queue
+        #: Whether batches carry each delivery's headers (the parked drain reads
+        #: them; the record queue's hot loop skips the copy).
+        self.keep_headers = keep_headers
+        self.connection = open_connection(url, timeout_s=timeout_s)
+        self._waiting: deque[amqp.Message] = deque()
+        try:
+            self.channel = self.connection.channel()
+            self.channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
+            self.publishes = ConfirmedPublishes(self.channel)
+            self.channel.basic_consume(self.queue, callback=self._waiting.append, no_ack=False)
+        except BaseException:
+            close_quietly(self.connection)
+            raise
+
+    def take(
+        self,
+        batch_size: int,
+        *,
+        flush_interval_s: float,
+        wait_s: float,
+        stop: threading.Event | None = None,
+    ) -> Batch:
+        """Up to ``batch_size`` deliveries: at once from what is prefetched, or what
+        arrives within ``flush_interval_s`` of the first; empty when none came in
+        ``wait_s``. Stops filling early when ``stop`` is set."""
+        # Each read handles one frame, which may be a confirm, not a delivery.
+        wait_until = time.monotonic() + wait_s
+        while not self._waiting:
+            left_s = wait_until - time.monotonic()
+            if left_s <= 0 or (stop is not None and stop.is_set()):
+                return Batch()
+            self._drain(left_s)
+        flush_at = time.monotonic() + flush_interval_s
+        while len(self._waiting) < batch_size and not (stop is not None and stop.is_set()):
+            left_s = flush_at - time.monotonic()
+            if left_s <= 0:
+                break
+            self._drain(left_s)
+        batch = Batch()
+        for _ in range(min(batch_size, len(self._waiting))):
+            message = self._waiting.popleft()
+            body = message.body
+            batch.bodies.append(body if isinstance(body, bytes) else str(body).encode())
+            if self.keep_headers:
+                batch.headers.append(dict(message.properties.get("application_headers") or {}))
+            batch.last_tag = int(message.delivery_info["delivery_tag"])
+        return batch
+
+    def settle(
+        self,
+        batch: Batch,
+        resolution: Resolution,
+        *,
+        consumer: str,
+        name: str = "",
+        timeout_s: float = SETTLE_TIMEOUT_S,
+    ) -> None:
+        """Write ``resolution`` (retries, dead letters, figures), then ack ``batch``.
+
+        Raises :class:`SettleError` when the broker refused a retry or a dead
+        letter, ``TimeoutError`` when their confirms are late, or a connection
+        error: the batch is then not acknowledged (close the connection and
+        RabbitMQ delivers it again).
+        """
+        names = self.names
+        for delay_s, message in resolution.retries:
+            self.publishes.publish(
+                message, exchange=names.delay_entry, routing_key=names.delay_routing_key(delay_s)
+            )
+        now = time.time()
+        for dead_letter_id, entry_json in resolution.dead_letters:
+            self.publishes.publish(
+                dead_event(dead_letter_id, entry_json, now), routing_key=names.dead_letters
+            )
+        if resolution.retries or resolution.dead_letters:
+            refused = self.publishes.wait(timeout_s)
+            if refused:
+                raise SettleError(
+                    f"RabbitMQ refused {len(refused)} of a batch's {len(resolution.retries)} "
+                    f"retries and {len(resolution.dead_letters)} dead letters; the batch of "
+                    f"{len(batch)} goes back to {self.queue} unacknowledged"
+                )
+        if resolution.stats or resolution.rates:
+            self.publishes.publish(
+                figures_event(consumer, name, resolution, now), routing_key=names.figures
+            )
+        if batch.last_tag:
+            self.channel.basic_ack(batch.last_tag, multiple=True)
+
+    def depth(self) -> dict[str, int]:
+        """Records ready in the record queue (``queued``), in the delay levels
+        (``scheduled``) and parked, by passive declares (ready messages only:
+        RabbitMQ counts unacknowledged ones apart). 30 round trips, a few ms."""
+        names = self.names
+        scheduled = sum(self._ready(level) for level in names.delay_levels())
+        return {
+            "queued": self._ready(names.queue),
+            "scheduled": scheduled,
+            "parked": self._ready(names.parked),
+        }
+
+    def _ready(self, queue: str) -> int:
+        ok = self.channel.queue_declare(queue, passive=True)
+        return int(ok[1]) if ok is not None else 0
+
+    def _drain(self, timeout_s: float) -> None:
+        """Read what the broker sent within ``timeout_s`` (deliveries, confirms)."""
+        try:
+            self.connection.drain_events(timeout=max(timeout_s, 0.001))
+        except TimeoutError:  # nothing arrived: not an error (socket.timeout is TimeoutError)
+            return
+
+    def close(self) -> None:
+        """Close the connection: RabbitMQ returns every unacknowledged delivery."""
+        self._waiting.clear()
+        close_quietly(self.connection)
+
+
+def delivery_count(headers: dict[str, Any]) -> int | None:
+    """How many times a quorum queue returned the message (``x-delivery-count``), if known."""
+    count = headers.get("x-delivery-count")
+    return int(count) if isinstance(count, int) else None
