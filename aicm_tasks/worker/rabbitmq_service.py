@@ -59,6 +59,11 @@ MAX_WAIT_S = 1.0
 #: in seconds: far above a healthy broker's answer, short enough that a broker
 #: gone silent hands the batch back within it.
 CONNECTION_TIMEOUT_S = 10.0
+#: How often an idle worker appends an ``idle_at`` mark to the figures stream, in
+#: seconds: well inside the shortest health window a test uses (a few seconds),
+#: and one small message per worker per interval (an idle thread finds the queue
+#: empty every MAX_WAIT_S; per thread and per second it would be 4 messages a second).
+IDLE_NOTE_S = 2.0
 #: How often the parked queue is looked at (and the queue depths read for the
 #: observers), in seconds; it fills only when a record was returned
 #: DELIVERY_LIMIT times, so it is nearly always empty.
@@ -114,6 +119,8 @@ class RabbitDeliveryService:
         self.name = name
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
+        self._idle_lock = threading.Lock()
+        self._idle_noted = -IDLE_NOTE_S
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -223,6 +230,8 @@ class RabbitDeliveryService:
                     )
                     if batch.bodies:
                         handle(consumer, batch)
+                    elif queue == self.names.queue:
+                        self._note_idle(consumer)
                     elif idle_s:
                         if self.observers:  # the depth gauges (metrics), as housekeeping on Redis
                             self.observers.housekeeping(consumer.depth())
@@ -250,6 +259,16 @@ class RabbitDeliveryService:
                     self._stop.wait(REDIS_RETRY_MAX_S)
         finally:
             _close(consumer)
+
+    def _note_idle(self, consumer: BatchConsumer) -> None:
+        """At most once per :data:`IDLE_NOTE_S` for the whole worker (not per thread):
+        the record queue was found empty."""
+        with self._idle_lock:
+            now = time.monotonic()
+            if now - self._idle_noted < IDLE_NOTE_S:
+                return
+            self._idle_noted = now
+        consumer.note_idle(consumer=self.consumer, name=self.name)
 
     def _run_one_batch(self, consumer: BatchConsumer, batch: Batch) -> None:
         started = time.monotonic()

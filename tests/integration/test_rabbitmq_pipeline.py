@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -200,3 +201,33 @@ def test_depth_counts_records_waiting_in_the_queue_and_in_the_delay_levels(
         assert probe.depth() == {"queued": 1, "scheduled": 1, "parked": 0}
     finally:
         probe.close()
+
+
+def test_an_idle_worker_marks_the_figures_stream_so_status_sees_it_alive_and_idle(
+    rabbit_pipeline: RabbitPipeline,
+) -> None:
+    """Nothing queued: each worker appends an ``idle_at`` mark at most every
+    IDLE_NOTE_S (not one per thread per empty wait), and ``status`` names the
+    worker as alive from those marks, with no "no figures" warning."""
+    from aicm_tasks.worker.rabbitmq_service import IDLE_NOTE_S
+    from tests.support.cli import run_cli
+
+    pipeline = rabbit_pipeline
+    started = time.monotonic()
+    pipeline.start_worker()
+
+    def idle_marks() -> list[dict]:
+        return [f for f in pipeline.figures() if "idle_at" in f["noted"]]
+
+    wait_until(lambda: len(idle_marks()) >= 2, 60, "two idle marks")
+    elapsed_s = time.monotonic() - started
+    marks = idle_marks()
+    assert len({m["consumer"] for m in marks}) == 1
+    assert len(marks) <= elapsed_s / IDLE_NOTE_S + 2, (len(marks), elapsed_s)
+    env = {key: value for key, value in pipeline.worker_env().items() if key.startswith("AICM_")}
+    result = run_cli("status", "--json", env=env, timeout_s=120)
+    seen = json.loads(result.stdout)
+    assert result.returncode == 0, seen["problems"]
+    assert [name for name in seen["workers_alive"] if name.startswith("w0-")], seen
+    assert not any("no worker appended figures" in w for w in seen["warnings"]), seen["warnings"]
+    assert seen["idle_s_ago"] is not None and seen["idle_s_ago"] < 60

@@ -36,6 +36,7 @@ from typing import Any
 
 import amqp
 
+from aicm_tasks.broker.keys import IDLE_AT
 from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
 from aicm_tasks.broker.rabbitmq.events import dead_event, figures_event
@@ -170,6 +171,16 @@ class BatchConsumer:
             )
         if batch.last_tag:
             self.channel.basic_ack(batch.last_tag, multiple=True)
+
+    def note_idle(self, *, consumer: str, name: str = "") -> None:
+        """Tell ``status`` this worker found the record queue empty just now: a
+        figures event marking ``idle_at`` (what RESOLVE's ``noted`` does on Redis),
+        not waited for. Without it, records arriving after a quiet spell longer
+        than the health window would read as a stall until the first batch settles."""
+        self.publishes.publish(
+            figures_event(consumer, name, Resolution(noted=(IDLE_AT,)), time.time()),
+            routing_key=self.names.figures,
+        )
 
     def depth(self) -> dict[str, int]:
         """Records ready in the record queue (``queued``), in the delay levels
