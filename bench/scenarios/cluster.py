@@ -1,0 +1,377 @@
+"""Scenario 9: a 3-primary Redis Cluster beside one standalone Redis (issue 15).
+
+Both are fresh processes of the same ``redis-server`` binary started here, no
+AOF, no RDB: one standalone on a free port, and a cluster of 3 primaries with a
+replica each (``redis-cli --cluster create ... --cluster-replicas 1``, as
+:class:`aicm_tasks.devtools.redis_cluster.LocalRedisCluster` builds it). Three
+deployments, alternating within each run:
+
+* ``single``: ``AICM_BROKER_URL`` on the standalone Redis (today's default);
+* ``cluster``: ``AICM_SHARD_URLS`` = the three primaries, ``AICM_REDIS_CLUSTER=true``
+  (3 shards; Celery keeps the bench's own Redis, as a cluster deployment does);
+* ``acks``: the same with ``AICM_REPLICA_ACKS=1`` (each publish and settle waits
+  for the shard's replica).
+
+Figures, as in ``publish`` and ``drain``: ``track.delay`` p50/p99 in a fresh
+producer process; one default worker's drain of a backlog filled with
+``track_many`` lists of 1,000 (spread over the shards in turn), ready→all.
+Beside them, from ``INFO cpu`` (``used_cpu_sys + used_cpu_user``) of each
+primary before and after: Redis CPU per record on each shard, for the publish
+(records counted by ``LLEN`` of each shard's queue) and for the drain (records
+counted by each shard's ``delivered``), and the aggregate that projects for 3,
+6 and 12 primaries at one core each. The key prefix is chosen so that the three
+shards' hash tags land on three different primaries (``docs/how-it-works.md``:
+CRC16 spreads a few tags unevenly), so "per shard" is "per primary".
+"""
+
+# ruff: noqa: RUF001, RUF003  (×, µ and – are meant)
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from redis.crc import key_slot
+
+from aicm_tasks.broker.keys import dead_lettered_by_reason, shard_tag
+from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.broker.topology import DEFAULT_CLUSTER_SHARDS, connect
+from aicm_tasks.devtools.processes import free_port, start_redis, stop_process, wait_until
+from aicm_tasks.devtools.redis_cluster import LocalRedisCluster
+from aicm_tasks.settings import Settings
+from bench.config import Counts
+from bench.harness import Bench
+from bench.redis_cpu import CpuSpent, snapshot, spent
+from bench.scenarios.common import attempt, run_producer, start_aicm_worker
+from bench.scenarios.drain import wait_ready
+from bench.stats import Figure
+
+logger = logging.getLogger(__name__)
+
+#: Deployment -> label in the table.
+DEPLOYMENTS = {
+    "single": "one standalone Redis",
+    "cluster": "3-primary Redis Cluster",
+    "acks": "3-primary cluster, AICM_REPLICA_ACKS=1",
+}
+#: Primaries the scale-out is projected for, at one core each.
+PROJECTED_PRIMARIES = (3, 6, 12)
+#: ``track_many`` list size of the drain's backlog: 100 lists of 1,000 spread
+#: evenly over 3 shards (lists of 10,000 would put 4/3/3 of 10 on them).
+PREFILL_CHUNK = 1_000
+
+
+@dataclass
+class Deployment:
+    """Where the records live for one contender, and the servers whose CPU counts."""
+
+    name: str
+    #: Environment of producers and workers on top of ``Bench.aicm_env``.
+    env: dict[str, str]
+    #: One plain client per primary (INFO is per server).
+    primaries: list[redis.Redis]
+    settings: Callable[[str, str], Settings]
+
+    def stores(self, queue: str, prefix: str) -> list[RecordStore]:
+        """The shards' stores for ``queue`` (the bench process's own clients)."""
+        return connect(self.settings(queue, prefix)).stores
+
+
+@dataclass
+class Measured:
+    """One run's figures for one deployment."""
+
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    #: Redis CPU µs per record, one value per shard (its primary's).
+    publish_cpu_us: list[float] = field(default_factory=list)
+    drain_cpu_us: list[float] = field(default_factory=list)
+    ready_all: float = 0.0
+    steady: float = 0.0
+    also: dict[str, float] = field(default_factory=dict)
+
+
+def run(bench: Bench, counts: Counts) -> list[Figure]:
+    """Start the standalone Redis and the cluster; measure every deployment ``counts.runs`` times."""
+    root = bench.root / "cluster-scenario"
+    single_port = free_port()
+    single_process = start_redis(single_port, root / "single", appendonly=False)
+    cluster = LocalRedisCluster(root / "cluster", appendonly=False)
+    try:
+        cluster.start()
+        deployments = build(bench, f"redis://127.0.0.1:{single_port}/0", cluster)
+        return measure_all(bench, counts, deployments, cluster)
+    finally:
+        cluster.stop()
+        stop_process(single_process, timeout_s=10)
+
+
+def build(bench: Bench, single_url: str, cluster: LocalRedisCluster) -> list[Deployment]:
+    """The three deployments over the running servers."""
+    primaries = cluster.primaries()
+    urls = ",".join(node.url for node in primaries)
+    clients = [node.client for node in primaries]
+
+    def single_settings(queue: str, prefix: str) -> Settings:
+        return Settings(broker_url=single_url, queue=queue, key_prefix=prefix)
+
+    def cluster_settings(acks: int) -> Callable[[str, str], Settings]:
+        def make(queue: str, prefix: str) -> Settings:
+            return Settings(
+                broker_url=bench.redis_url,
+                shard_urls=tuple(urls.split(",")),
+                redis_cluster=True,
+                queue=queue,
+                key_prefix=prefix,
+                replica_acks=acks,
+            )
+
+        return make
+
+    on_cluster = {"AICM_SHARD_URLS": urls, "AICM_REDIS_CLUSTER": "true"}
+    return [
+        Deployment(
+            "single", {"AICM_BROKER_URL": single_url}, [redis.Redis.from_url(single_url)],
+            single_settings,
+        ),
+        Deployment("cluster", on_cluster, clients, cluster_settings(0)),
+        Deployment("acks", {**on_cluster, "AICM_REPLICA_ACKS": "1"}, clients, cluster_settings(1)),
+    ]  # fmt: skip
+
+
+def spread_prefix(queue: str, cluster: LocalRedisCluster) -> str:
+    """A key prefix whose shards' hash tags land on as many primaries as there are shards."""
+    for attempt_index in range(200):
+        prefix = f"{queue}-keys-{attempt_index}"
+        ports = {
+            cluster.node_of_slot(key_slot(shard_tag(prefix, i).encode())).port
+            for i in range(DEFAULT_CLUSTER_SHARDS)
+        }
+        if len(ports) == DEFAULT_CLUSTER_SHARDS:
+            return prefix
+    raise RuntimeError("no key prefix spreads the shards over every primary")
+
+
+def measure_all(
+    bench: Bench, counts: Counts, deployments: list[Deployment], cluster: LocalRedisCluster
+) -> list[Figure]:
+    """Every deployment ``counts.runs`` times, alternating within each run."""
+    figures = Figures(counts)
+    for run_index in range(counts.runs):
+        this_run: dict[str, Measured] = {}
+        for deployment in deployments:
+            logger.info("cluster: %s, run %d/%d", deployment.name, run_index + 1, counts.runs)
+            try:
+                measured = measure(bench, counts, deployment, cluster)
+            except Exception as exc:
+                attempt(
+                    figures.of(deployment.name),
+                    f"cluster {deployment.name} run {run_index + 1}",
+                    exc,
+                )
+                continue
+            this_run[deployment.name] = measured
+            figures.add(deployment.name, measured)
+        figures.add_ratios(this_run)
+    return figures.all()
+
+
+def measure(
+    bench: Bench, counts: Counts, deployment: Deployment, cluster: LocalRedisCluster
+) -> Measured:
+    """One publish run and one drain run of one deployment."""
+    measured = Measured()
+    publish(bench, counts, deployment, cluster, measured)
+    drain(bench, counts, deployment, cluster, measured)
+    return measured
+
+
+def fresh_queue(bench: Bench, deployment: Deployment, cluster: LocalRedisCluster,
+                kind: str) -> tuple[str, str, list[RecordStore]]:  # fmt: skip
+    """Empty every server and the stub; a new queue, its prefix and its shards' stores."""
+    bench.reset()
+    for client in deployment.primaries:
+        client.flushall()
+    queue = bench.unique(f"cluster-{kind}-{deployment.name}")
+    prefix = f"{queue}-keys" if deployment.name == "single" else spread_prefix(queue, cluster)
+    return queue, prefix, deployment.stores(queue, prefix)
+
+
+def publish(bench: Bench, counts: Counts, deployment: Deployment, cluster: LocalRedisCluster,
+            measured: Measured) -> None:  # fmt: skip
+    """``track.delay`` p50/p99 in a fresh process; Redis CPU per published record per shard."""
+    queue, prefix, stores = fresh_queue(bench, deployment, cluster, "publish")
+    env = bench.aicm_env(queue, AICM_KEY_PREFIX=prefix, **deployment.env)
+    args = ["--kind", "aicm", "--calls", str(counts.publish_calls),
+            "--warmup", str(counts.publish_warmup)]  # fmt: skip
+    before = [snapshot(client) for client in deployment.primaries]
+    result = run_producer(bench, "publish-cost", args, env)
+    after = [snapshot(client) for client in deployment.primaries]
+    carried = {store.keys.queue: int(store.client.llen(store.keys.queue)) for store in stores}
+    total = counts.publish_calls + counts.publish_warmup
+    if sum(carried.values()) != total:
+        raise RuntimeError(f"published {total:,} records, the shards hold {carried}")
+    measured.p50_us, measured.p99_us = float(result["p50_us"]), float(result["p99_us"])
+    used = [spent(b, a) for b, a in zip(before, after, strict=True)]
+    measured.publish_cpu_us = per_shard(cluster, deployment, stores, used, carried)
+
+
+def drain(bench: Bench, counts: Counts, deployment: Deployment, cluster: LocalRedisCluster,
+          measured: Measured) -> None:  # fmt: skip
+    """One default worker drains ``counts.cluster_drain`` records; Redis CPU per record per shard."""
+    count = counts.cluster_drain
+    queue, prefix, stores = fresh_queue(bench, deployment, cluster, "drain")
+    env = {"AICM_KEY_PREFIX": prefix, **deployment.env}
+    run_producer(bench, "prefill-aicm", ["--count", str(count), "--chunk", str(PREFILL_CHUNK)],
+                 bench.aicm_env(queue, **env))  # fmt: skip
+    carried = {store.keys.queue: int(store.client.llen(store.keys.queue)) for store in stores}
+    if sum(carried.values()) != count:
+        raise RuntimeError(f"filled {count:,} records, the shards hold {carried}")
+    before = [snapshot(client) for client in deployment.primaries]
+    start_s = time.time()
+    worker = start_aicm_worker(bench, queue, **env)
+    try:
+        ready_s = wait_ready(
+            worker, lambda: all(s.client.zcard(s.keys.consumers) > 0 for s in stores)
+        )
+        stats = bench.stub.wait_for(count, timeout_s=max(120.0, count / 300))
+        # The stub has every record once the last POST is answered; its batch
+        # settles a moment later. Count the CPU up to the last settle, and
+        # account for every record: all delivered, none dead-lettered.
+        wait_until(lambda: delivered(stores) >= count, 60, "every record settled")
+        after = [snapshot(client) for client in deployment.primaries]
+    finally:
+        bench.stop(worker)
+    dead = sum(sum(dead_lettered_by_reason(s.stats()).values()) for s in stores)
+    if delivered(stores) != count or dead:
+        raise RuntimeError(f"{count:,} filled: {delivered(stores):,} delivered, {dead:,} dead")
+    last, first = stats["last_new_arrival"], stats["first_arrival"]
+    measured.ready_all = count / (last - ready_s)
+    measured.steady = count / max(last - first, 1e-6)
+    used = [spent(b, a) for b, a in zip(before, after, strict=True)]
+    measured.drain_cpu_us = per_shard(cluster, deployment, stores, used, carried)
+    measured.also = {
+        "spawn→all rec/s": count / (last - start_s),
+        "duplicates": float(stats["records"] - stats["unique"]),
+        **busiest_per_record(used, count),
+    }
+
+
+def delivered(stores: list[RecordStore]) -> int:
+    """Records delivered over every shard."""
+    return sum(store.stats().get("delivered", 0) for store in stores)
+
+
+def per_shard(cluster: LocalRedisCluster, deployment: Deployment, stores: list[RecordStore],
+              used: list[CpuSpent], carried: dict[str, int]) -> list[float]:  # fmt: skip
+    """Redis CPU µs per record of each shard: its primary's CPU ÷ the records it carried."""
+    if deployment.name == "single":
+        return [used[0].cpu_s * 1e6 / max(sum(carried.values()), 1)]
+    ports = [
+        int(client.connection_pool.connection_kwargs["port"]) for client in deployment.primaries
+    ]
+    values = []
+    for store in stores:
+        port = cluster.node_of(store.keys.queue).port
+        values.append(used[ports.index(port)].cpu_s * 1e6 / max(carried[store.keys.queue], 1))
+    return values
+
+
+def busiest_per_record(used: list[CpuSpent], records: int) -> dict[str, float]:
+    """The busiest commands over every primary: µs per record and µs per call."""
+    totals: dict[str, tuple[int, int]] = {}
+    for server in used:
+        for name, calls, usec in server.busiest(len(server.commands)):
+            calls0, usec0 = totals.get(name, (0, 0))
+            totals[name] = (calls0 + calls, usec0 + usec)
+    ranked = sorted(totals.items(), key=lambda item: item[1][1], reverse=True)[:3]
+    also: dict[str, float] = {}
+    for name, (calls, usec) in ranked:
+        also[f"{name} µs/record"] = usec / records
+        also[f"{name} µs/call"] = usec / calls
+    return also
+
+
+class Figures:
+    """The scenario's figures, filled run by run."""
+
+    def __init__(self, counts: Counts) -> None:
+        self.by: dict[str, dict[str, Figure]] = {}
+        for name, label in DEPLOYMENTS.items():
+            self.by[name] = {
+                "p50": Figure(f"cluster.{name}.p50_us", f"track.delay p50, {label}", "µs/call"),
+                "p99": Figure(f"cluster.{name}.p99_us", f"track.delay p99, {label}", "µs/call"),
+                "drain": Figure(f"cluster.{name}.drain", f"drain, {label}, ready→all", "records/s"),
+                "publish_cpu": Figure(
+                    f"cluster.{name}.publish_cpu_us",
+                    f"Redis CPU per published record per shard, {label}",
+                    "µs/record",
+                ),
+                "drain_cpu": Figure(
+                    f"cluster.{name}.drain_cpu_us",
+                    f"Redis CPU per drained record per shard, {label}",
+                    "µs/record",
+                ),
+            }
+            for key in ("p50", "p99", "publish_cpu"):
+                self.by[name][key].note = f"{counts.publish_calls:,} timed calls a run"
+            for key in ("drain", "drain_cpu"):
+                self.by[name][key].note = f"{counts.cluster_drain:,} records, 1 worker (defaults)"
+        self.acks_publish = Figure(
+            "cluster.acks_cost.publish", "replica acks: track.delay p50, on ÷ off", "×"
+        )
+        self.acks_drain = Figure("cluster.acks_cost.drain", "replica acks: drain, on ÷ off", "×")
+        self.projected = {
+            n: Figure(
+                f"cluster.projected.{n}",
+                f"projected aggregate, {n} primaries at 1 core",
+                "records/s",
+            )
+            for n in PROJECTED_PRIMARIES
+        }
+        for figure in self.projected.values():
+            figure.note = ("1 core ÷ (publish + drain Redis CPU per record), slowest shard of "
+                           "the run, × primaries; the worker side not counted")  # fmt: skip
+
+    def of(self, name: str) -> list[Figure]:
+        """The figures of one deployment (a failed run is noted on them)."""
+        return list(self.by[name].values())
+
+    def add(self, name: str, measured: Measured) -> None:
+        """One run of one deployment."""
+        figures = self.by[name]
+        figures["p50"].values.append(measured.p50_us)
+        figures["p99"].values.append(measured.p99_us)
+        figures["drain"].values.append(measured.ready_all)
+        figures["drain"].also.append({"steady rec/s": measured.steady, **measured.also})
+        for key, values in (("publish_cpu", measured.publish_cpu_us),
+                            ("drain_cpu", measured.drain_cpu_us)):  # fmt: skip
+            figures[key].values.append(statistics.mean(values))
+            if len(values) > 1:
+                figures[key].also.append({"min shard": min(values), "max shard": max(values)})
+        if name == "cluster":
+            # The slowest shard bounds the whole: records go to shards in turn.
+            per_record_us = max(measured.publish_cpu_us) + max(measured.drain_cpu_us)
+            for n, figure in self.projected.items():
+                figure.values.append(n * 1e6 / per_record_us)
+
+    def add_ratios(self, run: dict[str, Measured]) -> None:
+        """Acks on ÷ off within one run, when both ran."""
+        on, off = run.get("acks"), run.get("cluster")
+        if on is not None and off is not None:
+            self.acks_publish.values.append(on.p50_us / off.p50_us)
+            self.acks_drain.values.append(on.ready_all / off.ready_all)
+
+    def all(self) -> list[Figure]:
+        """Every figure, in table order."""
+        ordered = [self.by[name][key] for key in ("p50", "p99") for name in DEPLOYMENTS]
+        ordered += [self.by[name]["drain"] for name in DEPLOYMENTS]
+        ordered += [self.acks_publish, self.acks_drain]
+        ordered += [
+            self.by[name][key] for key in ("publish_cpu", "drain_cpu") for name in DEPLOYMENTS
+        ]
+        return [*ordered, *self.projected.values()]
