@@ -24,15 +24,14 @@ shards' hash tags land on three different primaries (``docs/how-it-works.md``:
 CRC16 spreads a few tags unevenly), so "per shard" is "per primary".
 """
 
-# ruff: noqa: RUF001, RUF003  (×, µ and – are meant)
+# ruff: noqa: RUF003  (×, µ and – are meant)
 
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from redis.crc import key_slot
@@ -46,20 +45,13 @@ from aicm_tasks.settings import Settings
 from bench.config import Counts
 from bench.harness import Bench
 from bench.redis_cpu import CpuSpent, snapshot, spent
+from bench.scenarios.cluster_figures import Figures, Measured
 from bench.scenarios.common import attempt, run_producer, start_aicm_worker
 from bench.scenarios.drain import wait_ready
 from bench.stats import Figure
 
 logger = logging.getLogger(__name__)
 
-#: Deployment -> label in the table.
-DEPLOYMENTS = {
-    "single": "one standalone Redis",
-    "cluster": "3-primary Redis Cluster",
-    "acks": "3-primary cluster, AICM_REPLICA_ACKS=1",
-}
-#: Primaries the scale-out is projected for, at one core each.
-PROJECTED_PRIMARIES = (3, 6, 12)
 #: ``track_many`` list size of the drain's backlog: 100 lists of 1,000 spread
 #: evenly over 3 shards (lists of 10,000 would put 4/3/3 of 10 on them).
 PREFILL_CHUNK = 1_000
@@ -79,20 +71,6 @@ class Deployment:
     def stores(self, queue: str, prefix: str) -> list[RecordStore]:
         """The shards' stores for ``queue`` (the bench process's own clients)."""
         return connect(self.settings(queue, prefix)).stores
-
-
-@dataclass
-class Measured:
-    """One run's figures for one deployment."""
-
-    p50_us: float = 0.0
-    p99_us: float = 0.0
-    #: Redis CPU µs per record, one value per shard (its primary's).
-    publish_cpu_us: list[float] = field(default_factory=list)
-    drain_cpu_us: list[float] = field(default_factory=list)
-    ready_all: float = 0.0
-    steady: float = 0.0
-    also: dict[str, float] = field(default_factory=dict)
 
 
 def run(bench: Bench, counts: Counts) -> list[Figure]:
@@ -226,12 +204,15 @@ def drain(bench: Bench, counts: Counts, deployment: Deployment, cluster: LocalRe
     count = counts.cluster_drain
     queue, prefix, stores = fresh_queue(bench, deployment, cluster, "drain")
     env = {"AICM_KEY_PREFIX": prefix, **deployment.env}
+    before_fill = [snapshot(client) for client in deployment.primaries]
     run_producer(bench, "prefill-aicm", ["--count", str(count), "--chunk", str(PREFILL_CHUNK)],
                  bench.aicm_env(queue, **env))  # fmt: skip
+    before = [snapshot(client) for client in deployment.primaries]
     carried = {store.keys.queue: int(store.client.llen(store.keys.queue)) for store in stores}
     if sum(carried.values()) != count:
         raise RuntimeError(f"filled {count:,} records, the shards hold {carried}")
-    before = [snapshot(client) for client in deployment.primaries]
+    filled = [spent(b, a) for b, a in zip(before_fill, before, strict=True)]
+    measured.fill_cpu_us = per_shard(cluster, deployment, stores, filled, carried)
     start_s = time.time()
     worker = start_aicm_worker(bench, queue, **env)
     try:
@@ -294,84 +275,3 @@ def busiest_per_record(used: list[CpuSpent], records: int) -> dict[str, float]:
         also[f"{name} µs/record"] = usec / records
         also[f"{name} µs/call"] = usec / calls
     return also
-
-
-class Figures:
-    """The scenario's figures, filled run by run."""
-
-    def __init__(self, counts: Counts) -> None:
-        self.by: dict[str, dict[str, Figure]] = {}
-        for name, label in DEPLOYMENTS.items():
-            self.by[name] = {
-                "p50": Figure(f"cluster.{name}.p50_us", f"track.delay p50, {label}", "µs/call"),
-                "p99": Figure(f"cluster.{name}.p99_us", f"track.delay p99, {label}", "µs/call"),
-                "drain": Figure(f"cluster.{name}.drain", f"drain, {label}, ready→all", "records/s"),
-                "publish_cpu": Figure(
-                    f"cluster.{name}.publish_cpu_us",
-                    f"Redis CPU per published record per shard, {label}",
-                    "µs/record",
-                ),
-                "drain_cpu": Figure(
-                    f"cluster.{name}.drain_cpu_us",
-                    f"Redis CPU per drained record per shard, {label}",
-                    "µs/record",
-                ),
-            }
-            for key in ("p50", "p99", "publish_cpu"):
-                self.by[name][key].note = f"{counts.publish_calls:,} timed calls a run"
-            for key in ("drain", "drain_cpu"):
-                self.by[name][key].note = f"{counts.cluster_drain:,} records, 1 worker (defaults)"
-        self.acks_publish = Figure(
-            "cluster.acks_cost.publish", "replica acks: track.delay p50, on ÷ off", "×"
-        )
-        self.acks_drain = Figure("cluster.acks_cost.drain", "replica acks: drain, on ÷ off", "×")
-        self.projected = {
-            n: Figure(
-                f"cluster.projected.{n}",
-                f"projected aggregate, {n} primaries at 1 core",
-                "records/s",
-            )
-            for n in PROJECTED_PRIMARIES
-        }
-        for figure in self.projected.values():
-            figure.note = ("1 core ÷ (publish + drain Redis CPU per record), slowest shard of "
-                           "the run, × primaries; the worker side not counted")  # fmt: skip
-
-    def of(self, name: str) -> list[Figure]:
-        """The figures of one deployment (a failed run is noted on them)."""
-        return list(self.by[name].values())
-
-    def add(self, name: str, measured: Measured) -> None:
-        """One run of one deployment."""
-        figures = self.by[name]
-        figures["p50"].values.append(measured.p50_us)
-        figures["p99"].values.append(measured.p99_us)
-        figures["drain"].values.append(measured.ready_all)
-        figures["drain"].also.append({"steady rec/s": measured.steady, **measured.also})
-        for key, values in (("publish_cpu", measured.publish_cpu_us),
-                            ("drain_cpu", measured.drain_cpu_us)):  # fmt: skip
-            figures[key].values.append(statistics.mean(values))
-            if len(values) > 1:
-                figures[key].also.append({"min shard": min(values), "max shard": max(values)})
-        if name == "cluster":
-            # The slowest shard bounds the whole: records go to shards in turn.
-            per_record_us = max(measured.publish_cpu_us) + max(measured.drain_cpu_us)
-            for n, figure in self.projected.items():
-                figure.values.append(n * 1e6 / per_record_us)
-
-    def add_ratios(self, run: dict[str, Measured]) -> None:
-        """Acks on ÷ off within one run, when both ran."""
-        on, off = run.get("acks"), run.get("cluster")
-        if on is not None and off is not None:
-            self.acks_publish.values.append(on.p50_us / off.p50_us)
-            self.acks_drain.values.append(on.ready_all / off.ready_all)
-
-    def all(self) -> list[Figure]:
-        """Every figure, in table order."""
-        ordered = [self.by[name][key] for key in ("p50", "p99") for name in DEPLOYMENTS]
-        ordered += [self.by[name]["drain"] for name in DEPLOYMENTS]
-        ordered += [self.acks_publish, self.acks_drain]
-        ordered += [
-            self.by[name][key] for key in ("publish_cpu", "drain_cpu") for name in DEPLOYMENTS
-        ]
-        return [*ordered, *self.projected.values()]

@@ -101,6 +101,42 @@ def test_a_batch_listed_as_ours_that_no_thread_holds_is_handed_back(
     assert sorted(post.received) == sorted(ids)
 
 
+class WatchedStore(RecordStore):
+    """A shard that notes, each time a thread waits on it, what the shards queue."""
+
+    def __init__(self, *args: Any, waits: list[int], siblings: list[RecordStore]) -> None:
+        super().__init__(*args)
+        self.waits, self.siblings = waits, siblings
+
+    def wait_one(self, batch_key: str, timeout_s: float) -> bytes | None:
+        self.waits.append(sum(int(s.client.llen(s.keys.queue)) for s in self.siblings))
+        return super().wait_one(batch_key, timeout_s)
+
+
+def test_no_thread_waits_on_an_empty_shard_while_another_holds_records(
+    any_redis: redis.Redis,
+) -> None:
+    """A thread waiting on an empty shard holds the gather lock: every other
+    thread would wait with it while another shard's backlog stands still."""
+    waits: list[int] = []
+    stores: list[RecordStore] = []
+    stores += [
+        WatchedStore(any_redis, shard_keys("q", "p", i, tagged=True), waits=waits, siblings=stores)
+        for i in range(3)
+    ]
+    post = FakeTrack()
+    sent = publish(stores[2], 400)
+    delivery = DeliveryService(stores, post, **OPTIONS)
+    delivery.start()
+    try:
+        wait_until(lambda: len(post.received) >= 400, 60, "400 delivered from one shard")
+    finally:
+        delivery.stop(30)
+    assert sorted(post.received) == sorted(sent)
+    assert stores[2].stats()["delivered"] == 400
+    assert waits == [0] * len(waits)
+
+
 @pytest.mark.parametrize("count", [1, 3])
 def test_a_batch_a_thread_holds_is_never_taken_for_a_stray(count: int) -> None:
     stores = shards(fakeredis.FakeRedis(), count)
