@@ -33,6 +33,9 @@ class Measured:
     publish_cpu_us: list[float] = field(default_factory=list)
     fill_cpu_us: list[float] = field(default_factory=list)
     drain_cpu_us: list[float] = field(default_factory=list)
+    #: Records the shards held beyond those published (published twice, see
+    #: ``check_carried``).
+    published_twice: int = 0
     ready_all: float = 0.0
     steady: float = 0.0
     also: dict[str, float] = field(default_factory=dict)
@@ -95,6 +98,7 @@ class Figures:
         """One run of one deployment."""
         figures = self.by[name]
         figures["p50"].values.append(measured.p50_us)
+        figures["p50"].also.append({"published twice": float(measured.published_twice)})
         figures["p99"].values.append(measured.p99_us)
         figures["drain"].values.append(measured.ready_all)
         figures["drain"].also.append({"steady rec/s": measured.steady, **measured.also})
