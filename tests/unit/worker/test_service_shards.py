@@ -137,6 +137,28 @@ def test_no_thread_waits_on_an_empty_shard_while_another_holds_records(
     assert waits == [0] * len(waits)
 
 
+def test_a_batch_filling_from_a_trickle_on_one_shard_does_not_hold_up_another(
+    any_redis: redis.Redis,
+) -> None:
+    """One record on shard 0 fills its batch for the whole flush interval; a
+    full batch on shard 1 meanwhile is delivered at once, not after it."""
+    stores = shards(any_redis, 2)
+    post = FakeTrack()
+    delivery = DeliveryService(stores, post, **{**OPTIONS, "flush_interval_s": 120})
+    trickle = publish(stores[0], 1)
+    delivery.start()
+    try:
+        wait_until(lambda: stores[0].depth()["held"] == 1, 30, "shard 0's batch filling")
+        full = publish(stores[1], OPTIONS["batch_size"])
+        wait_until(lambda: len(post.received) >= len(full), 60, "shard 1's batch delivered")
+        # Shard 0's batch still fills (for 120 s): only shard 1's records went.
+        assert sorted(post.received) == sorted(full)
+    finally:
+        delivery.stop(30)
+    # Stopping ends the fill: shard 0's record is delivered too.
+    assert sorted(post.received) == sorted(full + trickle)
+
+
 @pytest.mark.parametrize("count", [1, 3])
 def test_a_batch_a_thread_holds_is_never_taken_for_a_stray(count: int) -> None:
     stores = shards(fakeredis.FakeRedis(), count)
