@@ -38,7 +38,7 @@ from redis.crc import key_slot
 
 from aicm_tasks.broker.keys import dead_lettered_by_reason, shard_tag
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.broker.topology import DEFAULT_CLUSTER_SHARDS, connect
+from aicm_tasks.broker.topology import DEFAULT_CLUSTER_SHARDS, Topology, connect
 from aicm_tasks.devtools.processes import free_port, start_redis, stop_process, wait_until
 from aicm_tasks.devtools.redis_cluster import LocalRedisCluster
 from aicm_tasks.settings import Settings
@@ -71,10 +71,18 @@ class Deployment:
     #: One plain client per replica: their CPU competes with the worker's on
     #: this machine, where a real deployment has them on other hosts.
     replicas: list[redis.Redis] = field(default_factory=list)
+    _connected: list[Topology] = field(default_factory=list)
 
     def stores(self, queue: str, prefix: str) -> list[RecordStore]:
         """The shards' stores for ``queue`` (the bench process's own clients)."""
-        return connect(self.settings(queue, prefix)).stores
+        topology = connect(self.settings(queue, prefix))
+        self._connected.append(topology)
+        return topology.stores
+
+    def close_stores(self) -> None:
+        """Close the clients :meth:`stores` opened."""
+        while self._connected:
+            self._connected.pop().close()
 
 
 def run(bench: Bench, counts: Counts) -> list[Figure]:
@@ -169,8 +177,11 @@ def measure(
 ) -> Measured:
     """One publish run and one drain run of one deployment."""
     measured = Measured()
-    publish(bench, counts, deployment, cluster, measured)
-    drain(bench, counts, deployment, cluster, measured)
+    try:
+        publish(bench, counts, deployment, cluster, measured)
+        drain(bench, counts, deployment, cluster, measured)
+    finally:
+        deployment.close_stores()
     return measured
 
 
