@@ -7,6 +7,7 @@
     │   ├── RecordValueError(ValueError)    a field has a bad value (unparseable timestamp, too big)
     │   └── RecordTypeError(TypeError)      a field has the wrong type (usage not a dict)
     ├── PublishError                    the broker did not take a valid record
+    │   ├── RecordsRefusedError             ...the broker refused some records of a publish and took the others
     │   ├── SpoolFullError                  ...and the local spool is at AICM_SPOOL_MAX_BYTES, so it was not kept
     │   └── SpoolWriteError                 ...and the spool could not write it (disk full or failing, locked)
     ├── ConfigurationError              a setting is missing or inconsistent
@@ -51,6 +52,16 @@ class RecordTypeError(RecordError, TypeError):
 
 class PublishError(AicmTasksError):
     """The broker could not be reached or refused the record; it was not published."""
+
+
+class RecordsRefusedError(PublishError):
+    """The broker refused some records of one publish and took the others (RabbitMQ:
+    a full queue nacks them). ``refused`` holds the refused messages, exactly as they
+    were published: keep (spool) those, not the others, which are in the queue."""
+
+    def __init__(self, message: str, refused: Sequence[bytes]) -> None:
+        super().__init__(message)
+        self.refused = list(refused)
 
 
 class SpoolFullError(PublishError):

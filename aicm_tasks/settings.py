@@ -239,6 +239,11 @@ class Settings(BaseSettings):
                 f"AICM_SHARDS={self.shards} needs Redis: on RabbitMQ (AICM_BROKER_URL="
                 "amqp://...) the records live in one quorum queue, which RabbitMQ replicates"
             )
+        if self.records_on_rabbitmq and self.limits_enabled:
+            raise ValueError(
+                "AICM_LIMITS_ENABLED needs Redis for now: on RabbitMQ (AICM_BROKER_URL="
+                "amqp://...) triggered limits have no store yet (docs/limits.md); unset it"
+            )
         if self.records_on_rabbitmq and self.replica_acks:
             raise ValueError(
                 "AICM_REPLICA_ACKS is Redis's WAIT: on RabbitMQ a publisher confirm of a "

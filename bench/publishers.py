@@ -25,6 +25,7 @@ KINDS = (
     "celery",
     "sdk",
     "lpush",
+    "aicm-amqp",
     "amqp-confirm",
     "amqp-noconfirm",
     "celery-amqp",
@@ -73,6 +74,25 @@ def lpush() -> Contender:
         return client.lpush(queue, json.dumps(record))
 
     return Contender(record_dict, publish, client.close)
+
+
+def aicm_amqp() -> Contender:
+    """``track.delay`` on RabbitMQ: ``AICM_BROKER_URL`` is ``BENCH_BROKER_URL`` (amqp), the
+    record queue ``BENCH_QUEUE``, declared with the whole topology first, as a worker
+    starting would. Each call returns once the broker confirmed the record."""
+    os.environ["AICM_BROKER_URL"] = os.environ["BENCH_BROKER_URL"]
+    os.environ["AICM_QUEUE"] = os.environ["BENCH_QUEUE"]
+    from aicm_tasks import Settings, track
+    from aicm_tasks.broker.rabbitmq.names import RabbitNames
+    from aicm_tasks.broker.rabbitmq.topology import declare_topology
+
+    settings = Settings.from_env()
+    declare_topology(settings.broker_url, RabbitNames(settings.queue, settings.key_prefix))
+
+    def publish(_: Any) -> Any:
+        return track.delay(SERVICE_KEY, USAGE, customer_key=CUSTOMER_KEY, context=CONTEXT)
+
+    return Contender(_nothing, publish, _nothing)
 
 
 def amqp_publish(confirm: bool) -> Contender:
@@ -137,6 +157,8 @@ def contender(kind: str, sdk_dir: Path | None, api_base: str | None) -> Contende
         return celery()
     if kind == "lpush":
         return lpush()
+    if kind == "aicm-amqp":
+        return aicm_amqp()
     if kind in ("amqp-confirm", "amqp-noconfirm"):
         return amqp_publish(confirm=kind == "amqp-confirm")
     if kind in ("celery-amqp", "celery-amqp-quorum"):

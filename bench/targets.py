@@ -1,8 +1,10 @@
 """The issue's targets, each checked against the medians of one run of the benchmark.
 
 A target is either absolute (``figure ≤ bound``) or a ratio to another figure
-measured in the same run (``figure / versus ≥ bound``). A target whose figures
-were not measured (``--only``, a failed run) is reported as not evaluated.
+measured in the same run (``figure / versus ≥ bound``); relation ``"vs"`` only
+reports a ratio the issue asks to see, with no bound (marked ``·``). A target
+whose figures were not measured (``--only``, a failed run) is reported as not
+evaluated.
 """
 
 # ruff: noqa: RUF001, RUF002, RUF003  (en dashes, ×, µ and – are meant)
@@ -20,8 +22,9 @@ _RELATIONS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
     ">=": operator.ge,
     ">": operator.gt,
+    "vs": lambda value, bound: True,  # reported, not bounded
 }
-_SYMBOLS = {"<=": "≤", ">=": "≥", ">": ">"}
+_SYMBOLS = {"<=": "≤", ">=": "≥", ">": ">", "vs": "vs"}
 
 #: The worker's default flush interval (the latency target is relative to it).
 FLUSH_INTERVAL_MS = float(Settings.model_fields["flush_interval_s"].default) * 1000
@@ -41,6 +44,8 @@ class Target:
     def text(self) -> str:
         """How the target reads in the table."""
         symbol = _SYMBOLS[self.relation]
+        if self.relation == "vs":
+            return f"vs {self.versus_label} (reported)"
         if self.versus is None:
             return f"{symbol} {fmt_number(self.bound)}"
         factor = "" if self.bound == 1 else f"{self.bound:g} × "
@@ -65,8 +70,12 @@ class Verdict:
 
     @property
     def mark(self) -> str:
-        """✓, ✗, or – when not evaluated."""
-        return "–" if self.met is None else ("✓" if self.met else "✗")
+        """✓, ✗, – when not evaluated, · for a ratio only reported."""
+        if self.met is None:
+            return "–"
+        if self.target.relation == "vs":
+            return "·"
+        return "✓" if self.met else "✗"
 
 
 def _drain(basis: str) -> list[Target]:
@@ -98,6 +107,23 @@ TARGETS: list[Target] = [
     # again, and one worker drains as fast (within noise) as from one Redis.
     Target("cluster.cluster.p50_us", "<=", 1.5, "cluster.single.p50_us", "one Redis p50"),
     Target("cluster.cluster.drain", ">=", 0.9, "cluster.single.drain", "one Redis drain"),
+    # Issue 16: track.delay on RabbitMQ against a bare confirmed publish to the same
+    # quorum queue in the same run; against plain Celery .delay (which waits for no
+    # confirm: a round trip and the quorum log's write less) only reported.
+    Target(
+        "rabbitmq.aicm-amqp.p50_us",
+        "<=",
+        1.3,
+        "rabbitmq.amqp-confirm.p50_us",
+        "bare confirmed publish p50",
+    ),
+    Target(
+        "rabbitmq.aicm-amqp.p50_us",
+        "vs",
+        1,
+        "rabbitmq.celery-amqp.p50_us",
+        "plain Celery .delay p50",
+    ),
 ]
 
 

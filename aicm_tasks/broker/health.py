@@ -53,7 +53,8 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Figures:
-    """One reading of the pipeline. Ages are seconds on the Redis server's clock."""
+    """One reading of the pipeline. Ages are seconds on the Redis server's clock
+    (on RabbitMQ, on the workers' clocks: see ``broker/rabbitmq/figures.py``)."""
 
     queued: int
     held: int
@@ -92,6 +93,12 @@ class Figures:
     last_unauthorized_s_ago: float | None = None
     #: The broker's eviction and persistence settings (see redis_settings.py).
     redis_settings: dict[str, Any] = field(default_factory=dict)
+    #: Records RabbitMQ moved past the delivery limit, waiting for a worker to
+    #: dead-letter them (RabbitMQ only).
+    parked: int = 0
+    #: On RabbitMQ: the record queue's name and whether it is declared as
+    #: aicm-tasks declares it (empty on Redis).
+    rabbitmq: dict[str, Any] = field(default_factory=dict)
     #: What deserves a look but does not make the pipeline unhealthy (AOF off).
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)

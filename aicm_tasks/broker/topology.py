@@ -11,7 +11,8 @@ a shard lives:
   ``i`` on URL ``i mod len(urls)``; as many shards as URLs unless set;
 - ``AICM_REDIS_CLUSTER=true`` with ``AICM_SHARD_URLS`` naming seed nodes: every
   shard on redis-py's :class:`~redis.cluster.RedisCluster`, which routes each
-  shard's slot to the primary serving it and follows MOVED/ASK and failovers;
+  shard's slot to the primary serving it and follows MOVED/ASK and failovers
+  (publishes skip its per-command routing: :mod:`.cluster_records`);
   :data:`DEFAULT_CLUSTER_SHARDS` shards unless set.
 
 In the last two, every key of a shard carries its hash tag. Celery itself (its
@@ -35,6 +36,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 
+from aicm_tasks.broker.cluster_records import ClusterRecordStore
 from aicm_tasks.broker.keys import Keys, shard_keys
 from aicm_tasks.broker.records import BrokerClient, RecordStore
 from aicm_tasks.broker.replicas import ReplicaAcks
@@ -167,7 +169,7 @@ def connect(settings: Settings, **client_options: Any) -> Topology:
         cluster = cluster_client(record_urls(settings), **client_options)
         return Topology(
             tuple(
-                Shard(p.index, redact_url(p.url), RecordStore(cluster, p.keys, acks))
+                Shard(p.index, redact_url(p.url), ClusterRecordStore(cluster, p.keys, acks))
                 for p in layout.places
             ),
             cluster=True,

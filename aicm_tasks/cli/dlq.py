@@ -14,6 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection, selection_of
+from aicm_tasks.broker.rabbitmq.connection import RABBIT_ERRORS
+from aicm_tasks.broker.rabbitmq.dead_letters import RabbitDeadLetterStore
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 from aicm_tasks.errors import DeadLetterNotFoundError
 from aicm_tasks.worker.outcomes import Reason
@@ -25,8 +28,18 @@ ERROR_SHOWN = 80
 WIDE_COLUMNS = 100_000
 
 
-def _store() -> DeadLetterStore:
+#: What either broker raises when it did not answer.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, *RABBIT_ERRORS)
+#: Either broker's store: the same verbs, the same meaning.
+Store = DeadLetterStore | RabbitDeadLetterStore
+
+
+def _store() -> Store:
     settings = load_settings()
+    if settings.records_on_rabbitmq:
+        return RabbitDeadLetterStore(
+            settings.broker_url, RabbitNames(settings.queue, settings.key_prefix)
+        )
     # Every shard's dead letters, as one store (an id is found wherever it is).
     return DeadLetterStore.over(topology_of(settings).stores)
 
@@ -241,7 +254,7 @@ def to_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def _resolve(store: DeadLetterStore, id_or_prefix: str) -> str:
+def _resolve(store: Store, id_or_prefix: str) -> str:
     try:
         return store.resolve(id_or_prefix)
     except DeadLetterNotFoundError as exc:  # ambiguous too: its message lists candidates
@@ -251,5 +264,5 @@ def _resolve(store: DeadLetterStore, id_or_prefix: str) -> str:
 def _guard(action: Callable[[], Any]) -> Any:
     try:
         return action()
-    except redis.RedisError as exc:
+    except BROKER_ERRORS as exc:
         raise click.ClickException(f"the broker did not answer: {exc}") from exc

@@ -5,12 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import redis
 
+from aicm_tasks.broker.errors import BROKER_ERRORS
+from aicm_tasks.broker.rabbitmq.publisher import RabbitTarget
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
-from aicm_tasks.errors import ConfigurationError
-from aicm_tasks.producer.sqlite_import import DEFAULT_CHUNK, SDK_STATUSES, import_sqlite_queue
+from aicm_tasks.errors import ConfigurationError, RecordsRefusedError
+from aicm_tasks.producer.sqlite_import import (
+    DEFAULT_CHUNK,
+    SDK_STATUSES,
+    ImportSink,
+    RabbitImportSink,
+    RedisImportSink,
+    import_records,
+)
 from aicm_tasks.redact import redact_url
+
+#: The budget of one chunk's confirm wait on RabbitMQ (up to 10,000 records).
+IMPORT_TIMEOUT_S = 30.0
 
 
 @click.command("import-sqlite")
@@ -32,21 +43,31 @@ def import_sqlite(path: Path, dry_run: bool, chunk: int, as_json: bool) -> None:
     file first."""
     settings = load_settings()
     try:
-        # The first shard: the import remembers what it published (the
-        # ``imported`` set) in the same transaction as the push, so both must
-        # live in one slot; workers consume every shard alike.
-        store = topology_of(settings).stores[0]
-        report = import_sqlite_queue(
+        sink: ImportSink
+        if settings.records_on_rabbitmq:
+            # Confirmed publishes; the file's own table remembers what was imported.
+            sink = RabbitImportSink(RabbitTarget.for_settings(settings, timeout_s=IMPORT_TIMEOUT_S))
+        else:
+            # The first shard: the import remembers what it published (the
+            # ``imported`` set) in the same transaction as the push, so both must
+            # live in one slot; workers consume every shard alike.
+            store = topology_of(settings).stores[0]
+            sink = RedisImportSink(store.client, store.keys)
+        report = import_records(
             path,
-            store.client,
-            store.keys,
+            sink,
             dry_run=dry_run,
             max_record_bytes=settings.max_record_bytes,
             chunk=chunk,
         )
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
-    except redis.RedisError as exc:
+    except RecordsRefusedError as exc:
+        raise click.ClickException(
+            f"the broker refused {len(exc.refused)} records ({exc}); the rows it took moved "
+            "to aicm_tasks_imported, the refused ones stay in the file: run the command again"
+        ) from exc
+    except BROKER_ERRORS as exc:
         raise click.ClickException(
             f"the broker at {redact_url(settings.broker_url)} did not answer ({exc}); "
             "rows not yet published stay in the file: run the command again"

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import click
-import redis
 
+from aicm_tasks.broker.errors import BROKER_ERRORS
+from aicm_tasks.broker.rabbitmq.publisher import RabbitTarget
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
+from aicm_tasks.errors import RecordsRefusedError
+from aicm_tasks.producer.publisher import DRAIN_TIMEOUT_S, RecordTarget
 from aicm_tasks.producer.shards import ShardedTarget
 from aicm_tasks.producer.spool import Spool
 
@@ -45,10 +48,19 @@ def drain(as_json: bool) -> None:
     """Push every record spooled for the configured queue to the broker now."""
     settings = load_settings()
     try:
-        # To whichever shards answer, in turn, as the producer would.
-        target = ShardedTarget(topology_of(settings).stores)
+        # To RabbitMQ, or to whichever Redis shards answer, in turn, as the producer would.
+        target: RecordTarget = (
+            RabbitTarget.for_settings(settings, timeout_s=DRAIN_TIMEOUT_S)
+            if settings.records_on_rabbitmq
+            else ShardedTarget(topology_of(settings).stores)
+        )
         pushed = Spool.for_settings(settings).drain(target)
-    except redis.RedisError as exc:
+    except RecordsRefusedError as exc:
+        raise click.ClickException(
+            f"the broker refused {len(exc.refused)} records, which stay spooled (the others "
+            f"were pushed): {exc}"
+        ) from exc
+    except BROKER_ERRORS as exc:
         raise click.ClickException(
             f"the broker did not answer; records stay spooled: {exc}"
         ) from exc

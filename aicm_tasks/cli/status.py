@@ -16,15 +16,32 @@ from rich.table import Table
 
 from aicm_tasks.broker.figures import Figures, Thresholds
 from aicm_tasks.broker.health import ALIVE_WITHIN_S, DEFAULT_MAX_OLDEST_QUEUED_S
+from aicm_tasks.broker.rabbitmq.connection import RABBIT_ERRORS
+from aicm_tasks.broker.rabbitmq.figures import RabbitFiguresReader
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.shard_figures import read_all_figures
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 from aicm_tasks.settings import Settings
 
+#: What either broker raises when it did not answer.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, *RABBIT_ERRORS)
+
 
 def _stores(settings: Settings) -> list[RecordStore]:
     """Every shard's store: status and monitor sum them into one pipeline."""
     return topology_of(settings).stores
+
+
+def _reader(settings: Settings, thresholds: Thresholds) -> Callable[[], Figures]:
+    """What reads the figures: every shard's Redis, or RabbitMQ (its consumers kept
+    between readings, so that monitor's frames do not re-read the streams)."""
+    if settings.records_on_rabbitmq:
+        names = RabbitNames(settings.queue, settings.key_prefix)
+        rabbit = RabbitFiguresReader(settings.broker_url, names, window_s=thresholds.window_s)
+        return lambda: rabbit.read(thresholds)
+    stores = _stores(settings)
+    return lambda: read_all_figures(stores, thresholds)
 
 
 def _thresholds_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,8 +100,8 @@ def status(
     settings = load_settings()
     thresholds = _thresholds(settings, no_worker_s, max_oldest_s, max_dead_letters, window_s)
     try:
-        figures = read_all_figures(_stores(settings), thresholds)
-    except redis.RedisError as exc:
+        figures = _reader(settings, thresholds)()
+    except BROKER_ERRORS as exc:
         if as_json:
             echo_json({"healthy": False, "problems": [f"the broker did not answer: {exc}"]})
         else:
@@ -116,17 +133,15 @@ def monitor(
 ) -> None:
     """A live view of the pipeline; Ctrl-C quits."""
     settings = load_settings()
-    stores = _stores(settings)
     thresholds = _thresholds(settings, no_worker_s, max_oldest_s, max_dead_letters, window_s)
+    read = _reader(settings, thresholds)
     try:
-        with Live(
-            render(read_all_figures(stores, thresholds)), refresh_per_second=4, screen=False
-        ) as live:
+        with Live(render(read()), refresh_per_second=4, screen=False) as live:
             while not once:
                 time.sleep(interval)
                 try:
-                    live.update(render(read_all_figures(stores, thresholds)))
-                except redis.RedisError as exc:
+                    live.update(render(read()))
+                except BROKER_ERRORS as exc:
                     live.update(f"[red]the broker did not answer: {exc}[/red]")
     except KeyboardInterrupt:
         pass
@@ -173,6 +188,26 @@ def render(figures: Figures) -> Group:
     for worker in alive:
         main.add_row(f"  {escape(worker['name'])}", escape(worker["consumer"]))
     main.add_row("dead letters", f"{figures.dead_letters:,}")
+    if figures.rabbitmq:
+        _rabbitmq_rows(main, figures)
+    else:
+        _redis_rows(main, figures)
+    for warning in figures.warnings:
+        main.add_row("[yellow]warning[/yellow]", f"[yellow]{escape(warning)}[/yellow]")
+    # Redis counts what was dead-lettered since the start; RabbitMQ, what is stored.
+    by_reason = "stored" if figures.rabbitmq else "dead-lettered since start"
+    for reason, count in sorted(figures.dead_letters_by_reason.items()):
+        main.add_row(f"  {by_reason}: {reason}", f"{count:,}")
+    errors = Table(title="last delivery errors")
+    errors.add_column("when")
+    errors.add_column("what")
+    for error in figures.last_errors:
+        when = datetime.fromtimestamp(error["at"], timezone.utc).strftime("%H:%M:%S")
+        errors.add_row(when, escape(str(error.get("detail"))[:100]))
+    return Group(main, errors) if figures.last_errors else Group(main)
+
+
+def _redis_rows(main: Table, figures: Figures) -> None:
     broker = figures.redis_settings
     read = broker.get("source", "unknown")
     if broker.get("read_by") and broker.get("read_by") != "status":
@@ -182,14 +217,16 @@ def render(figures: Figures) -> Group:
     )
     aof = {"1": "on", "0": "off"}.get(broker.get("aof_enabled", ""), "unknown")
     main.add_row("Redis AOF", aof)
-    for warning in figures.warnings:
-        main.add_row("[yellow]warning[/yellow]", f"[yellow]{escape(warning)}[/yellow]")
-    for reason, count in sorted(figures.dead_letters_by_reason.items()):
-        main.add_row(f"  dead-lettered since start: {reason}", f"{count:,}")
-    errors = Table(title="last delivery errors")
-    errors.add_column("when")
-    errors.add_column("what")
-    for error in figures.last_errors:
-        when = datetime.fromtimestamp(error["at"], timezone.utc).strftime("%H:%M:%S")
-        errors.add_row(when, escape(str(error.get("detail"))[:100]))
-    return Group(main, errors) if figures.last_errors else Group(main)
+
+
+def _rabbitmq_rows(main: Table, figures: Figures) -> None:
+    queue = figures.rabbitmq
+    state = (
+        "not declared yet"
+        if not queue.get("declared")
+        else "quorum, as aicm-tasks declares it"
+        if queue.get("as_declared_by_aicm_tasks")
+        else "[red]declared otherwise: records at risk[/red]"
+    )
+    main.add_row(f"RabbitMQ queue {escape(str(queue.get('record_queue')))}", state)
+    main.add_row("parked (past the delivery limit)", f"{figures.parked:,}")

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,16 +198,50 @@ class LocalRedisCluster:
             client.close()
         return self.node_of_slot(slot)
 
-    def node_of_slot(self, slot: int) -> ClusterNode:
-        """The primary that serves ``slot`` now."""
+    def node_of_slot(self, slot: int, asked: ClusterNode | None = None) -> ClusterNode:
+        """The primary that serves ``slot`` now, as ``asked`` (else the first
+        primary) sees it."""
         # Every node's CLUSTER SLOTS lists the whole map: each range with the
         # primary serving it (host, port, id) first.
-        for node in self.primaries():
+        for node in [asked] if asked else self.primaries():
             for start, end, primary, *_ in node.client.cluster("slots"):
                 if start <= slot <= end:
                     port = int(primary[1])
                     return next(n for n in self.nodes if n.port == port)
         raise LookupError(f"no live primary serves slot {slot}")
+
+    def move_slot(
+        self, slot: int, target: ClusterNode, halfway: Callable[[], None] = lambda: None
+    ) -> None:
+        """Move ``slot`` and its keys to the primary ``target`` while clients use
+        it, as ``redis-cli --cluster reshard`` does: IMPORTING on the target,
+        MIGRATING on the source, MIGRATE the keys, then SETSLOT NODE on every
+        primary. ``halfway`` runs once the keys are on the target while the
+        source still owns the slot: it answers ASK for them meanwhile."""
+        source = self.node_of_slot(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        # redis-py leaves execute_command unannotated.
+        run = [node.client.execute_command for node in (target, source)]
+        run[0]("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)  # type: ignore[no-untyped-call]
+        run[1]("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)  # type: ignore[no-untyped-call]
+        while keys := run[1]("CLUSTER", "GETKEYSINSLOT", slot, 100):  # type: ignore[no-untyped-call]
+            run[1]("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)  # type: ignore[no-untyped-call]
+        halfway()
+        # The target first, then the source (which then answers MOVED), then the rest.
+        others = [p for p in self.primaries() if p not in (source, target)]
+        for node in (target, source, *others):
+            node.client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)  # type: ignore[no-untyped-call]
+
+        def agreed() -> bool:
+            live = [n for n in self.nodes if n.process is not None]
+            return all(self.node_of_slot(slot, asked=n) is target for n in live)
+
+        wait_until(agreed, 30, f"every node to see slot {slot} on {target.port}")
+
+    def node_id(self, node: ClusterNode) -> str:
+        """The node's cluster id (CLUSTER MYID)."""
+        answer = node.client.execute_command("CLUSTER", "MYID")  # type: ignore[no-untyped-call]
+        return answer.decode() if isinstance(answer, bytes) else str(answer)
 
     def replica_of(self, primary: ClusterNode) -> ClusterNode:
         """The live node replicating ``primary`` now."""

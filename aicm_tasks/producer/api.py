@@ -18,7 +18,7 @@ from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.broker.topology import cluster_client, layout_of, record_urls
 from aicm_tasks.errors import RecordTypeError, RecordValueError
 from aicm_tasks.producer.anonymize import Anonymization, Anonymizer
-from aicm_tasks.producer.limit_guard import LimitGuard
+from aicm_tasks.producer.limit_guard import LimitGuard, LimitReader, NoLimitStore
 from aicm_tasks.producer.publisher import Publisher
 from aicm_tasks.producer.record import Record, build_record, legacy_service_key
 from aicm_tasks.settings import Settings
@@ -119,9 +119,20 @@ class Producer:
         self.anonymization = Anonymization.from_settings(
             settings.anonymize_fields, None if key is None else key.get_secret_value()
         )
-        self._limit_store: LimitStore | None = None
+        self._limit_store: LimitReader | None = None
         #: Read once: with limits off, a publish pays one attribute test for them.
         self._enforce_limits = settings.limits_enabled
+        if settings.records_on_rabbitmq:
+            # No limits store on RabbitMQ yet (settings refuse AICM_LIMITS_ENABLED
+            # there): check_limits answers from an empty set and opens no Redis.
+            self._limit_store = NoLimitStore(
+                "records travel through RabbitMQ, which keeps no triggered limits yet "
+                "(docs/limits.md)"
+            )
+            self.limits = LimitGuard(
+                self._limits_store, refresh_s=settings.limits_refresh_ms / 1000
+            )
+            return
         # One limits set for the pipeline, on shard 0 (the workers write it there).
         self._limits_place = layout_of(settings).places[0]
         self.limits = LimitGuard(
@@ -131,7 +142,7 @@ class Producer:
             subscriber_client=self._subscriber_client,
         )
 
-    def _limits_store(self) -> LimitStore:
+    def _limits_store(self) -> LimitReader:
         # On the publisher's connection pool: its timeouts bound a read as a publish.
         if self._limit_store is None:
             self._limit_store = LimitStore(self.publisher.store.client, self.publisher.store.keys)

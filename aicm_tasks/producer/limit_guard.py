@@ -24,10 +24,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import redis
 
-from aicm_tasks.broker.limits import LimitStore, source_of
+from aicm_tasks.broker.limits import source_of
 from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.errors import usage_limit_exceeded_class
 from aicm_tasks.limits import TriggeredLimit, matching
@@ -41,6 +42,29 @@ SUBSCRIBER_MAX_PAUSE_S = 30.0
 Snapshot = dict[str, tuple[TriggeredLimit, ...]]
 
 
+class LimitReader(Protocol):
+    """Reads every source's triggered limits: :class:`~aicm_tasks.broker.limits.LimitStore` is one."""
+
+    def read(self) -> Snapshot: ...
+
+
+class NoLimitStore:
+    """The limits of a broker that keeps none yet: RabbitMQ (settings refuse
+    ``AICM_LIMITS_ENABLED`` there). Always empty, and says so once per process,
+    without a connection to anything."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        self._told = False
+
+    def read(self) -> Snapshot:
+        """No limits."""
+        if not self._told:
+            self._told = True
+            logger.warning("no triggered limits are checked: %s", self.why)
+        return {}
+
+
 class LimitGuard:
     """The triggered limits as this process last read them from the broker.
 
@@ -52,7 +76,7 @@ class LimitGuard:
 
     def __init__(
         self,
-        store: Callable[[], LimitStore],
+        store: Callable[[], LimitReader],
         *,
         refresh_s: float,
         channel: str | None = None,

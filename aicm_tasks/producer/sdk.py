@@ -3,7 +3,7 @@
 ``Tracker(delivery=CeleryDelivery())`` is the one-line switch for code written
 against the ``aicostmanager`` SDK: the tracker, every SDK wrapper given that
 tracker, ``track_llm_usage``, ``track_llm_stream_usage`` and their async forms
-hand each record to ``track`` (one Redis round trip) instead of the SDK's SQLite
+hand each record to ``track`` (one broker round trip) instead of the SDK's SQLite
 queue or an HTTP call. The record keeps everything the SDK built: its
 ``response_id`` (the LLM response id when a wrapper uses one), timestamp,
 customer key and context. Needs the extra ``aicm-tasks[sdk]``.
@@ -16,8 +16,6 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-import redis
-
 try:
     from aicostmanager.delivery import Delivery
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -25,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "CeleryDelivery needs the official SDK: pip install 'aicm-tasks[sdk]'"
     ) from exc
 
+from aicm_tasks.broker.errors import BROKER_ERRORS
 from aicm_tasks.contract import SDK_FIELDS
 from aicm_tasks.errors import (
     RecordError,
@@ -59,7 +58,7 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
     ``task`` is the tracking task (default: ``aicm_tasks.track``, configured by
     ``AICM_BROKER_URL``); ``api_key_alias`` tags every record with the workers'
     key to deliver it with (``AICM_API_KEYS``; the SDK's own key is not used). It holds no API key, no HTTP client and no thread:
-    producers need none. ``enqueue`` returns when the record is in Redis (or in
+    producers need none. ``enqueue`` returns when the record is in the broker (or in
     the local spool while the broker does not answer), with
     ``{"queued": 1, "response_id": ..., "result": {"response_id": ..., "status":
     "queued"}}``; ``"queued"`` here means handed to the broker, not yet accepted
@@ -169,8 +168,8 @@ class CeleryDelivery(Delivery):  # type: ignore[misc]
         if spool is None or not spool.has_records():
             return
         try:
-            spool.drain(publisher.target)
-        except redis.RedisError as exc:
+            spool.drain(publisher.drain_target)
+        except BROKER_ERRORS as exc:
             logger.warning(
                 "%d records stay spooled in %s: the broker does not answer (%s); the "
                 "next process that publishes, or `aicm-tasks spool drain`, pushes them",

@@ -10,17 +10,27 @@ after its retries). Delivered rows are deleted by the SDK.
 ``response_id``, timestamp, customer key and context, in chunks. Publishing
 twice is prevented twice over:
 
-- in Redis, each chunk is pushed onto the queue **and** its response_ids added
-  to the set ``<prefix>:imported`` in one MULTI/EXEC, so a record is never
-  pushed without being remembered, and ids already in the set are skipped;
+- in the broker, on Redis: each chunk is pushed onto the queue **and** its
+  response_ids added to the set ``<prefix>:imported`` in one MULTI/EXEC, so a
+  record is never pushed without being remembered, and ids already in the set
+  are skipped (:class:`RedisImportSink`);
 - in the file, the chunk's rows then move, in one SQLite transaction, from
   ``queue`` to a table ``aicm_tasks_imported`` (payload, former status, when),
-  so the SDK will not send them again and the file keeps every record.
+  so the SDK will not send them again and the file keeps every record; ids
+  already in that table are skipped too.
 
 A crash between the two steps leaves rows in ``queue`` that the set already
 knows: the next run moves them without publishing. Rows that are not valid
 records (bad JSON, a missing field, an API id instead of a service key) stay in
 ``queue`` and are reported.
+
+On RabbitMQ (:class:`RabbitImportSink`) a queue keeps no set to ask, so the
+file's own ``aicm_tasks_imported`` table is the only memory: each chunk is
+published with confirms, then moved. A crash between a chunk's confirm and its
+move publishes that chunk again on the next run: the same ``response_id`` values,
+which ``/track`` takes once (``docs/guarantees.md``, "Idempotent identity").
+A chunk the broker took only in part (a full queue) moves the rows it took and
+leaves the refused ones in ``queue`` for the next run.
 """
 
 from __future__ import annotations
@@ -32,12 +42,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.records import BrokerClient
 from aicm_tasks.contract import SDK_FIELDS
-from aicm_tasks.errors import ConfigurationError, RecordError
+from aicm_tasks.errors import ConfigurationError, RecordError, RecordsRefusedError
+from aicm_tasks.producer.publisher import RecordTarget
 from aicm_tasks.producer.record import Record, build_record
 
 #: The SDK's statuses of records still to deliver.
@@ -73,6 +84,55 @@ class ImportReport:
             "invalid": len(self.invalid),
             "invalid_rows": [{"id": row, "reason": reason} for row, reason in self.invalid],
         }
+
+
+class ImportSink(Protocol):
+    """Where an import publishes, and what the broker remembers of earlier imports."""
+
+    def already_published(self, response_ids: list[str]) -> set[str]:
+        """The ids among ``response_ids`` an earlier import published."""
+        ...
+
+    def publish(self, records: list[Record]) -> None:
+        """Publish ``records`` (their bodies) and remember them; raises a broker error,
+        or :class:`RecordsRefusedError` naming the bodies not taken."""
+        ...
+
+
+class RedisImportSink:
+    """Redis: the queue and the set ``<prefix>:imported``, written in one MULTI/EXEC."""
+
+    def __init__(self, client: BrokerClient, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def already_published(self, response_ids: list[str]) -> set[str]:
+        """One SMISMEMBER."""
+        answers = self.client.smismember(self.keys.imported, response_ids)
+        return {rid for rid, seen in zip(response_ids, answers, strict=True) if seen}
+
+    def publish(self, records: list[Record]) -> None:
+        """LPUSH and SADD in one transaction: never pushed without being remembered."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.lpush(self.keys.queue, *(record.body for record in records))
+            pipe.sadd(self.keys.imported, *(record.response_id for record in records))
+            pipe.execute()
+
+
+class RabbitImportSink:
+    """RabbitMQ: confirmed publishes; the file's ``aicm_tasks_imported`` table is the
+    only memory of earlier imports (see the module's docstring)."""
+
+    def __init__(self, target: RecordTarget) -> None:
+        self.target = target
+
+    def already_published(self, response_ids: list[str]) -> set[str]:
+        """Nothing the broker could say (a queue is not a set)."""
+        return set()
+
+    def publish(self, records: list[Record]) -> None:
+        """One confirm wait for the chunk."""
+        self.target.push_many([record.body for record in records])
 
 
 def open_queue(path: Path, *, read_only: bool) -> sqlite3.Connection:
@@ -142,17 +202,35 @@ def import_sqlite_queue(
     max_record_bytes: int = 32 * 1024,
     chunk: int = DEFAULT_CHUNK,
 ) -> ImportReport:
-    """Publish the SDK queue's ``queued``, ``processing`` and ``failed`` records.
+    """:func:`import_records` into the Redis of ``client`` (queue and set of ``keys``)."""
+    return import_records(
+        path,
+        RedisImportSink(client, keys),
+        dry_run=dry_run,
+        max_record_bytes=max_record_bytes,
+        chunk=chunk,
+    )
+
+
+def import_records(
+    path: Path,
+    sink: ImportSink,
+    *,
+    dry_run: bool = False,
+    max_record_bytes: int = 32 * 1024,
+    chunk: int = DEFAULT_CHUNK,
+) -> ImportReport:
+    """Publish the SDK queue's ``queued``, ``processing`` and ``failed`` records to ``sink``.
 
     With ``dry_run`` the file is opened read-only and nothing is written
     anywhere; the report says what a real run would do. Raises
-    :class:`ConfigurationError` for a file that is not the SDK's queue and
-    :class:`redis.RedisError` when the broker does not answer (rows published
-    so far are remembered; the rest stay in the file for the next run).
+    :class:`ConfigurationError` for a file that is not the SDK's queue and a
+    broker error (``BROKER_ERRORS``) when the broker does not answer or refuses
+    records (rows published so far are remembered; the rest stay in the file
+    for the next run).
     """
     report = ImportReport(path=str(path), dry_run=dry_run)
     conn = open_queue(path, read_only=dry_run)
-    remembered = keys.imported
     try:
         if not dry_run:
             with conn:
@@ -174,8 +252,7 @@ def import_sqlite_queue(
             if not valid:
                 continue
             ids = [record.response_id for _, record in valid]
-            answers = client.smismember(remembered, ids)
-            known = {rid for rid, seen in zip(ids, answers, strict=True) if seen}
+            known = sink.already_published(ids) | _imported_before(conn, ids)
             fresh: dict[str, Record] = {}
             for _, record in valid:
                 rid = record.response_id
@@ -183,20 +260,44 @@ def import_sqlite_queue(
                     report.already_published += 1
                 else:
                     fresh[rid] = record
-            report.published += len(fresh)
             if dry_run:
+                report.published += len(fresh)
                 planned.update(fresh)
                 continue
             if fresh:
-                with client.pipeline(transaction=True) as pipe:
-                    pipe.lpush(keys.queue, *(record.body for record in fresh.values()))
-                    pipe.sadd(remembered, *fresh)
-                    pipe.execute()
+                try:
+                    sink.publish(list(fresh.values()))
+                except RecordsRefusedError as exc:
+                    # Move what the broker took; the refused rows stay for the next run.
+                    refused = set(exc.refused)
+                    taken = [(row, record) for row, record in valid if record.body not in refused]
+                    report.published += sum(1 for r in fresh.values() if r.body not in refused)
+                    _move_rows(conn, [row for row, _ in taken])
+                    raise
+            report.published += len(fresh)
             _move_rows(conn, [row for row, _ in valid])
         report.found = {status: found.get(status, 0) for status in SDK_STATUSES}
     finally:
         conn.close()
     return report
+
+
+def _imported_before(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """The ids among ``ids`` that an earlier run moved to the imported table."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (IMPORTED_TABLE,)
+    ).fetchone()
+    if exists is None:  # a dry run on a file never imported
+        return set()
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):  # under SQLite's limit of bound variables
+        part = ids[start : start + 500]
+        marks = ",".join("?" * len(part))
+        rows = conn.execute(
+            f"SELECT response_id FROM {IMPORTED_TABLE} WHERE response_id IN ({marks})", part
+        ).fetchall()
+        found.update(row[0] for row in rows)
+    return found
 
 
 def _move_rows(conn: sqlite3.Connection, rows: list[tuple[int, str, str]]) -> None:

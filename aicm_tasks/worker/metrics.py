@@ -10,18 +10,38 @@ Beside the ``aicm_*`` figures, one metric under the name celery-exporter
 gauge of the messages waiting in a broker queue, so its Grafana dashboards and
 alerts (``CeleryHighQueueLength``) read the tracking queue unchanged.
 docs/monitoring.md lists which of its metrics are here and which are not.
+
+On Redis the depths come from the worker's housekeeping; on RabbitMQ
+(:meth:`Metrics.for_settings`) the metrics read them themselves every few
+seconds, over AMQP only.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from aicm_tasks.broker.health import Thresholds
+from aicm_tasks.broker.rabbitmq.connection import RABBIT_ERRORS
+from aicm_tasks.broker.rabbitmq.figures import RabbitFiguresReader, depth_of
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.redis_settings import BrokerSettings, Finding, evicts_records
-from aicm_tasks.settings import DEFAULT_QUEUE
+from aicm_tasks.settings import DEFAULT_QUEUE, Settings
 from aicm_tasks.worker.observe import BatchReport, Observer
+from aicm_tasks.worker.retry import next_pause_s
+
+logger = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 10, 50, 100, 200, 500, 750, 1000)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: States of the ``aicm_records`` gauge (``parked``: RabbitMQ only).
+DEPTH_STATES = ("queued", "scheduled", "held", "dead_letters", "parked")
+#: How often the metrics read the depths themselves on RabbitMQ, in seconds
+#: (as often as the Redis worker's housekeeping reads them).
+DEPTH_INTERVAL_S = 5.0
 
 
 class Metrics(Observer):
@@ -32,6 +52,9 @@ class Metrics(Observer):
     ) -> None:
         self.registry = registry or CollectorRegistry()
         self.queue = queue
+        #: Reads the depths on RabbitMQ, where no housekeeping reads them
+        #: (:meth:`for_settings`); followed from :meth:`serve`.
+        self.read_depth: Callable[[], dict[str, int]] | None = None
         r = self.registry
         self.delivered = Counter(
             "aicm_records_delivered", "Records the server accepted.", registry=r
@@ -69,7 +92,8 @@ class Metrics(Observer):
         # celery-exporter's name, type and label (a Gauge "celery_queue_length",
         # label "queue_name", set to the Redis queue's LLEN as it reads it); not
         # prefixed, so dashboards built on it find the tracking queue. With
-        # several shards, the sum of every shard's list under the queue's name.
+        # several shards, the sum of every shard's list under the queue's name;
+        # on RabbitMQ, the record queue's ready count (as celery-exporter reads it).
         self.celery_queue_length = Gauge(
             "celery_queue_length",
             "The number of message in broker queue (celery-exporter's name): records "
@@ -100,6 +124,19 @@ class Metrics(Observer):
             registry=r,
         )
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Metrics:
+        """The worker's metrics; on RabbitMQ they read the depths themselves (the
+        record queue, the delay levels, the parked queue, the dead-letter and
+        figures streams; no Redis), every :data:`DEPTH_INTERVAL_S` once served."""
+        metrics = cls(queue=settings.queue)
+        if settings.records_on_rabbitmq:
+            names = RabbitNames(settings.queue, settings.key_prefix)
+            thresholds = Thresholds(window_s=settings.health_window_s)
+            reader = RabbitFiguresReader(settings.broker_url, names, window_s=thresholds.window_s)
+            metrics.read_depth = lambda: depth_of(reader.read(thresholds))
+        return metrics
+
     def request_done(self, http_status: int | None, seconds: float) -> None:
         self.request_seconds.observe(seconds)
         self.responses.labels(status=str(http_status) if http_status else "none").inc()
@@ -113,7 +150,7 @@ class Metrics(Observer):
         self.batch_size.observe(len(report.items))
 
     def housekeeping(self, depth: dict[str, int]) -> None:
-        for state in ("queued", "scheduled", "held", "dead_letters"):
+        for state in DEPTH_STATES:
             self.depth.labels(state=state).set(depth.get(state, 0))
         self.celery_queue_length.labels(queue_name=self.queue).set(depth.get("queued", 0))
         self.workers.set(depth.get("workers", 0))
@@ -135,5 +172,28 @@ class Metrics(Observer):
         ).set(1)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve ``/metrics`` on ``port`` from a background thread."""
+        """Serve ``/metrics`` on ``port`` from a background thread (and, with a
+        :attr:`read_depth`, keep the depth gauges fresh from another)."""
         start_http_server(port, addr=addr, registry=self.registry)
+        if self.read_depth is not None:
+            threading.Thread(
+                target=self.follow_depth, name="aicm-metrics-depth", daemon=True
+            ).start()
+
+    def follow_depth(
+        self, stop: threading.Event | None = None, interval_s: float = DEPTH_INTERVAL_S
+    ) -> None:
+        """Set the depth gauges from :attr:`read_depth` every ``interval_s`` until
+        ``stop``; a broker that does not answer is logged and tried again, backing off."""
+        stop = stop or threading.Event()
+        pause_s = interval_s
+        while True:
+            try:
+                if self.read_depth is not None:
+                    self.housekeeping(self.read_depth())
+                pause_s = interval_s
+            except RABBIT_ERRORS as exc:
+                logger.warning("metrics could not read the queue depths: %s", exc)
+                pause_s = max(interval_s, next_pause_s(pause_s))
+            if stop.wait(pause_s):
+                return

@@ -1,4 +1,4 @@
-"""Scenario 8: RabbitMQ baselines, the floor the RabbitMQ transport will be held to (issue 16).
+"""Scenario 8: RabbitMQ: the transport's producer beside the floors it is held to (issue 16).
 
 On the shared RabbitMQ (``BENCH_RABBITMQ_URL``, default
 ``amqp://guest:guest@127.0.0.1:5672/``), in a virtual host made for this run
@@ -21,11 +21,12 @@ privately as cheaply as ``redis-server``):
 * stream read: the same consumer reading a stream of ``counts.rabbitmq_drain``
   records from its first offset (how the dead-letter store would be folded).
 
-No targets yet: they are ratios of ``track.delay`` on RabbitMQ to these, which
-arrive with the transport.
+Targets (``bench/targets.py``): ``track.delay`` p50 at most 1.3× the bare
+confirmed publish of the same run; its ratio to plain Celery ``.delay`` (which
+waits for no confirm) is reported beside it.
 """
 
-# ruff: noqa: RUF001, RUF003  (× and µ are meant)
+# ruff: noqa: RUF001, RUF002, RUF003  (× and µ are meant)
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ DRAIN_PREFETCH = 2_000
 DRAIN_ACK_EVERY = 500
 
 LABELS = {
+    "aicm-amqp": "RabbitMQ: aicm-tasks track.delay (quorum + confirm)",
     "amqp-confirm": "RabbitMQ: bare py-amqp publish + confirm (quorum)",
     "amqp-noconfirm": "RabbitMQ: bare py-amqp publish, no confirm (quorum)",
     "celery-amqp": "RabbitMQ: plain Celery .delay (classic, no confirm)",
@@ -136,7 +138,14 @@ def server_version(vhost: RabbitVhost) -> str:
 
 def measure_publish(bench: Bench, vhost: RabbitVhost, kind: str, counts: Counts) -> dict:
     """One run of one publish contender in its own producer process, on a fresh queue."""
-    env = bench.env({"BENCH_BROKER_URL": vhost.url, "BENCH_QUEUE": bench.unique(kind)})
+    env = bench.env(
+        {
+            "BENCH_BROKER_URL": vhost.url,
+            "BENCH_QUEUE": bench.unique(kind),
+            # aicm-amqp: a record the broker did not confirm is spooled here, not in ~/.cache.
+            "AICM_SPOOL_DIR": str(bench.root / "spool-rabbitmq"),
+        }
+    )
     args = ["--kind", kind, "--calls", str(counts.publish_calls),
             "--warmup", str(counts.publish_warmup)]  # fmt: skip
     return run_producer(bench, "publish-cost", args, env)

@@ -81,6 +81,7 @@ def test_dead_letters_of_every_shard_are_listed_shown_and_replayed_as_one_by_the
     redis_cluster: LocalRedisCluster, sharded_factory: Any
 ) -> None:
     pipeline: ShardedPipeline = sharded_factory(cluster_urls(redis_cluster), cluster=True)
+    pipeline.spread_every_publish()
     unknown = publish(pipeline, 30, service="acme::not-yet-known", prefix="dead")
     pipeline.start_worker()
     pipeline.wait_settled(30)

@@ -45,6 +45,7 @@ def test_status_on_a_cluster_sums_the_shards_and_sees_a_track_outage_as_a_stall(
 ) -> None:
     urls = [f"redis://127.0.0.1:{node.port}/0" for node in redis_cluster.nodes[:3]]
     pipeline: ShardedPipeline = sharded_factory(urls, cluster=True)
+    pipeline.spread_every_publish()
     pipeline.start_worker()
     publish(pipeline, 30, prefix="before")
     pipeline.wait_settled(30)

@@ -20,6 +20,7 @@ from aicm_tasks.broker.keys import dead_lettered_by_reason
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.topology import connect
 from aicm_tasks.devtools.processes import wait_until
+from aicm_tasks.producer.shards import ShardedTarget
 from aicm_tasks.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from tests.support.pipeline import LocalServer, Pipeline, PrivateRedis
@@ -75,6 +76,13 @@ class ShardedPipeline(Pipeline):
 
     def cli_env(self) -> dict[str, str]:
         return {**super().cli_env(), **self.shard_env()}
+
+    def spread_every_publish(self) -> None:
+        """Publish each record to the next shard, so that a burst shorter than a
+        producer's run on one shard (``SHARD_RUN_S``) still reaches every shard."""
+        target = self.track.publisher.target
+        assert isinstance(target, ShardedTarget)
+        target.run_s = 0.0
 
     def stats(self) -> dict[str, int]:
         """Every shard's counters, added up."""

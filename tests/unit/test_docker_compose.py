@@ -24,6 +24,12 @@ DOCKERFILE = ROOT / "worker" / "Dockerfile"
 
 #: The variables the stack cannot start without.
 SECRETS = ("AICM_API_KEY", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
+#: The RabbitMQ profile's secret: required when its broker starts (its entrypoint
+#: refuses to start without it), not when compose renders the file, since compose
+#: v1 interpolates every profile and a Redis stack would need it too.
+RABBITMQ_SECRET = "RABBITMQ_PASSWORD"
+#: The RabbitMQ profile's services.
+RABBITMQ_SERVICES = ("rabbitmq", "worker-rabbitmq", "flower-rabbitmq")
 #: A variable whose name says it holds a secret.
 SECRET_NAME = re.compile(r"KEY|PASSWORD|PASS|AUTH|SECRET|TOKEN")
 #: ``${NAME}``, ``${NAME:-default}``, ``${NAME:?message}`` ...: name and operator.
@@ -84,8 +90,33 @@ def test_no_secret_has_a_default_value(compose: dict[str, Any]) -> None:
     assert "change-me" not in text
     for value in strings(compose):
         for name, operator in INTERPOLATION.findall(value):
-            if SECRET_NAME.search(name):
+            if name == RABBITMQ_SECRET:
+                # Empty when unset (never a value), and the broker refuses to start.
+                assert f"${{{RABBITMQ_SECRET}:-}}" in value, value
+            elif SECRET_NAME.search(name):
                 assert operator == ":?", f"${{{name}}} must be required (:?), not {operator!r}"
+
+
+def test_the_rabbitmq_profile_runs_rabbitmq_with_its_management_api_and_a_password(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in RABBITMQ_SERVICES:
+        assert services[name]["profiles"] == ["rabbitmq"], name
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["image"].endswith("-management")  # Flower's broker view needs the API
+    assert environment(rabbitmq)["RABBITMQ_DEFAULT_PASS"] == f"${{{RABBITMQ_SECRET}:-}}"
+    guard = " ".join(rabbitmq["entrypoint"])
+    assert 'if [ -z "$$RABBITMQ_DEFAULT_PASS" ]' in guard and "exit 1" in guard
+    assert {default_of(p).rsplit(":", 1)[-1] for p in rabbitmq["ports"]} == {"5672", "15672"}
+    # The URL alone switches aicm-tasks: the worker and Flower get an amqp:// one.
+    for name in ("worker-rabbitmq", "flower-rabbitmq"):
+        url = environment(services[name])["AICM_BROKER_URL"]
+        assert url == f"amqp://aicm:${{{RABBITMQ_SECRET}:-}}@rabbitmq:5672/%2F", name
+    flower = environment(services["flower-rabbitmq"])
+    assert set(flower) == {"AICM_BROKER_URL", "FLOWER_BROKER_API", "FLOWER_BASIC_AUTH"}
+    assert flower["FLOWER_BROKER_API"].endswith("@rabbitmq:15672/api/")
+    assert "redis" not in yaml.safe_dump(services["worker-rabbitmq"]).lower()
 
 
 def test_each_secret_is_required_where_it_is_used(compose: dict[str, Any]) -> None:
@@ -125,6 +156,9 @@ NEEDED_SECRETS = {
     **{f"redis-node-{n}": {"REDIS_PASSWORD"} for n in range(1, 7)},
     "redis-cluster-create": {"REDIS_PASSWORD"},
     "worker-cluster": {"REDIS_PASSWORD", "AICM_API_KEY"},
+    "rabbitmq": {RABBITMQ_SECRET},
+    "worker-rabbitmq": {RABBITMQ_SECRET, "AICM_API_KEY"},
+    "flower-rabbitmq": {RABBITMQ_SECRET, "FLOWER_BASIC_AUTH"},
 }
 
 
@@ -134,7 +168,7 @@ def test_each_service_gets_only_the_secrets_it_needs(compose: dict[str, Any]) ->
             variable
             for value in strings(service)
             for variable, _ in INTERPOLATION.findall(value)
-            if variable in SECRETS
+            if variable in (*SECRETS, RABBITMQ_SECRET)
         }
         for name, service in compose["services"].items()
     }
@@ -380,6 +414,21 @@ SECRET_VALUES = {
 }
 
 
+def test_compose_renders_the_rabbitmq_profile_with_its_password(tmp_path: Path) -> None:
+    result = run_compose_config(tmp_path, **SECRET_VALUES, RABBITMQ_PASSWORD="9a8b7c6d")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert environment(services["worker-rabbitmq"])["AICM_BROKER_URL"] == (
+        "amqp://aicm:9a8b7c6d@rabbitmq:5672/%2F"
+    )
+    assert environment(services["rabbitmq"])["RABBITMQ_DEFAULT_PASS"] == "9a8b7c6d"
+    assert "9a8b7c6d" not in yaml.safe_dump(services["worker"])  # the Redis stack's
+    for name in RABBITMQ_SERVICES:
+        for spec in services[name].get("ports", []):
+            host_ip = spec.get("host_ip") if isinstance(spec, dict) else spec.split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name}: {spec}"
+
+
 def test_compose_validates_the_file_with_the_secrets_set(tmp_path: Path) -> None:
     result = run_compose_config(tmp_path, **SECRET_VALUES)
     assert result.returncode == 0, result.stderr
@@ -419,3 +468,25 @@ def test_compose_refuses_to_start_without_each_secret(
     result = run_compose_config(tmp_path, *profiles, **variables)
     assert result.returncode != 0
     assert missing in result.stderr
+
+
+def test_the_rabbitmq_guard_refuses_to_start_without_a_password(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    # The entrypoint's script as compose hands it to the container ($$ is a literal $).
+    script = compose["services"]["rabbitmq"]["entrypoint"][2].replace("$$", "$")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    refused = subprocess.run(
+        ["sh", "-c", script], env={**env, "RABBITMQ_DEFAULT_PASS": ""},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "set RABBITMQ_PASSWORD" in refused.stderr
+    # With one, it goes on to the image's own entrypoint (a stand-in here).
+    stand_in = tmp_path / "docker-entrypoint.sh"
+    stand_in.write_text('#!/bin/sh\necho started "$@"\n', encoding="utf-8")
+    stand_in.chmod(0o755)
+    started = subprocess.run(
+        ["sh", "-c", script], env={**env, "RABBITMQ_DEFAULT_PASS": "9a8b"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert started.returncode == 0 and started.stdout.strip() == "started rabbitmq-server"

@@ -529,7 +529,11 @@ def test_an_amqp_broker_url_puts_records_on_rabbitmq_unless_shard_urls_keep_them
 
 @pytest.mark.parametrize(
     ("extra", "says"),
-    [({"shards": 3}, "AICM_SHARDS=3 needs Redis"), ({"replica_acks": 1}, "publisher confirm")],
+    [
+        ({"shards": 3}, "AICM_SHARDS=3 needs Redis"),
+        ({"replica_acks": 1}, "publisher confirm"),
+        ({"limits_enabled": True}, "AICM_LIMITS_ENABLED needs Redis"),
+    ],
 )
 def test_redis_only_settings_are_refused_on_rabbitmq(extra, says):
     with pytest.raises(ValidationError, match=says):

@@ -308,6 +308,29 @@ class SpoolDatabase:
         with self._lock:
             self._connection().execute("DELETE FROM records WHERE claimed_by = ?", (token,))
 
+    def _forget_except(self, token: str, kept: Sequence[bytes]) -> None:
+        """A chunk the broker took in part: release the rows of ``kept`` (the refused
+        messages) and delete the rest, in one transaction. If that fails, the whole
+        claim expires and is pushed again (duplicates of one ``response_id``)."""
+        try:
+            with self._lock:
+                conn = self._connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(
+                        "UPDATE records SET claimed_by = NULL, claimed_at_s = NULL "
+                        "WHERE claimed_by = ? AND message = ?",
+                        [(token, message) for message in kept],
+                    )
+                    conn.execute("DELETE FROM records WHERE claimed_by = ?", (token,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            logger.warning("spool claim %s left to expire: %s", token, exc)
+
     def _after_fork_in_child(self) -> None:
         """A child forked while another thread held the lock would wait forever on it."""
         self._lock = threading.Lock()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from aicm_tasks.errors import RecordsRefusedError
 from aicm_tasks.producer.legacy_spool import legacy_files, not_ours
 from aicm_tasks.producer.spool.database import SpoolDatabase, destination_of
 from aicm_tasks.settings import Settings
@@ -34,7 +35,12 @@ DRAIN_INTERVAL_S = 5.0
 
 
 class SpoolTarget(Protocol):
-    """Where a drain puts records: :class:`aicm_tasks.broker.records.RecordStore` is one."""
+    """Where a drain puts records: :class:`aicm_tasks.broker.records.RecordStore` is one.
+
+    A target that took only some records raises
+    :class:`~aicm_tasks.errors.RecordsRefusedError` naming the others (RabbitMQ's
+    nacks); any other error means none is known to be taken.
+    """
 
     def push_many(self, messages: Sequence[bytes]) -> None: ...
 
@@ -141,8 +147,10 @@ class Spool(SpoolDatabase):
         Each chunk is claimed in a transaction, pushed (records with a future due
         time to the scheduled set), and deleted only after ``target`` took it. If
         pushing fails, the claim is released and the error propagates; nothing
-        appended meanwhile is touched. Records appended after the drain started
-        wait for the next one.
+        appended meanwhile is touched. When the target took part of a chunk
+        (:class:`RecordsRefusedError`), the rows it took are deleted and the
+        refused ones released before the error propagates. Records appended after
+        the drain started wait for the next one.
         """
         if not self.path.exists() and not legacy_files(self.directory):
             return 0
@@ -157,6 +165,9 @@ class Spool(SpoolDatabase):
                 break
             try:
                 _push(target, rows)
+            except RecordsRefusedError as exc:
+                self._forget_except(token, exc.refused)
+                raise
             except BaseException:
                 self._release(token)
                 raise
@@ -199,11 +210,31 @@ class Spool(SpoolDatabase):
 
 
 def _push(target: SpoolTarget, rows: Sequence[tuple[bytes, float | None]]) -> None:
-    """Records due later to the scheduled set, the rest to the queue."""
+    """Records due later to the scheduled set, the rest to the queue.
+
+    When the scheduled ones were taken only in part, the others are still pushed,
+    and the error then names every record not taken (those refused, and all of
+    the second push if it failed).
+    """
     now = time.time()
     later = [(due, message) for message, due in rows if due is not None and due > now]
     ready = [message for message, due in rows if due is None or due <= now]
+    refused: RecordsRefusedError | None = None
     if later:
-        target.schedule(later)
+        try:
+            target.schedule(later)
+        except RecordsRefusedError as exc:
+            refused = exc
     if ready:
-        target.push_many(ready)
+        try:
+            target.push_many(ready)
+        except RecordsRefusedError as exc:
+            if refused is None:
+                raise
+            raise RecordsRefusedError(str(exc), [*refused.refused, *exc.refused]) from exc
+        except BaseException as exc:
+            if refused is None:
+                raise
+            raise RecordsRefusedError(str(exc), [*refused.refused, *ready]) from exc
+    if refused is not None:
+        raise refused
