@@ -36,6 +36,8 @@ class Counts:
     limits_trip_after: int = 2_000
     #: Records in the quorum queue the bare RabbitMQ consumer drains (rabbitmq scenario).
     rabbitmq_drain: int = 100_000
+    #: Records one worker drains per deployment in the cluster scenario.
+    cluster_drain: int = 100_000
 
 
 FULL = Counts(
@@ -77,4 +79,5 @@ QUICK = Counts(
     many_batch=1_000,
     many_batches=10,
     rabbitmq_drain=10_000,
+    cluster_drain=10_000,
 )

@@ -135,6 +135,11 @@ def markdown(table_rows: list[Row], info: dict[str, Any], meta: dict[str, Any],
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += ["", f"Scenarios: {', '.join(meta['scenarios'])}; runs per figure: {meta['runs']}; "
               f"wall time {meta['seconds']:.0f} s.", ""]  # fmt: skip
+    if meta.get("command"):
+        lines += [f"Command: `{meta['command']}`", ""]
+    if meta.get("load_average_end"):
+        load = ", ".join(f"{value:.2f}" for value in meta["load_average_end"])
+        lines += [f"Load average at the end: {load} (at the start: under Machine).", ""]
     return "\n".join(lines)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # a broken scenario must not lose the others' figures
                 logger.exception("scenario %s failed", name)
     verdicts = evaluate(figures)
+    # The machine is shared: the load at the end says whether it was busy throughout.
+    load_at_end = os.getloadavg()
     meta = {
         "started": started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)]),
         "quick": args.quick,
         "scenarios": selected,
         "runs": counts.runs,
         "seconds": time.monotonic() - started,
+        "load_average_end": load_at_end,
         "counts": dataclasses.asdict(counts),
     }
     table_rows = report.rows(figures, verdicts)

@@ -103,6 +103,10 @@ TARGETS: list[Target] = [
     Target("track_many.aicm", ">=", 50_000),
     Target("limits.on.p50_us", "<=", 1.1, "limits.off.p50_us", "limits off"),
     Target("limits.propagation_ms", "<=", 2_000),
+    # Issue 15: sharding over a 3-primary cluster costs a producer at most half
+    # again, and one worker drains as fast (within noise) as from one Redis.
+    Target("cluster.cluster.p50_us", "<=", 1.5, "cluster.single.p50_us", "one Redis p50"),
+    Target("cluster.cluster.drain", ">=", 0.9, "cluster.single.drain", "one Redis drain"),
     # Issue 16: track.delay on RabbitMQ against a bare confirmed publish to the same
     # quorum queue in the same run; against plain Celery .delay (which waits for no
     # confirm: a round trip and the quorum log's write less) only reported.

@@ -124,7 +124,16 @@ class DeliveryService:
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._gather_lock = threading.Lock()
+        #: One gather at a time per shard (see _gather). One lock for every shard
+        #: made a batch filling from a trickle on one shard hold up the others:
+        #: at 20 records/s over 3 shards, e2e p99 was 3.0 s (3 flush intervals)
+        #: against 1.0 s on one Redis.
+        self._gather_locks = {id(store): threading.Lock() for store in self.stores}
+        #: Shards found empty since records were last found on any: a thread
+        #: waits on its shard only once every shard is in it. Read and written
+        #: under different shards' locks: a race costs at most one wait too many
+        #: or too few, never a record.
+        self._found_empty: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -294,32 +303,53 @@ class DeliveryService:
         arrives within flush_interval_s of the first one. Returns the records
         and whether the batch is still ours (False: reclaimed while it filled).
 
-        One thread gathers at a time, so a trickle of records fills one batch
-        after another in arrival order instead of several half-empty batches
-        that all wait out the flush interval. While gathering it polls in bulk
-        every GATHER_POLL_S rather than waiting record by record: one Redis
-        round trip per poll, not per record.
+        One thread gathers at a time from each shard, so a trickle of records
+        fills one batch after another in arrival order instead of several
+        half-empty batches that all wait out the flush interval; other shards
+        are gathered meanwhile. While gathering it polls in bulk every
+        GATHER_POLL_S rather than waiting record by record: one Redis round trip
+        per poll, not per record.
         """
-        with self._gather_lock:
-            raw = store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s) or []
-            if not raw:
-                first = store.wait_one(batch_key, self._wait_s)
-                if first is None:
-                    return [], True
-                raw = [first]
-            flush_at = time.monotonic() + self.flush_interval_s
-            while len(raw) < self.batch_size and not self._stop.is_set():
-                remaining_s = flush_at - time.monotonic()
-                if remaining_s <= 0:
-                    break
-                self._stop.wait(min(remaining_s, GATHER_POLL_S))
-                more = store.fetch(
-                    self.consumer, batch_key, self.batch_size - len(raw), self.lease_s, first=False
-                )
-                if more is None:
-                    return raw, False
-                raw += more
-            return raw, True
+        lock = self._gather_locks[id(store)]
+        # With one shard a thread waits its turn, as it always has. With several
+        # it waits at most one shard's share of a wait (a third of a second with
+        # 3 shards) behind a batch filling from a trickle, then goes on to the
+        # next shard; the empty batch it settles costs one round trip.
+        if not lock.acquire(timeout=-1 if len(self.stores) == 1 else self._wait_s):
+            return [], True
+        try:
+            return self._gather_locked(store, batch_key)
+        finally:
+            lock.release()
+
+    def _gather_locked(self, store: RecordStore, batch_key: str) -> tuple[list[bytes], bool]:
+        raw = store.fetch(self.consumer, batch_key, self.batch_size, self.lease_s) or []
+        if not raw:
+            self._found_empty.add(store.keys.shard)
+            if len(self._found_empty) < len(self.stores):
+                # Another shard may hold a backlog: look there before waiting
+                # here. Waiting on an empty shard while another's backlog
+                # stood made draining 10,000 records split 4/3/3 over 3
+                # shards run at 7k records/s instead of ~70k (bench cluster).
+                return [], True
+            first = store.wait_one(batch_key, self._wait_s)
+            if first is None:
+                return [], True
+            raw = [first]
+        self._found_empty.clear()
+        flush_at = time.monotonic() + self.flush_interval_s
+        while len(raw) < self.batch_size and not self._stop.is_set():
+            remaining_s = flush_at - time.monotonic()
+            if remaining_s <= 0:
+                break
+            self._stop.wait(min(remaining_s, GATHER_POLL_S))
+            more = store.fetch(
+                self.consumer, batch_key, self.batch_size - len(raw), self.lease_s, first=False
+            )
+            if more is None:
+                return raw, False
+            raw += more
+        return raw, True
 
     # -- housekeeping ------------------------------------------------------------
     def check_redis_settings(self) -> list[Finding]:

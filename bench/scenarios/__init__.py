@@ -1,4 +1,4 @@
-"""The eight scenarios, in the order ``bench.run`` runs them."""
+"""The nine scenarios, in the order ``bench.run`` runs them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 from bench.config import Counts
 from bench.harness import Bench
 from bench.scenarios import (
+    cluster,
     drain,
     latency,
     limits,
@@ -30,4 +31,5 @@ SCENARIOS: dict[str, Scenario] = {
     "track_many": track_many.run,
     "limits": limits.run,
     "rabbitmq": rabbitmq.run,
+    "cluster": cluster.run,
 }

@@ -153,6 +153,9 @@ NEEDED_SECRETS = {
     "worker": {"REDIS_PASSWORD", "AICM_API_KEY"},
     "flower": {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH"},
     "prometheus": set(),
+    **{f"redis-node-{n}": {"REDIS_PASSWORD"} for n in range(1, 7)},
+    "redis-cluster-create": {"REDIS_PASSWORD"},
+    "worker-cluster": {"REDIS_PASSWORD", "AICM_API_KEY"},
     "rabbitmq": {RABBITMQ_SECRET},
     "worker-rabbitmq": {RABBITMQ_SECRET, "AICM_API_KEY"},
     "flower-rabbitmq": {RABBITMQ_SECRET, "FLOWER_BASIC_AUTH"},
@@ -180,6 +183,75 @@ def test_redis_keeps_records(compose: dict[str, Any]) -> None:
     healthcheck = " ".join(compose["services"]["redis"]["healthcheck"]["test"])
     assert "REDIS_PASSWORD" not in healthcheck and " -a " not in healthcheck
     assert "REDISCLI_AUTH" in environment(compose["services"]["redis"])
+
+
+#: The cluster profile's six nodes (3 primaries, a replica each).
+CLUSTER_NODES = [f"redis-node-{n}" for n in range(1, 7)]
+
+
+def node_arguments(service: dict[str, Any]) -> list[str]:
+    """A cluster node's redis-server arguments (its command is ``sh -c "exec ..."``)."""
+    assert service["command"][:2] == ["sh", "-c"]
+    words = service["command"][2].split()
+    assert words[:2] == ["exec", "redis-server"]
+    return words[2:]
+
+
+def test_the_cluster_profile_has_six_nodes_that_keep_records(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert node["profiles"] == ["cluster"]
+        args = node_arguments(node)
+
+        def value(option: str, args: list[str] = args) -> str:
+            return args[args.index(option) + 1]
+
+        assert value("--cluster-enabled") == "yes"
+        assert value("--maxmemory-policy") == "noeviction"
+        assert value("--appendonly") == "yes"
+        # Clients are sent to the node's service name, which every container of
+        # the project resolves: its hostname, read by the shell ($$ in compose).
+        assert node["hostname"] == name
+        assert value("--cluster-announce-hostname") == '"$$HOSTNAME"'
+        assert value("--cluster-preferred-endpoint-type") == "hostname"
+        # The password comes from the environment, and replicas log in with it.
+        assert value("--requirepass") == value("--masterauth") == '"$$REDISCLI_AUTH"'
+        assert environment(node)["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+        assert "ports" not in node
+        assert node["volumes"] == [f"{name}:/data"]
+        assert "REDIS_PASSWORD" not in " ".join(node["healthcheck"]["test"])
+
+
+def test_the_cluster_is_created_once_with_a_replica_per_primary(compose: dict[str, Any]) -> None:
+    create = compose["services"]["redis-cluster-create"]
+    assert create["profiles"] == ["cluster"]
+    script = create["command"][2]
+    assert "redis-cli --cluster create" in script
+    assert "--cluster-replicas 1 --cluster-yes" in script
+    # A second `up` must not fail on nodes that already hold the cluster.
+    assert "cluster_state:ok" in script
+    assert set(create["depends_on"]) == set(CLUSTER_NODES)
+    assert all(c == {"condition": "service_healthy"} for c in create["depends_on"].values())
+
+
+def test_the_cluster_worker_keeps_records_on_the_cluster_and_celery_on_redis(
+    compose: dict[str, Any],
+) -> None:
+    worker = compose["services"]["worker-cluster"]
+    env = environment(worker)
+    assert worker["profiles"] == ["cluster"]
+    assert worker["command"] == compose["services"]["worker"]["command"]
+    assert env["AICM_REDIS_CLUSTER"] == "true"
+    urls = env["AICM_SHARD_URLS"].split(",")
+    assert [url.rsplit("@", 1)[1] for url in urls] == [
+        f"redis-node-{n}:6379/0" for n in range(1, 4)
+    ]
+    assert all(url.startswith("redis://:${REDIS_PASSWORD:?") for url in urls)
+    assert env["AICM_BROKER_URL"].endswith("@redis:6379/0")
+    assert worker["depends_on"]["redis-cluster-create"] == {
+        "condition": "service_completed_successfully"
+    }
 
 
 def test_the_image_installs_the_extras_its_commands_need() -> None:
@@ -299,7 +371,9 @@ def compose_command() -> list[str] | None:
     return None
 
 
-def run_compose_config(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+def run_compose_config(
+    tmp_path: Path, *profiles: str, **variables: str
+) -> subprocess.CompletedProcess[str]:
     command = compose_command()
     if command is None:
         if os.environ.get("CI"):
@@ -316,6 +390,7 @@ def run_compose_config(tmp_path: Path, **variables: str) -> subprocess.Completed
     return subprocess.run(
         [
             *command,
+            *(arg for profile in profiles for arg in ("--profile", profile)),
             "--project-directory",
             str(ROOT),
             "--env-file",
@@ -370,10 +445,27 @@ def test_compose_validates_the_file_with_the_secrets_set(tmp_path: Path) -> None
             assert host_ip == "127.0.0.1", f"{name}: {spec}"
 
 
+def test_compose_validates_the_cluster_profile(tmp_path: Path) -> None:
+    result = run_compose_config(tmp_path, "cluster", **SECRET_VALUES)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(CLUSTER_NODES) | {"redis-cluster-create", "worker-cluster"} <= set(services)
+    env = environment(services["worker-cluster"])
+    assert env["AICM_SHARD_URLS"].split(",")[0] == "redis://:0f1e2d3c4b5a@redis-node-1:6379/0"
+    assert env["AICM_BROKER_URL"] == "redis://:0f1e2d3c4b5a@redis:6379/0"
+    for name, service in services.items():
+        for spec in service.get("ports", []):
+            host_ip = spec.get("host_ip") if isinstance(spec, dict) else spec.split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name}: {spec}"
+
+
+@pytest.mark.parametrize("profiles", [(), ("cluster",)])
 @pytest.mark.parametrize("missing", SECRETS)
-def test_compose_refuses_to_start_without_each_secret(missing: str, tmp_path: Path) -> None:
+def test_compose_refuses_to_start_without_each_secret(
+    missing: str, profiles: tuple[str, ...], tmp_path: Path
+) -> None:
     variables = {name: value for name, value in SECRET_VALUES.items() if name != missing}
-    result = run_compose_config(tmp_path, **variables)
+    result = run_compose_config(tmp_path, *profiles, **variables)
     assert result.returncode != 0
     assert missing in result.stderr
 

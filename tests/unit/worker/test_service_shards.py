@@ -101,6 +101,64 @@ def test_a_batch_listed_as_ours_that_no_thread_holds_is_handed_back(
     assert sorted(post.received) == sorted(ids)
 
 
+class WatchedStore(RecordStore):
+    """A shard that notes, each time a thread waits on it, what the shards queue."""
+
+    def __init__(self, *args: Any, waits: list[int], siblings: list[RecordStore]) -> None:
+        super().__init__(*args)
+        self.waits, self.siblings = waits, siblings
+
+    def wait_one(self, batch_key: str, timeout_s: float) -> bytes | None:
+        self.waits.append(sum(int(s.client.llen(s.keys.queue)) for s in self.siblings))
+        return super().wait_one(batch_key, timeout_s)
+
+
+def test_no_thread_waits_on_an_empty_shard_while_another_holds_records(
+    any_redis: redis.Redis,
+) -> None:
+    """A thread waiting on an empty shard holds the gather lock: every other
+    thread would wait with it while another shard's backlog stands still."""
+    waits: list[int] = []
+    stores: list[RecordStore] = []
+    stores += [
+        WatchedStore(any_redis, shard_keys("q", "p", i, tagged=True), waits=waits, siblings=stores)
+        for i in range(3)
+    ]
+    post = FakeTrack()
+    sent = publish(stores[2], 400)
+    delivery = DeliveryService(stores, post, **OPTIONS)
+    delivery.start()
+    try:
+        wait_until(lambda: len(post.received) >= 400, 60, "400 delivered from one shard")
+    finally:
+        delivery.stop(30)
+    assert sorted(post.received) == sorted(sent)
+    assert stores[2].stats()["delivered"] == 400
+    assert waits == [0] * len(waits)
+
+
+def test_a_batch_filling_from_a_trickle_on_one_shard_does_not_hold_up_another(
+    any_redis: redis.Redis,
+) -> None:
+    """One record on shard 0 fills its batch for the whole flush interval; a
+    full batch on shard 1 meanwhile is delivered at once, not after it."""
+    stores = shards(any_redis, 2)
+    post = FakeTrack()
+    delivery = DeliveryService(stores, post, **{**OPTIONS, "flush_interval_s": 120})
+    trickle = publish(stores[0], 1)
+    delivery.start()
+    try:
+        wait_until(lambda: stores[0].depth()["held"] == 1, 30, "shard 0's batch filling")
+        full = publish(stores[1], OPTIONS["batch_size"])
+        wait_until(lambda: len(post.received) >= len(full), 60, "shard 1's batch delivered")
+        # Shard 0's batch still fills (for 120 s): only shard 1's records went.
+        assert sorted(post.received) == sorted(full)
+    finally:
+        delivery.stop(30)
+    # Stopping ends the fill: shard 0's record is delivered too.
+    assert sorted(post.received) == sorted(full + trickle)
+
+
 @pytest.mark.parametrize("count", [1, 3])
 def test_a_batch_a_thread_holds_is_never_taken_for_a_stray(count: int) -> None:
     stores = shards(fakeredis.FakeRedis(), count)
