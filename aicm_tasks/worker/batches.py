@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aicm_tasks.broker.messages import Item, decode
@@ -119,6 +119,16 @@ def log_batch(summary: Summary, *, elapsed_s: float, auth_retry_interval_s: floa
             summary.dead_lettered,
             some(summary.dead_lettered_ids),
         )
+
+
+def close_all(closers: Sequence[Callable[[], None]]) -> None:
+    """Run each of a stopped service's closers (the transport's close); one that
+    raises is logged and the rest still run."""
+    for close in closers:
+        try:
+            close()
+        except Exception:
+            logger.exception("could not close %r at shutdown", close)
 
 
 def some(ids: Sequence[str], most: int = 10) -> str:

@@ -39,7 +39,7 @@ from aicm_tasks.broker.rabbitmq.topology import declare_topology
 from aicm_tasks.errors import ConfigurationError, SettleError
 from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
-from aicm_tasks.worker.batches import log_batch, process, timed
+from aicm_tasks.worker.batches import close_all, log_batch, process, timed
 from aicm_tasks.worker.delivery import plan_parked
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
 from aicm_tasks.worker.outcomes import Post
@@ -163,11 +163,7 @@ class RabbitDeliveryService:
                 timeout_s,
             )
         else:
-            for close in self.on_stopped:
-                try:
-                    close()
-                except Exception:
-                    logger.exception("could not close %r at shutdown", close)
+            close_all(self.on_stopped)
         logger.info("delivery stopped: consumer=%s", self.consumer)
 
     @property
@@ -332,16 +328,12 @@ def build_rabbitmq_service(
     """Build the delivery service of a worker whose records are on RabbitMQ.
 
     No Redis anywhere: the triggered limits a /track answer carries are not
-    kept (their store is Redis-only so far), and with ``AICM_LIMITS_ENABLED``
-    the worker does not poll them either; it says so once.
+    kept (their store is Redis-only so far), and ``AICM_LIMITS_ENABLED`` is
+    refused with an amqp broker when the settings load (settings.py), so no
+    worker here polls them.
     """
     default_key = settings.api_key.get_secret_value() if settings.api_key else ""
     keys = {alias: key.get_secret_value() for alias, key in settings.api_keys.items()}
-    if settings.limits_enabled:
-        logger.info(
-            "triggered limits are not kept on RabbitMQ yet (their store is Redis-only): "
-            "this worker does not poll GET /triggered-limits; see docs/how-it-works.md"
-        )
     transport = TrackTransport(
         settings.track_url,
         default_key or None,

@@ -25,7 +25,7 @@ import redis
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.redis_settings import CHECK_INTERVAL_S, Finding
 from aicm_tasks.broker.resolution import Resolution
-from aicm_tasks.worker.batches import log_batch, process, timed
+from aicm_tasks.worker.batches import close_all, log_batch, process, timed
 from aicm_tasks.worker.held import HeldBatches
 from aicm_tasks.worker.housekeeping import Housekeeping
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
@@ -197,11 +197,7 @@ class DeliveryService:
                         "could not drop lease at shutdown (shard %d): %s", store.keys.shard, exc
                     )
         if not any(t.is_alive() for t in self._threads):
-            for close in self.on_stopped:
-                try:
-                    close()
-                except Exception:
-                    logger.exception("could not close %r at shutdown", close)
+            close_all(self.on_stopped)
         logger.info("delivery stopped: consumer=%s", self.consumer)
 
     @property

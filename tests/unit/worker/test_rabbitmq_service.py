@@ -7,10 +7,9 @@ tests/integration/test_rabbitmq_pipeline.py and tests/reliability/test_rabbitmq_
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from aicm_tasks.broker.messages import malformed_id
 from aicm_tasks.broker.rabbitmq.names import RabbitNames
@@ -39,11 +38,9 @@ def test_build_rabbitmq_service_takes_names_and_prefetch_from_settings() -> None
     assert service.post is not None
 
 
-def test_limits_on_rabbitmq_are_off_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="aicm_tasks.worker.rabbitmq_service")
-    build_rabbitmq_service(Settings(broker_url=URL, api_key=SecretStr("k"), limits_enabled=True))
-    lines = [r.getMessage() for r in caplog.records if "triggered limits" in r.getMessage()]
-    assert len(lines) == 1 and "Redis-only" in lines[0]
+def test_a_rabbitmq_worker_cannot_be_configured_to_enforce_limits_it_cannot_keep() -> None:
+    with pytest.raises(ValidationError, match="AICM_LIMITS_ENABLED needs Redis"):
+        Settings(broker_url=URL, api_key=SecretStr("k"), limits_enabled=True)
 
 
 def test_parked_records_become_replayable_delivery_limit_dead_letters() -> None:
