@@ -1,6 +1,7 @@
 """``aicm-tasks demo``: the whole pipeline on one machine, measured.
 
-Starts the local server and a worker (and a private Redis when none answers),
+Starts the local server and a worker (and a private Redis when none answers;
+on RabbitMQ, ``AICM_BROKER_URL=amqp://...``, a queue of its own and no Redis),
 publishes records through ``track.delay`` (some with unknown service keys, some
 the server rejects), waits until every record is delivered or dead-lettered,
 and reports. It uses its own queue and key prefix, removed afterwards, so it
@@ -27,7 +28,9 @@ import redis
 
 from aicm_tasks.app import create_app
 from aicm_tasks.broker.keys import dead_lettered_by_reason
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.topology import connect
+from aicm_tasks.devtools.demo_rabbitmq import RabbitDemoBroker
 from aicm_tasks.devtools.processes import (
     free_port,
     redis_answers,
@@ -110,6 +113,8 @@ class Demo:
         self.port = free_port()
         self.broker_url = settings.broker_url
         self.private_redis = False
+        #: The demo's queue on RabbitMQ, when records travel there.
+        self.rabbit: RabbitDemoBroker | None = None
         self._processes: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Demo:
@@ -129,6 +134,9 @@ class Demo:
         self.close()
 
     def _start(self) -> None:
+        if self.settings.records_on_rabbitmq:
+            self._start_on_rabbitmq()
+            return
         if not redis_answers(self.broker_url):
             port = free_port()
             self._processes.append(start_redis(port, self.workdir / "redis"))
@@ -166,6 +174,39 @@ class Demo:
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited at start; see {self.workdir / 'worker.log'}")
 
+    def _start_on_rabbitmq(self) -> None:
+        """The demo's queue of its own on the RabbitMQ of the broker URL (the delay
+        levels of the key prefix are shared by design); no Redis at all."""
+        self.demo_settings = self.settings.model_copy(update={"queue": f"aicm.demo.{self.run_id}"})
+        self.stores = []
+        self.rabbit = rabbit = RabbitDemoBroker(
+            self.broker_url, RabbitNames(self.demo_settings.queue, self.demo_settings.key_prefix)
+        )
+        self._processes.append(
+            start_server(self.port, self.workdir / "events.sqlite3", self.api_key)
+        )
+        env = {
+            "AICM_BROKER_URL": self.broker_url,
+            "AICM_API_KEY": self.api_key,
+            "AICM_API_BASE": f"http://127.0.0.1:{self.port}",
+            "AICM_QUEUE": self.demo_settings.queue,
+            "AICM_KEY_PREFIX": self.demo_settings.key_prefix,
+        }
+        worker = start_worker(env, name=f"demo-{self.run_id}", log_path=self.workdir / "worker.log")
+        self._processes.append(worker)
+        wait_until(
+            lambda: rabbit.workers() > 0 or worker.poll() is not None, 60, "the worker to start"
+        )
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited at start; see {self.workdir / 'worker.log'}")
+
+    def _push(self, message: bytes) -> None:
+        """A hand-made message straight onto the (first shard's) record queue."""
+        if self.rabbit is not None:
+            self.rabbit.push(message)
+        else:
+            self.store.push(message)
+
     def run(
         self, on_progress: Callable[[Progress], None] | None = None, timeout_s: float = 300
     ) -> Summary:
@@ -192,7 +233,7 @@ class Demo:
                     service, usage, customer_key=f"customer-{n % 17}", context={"demo": self.run_id}
                 )
                 payload = {**record.data["payload"], "input_tokens": "lots"}
-                self.store.push(json.dumps({**record.data, "payload": payload}).encode())
+                self._push(json.dumps({**record.data, "payload": payload}).encode())
                 expected["error"] += 1
                 continue
             track.delay(
@@ -239,7 +280,9 @@ class Demo:
         return f"{len(self.stores)} shards on " + ", ".join(redact_url(u) for u in urls)
 
     def _stats(self) -> dict[str, int]:
-        """The delivery counters of every shard, added up."""
+        """The delivery counters of every shard, added up (on RabbitMQ, of the figures stream)."""
+        if self.rabbit is not None:
+            return self.rabbit.stats()
         total: dict[str, int] = {}
         for store in self.stores:
             for name, count in store.stats().items():
@@ -257,6 +300,8 @@ class Demo:
             if "redis-server" in str(process.args):
                 continue
             stop_process(process)
+        if self.rabbit is not None:
+            self.rabbit.close()
         for store in getattr(self, "stores", []):
             try:
                 client = store.client
