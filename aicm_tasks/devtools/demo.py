@@ -149,6 +149,24 @@ class Demo:
                 "key_prefix": f"aicm-demo-{self.run_id}",
             }
         )
+        self.stores = connect(self.demo_settings).stores
+        #: The first shard: where the demo's hand-made records go.
+        self.store = self.stores[0]
+        self._start_server_and_worker(lambda: self.store.depth()["workers"])
+
+    def _start_on_rabbitmq(self) -> None:
+        """The demo's queue of its own on the RabbitMQ of the broker URL (the delay
+        levels of the key prefix are shared by design); no Redis at all."""
+        self.demo_settings = self.settings.model_copy(update={"queue": f"aicm.demo.{self.run_id}"})
+        self.stores = []
+        self.rabbit = rabbit = RabbitDemoBroker(
+            self.broker_url, RabbitNames(self.demo_settings.queue, self.demo_settings.key_prefix)
+        )
+        self._start_server_and_worker(rabbit.workers)
+
+    def _start_server_and_worker(self, workers: Callable[[], int]) -> None:
+        """The local server and one worker on the demo's queue; waits until
+        ``workers()`` sees it (a lease on Redis, a consumer on RabbitMQ)."""
         self._processes.append(
             start_server(self.port, self.workdir / "events.sqlite3", self.api_key)
         )
@@ -163,40 +181,7 @@ class Demo:
         }
         worker = start_worker(env, name=f"demo-{self.run_id}", log_path=self.workdir / "worker.log")
         self._processes.append(worker)
-        self.stores = connect(self.demo_settings).stores
-        #: The first shard: where the demo's hand-made records go.
-        self.store = self.stores[0]
-        wait_until(
-            lambda: self.store.depth()["workers"] > 0 or worker.poll() is not None,
-            60,
-            "the worker to start",
-        )
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited at start; see {self.workdir / 'worker.log'}")
-
-    def _start_on_rabbitmq(self) -> None:
-        """The demo's queue of its own on the RabbitMQ of the broker URL (the delay
-        levels of the key prefix are shared by design); no Redis at all."""
-        self.demo_settings = self.settings.model_copy(update={"queue": f"aicm.demo.{self.run_id}"})
-        self.stores = []
-        self.rabbit = rabbit = RabbitDemoBroker(
-            self.broker_url, RabbitNames(self.demo_settings.queue, self.demo_settings.key_prefix)
-        )
-        self._processes.append(
-            start_server(self.port, self.workdir / "events.sqlite3", self.api_key)
-        )
-        env = {
-            "AICM_BROKER_URL": self.broker_url,
-            "AICM_API_KEY": self.api_key,
-            "AICM_API_BASE": f"http://127.0.0.1:{self.port}",
-            "AICM_QUEUE": self.demo_settings.queue,
-            "AICM_KEY_PREFIX": self.demo_settings.key_prefix,
-        }
-        worker = start_worker(env, name=f"demo-{self.run_id}", log_path=self.workdir / "worker.log")
-        self._processes.append(worker)
-        wait_until(
-            lambda: rabbit.workers() > 0 or worker.poll() is not None, 60, "the worker to start"
-        )
+        wait_until(lambda: workers() > 0 or worker.poll() is not None, 60, "the worker to start")
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited at start; see {self.workdir / 'worker.log'}")
 
