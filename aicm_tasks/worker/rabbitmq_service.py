@@ -1,12 +1,15 @@
-"""The delivery loop on RabbitMQ: consume a batch, deliver it, settle it, ack it once.
+"""The delivery loop on RabbitMQ: read batches, post them, settle each, ack it once.
 
 :class:`RabbitDeliveryService` is :class:`~aicm_tasks.worker.service.DeliveryService`'s
 counterpart when records travel through RabbitMQ (``settings.records_on_rabbitmq``).
-Each delivery thread owns a :class:`~aicm_tasks.broker.rabbitmq.consumer.BatchConsumer`
-(its own connection and channel), takes a batch, sends and plans it with the
-same pure code as on Redis (:mod:`aicm_tasks.worker.batches`), then settles it:
-retries to the delay topology and dead letters to their stream, confirmed, the
-figures to theirs, and one ``basic_ack(multiple=True)``.
+One reading thread owns the record queue's connection (a
+:class:`~aicm_tasks.broker.rabbitmq.consumer.FeedConnection`, a channel per
+posting thread) and does all its socket work; ``concurrency`` posting threads
+send and plan each batch with the same pure code as on Redis
+(:mod:`aicm_tasks.worker.batches`); the reader then settles it: retries to the
+delay topology and dead letters to their stream, confirmed, the figures to
+theirs, and one ``basic_ack(multiple=True)`` (:mod:`.rabbitmq_reader` says why
+one reader).
 
 What Redis needs and RabbitMQ does not: leases, RECLAIM, SWEEP, the redelivery
 timeout and the promotion of due retries. A worker that dies closes its
@@ -33,18 +36,19 @@ import amqp
 from kombu.exceptions import OperationalError
 
 from aicm_tasks.broker.rabbitmq.connection import RABBIT_ERRORS
-from aicm_tasks.broker.rabbitmq.consumer import Batch, BatchConsumer, delivery_count
-from aicm_tasks.broker.rabbitmq.names import DELIVERY_LIMIT, RabbitNames
+from aicm_tasks.broker.rabbitmq.consumer import Batch, ChannelFeed, FeedConnection
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.rabbitmq.topology import declare_topology
-from aicm_tasks.errors import ConfigurationError, SettleError
+from aicm_tasks.errors import ConfigurationError
 from aicm_tasks.redact import redact_url
 from aicm_tasks.settings import Settings
-from aicm_tasks.worker.batches import close_all, log_batch, process, timed
-from aicm_tasks.worker.delivery import plan_parked
+from aicm_tasks.worker.batches import Processed, close_all, log_batch, process, timed
 from aicm_tasks.worker.observe import BatchReport, Observer, Observers
 from aicm_tasks.worker.outcomes import Post
+from aicm_tasks.worker.rabbitmq_loop import CONNECTION_TIMEOUT_S, consume_reconnecting
+from aicm_tasks.worker.rabbitmq_parked import PARKED_EVERY_S, ParkedDrain
+from aicm_tasks.worker.rabbitmq_reader import FeedReader, Posted, ReaderState
 from aicm_tasks.worker.retry import (
-    REDIS_RETRY_MAX_S,
     REDIS_RETRY_MIN_S,
     BackoffPolicy,
     next_pause_s,
@@ -53,32 +57,17 @@ from aicm_tasks.worker.transport import TrackTransport
 
 logger = logging.getLogger(__name__)
 
-#: Longest single wait for a delivery, so a stop request is noticed quickly.
-MAX_WAIT_S = 1.0
-#: Every socket wait of a delivery connection (connect, a write, a confirm),
-#: in seconds: far above a healthy broker's answer, short enough that a broker
-#: gone silent hands the batch back within it.
-CONNECTION_TIMEOUT_S = 10.0
 #: How often an idle worker appends an ``idle_at`` mark to the figures stream, in
 #: seconds: well inside the shortest health window a test uses (a few seconds),
-#: and one small message per worker per interval (an idle thread finds the queue
-#: empty every MAX_WAIT_S; per thread and per second it would be 4 messages a second).
+#: and one small message per worker per interval.
 IDLE_NOTE_S = 2.0
-#: How often the parked queue is looked at (and the queue depths read for the
-#: observers), in seconds; it fills only when a record was returned
-#: DELIVERY_LIMIT times, so it is nearly always empty.
-PARKED_EVERY_S = 5.0
-#: Most parked records moved to the dead-letter stream per settle.
-PARKED_BATCH = 100
-#: Errors after which a delivery thread reconnects: the broker's, and a settle it refused.
-_RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*RABBIT_ERRORS, SettleError)
 #: What declaring the topology raises while the broker is unreachable (kombu
 #: wraps a refused connection in its OperationalError).
 _START_ERRORS: tuple[type[BaseException], ...] = (*RABBIT_ERRORS, OperationalError)
 
 
 class RabbitDeliveryService:
-    """Delivery threads plus the parked-queue drain, for one worker process on RabbitMQ."""
+    """A reading thread, its posting threads and the parked-queue drain: one worker on RabbitMQ."""
 
     def __init__(
         self,
@@ -110,36 +99,50 @@ class RabbitDeliveryService:
         self.concurrency = concurrency
         self.policy = policy
         self.auth_retry_interval_s = auth_retry_interval_s
-        #: Deliveries RabbitMQ sends ahead: two batches, so the next is in the
+        #: Deliveries RabbitMQ sends each channel ahead: two batches, so the next is in the
         #: client while one is posted (``docs/design/rabbitmq.md``).
         self.prefetch = prefetch or 2 * batch_size
-        self.parked_every_s = parked_every_s
         self.on_stopped = tuple(on_stopped)
         #: The worker's Celery hostname (``w1@host``), as Flower names it.
         self.name = name
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
-        self._idle_lock = threading.Lock()
-        self._idle_noted = -IDLE_NOTE_S
         self._threads: list[threading.Thread] = []
+        self._reader: FeedReader | None = None
+        self._parked = ParkedDrain(
+            url,
+            names,
+            self.observers,
+            consumer=self.consumer,
+            name=name,
+            every_s=parked_every_s,
+            auth_retry_interval_s=auth_retry_interval_s,
+        )
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         """Declare the topology (waiting for the broker), then start the threads."""
         self._stop.clear()
         self._retrying("declare the RabbitMQ topology", self._declare)
-        self._threads = [
-            threading.Thread(target=self._deliver_loop, name=f"aicm-delivery-{n}", daemon=True)
-            for n in range(self.concurrency)
-        ]
-        self._threads.append(
-            threading.Thread(target=self._parked_loop, name="aicm-parked", daemon=True)
+        self._reader = FeedReader(
+            batch_size=self.batch_size,
+            flush_interval_s=self.flush_interval_s,
+            concurrency=self.concurrency,
+            process=self._process,
+            settle=self._settle,
+            settled=self._settled,
+            idle=self._note_idle,
+            idle_after_s=IDLE_NOTE_S,
         )
+        self._threads = [
+            threading.Thread(target=self._read_loop, name="aicm-reader", daemon=True),
+            threading.Thread(target=self._parked.run, args=(self._stop,), name="aicm-parked"),
+        ]
         for thread in self._threads:
             thread.start()
         logger.info(
             "delivery started on RabbitMQ: worker=%s consumer=%s queue=%s batch_size=%d "
-            "prefetch=%d flush_interval_s=%.3g threads=%d",
+            "prefetch=%d a channel flush_interval_s=%.3g posting threads=%d",
             self.name or "-",
             self.consumer,
             self.names.queue,
@@ -150,7 +153,7 @@ class RabbitDeliveryService:
         )
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop taking batches and let in-flight ones settle; each thread then closes
+        """Stop taking batches and let in-flight ones settle; the reader then closes
         its connection, which returns whatever it still held to the queue."""
         self._stop.set()
         deadline = time.monotonic() + timeout_s
@@ -158,7 +161,7 @@ class RabbitDeliveryService:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
             logger.warning(
-                "a delivery thread is still busy after %.0fs; its batch returns to the queue "
+                "a batch is still being posted after %.0fs; it returns to the queue "
                 "when the worker exits",
                 timeout_s,
             )
@@ -185,114 +188,73 @@ class RabbitDeliveryService:
             ) from exc
 
     # -- delivery ----------------------------------------------------------------
-    def _deliver_loop(self) -> None:
-        self._consume_loop(self.names.queue, self.batch_size, self.prefetch, self._run_one_batch)
+    def _read_loop(self) -> None:
+        """Read, hand out and settle the record queue's batches until stopped (and
+        every batch out has come back); on any broker failure close the connection
+        (RabbitMQ requeues what was not acknowledged, the batches out included) and
+        connect again after a pause."""
+        reader = self._reader
+        assert reader is not None  # set by start()
+        state: ReaderState | None = None
+        generation = 0
 
-    def _parked_loop(self) -> None:
-        self._consume_loop(
-            self.names.parked, PARKED_BATCH, PARKED_BATCH, self._settle_parked, self.parked_every_s
-        )
+        def turn() -> bool:
+            nonlocal state, generation
+            stopping = self._stop.is_set()
+            if stopping and (state is None or not state.busy):
+                return False
+            if state is None:
+                generation += 1
+                connection = FeedConnection(
+                    self.url,
+                    self.names,
+                    feeds=self.concurrency,
+                    prefetch=self.prefetch,
+                    timeout_s=CONNECTION_TIMEOUT_S,
+                )
+                state = reader.attach(connection, generation)
+            reader.step(state, stopping=stopping)
+            return True
 
-    def _consume_loop(
-        self,
-        queue: str,
-        batch_size: int,
-        prefetch: int,
-        handle: Callable[[BatchConsumer, Batch], None],
-        idle_s: float = 0.0,
-    ) -> None:
-        """Take batches from ``queue`` and ``handle`` them until stopped; on any
-        broker failure close the connection (RabbitMQ requeues what was not
-        acknowledged) and connect again after a pause."""
-        consumer: BatchConsumer | None = None
-        pause_s = REDIS_RETRY_MIN_S
+        def drop() -> None:
+            nonlocal state
+            if state is not None:
+                state.connection.close()
+                state = None
+
         try:
-            while not self._stop.is_set():
-                try:
-                    if consumer is None:
-                        consumer = BatchConsumer(
-                            self.url,
-                            self.names,
-                            queue=queue,
-                            prefetch=prefetch,
-                            timeout_s=CONNECTION_TIMEOUT_S,
-                            keep_headers=queue == self.names.parked,
-                        )
-                    batch = consumer.take(
-                        batch_size,
-                        flush_interval_s=self.flush_interval_s,
-                        wait_s=MAX_WAIT_S,
-                        stop=self._stop,
-                    )
-                    if batch.bodies:
-                        handle(consumer, batch)
-                    elif queue == self.names.queue:
-                        self._note_idle(consumer)
-                    elif idle_s:
-                        if self.observers:  # the depth gauges (metrics), as housekeeping on Redis
-                            self.observers.housekeeping(consumer.depth())
-                        self._stop.wait(idle_s)
-                    pause_s = REDIS_RETRY_MIN_S
-                except _RECONNECT_ERRORS as exc:
-                    logger.warning(
-                        "RabbitMQ error while consuming %s (%s: %s); what this thread held goes "
-                        "back to the queue, reconnecting in %.1fs",
-                        queue,
-                        type(exc).__name__,
-                        exc,
-                        pause_s,
-                    )
-                    _close(consumer)
-                    consumer = None
-                    self._stop.wait(pause_s)
-                    pause_s = next_pause_s(pause_s)
-                except Exception:  # a bug must not kill the thread
-                    logger.exception(
-                        "unexpected error in delivery; the batch goes back to the queue"
-                    )
-                    _close(consumer)
-                    consumer = None
-                    self._stop.wait(REDIS_RETRY_MAX_S)
+            consume_reconnecting(self._stop, self.names.queue, turn, drop)
         finally:
-            _close(consumer)
+            reader.shutdown()
 
-    def _note_idle(self, consumer: BatchConsumer) -> None:
-        """At most once per :data:`IDLE_NOTE_S` for the whole worker (not per thread):
-        the record queue was found empty."""
-        with self._idle_lock:
-            now = time.monotonic()
-            if now - self._idle_noted < IDLE_NOTE_S:
-                return
-            self._idle_noted = now
-        consumer.note_idle(consumer=self.consumer, name=self.name)
-
-    def _run_one_batch(self, consumer: BatchConsumer, batch: Batch) -> None:
-        started = time.monotonic()
-        done = process(
+    def _process(self, batch: Batch) -> Processed:
+        """In a posting thread: send the batch and plan every record's fate."""
+        return process(
             batch.bodies,
             self.post,
             self.aliases,
             self.policy,
             auth_retry_interval_s=self.auth_retry_interval_s,
         )
-        consumer.settle(batch, done.resolution, consumer=self.consumer, name=self.name)
-        elapsed_s = time.monotonic() - started
+
+    def _settle(self, feed: ChannelFeed, batch: Batch, done: Processed) -> None:
+        """In the reader: write the batch's fate, then ack it."""
+        feed.settle(batch, done.resolution, consumer=self.consumer, name=self.name)
+
+    def _settled(self, feed: int, posted: Posted) -> None:
+        """In the reader, after the ack: the log line and the observers."""
+        done = posted.done
+        assert done is not None  # settled only with a result
+        elapsed_s = time.monotonic() - posted.started
         log_batch(
             done.summary, elapsed_s=elapsed_s, auth_retry_interval_s=self.auth_retry_interval_s
         )
-        batch_key = f"{self.names.queue}:{self.consumer}:{batch.last_tag}"
+        batch_key = f"{self.names.queue}:{self.consumer}:{feed}:{posted.batch.last_tag}"
         self.observers.batch_settled(BatchReport(batch_key, done.summary, elapsed_s, done.items))
 
-    def _settle_parked(self, consumer: BatchConsumer, batch: Batch) -> None:
-        details = [
-            f"RabbitMQ returned this record {delivery_count(headers) or DELIVERY_LIMIT}+ times "
-            f"without a settle (delivery limit {DELIVERY_LIMIT}: a worker died holding it each "
-            "time) and parked it"
-            for headers in batch.headers
-        ]
-        resolution, summary = plan_parked(batch.bodies, details)
-        consumer.settle(batch, resolution, consumer=self.consumer, name=self.name)
-        log_batch(summary, elapsed_s=0.0, auth_retry_interval_s=self.auth_retry_interval_s)
+    def _note_idle(self, feed: ChannelFeed) -> None:
+        """The record queue has been empty for :data:`IDLE_NOTE_S`: say so to ``status``."""
+        feed.note_idle(consumer=self.consumer, name=self.name)
 
     def _retrying(self, what: str, action: Callable[[], None]) -> None:
         """Run ``action`` until it succeeds or the service stops (a broker still starting)."""
@@ -313,13 +275,6 @@ class RabbitDeliveryService:
                 )
                 time.sleep(pause_s)
                 pause_s = next_pause_s(pause_s)
-
-
-def _close(consumer: BatchConsumer | None) -> None:
-    """Close ``consumer``, if any."""
-    if consumer is not None:
-        consumer.close()
-    return None
 
 
 def build_rabbitmq_service(

@@ -128,8 +128,8 @@ def test_a_settled_batch_sends_its_retries_through_the_delay_topology_and_acks_o
     )
     try:
         for body in messages:
-            consumer.publishes.publish(body, routing_key=names.queue)
-        assert consumer.publishes.wait(10) == set()
+            consumer.feed.publishes.publish(body, routing_key=names.queue)
+        assert consumer.feed.publishes.wait(10) == set()
         batch = consumer.take(4, flush_interval_s=1, wait_s=5)
         assert batch.bodies == messages
         # Due "now" (0.2 s) still takes the one-second hop, as a new message.
@@ -185,9 +185,9 @@ def test_depth_counts_records_waiting_in_the_queue_and_in_the_delay_levels(
     consumer = BatchConsumer(rabbitmq_vhost.url, names, prefetch=1, timeout_s=10)
     try:
         first, second = record_messages(2).values()
-        consumer.publishes.publish(first, routing_key=names.queue)
-        consumer.publishes.publish(second, routing_key=names.queue)
-        assert consumer.publishes.wait(10) == set()
+        consumer.feed.publishes.publish(first, routing_key=names.queue)
+        consumer.feed.publishes.publish(second, routing_key=names.queue)
+        assert consumer.feed.publishes.wait(10) == set()
         batch = consumer.take(1, flush_interval_s=0.1, wait_s=5)  # prefetch 1: one held
         consumer.settle(batch, Resolution(retries=[(600, first)]), consumer="c")
         depth = consumer.depth()

@@ -1,15 +1,20 @@
 """Taking records from RabbitMQ in batches, and settling each batch with one multiple ack.
 
-One :class:`BatchConsumer` per delivery thread: its own connection and
-channel (py-amqp is not thread-safe), one consumer with manual acks and a
-per-consumer prefetch of about two batches (``basic_qos(a_global=False)``:
+A :class:`ChannelFeed` is one channel of a connection: one consumer with manual
+acks and a per-consumer prefetch of about two batches (``basic_qos(a_global=False)``:
 quorum queues refuse a global one), so the next batch is already in the client
 while one is posted. A ``basic_ack(tag, multiple=True)`` settles every earlier
-delivery of its channel, so a channel holds one batch at a time: a contiguous
-run of tags, taken and settled in order by one thread.
+delivery of its channel, so a feed holds one batch at a time: a contiguous run
+of tags, taken and settled in order.
 
-:meth:`BatchConsumer.settle` writes a batch's fate before the ack, in this
-order (``docs/design/rabbitmq.md``, "Consume and settle path"):
+A worker reads every feed through one :class:`FeedConnection` from one thread
+(py-amqp is not thread-safe, and one socket read by one thread is what makes
+it fast: ``docs/design/rabbitmq.md``, "One reading thread"); the parked-record
+drain and the tests use a :class:`BatchConsumer`, a connection with one feed
+that waits for its own batches.
+
+:meth:`ChannelFeed.settle` writes a batch's fate before the ack, in this order
+(``docs/design/rabbitmq.md``, "Consume and settle path"):
 
 1. each retry as a *new* persistent message (no broker header copied: no
    ``x-death`` history, so no dead-letter cycle) to the delay topology's entry
@@ -38,7 +43,7 @@ import amqp
 
 from aicm_tasks.broker.keys import IDLE_AT
 from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
-from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
+from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection, read_ahead
 from aicm_tasks.broker.rabbitmq.events import dead_event, figures_event
 from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.resolution import Resolution
@@ -48,6 +53,11 @@ from aicm_tasks.errors import SettleError
 #: about a millisecond here; far longer means the broker is in trouble, and the
 #: batch is better handed back than held.
 SETTLE_TIMEOUT_S = 30.0
+#: Most methods one :meth:`FeedConnection.read` takes from the read-ahead buffer
+#: before the reader looks at its batches again (settles, flushes): 64
+#: deliveries are about 1.5 ms of reading; one look per delivery cost the
+#: reader about 10 % of its time (profiled).
+READ_MOST = 64
 
 
 @dataclass(slots=True)
@@ -63,21 +73,21 @@ class Batch:
         return len(self.bodies)
 
 
-class BatchConsumer:
-    """One connection, one channel, one consumer of ``queue`` (default: the record queue).
+class ChannelFeed:
+    """One channel of ``connection``: a consumer of ``queue`` (default: the record
+    queue) whose deliveries wait in :attr:`waiting` until :meth:`cut` into a batch.
 
-    ``prefetch``: deliveries RabbitMQ sends ahead of the acks (at least the
-    batch size). Raises one of :data:`~.connection.RABBIT_ERRORS` when the
-    broker cannot be reached.
+    ``prefetch``: deliveries RabbitMQ sends this channel ahead of its acks (at
+    least the batch size). Reading the connection is the caller's: the
+    deliveries arrive while it drains events.
     """
 
     def __init__(
         self,
-        url: str,
+        connection: amqp.Connection,
         names: RabbitNames,
         *,
         prefetch: int,
-        timeout_s: float,
         queue: str | None = None,
         keep_headers: bool = False,
     ) -> None:
@@ -86,44 +96,19 @@ class BatchConsumer:
         #: Whether batches carry each delivery's headers (the parked drain reads
         #: them; the record queue's hot loop skips the copy).
         self.keep_headers = keep_headers
-        self.connection = open_connection(url, timeout_s=timeout_s)
-        self._waiting: deque[amqp.Message] = deque()
-        try:
-            self.channel = self.connection.channel()
-            self.channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
-            self.publishes = ConfirmedPublishes(self.channel)
-            self.channel.basic_consume(self.queue, callback=self._waiting.append, no_ack=False)
-        except BaseException:
-            close_quietly(self.connection)
-            raise
+        #: Deliveries read and not yet cut into a batch, in tag order.
+        self.waiting: deque[amqp.Message] = deque()
+        self.channel = connection.channel()
+        self.channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
+        self.publishes = ConfirmedPublishes(self.channel)
+        self.channel.basic_consume(self.queue, callback=self.waiting.append, no_ack=False)
 
-    def take(
-        self,
-        batch_size: int,
-        *,
-        flush_interval_s: float,
-        wait_s: float,
-        stop: threading.Event | None = None,
-    ) -> Batch:
-        """Up to ``batch_size`` deliveries: at once from what is prefetched, or what
-        arrives within ``flush_interval_s`` of the first; empty when none came in
-        ``wait_s``. Stops filling early when ``stop`` is set."""
-        # Each read handles one frame, which may be a confirm, not a delivery.
-        wait_until = time.monotonic() + wait_s
-        while not self._waiting:
-            left_s = wait_until - time.monotonic()
-            if left_s <= 0 or (stop is not None and stop.is_set()):
-                return Batch()
-            self._drain(left_s)
-        flush_at = time.monotonic() + flush_interval_s
-        while len(self._waiting) < batch_size and not (stop is not None and stop.is_set()):
-            left_s = flush_at - time.monotonic()
-            if left_s <= 0:
-                break
-            self._drain(left_s)
+    def cut(self, batch_size: int) -> Batch:
+        """The first ``batch_size`` waiting deliveries (or all of them) as a batch."""
         batch = Batch()
-        for _ in range(min(batch_size, len(self._waiting))):
-            message = self._waiting.popleft()
+        waiting = self.waiting
+        for _ in range(min(batch_size, len(waiting))):
+            message = waiting.popleft()
             body = message.body
             batch.bodies.append(body if isinstance(body, bytes) else str(body).encode())
             if self.keep_headers:
@@ -198,17 +183,140 @@ class BatchConsumer:
         ok = self.channel.queue_declare(queue, passive=True)
         return int(ok[1]) if ok is not None else 0
 
-    def _drain(self, timeout_s: float) -> None:
-        """Read what the broker sent within ``timeout_s`` (deliveries, confirms)."""
+
+class FeedConnection:
+    """One connection reading ahead, with ``feeds`` channels consuming the record queue.
+
+    RabbitMQ spreads the queue's deliveries over the feeds (round robin, each
+    up to its prefetch); :meth:`read` takes what arrived on any of them. Raises
+    one of :data:`~.connection.RABBIT_ERRORS` when the broker cannot be reached.
+
+    The socket's timeout is set here, only when it changes, not by py-amqp:
+    ``drain_events(timeout=t)`` sets ``t`` and restores the old timeout around
+    every frame, and CPython's ``settimeout`` is an ``ioctl`` that releases the
+    interpreter lock, twice a frame, six times a delivery: 2.5 µs each and, with
+    posting threads running, a wait for the lock after each (profiled: 282k
+    ``settimeout`` calls for 50k deliveries, the largest own time of the reader).
+    """
+
+    def __init__(
+        self, url: str, names: RabbitNames, *, feeds: int, prefetch: int, timeout_s: float
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.connection = open_connection(url, timeout_s=timeout_s)
+        self._socket_timeout = timeout_s  # py-amqp's read_timeout, set as it connected
         try:
-            self.connection.drain_events(timeout=max(timeout_s, 0.001))
-        except TimeoutError:  # nothing arrived: not an error (socket.timeout is TimeoutError)
+            read_ahead(self.connection)
+            self.feeds = [
+                ChannelFeed(self.connection, names, prefetch=prefetch) for _ in range(feeds)
+            ]
+        except BaseException:
+            close_quietly(self.connection)
+            raise
+
+    def read(self, timeout_s: float, most: int = READ_MOST) -> None:
+        """Read what the broker sent (deliveries, confirms): waits up to ``timeout_s``
+        for the first method (a delivery, an ack), then takes up to ``most`` in all
+        while the read-ahead buffer holds more."""
+        self._timeout(timeout_s)
+        connection = self.connection
+        transport = connection.transport
+        try:
+            # None: py-amqp reads with the socket's timeout and leaves it alone.
+            connection.drain_events(timeout=None)
+            for _ in range(most - 1):
+                if not getattr(transport, "_read_buffer", b""):
+                    return
+                connection.drain_events(timeout=None)
+        except TimeoutError:  # nothing (more) arrived (socket.timeout is TimeoutError)
             return
+
+    def for_writes(self) -> None:
+        """Give the socket its full timeout back before writing (a settle, an ack):
+        a short read timeout would cut a write the broker is slow to take."""
+        self._timeout(self.timeout_s)
+
+    def _timeout(self, timeout_s: float) -> None:
+        if timeout_s != self._socket_timeout:
+            self.connection.transport.sock.settimeout(timeout_s)
+            self._socket_timeout = timeout_s
 
     def close(self) -> None:
         """Close the connection: RabbitMQ returns every unacknowledged delivery."""
-        self._waiting.clear()
+        for feed in self.feeds:
+            feed.waiting.clear()
         close_quietly(self.connection)
+
+
+class BatchConsumer:
+    """One connection with one :class:`ChannelFeed`, waiting for its own batches.
+
+    ``prefetch``: deliveries RabbitMQ sends ahead of the acks (at least the
+    batch size). Raises one of :data:`~.connection.RABBIT_ERRORS` when the
+    broker cannot be reached.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        names: RabbitNames,
+        *,
+        prefetch: int,
+        timeout_s: float,
+        queue: str | None = None,
+        keep_headers: bool = False,
+    ) -> None:
+        self.connection = open_connection(url, timeout_s=timeout_s)
+        try:
+            self.feed = ChannelFeed(
+                self.connection, names, prefetch=prefetch, queue=queue, keep_headers=keep_headers
+            )
+        except BaseException:
+            close_quietly(self.connection)
+            raise
+        self.settle = self.feed.settle
+        self.note_idle = self.feed.note_idle
+        self.depth = self.feed.depth
+
+    def take(
+        self,
+        batch_size: int,
+        *,
+        flush_interval_s: float,
+        wait_s: float,
+        stop: threading.Event | None = None,
+    ) -> Batch:
+        """Up to ``batch_size`` deliveries: at once from what is prefetched, or what
+        arrives within ``flush_interval_s`` of the first; empty when none came in
+        ``wait_s``. Stops filling early when ``stop`` is set."""
+        # Each read handles one frame, which may be a confirm, not a delivery.
+        waiting = self.feed.waiting
+        wait_until = time.monotonic() + wait_s
+        while not waiting:
+            left_s = wait_until - time.monotonic()
+            if left_s <= 0 or (stop is not None and stop.is_set()):
+                return Batch()
+            drain(self.connection, left_s)
+        flush_at = time.monotonic() + flush_interval_s
+        while len(waiting) < batch_size and not (stop is not None and stop.is_set()):
+            left_s = flush_at - time.monotonic()
+            if left_s <= 0:
+                break
+            drain(self.connection, left_s)
+        return self.feed.cut(batch_size)
+
+    def close(self) -> None:
+        """Close the connection: RabbitMQ returns every unacknowledged delivery."""
+        self.feed.waiting.clear()
+        close_quietly(self.connection)
+
+
+def drain(connection: amqp.Connection, timeout_s: float) -> None:
+    """Read what the broker sent within ``timeout_s`` (deliveries, confirms)."""
+    try:
+        connection.drain_events(timeout=max(timeout_s, 0.001))
+    except TimeoutError:  # nothing arrived: not an error (socket.timeout is TimeoutError)
+        return
 
 
 def delivery_count(headers: dict[str, Any]) -> int | None:

@@ -1,0 +1,250 @@
+"""The RabbitMQ reader's hand-out and settle rules, over fake feeds (no broker).
+
+What a real broker adds (acks, requeues on a closed connection, the drain
+rate) is tested in tests/integration/test_rabbitmq_pipeline.py,
+tests/reliability/test_rabbitmq_faults.py and measured by `make bench`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import pytest
+
+from aicm_tasks.broker.rabbitmq.consumer import Batch
+from aicm_tasks.broker.resolution import Resolution
+from aicm_tasks.worker import rabbitmq_reader
+from aicm_tasks.worker.batches import Processed
+from aicm_tasks.worker.delivery import Summary
+from aicm_tasks.worker.rabbitmq_reader import POLL_S, FeedReader, Posted
+
+
+@dataclass
+class FakeMessage:
+    body: bytes
+    tag: int
+
+    @property
+    def delivery_info(self) -> dict:
+        return {"delivery_tag": self.tag}
+
+
+@dataclass
+class FakeFeed:
+    """A channel's deliveries: tags 1, 2, ... and bodies naming the feed (``a1``, ``b1``)."""
+
+    name: bytes
+    waiting: deque = field(default_factory=deque)
+    next_tag: int = 1
+
+    def deliver(self, count: int) -> None:
+        for _ in range(count):
+            self.waiting.append(FakeMessage(self.name + b"%d" % self.next_tag, self.next_tag))
+            self.next_tag += 1
+
+    def cut(self, batch_size: int) -> Batch:
+        batch = Batch()
+        for _ in range(min(batch_size, len(self.waiting))):
+            message = self.waiting.popleft()
+            batch.bodies.append(message.body)
+            batch.last_tag = message.tag
+        return batch
+
+
+@dataclass
+class FakeConnection:
+    feeds: list[FakeFeed]
+    reads: list[float] = field(default_factory=list)
+    writes: int = 0
+
+    def read(self, timeout_s: float) -> None:
+        self.reads.append(timeout_s)
+
+    def for_writes(self) -> None:
+        self.writes += 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """A reader whose posts wait for the test to release them, one event per batch."""
+
+    def __init__(self, *, feeds: int = 2, batch_size: int = 3, flush_s: float = 1.0) -> None:
+        self.released: dict[bytes, threading.Event] = {}
+        self.settled: list[tuple[int, int, int]] = []  # (feed, first body tag, last tag)
+        self.settle_threads: set[str] = set()
+        self.idle: list[object] = []
+        self.connection = FakeConnection([FakeFeed(b"ab"[n : n + 1]) for n in range(feeds)])
+        self.reader = FeedReader(
+            batch_size=batch_size,
+            flush_interval_s=flush_s,
+            concurrency=feeds,
+            process=self._process,
+            settle=self._settle,
+            settled=self._settled,
+            idle=self.idle.append,
+            idle_after_s=2.0,
+        )
+
+    def _process(self, batch: Batch) -> Processed:
+        self.released.setdefault(batch.bodies[0], threading.Event()).wait(10)
+        return Processed((), Resolution(), Summary(len(batch), 0, {}, 1))
+
+    def _settle(self, feed, batch: Batch, done: Processed) -> None:
+        self.settle_threads.add(threading.current_thread().name)
+
+    def _settled(self, feed: int, posted: Posted) -> None:
+        self.settled.append((feed, int(posted.batch.bodies[0][1:]), posted.batch.last_tag))
+
+    def release(self, first_body: bytes) -> None:
+        self.released.setdefault(first_body, threading.Event()).set()
+
+    def settle_until(self, state, count: int) -> None:
+        for _ in range(500):
+            if len(self.settled) >= count:
+                return
+            self.reader.step(state, stopping=False)
+            threading.Event().wait(POLL_S)
+        raise AssertionError(f"only {len(self.settled)} of {count} batches settled")
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(rabbitmq_reader.time, "monotonic", clock)
+    return clock
+
+
+def test_a_full_batch_goes_at_once_and_a_short_one_at_its_flush_interval(clock) -> None:
+    harness = Harness()
+    state = harness.reader.attach(harness.connection, generation=1)
+    full, short = harness.connection.feeds
+    full.deliver(3)
+    short.deliver(2)
+    harness.reader.step(state, stopping=False)
+    assert [slot.busy for slot in state.slots] == [True, False]
+    clock.now += 0.99
+    harness.reader.step(state, stopping=False)
+    assert not state.slots[1].busy
+    clock.now += 0.02
+    harness.reader.step(state, stopping=False)
+    assert state.slots[1].busy
+    harness.release(b"a1")
+    harness.release(b"b1")
+    harness.settle_until(state, 2)
+    assert sorted(harness.settled) == [(0, 1, 3), (1, 1, 2)]
+
+
+def test_a_feed_has_one_batch_out_so_its_multiple_ack_covers_only_that_batch(clock) -> None:
+    harness = Harness(feeds=1)
+    state = harness.reader.attach(harness.connection, generation=1)
+    (feed,) = harness.connection.feeds
+    feed.deliver(6)  # two whole batches
+    harness.reader.step(state, stopping=False)
+    assert len(feed.waiting) == 3  # the second waits while the first is out
+    harness.reader.step(state, stopping=False)
+    assert len(feed.waiting) == 3
+    harness.release(b"a1")
+    harness.release(b"a4")
+    harness.settle_until(state, 2)
+    assert harness.settled == [(0, 1, 3), (0, 4, 6)]
+
+
+def test_a_slow_batch_holds_back_only_its_own_feed(clock) -> None:
+    harness = Harness(feeds=2)
+    state = harness.reader.attach(harness.connection, generation=1)
+    slow, quick = harness.connection.feeds
+    slow.deliver(3)
+    quick.deliver(9)
+    for first in (b"b1", b"b4", b"b7"):
+        harness.release(first)
+    harness.settle_until(state, 3)  # a1 is still being posted
+    assert harness.settled == [(1, 1, 3), (1, 4, 6), (1, 7, 9)]
+    assert state.slots[0].busy
+    harness.release(b"a1")
+    harness.settle_until(state, 4)
+    assert harness.settled[-1] == (0, 1, 3)
+
+
+def test_settles_run_on_the_reading_thread_only(clock) -> None:
+    harness = Harness()
+    state = harness.reader.attach(harness.connection, generation=1)
+    harness.connection.feeds[0].deliver(3)
+    harness.release(b"a1")
+    harness.settle_until(state, 1)
+    assert harness.settle_threads == {threading.current_thread().name}
+    assert harness.connection.writes == 1  # the socket got its write timeout back first
+
+
+def test_a_batch_out_when_the_connection_was_lost_is_never_settled(clock) -> None:
+    harness = Harness(feeds=1)
+    old = harness.reader.attach(harness.connection, generation=1)
+    harness.connection.feeds[0].deliver(3)
+    harness.reader.step(old, stopping=False)
+    assert old.busy == 1
+    # The connection failed: RabbitMQ returned the batch; a new one is read.
+    fresh_connection = FakeConnection([FakeFeed(b"z")])
+    fresh = harness.reader.attach(fresh_connection, generation=2)
+    harness.release(b"a1")
+    for _ in range(50):
+        harness.reader.step(fresh, stopping=False)
+        if harness.reader.out == 0:
+            break
+        threading.Event().wait(POLL_S)
+    assert harness.reader.out == 0
+    assert harness.settled == []
+    assert harness.settle_threads == set()
+
+
+def test_stopping_hands_out_nothing_new_and_settles_what_is_out(clock) -> None:
+    harness = Harness(feeds=2)
+    state = harness.reader.attach(harness.connection, generation=1)
+    first, second = harness.connection.feeds
+    first.deliver(3)
+    harness.reader.step(state, stopping=False)
+    second.deliver(3)
+    harness.release(b"a1")
+    for _ in range(50):
+        harness.reader.step(state, stopping=True)
+        if not state.busy:
+            break
+    assert harness.settled == [(0, 1, 3)]
+    assert len(second.waiting) == 3  # left to the connection's close: RabbitMQ returns them
+
+
+def test_when_every_feed_is_out_and_full_the_reader_waits_for_a_batch_not_the_socket(
+    clock,
+) -> None:
+    harness = Harness(feeds=1)
+    state = harness.reader.attach(harness.connection, generation=1)
+    harness.connection.feeds[0].deliver(6)
+    harness.reader.step(state, stopping=False)
+    reads = len(harness.connection.reads)
+    harness.release(b"a1")
+    harness.reader.step(state, stopping=False)  # blocks on the posted batch, then settles
+    assert harness.settled == [(0, 1, 3)]
+    assert len(harness.connection.reads) == reads
+
+
+def test_an_idle_queue_is_noted_every_idle_interval_and_a_busy_one_never(clock) -> None:
+    harness = Harness(feeds=1)
+    state = harness.reader.attach(harness.connection, generation=1)
+    harness.reader.step(state, stopping=False)
+    clock.now += 2.0
+    harness.reader.step(state, stopping=False)
+    assert len(harness.idle) == 1
+    harness.reader.step(state, stopping=False)
+    assert len(harness.idle) == 1
+    harness.connection.feeds[0].deliver(1)
+    clock.now += 5.0
+    harness.reader.step(state, stopping=False)
+    assert len(harness.idle) == 1
+    assert harness.connection.reads[-1] == POLL_S  # a batch is filling: read briefly
