@@ -10,15 +10,15 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 
-from aicm_tasks.broker.rabbitmq.consumer import Batch
+from aicm_tasks.broker.rabbitmq.consumer import Batch, FeedConnection
 from aicm_tasks.broker.resolution import Resolution
-from aicm_tasks.worker import rabbitmq_reader
 from aicm_tasks.worker.batches import Processed
 from aicm_tasks.worker.delivery import Summary
-from aicm_tasks.worker.rabbitmq_reader import POLL_S, FeedReader, Posted
+from aicm_tasks.worker.rabbitmq_reader import POLL_S, FeedReader, Posted, ReaderState
 
 
 @dataclass
@@ -116,16 +116,21 @@ class Harness:
         raise AssertionError(f"only {len(self.settled)} of {count} batches settled")
 
 
+def attach(harness: Harness, connection: FakeConnection, generation: int) -> ReaderState:
+    # The reader touches only feeds/read/for_writes of its connection, which the fake has.
+    return harness.reader.attach(cast(FeedConnection, connection), generation)
+
+
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(rabbitmq_reader.time, "monotonic", clock)
+    monkeypatch.setattr("aicm_tasks.worker.rabbitmq_reader.time.monotonic", clock)
     return clock
 
 
 def test_a_full_batch_goes_at_once_and_a_short_one_at_its_flush_interval(clock) -> None:
     harness = Harness()
-    state = harness.reader.attach(harness.connection, generation=1)
+    state = attach(harness, harness.connection, 1)
     full, short = harness.connection.feeds
     full.deliver(3)
     short.deliver(2)
@@ -145,7 +150,7 @@ def test_a_full_batch_goes_at_once_and_a_short_one_at_its_flush_interval(clock) 
 
 def test_a_feed_has_one_batch_out_so_its_multiple_ack_covers_only_that_batch(clock) -> None:
     harness = Harness(feeds=1)
-    state = harness.reader.attach(harness.connection, generation=1)
+    state = attach(harness, harness.connection, 1)
     (feed,) = harness.connection.feeds
     feed.deliver(6)  # two whole batches
     harness.reader.step(state, stopping=False)
@@ -160,7 +165,7 @@ def test_a_feed_has_one_batch_out_so_its_multiple_ack_covers_only_that_batch(clo
 
 def test_a_slow_batch_holds_back_only_its_own_feed(clock) -> None:
     harness = Harness(feeds=2)
-    state = harness.reader.attach(harness.connection, generation=1)
+    state = attach(harness, harness.connection, 1)
     slow, quick = harness.connection.feeds
     slow.deliver(3)
     quick.deliver(9)
@@ -176,7 +181,7 @@ def test_a_slow_batch_holds_back_only_its_own_feed(clock) -> None:
 
 def test_settles_run_on_the_reading_thread_only(clock) -> None:
     harness = Harness()
-    state = harness.reader.attach(harness.connection, generation=1)
+    state = attach(harness, harness.connection, 1)
     harness.connection.feeds[0].deliver(3)
     harness.release(b"a1")
     harness.settle_until(state, 1)
@@ -186,13 +191,13 @@ def test_settles_run_on_the_reading_thread_only(clock) -> None:
 
 def test_a_batch_out_when_the_connection_was_lost_is_never_settled(clock) -> None:
     harness = Harness(feeds=1)
-    old = harness.reader.attach(harness.connection, generation=1)
+    old = attach(harness, harness.connection, 1)
     harness.connection.feeds[0].deliver(3)
     harness.reader.step(old, stopping=False)
     assert old.busy == 1
     # The connection failed: RabbitMQ returned the batch; a new one is read.
     fresh_connection = FakeConnection([FakeFeed(b"z")])
-    fresh = harness.reader.attach(fresh_connection, generation=2)
+    fresh = attach(harness, fresh_connection, 2)
     harness.release(b"a1")
     for _ in range(50):
         harness.reader.step(fresh, stopping=False)
@@ -206,7 +211,7 @@ def test_a_batch_out_when_the_connection_was_lost_is_never_settled(clock) -> Non
 
 def test_stopping_hands_out_nothing_new_and_settles_what_is_out(clock) -> None:
     harness = Harness(feeds=2)
-    state = harness.reader.attach(harness.connection, generation=1)
+    state = attach(harness, harness.connection, 1)
     first, second = harness.connection.feeds
     first.deliver(3)
     harness.reader.step(state, stopping=False)
@@ -224,7 +229,7 @@ def test_when_every_feed_is_out_and_full_the_reader_waits_for_a_batch_not_the_so
     clock,
 ) -> None:
     harness = Harness(feeds=1)
-    state = harness.reader.attach(harness.connection, generation=1)
+    state = attach(harness, harness.connection, 1)
     harness.connection.feeds[0].deliver(6)
     harness.reader.step(state, stopping=False)
     reads = len(harness.connection.reads)
@@ -236,7 +241,7 @@ def test_when_every_feed_is_out_and_full_the_reader_waits_for_a_batch_not_the_so
 
 def test_an_idle_queue_is_noted_every_idle_interval_and_a_busy_one_never(clock) -> None:
     harness = Harness(feeds=1)
-    state = harness.reader.attach(harness.connection, generation=1)
+    state = attach(harness, harness.connection, 1)
     harness.reader.step(state, stopping=False)
     clock.now += 2.0
     harness.reader.step(state, stopping=False)
