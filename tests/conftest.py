@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -30,7 +34,43 @@ def _real_redis_or_skip() -> redis.Redis:
         if os.environ.get("CI"):
             pytest.fail(f"CI needs a Redis at {TEST_REDIS_URL}: {exc}")
         pytest.skip(f"no Redis at {TEST_REDIS_URL}: {exc}")
+    _claim_test_db()
     return client
+
+
+@functools.cache
+def _claim_test_db() -> IO[str]:
+    """This process's claim on the test db, held until it exits (the open file
+    is cached: its lock lives as long as the process).
+
+    Every real-Redis test flushes the db before and after. A second session on
+    the same db on this machine flushes under the first one's running workers:
+    their leases, held batches, queues and counters vanish mid-test. In a demo
+    test that read as a stranding bug (the worker logged "batch ... was
+    reclaimed while it filled (lease lost); 100 records were not sent", then
+    had nothing left to deliver, and the test waited 5 minutes). So a second
+    session fails at once and says what to do. A file lock is freed when its
+    process ends, however it ends; sessions on other hosts sharing one Redis
+    are not seen.
+    """
+    digest = hashlib.sha256(TEST_REDIS_URL.encode()).hexdigest()[:16]
+    lock = (Path(tempfile.gettempdir()) / f"aicm-tests-redis-{digest}.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        pytest.fail(
+            f"another test session (pid {holder}) is using {TEST_REDIS_URL}; its flushes "
+            "would wipe this session's keys mid-test. Wait for it to end, or set "
+            "AICM_TEST_REDIS_URL to a db of your own (another /<db> index)."
+        )
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 @pytest.fixture

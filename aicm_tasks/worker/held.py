@@ -5,7 +5,9 @@ after Redis did (RESOLVE or RELEASE). So at any moment what Redis lists as this
 worker's is a subset of what is here, unless the two diverged (a failover
 promoted a replica that missed a settle); :meth:`HeldBatches.release_strays`
 returns such batches, which the worker's own live lease would otherwise keep
-from RECLAIM and SWEEP for good.
+from RECLAIM and SWEEP for good. That check reads Redis first and this memory
+second: the other way round, a batch a thread took between the two reads
+looked like a stray and was handed back under the thread.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from collections.abc import Callable
 import redis
 
 from aicm_tasks.broker.records import RecordStore
-from aicm_tasks.worker.shards import stray_batches
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,23 @@ class HeldBatches:
 
     def release_strays(self, store: RecordStore) -> int:
         """Hand back batches ``store`` lists as ours that no thread holds; returns
-        how many records went back."""
+        how many records went back.
+
+        Redis's list is read before this memory, never after: a thread adds its
+        batch here before FETCH registers it in Redis and forgets it only after
+        RESOLVE or RELEASE removed it there, so every key Redis listed at the
+        first read is still here at the second unless it was settled meanwhile
+        (and releasing a settled key moves nothing: it was deleted). Read in the
+        other order, a batch a thread took between the two reads was handed back
+        under it: posted, refused at settle, and posted again (every record of
+        a full batch twice, tests/unit/worker/test_held.py).
+        """
+        listed = store.client.smembers(store.keys.held(self.consumer))
+        names = {b.decode() if isinstance(b, bytes) else str(b) for b in listed}
         with self._lock:
-            held = set(self._held)
+            strays = sorted(names - set(self._held))
         returned = 0
-        for batch_key in stray_batches(store, self.consumer, held):
+        for batch_key in strays:
             returned += store.release(self.consumer, batch_key)
         if returned:
             logger.warning(

@@ -11,7 +11,6 @@ import itertools
 import threading
 import time
 
-from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.worker.retry import REDIS_RETRY_MIN_S, next_pause_s
 
 
@@ -55,18 +54,3 @@ class ShardTurns:
     def succeeded(self, index: int) -> None:
         """Shard ``index`` answered: its next error starts the backoff again."""
         self._pause_s[index] = REDIS_RETRY_MIN_S
-
-
-def stray_batches(store: RecordStore, consumer: str, held: set[str]) -> list[str]:
-    """Batch keys ``store`` lists as ``consumer``'s that are not in ``held``.
-
-    A delivery thread registers a batch in its worker's memory before Redis
-    does and forgets it only after Redis did, so a key Redis lists that the
-    worker does not hold means the two diverged: a failover promoted a replica
-    that missed a settle. The worker's live lease covers such a key, so neither
-    RECLAIM nor SWEEP would ever return it. (Releasing a key settled meanwhile
-    moves nothing: settled keys are deleted.)
-    """
-    listed = store.client.smembers(store.keys.held(consumer))
-    names = {b.decode() if isinstance(b, bytes) else str(b) for b in listed}
-    return sorted(names - held)
