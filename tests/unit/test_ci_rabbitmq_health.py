@@ -165,7 +165,7 @@ def test_a_session_vhost_is_kept_while_its_process_runs() -> None:
 
 
 def _fake_process(proc: Path, pid: int, *argv: str) -> None:
-    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid)).mkdir()
     (proc / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
 
 
@@ -173,22 +173,25 @@ SYSTEM_BEAM = ("/usr/lib/erlang/erts-13.1.5/bin/beam.smp", "-B", "-home", "/var/
 PRIVATE_BEAM = ("/usr/lib/erlang/erts-13.1.5/bin/beam.smp", "-B", "-home", "/tmp/x/rabbitmq")
 
 
-def test_the_node_pid_comes_from_the_pid_file_when_it_names_the_system_beam(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def host(tmp_path: Path) -> tuple[Path, Path]:
+    """``(proc, mnesia)``: a /proc and a RabbitMQ mnesia directory of the test's own."""
     proc, mnesia = tmp_path / "proc", tmp_path / "mnesia"
+    proc.mkdir()
     mnesia.mkdir()
+    return proc, mnesia
+
+
+def test_the_node_pid_comes_from_the_pid_file_when_it_names_the_system_beam(host) -> None:
+    proc, mnesia = host
     _fake_process(proc, 40, *PRIVATE_BEAM)
     _fake_process(proc, 41, *SYSTEM_BEAM)
     (mnesia / "rabbit@localhost.pid").write_text("41\n")
     assert health.node_pid("rabbit@localhost", mnesia, proc) == 41
 
 
-def test_without_a_pid_file_the_system_beam_is_found_and_a_private_node_never_is(
-    tmp_path: Path,
-) -> None:
-    proc, mnesia = tmp_path / "proc", tmp_path / "mnesia"
-    mnesia.mkdir()
+def test_without_a_pid_file_the_system_beam_is_found_and_a_private_node_never_is(host) -> None:
+    proc, mnesia = host
     _fake_process(proc, 40, *PRIVATE_BEAM)
     _fake_process(proc, 7, "/bin/sleep", "-home", "/var/lib/rabbitmq")
     (mnesia / "rabbit@localhost.pid").write_text("40\n")  # stale: a test node's pid now
