@@ -7,7 +7,13 @@ Left until the session's vhost is deleted, they piled up: 405 queues in one
 session vhost last run (one Raft group per quorum queue on the shared node,
 which wedged under that load). :class:`RabbitTopologies` deletes what a test
 made at its end; the default prefix's delay levels (``aicm_celery_delayed_*``)
-are shared by the session's tests and left to the vhost's deletion.
+are shared by the session's tests and left to the vhost's deletion, as are
+Celery's own (``celery_delayed_*`` and ``aicm.tasks``, declared by any worker).
+
+Queues left in the session vhost after each RabbitMQ test file (one session
+each, rabbitmqctl list_queues), before and after this: topology 43 -> 28, dlq
+63 -> 28, producer 103 -> 28, status 234 -> 0, pipeline 228 -> 57, faults 194
+-> 29 (the 28s and 57s are those shared levels).
 """
 
 from __future__ import annotations
