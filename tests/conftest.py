@@ -17,6 +17,7 @@ import redis
 
 from tests.support.rabbitmq import TEST_RABBITMQ_URL, RabbitVhost, vhost_or_skip
 from tests.support.rabbitmq_node import PrivateRabbit, rabbitmq_server_script
+from tests.support.rabbitmq_topology import RabbitTopologies
 
 # Tests never spool into the user's cache directory; a test that needs the
 # spool sets its own directory.
@@ -197,6 +198,15 @@ def rabbitmq_vhost() -> Iterator[RabbitVhost]:
     """
     with vhost_or_skip(TEST_RABBITMQ_URL, ci=bool(os.environ.get("CI"))) as vhost:
         yield vhost
+
+
+@pytest.fixture
+def rabbit_topologies(rabbitmq_vhost: RabbitVhost) -> Iterator[RabbitTopologies]:
+    """The test's topologies in the session vhost, deleted when it ends (also on failure):
+    ``rabbit_topologies.new()`` names one (``own_delays=True``: with its own 28 delay levels)."""
+    topologies = RabbitTopologies(rabbitmq_vhost.url)
+    yield topologies
+    topologies.delete_all()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from aicm_tasks.worker.retry import BackoffPolicy
 from tests.support.cli import run_cli
 from tests.support.delivery import deliver
 from tests.support.rabbitmq_messages import queue_counts
+from tests.support.rabbitmq_topology import RabbitTopologies
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +70,9 @@ def append_events(url: str, stream: str, events: list[bytes]) -> None:
 
 
 @pytest.fixture
-def names() -> RabbitNames:
-    return RabbitNames(queue=f"t.{uuid.uuid4().hex[:8]}.tracking")
+def names(rabbit_topologies: RabbitTopologies) -> RabbitNames:
+    """A record queue of the test's own (the session's shared delay levels), deleted after."""
+    return rabbit_topologies.new()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -17,7 +16,6 @@ from aicm_tasks.broker.messages import encode
 from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
 from aicm_tasks.broker.rabbitmq.consumer import BatchConsumer
-from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.rabbitmq.topology import declare_record_queue, declare_topology
 from aicm_tasks.broker.resolution import Resolution
 from aicm_tasks.devtools.processes import wait_until
@@ -31,6 +29,7 @@ from tests.support.rabbitmq_pipeline import (
     rabbit_pipeline_factory,
     record_messages,
 )
+from tests.support.rabbitmq_topology import RabbitTopologies
 
 __all__ = ["local_server", "rabbit_pipeline", "rabbit_pipeline_factory"]
 
@@ -82,9 +81,9 @@ def test_a_record_parked_past_the_delivery_limit_becomes_a_replayable_dead_lette
 
 
 def test_a_settle_the_broker_refuses_leaves_the_whole_batch_in_the_queue(
-    rabbitmq_vhost: RabbitVhost,
+    rabbitmq_vhost: RabbitVhost, rabbit_topologies: RabbitTopologies
 ) -> None:
-    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking")
+    names = rabbit_topologies.new()
     connection = open_connection(rabbitmq_vhost.url, timeout_s=10)
     try:
         # Only the record queue: the dead-letter stream is missing, so the broker
@@ -118,9 +117,9 @@ def test_a_settle_the_broker_refuses_leaves_the_whole_batch_in_the_queue(
 
 
 def test_a_settled_batch_sends_its_retries_through_the_delay_topology_and_acks_once(
-    rabbitmq_vhost: RabbitVhost,
+    rabbitmq_vhost: RabbitVhost, rabbit_topologies: RabbitTopologies
 ) -> None:
-    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking")
+    names = rabbit_topologies.new()
     declare_topology(rabbitmq_vhost.url, names)
     messages = list(record_messages(4).values())
     consumer = BatchConsumer(
@@ -176,11 +175,11 @@ def test_celery_inspect_active_queues_answers_on_rabbitmq_with_the_tracking_queu
 
 
 def test_depth_counts_records_waiting_in_the_queue_and_in_the_delay_levels(
-    rabbitmq_vhost: RabbitVhost,
+    rabbitmq_vhost: RabbitVhost, rabbit_topologies: RabbitTopologies
 ) -> None:
     # A delay topology of its own: the record parked there for 600 s must not
     # count in other tests' drains.
-    names = RabbitNames(f"t.{uuid.uuid4().hex[:8]}.tracking", f"t{uuid.uuid4().hex[:8]}")
+    names = rabbit_topologies.new(own_delays=True)
     declare_topology(rabbitmq_vhost.url, names)
     consumer = BatchConsumer(rabbitmq_vhost.url, names, prefetch=1, timeout_s=10)
     try:

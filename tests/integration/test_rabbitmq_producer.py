@@ -36,6 +36,7 @@ from aicm_tasks.tasks import TrackTask
 from tests.support.cli import run_cli
 from tests.support.rabbitmq import RabbitVhost
 from tests.support.rabbitmq_messages import queue_counts
+from tests.support.rabbitmq_topology import RabbitTopologies
 from tests.support.tasks import spool_of, track_of
 
 pytestmark = pytest.mark.integration
@@ -44,8 +45,9 @@ SECRET = "sk-test-never-in-a-message-0123456789"
 
 
 @pytest.fixture
-def names() -> RabbitNames:
-    return RabbitNames(queue=f"t.{uuid.uuid4().hex[:8]}.tracking")
+def names(rabbit_topologies: RabbitTopologies) -> RabbitNames:
+    """A record queue of the test's own (the session's shared delay levels), deleted after."""
+    return rabbit_topologies.new()
 
 
 def settings_for(url: str, names: RabbitNames, tmp_path: Path, **options: object) -> Settings:
@@ -172,9 +174,14 @@ def test_a_countdown_record_reaches_the_queue_only_after_its_delay(
 
 
 def test_a_countdown_before_any_worker_declares_the_delay_topology(
-    rabbitmq_vhost: RabbitVhost, names: RabbitNames, tmp_path: Path
+    rabbitmq_vhost: RabbitVhost,
+    names: RabbitNames,
+    rabbit_topologies: RabbitTopologies,
+    tmp_path: Path,
 ) -> None:
-    names = RabbitNames(queue=names.queue, prefix=f"p{uuid.uuid4().hex[:6]}")
+    names = rabbit_topologies.track(
+        RabbitNames(queue=names.queue, prefix=f"p{uuid.uuid4().hex[:6]}")
+    )
     track = producer(settings_for(rabbitmq_vhost.url, names, tmp_path, publish_timeout_s=10.0))
     track.apply_async(("a::b", {"n": 1}), {"response_id": "first-later"}, countdown=1)
     assert ids_of(take(rabbitmq_vhost.url, names.queue, 1, timeout_s=60)) == ["first-later"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -42,15 +41,16 @@ from aicm_tasks.settings import Settings
 from aicm_tasks.worker.metrics import Metrics
 from tests.integration.test_rabbitmq_dlq import append_events, dead_letter_entries
 from tests.support.cli import run_cli
+from tests.support.rabbitmq_topology import RabbitTopologies
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def names() -> RabbitNames:
-    tag = uuid.uuid4().hex[:8]
-    # A delay prefix of its own, so "scheduled" counts only this test's records.
-    return RabbitNames(queue=f"t.{tag}.tracking", prefix=f"t{tag}")
+def names(rabbit_topologies: RabbitTopologies) -> RabbitNames:
+    # A delay prefix of its own, so "scheduled" counts only this test's records
+    # (deleted after the test with the rest).
+    return rabbit_topologies.new(own_delays=True)
 
 
 def env_of(rabbitmq_vhost, names: RabbitNames) -> dict[str, str]:
@@ -280,7 +280,7 @@ def test_a_consumer_on_the_record_queue_counts_as_alive_with_a_warning(
 
 
 def test_a_length_limit_set_by_the_operator_is_not_a_risk(
-    rabbitmq_vhost, names: RabbitNames
+    rabbitmq_vhost, names: RabbitNames, rabbit_topologies: RabbitTopologies
 ) -> None:
     connection = open_connection(rabbitmq_vhost.url, timeout_s=10)
     try:
@@ -292,7 +292,9 @@ def test_a_length_limit_set_by_the_operator_is_not_a_risk(
             arguments=names.record_queue_arguments(max_length=1000),
         )
         assert record_queue_risk(connection, names) is None
-        other = RabbitNames(queue=f"{names.queue}.other", prefix=names.prefix)
+        other = rabbit_topologies.track(
+            RabbitNames(queue=f"{names.queue}.other", prefix=names.prefix)
+        )
         connection.channel().queue_declare(
             other.queue,
             durable=True,

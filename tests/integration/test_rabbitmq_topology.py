@@ -1,15 +1,16 @@
 """The RabbitMQ transport's ground, on a real RabbitMQ (a private vhost per session).
 
 Declaring the topology twice, confirmed publishes (one wait for a list), a
-refused publish reported by tag, and a delayed record coming back through
-kombu's native delayed delivery under our prefix.
+refused publish reported by tag, a delayed record coming back through
+kombu's native delayed delivery under our prefix, and a test's topology
+deleted whole (what keeps the session vhost from piling up queues).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 
+import amqp
 import pytest
 
 from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
@@ -17,13 +18,20 @@ from aicm_tasks.broker.rabbitmq.connection import AmqpTarget, close_quietly, ope
 from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.rabbitmq.topology import declare_topology
 from tests.support.rabbitmq_messages import queue_counts, read_stream
+from tests.support.rabbitmq_topology import (
+    RabbitTopologies,
+    delete_topology,
+    fresh_names,
+    topology_members,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def names() -> RabbitNames:
-    return RabbitNames(queue=f"t.{uuid.uuid4().hex[:8]}.tracking")
+def names(rabbit_topologies: RabbitTopologies) -> RabbitNames:
+    """A record queue of the test's own (the session's shared delay levels), deleted after."""
+    return rabbit_topologies.new()
 
 
 def _drain(connection, queue: str, expected: int, timeout_s: float) -> list[bytes]:
@@ -107,3 +115,41 @@ def test_the_delay_routing_key_rounds_up_to_whole_seconds_within_kombus_range():
     assert names.delay_routing_key(0).endswith("0.0.1.q")
     assert names.delay_routing_key(1.2).endswith("1.0.q")
     assert names.delay_routing_key(float(2**40)).startswith("1.1.1")
+
+
+def _exists(url: str, kind: str, name: str) -> bool:
+    """Passive declare on a fresh channel (a NotFound closes the channel)."""
+    connection = open_connection(url, timeout_s=10)
+    try:
+        channel = connection.channel()
+        if kind == "queue":
+            channel.queue_declare(name, passive=True)
+        else:
+            channel.exchange_declare(name, "topic", passive=True)
+        return True
+    except amqp.exceptions.NotFound:
+        return False
+    finally:
+        close_quietly(connection)
+
+
+def test_a_tests_topology_is_deleted_whole_and_deleting_it_again_is_harmless(rabbitmq_vhost):
+    # What the rabbit_topologies fixture and rabbit_pipeline do at a test's end.
+    names = fresh_names(own_delays=True)
+    declare_topology(rabbitmq_vhost.url, names)
+    queues, exchanges = topology_members(names)
+    assert len(queues) == 5 + 28 and len(exchanges) == 2 + 28 + 1
+    assert all(_exists(rabbitmq_vhost.url, "queue", queue) for queue in queues)
+    assert all(_exists(rabbitmq_vhost.url, "exchange", exchange) for exchange in exchanges)
+    delete_topology(rabbitmq_vhost.url, names)
+    assert not any(_exists(rabbitmq_vhost.url, "queue", queue) for queue in queues)
+    assert not any(_exists(rabbitmq_vhost.url, "exchange", exchange) for exchange in exchanges)
+    delete_topology(rabbitmq_vhost.url, names)
+
+
+def test_the_shared_delay_levels_are_kept_for_the_sessions_other_tests(rabbitmq_vhost):
+    names = fresh_names()
+    declare_topology(rabbitmq_vhost.url, names)
+    delete_topology(rabbitmq_vhost.url, names)
+    assert not _exists(rabbitmq_vhost.url, "queue", names.queue)
+    assert all(_exists(rabbitmq_vhost.url, "queue", level) for level in names.delay_levels())

@@ -13,19 +13,15 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
-from aicm_tasks import create_app
 from aicm_tasks.broker.messages import decode
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
-from aicm_tasks.broker.rabbitmq.names import RabbitNames
-from aicm_tasks.broker.rabbitmq.topology import declare_topology
 from aicm_tasks.devtools.processes import wait_until
-from aicm_tasks.settings import Settings
+from tests.support.rabbitmq_faults import private_producer
 from tests.support.rabbitmq_node import PrivateRabbit
-from tests.support.tasks import spool_of, track_of
+from tests.support.tasks import spool_of
 
 
 def take_all(url: str, queue: str) -> list[str]:
@@ -45,15 +41,7 @@ def take_all(url: str, queue: str) -> list[str]:
 def test_records_published_while_rabbitmq_stops_are_spooled_then_land_once(
     private_rabbitmq: PrivateRabbit, tmp_path: Path
 ) -> None:
-    names = RabbitNames(queue=f"t.{uuid.uuid4().hex[:8]}.tracking")
-    declare_topology(private_rabbitmq.url, names)
-    settings = Settings(
-        broker_url=private_rabbitmq.url,
-        queue=names.queue,
-        spool_dir=tmp_path / "spool",
-        publish_timeout_s=1.0,
-    )
-    track = track_of(create_app(settings))
+    names, track = private_producer(private_rabbitmq, tmp_path, publish_timeout_s=1.0)
     spool = spool_of(track)
     published: list[str] = []
     stop = threading.Event()
@@ -105,15 +93,7 @@ def test_records_published_while_rabbitmq_stops_are_spooled_then_land_once(
 def test_the_first_publish_after_a_restart_goes_through_on_a_fresh_connection(
     private_rabbitmq: PrivateRabbit, tmp_path: Path
 ) -> None:
-    names = RabbitNames(queue=f"t.{uuid.uuid4().hex[:8]}.tracking")
-    declare_topology(private_rabbitmq.url, names)
-    settings = Settings(
-        broker_url=private_rabbitmq.url,
-        queue=names.queue,
-        spool_dir=tmp_path / "spool",
-        publish_timeout_s=2.0,
-    )
-    track = track_of(create_app(settings))
+    names, track = private_producer(private_rabbitmq, tmp_path, publish_timeout_s=2.0)
     track.delay("a::b", {"n": 0}, response_id="before")  # opens the process's connection
     private_rabbitmq.stop()
     private_rabbitmq.start()

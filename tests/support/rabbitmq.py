@@ -42,8 +42,15 @@ TEST_RABBITMQ_URL = os.environ.get("AICM_TEST_RABBITMQ_URL", "amqp://guest:guest
 #: The management API, when enabled (``http://user:pass@host:15672/api/``); else rabbitmqctl.
 TEST_RABBITMQ_API = os.environ.get("AICM_TEST_RABBITMQ_API", "")
 
-#: Prefix of every vhost the tests and the benchmark create, so a leftover is recognisable.
+#: Prefix of every vhost the tests and the benchmark create, so a leftover is recognisable
+#: (``.ci/run`` deletes the leftovers: ``.ci/rabbitmq_health.py``, which keeps its own copy).
 VHOST_PREFIX = "aicm-test-"
+
+
+def vhost_name(label: str, pid: int | None = None) -> str:
+    """``aicm-test-<label>-<pid>-<random>``: the creating process's pid in the name lets
+    ``.ci/run`` tell a killed session's leftover vhost from a live session's."""
+    return f"{VHOST_PREFIX}{label}-{os.getpid() if pid is None else pid}-{uuid.uuid4().hex[:10]}"
 
 
 class VhostAdmin(Protocol):
@@ -208,9 +215,9 @@ def broker_answers(url: str = TEST_RABBITMQ_URL, timeout_s: float = 1.0) -> str 
 def private_vhost(
     base_url: str = TEST_RABBITMQ_URL, admin: VhostAdmin | None = None, label: str = "session"
 ) -> Iterator[RabbitVhost]:
-    """Create ``aicm-test-<label>-<random>`` on the broker of ``base_url``; delete it at exit."""
+    """Create :func:`vhost_name` ``(label)`` on the broker of ``base_url``; delete it at exit."""
     admin = admin or vhost_admin()
-    name = f"{VHOST_PREFIX}{label}-{uuid.uuid4().hex[:10]}"
+    name = vhost_name(label)
     vhost = RabbitVhost(url=url_for_vhost(base_url, name), name=name)
     admin.create(name, vhost.user)
     try:

@@ -32,6 +32,7 @@ from tests.support.accounting import RESULTS_FILE, Accounting
 from tests.support.pipeline import FAST_WORKER_ENV, LocalServer
 from tests.support.rabbitmq import RabbitVhost
 from tests.support.rabbitmq_messages import queue_counts
+from tests.support.rabbitmq_topology import delete_topology
 
 #: Worker settings for RabbitMQ tests: as on Redis, faults play out in seconds.
 RABBIT_WORKER_ENV = {**FAST_WORKER_ENV, "AICM_DELIVERY_CONCURRENCY": "2"}
@@ -60,6 +61,10 @@ class RabbitPipeline:
     #: A delay topology of the test's own (28 levels, about 0.5 s to declare), so
     #: that wait_drained's count of delayed records is this test's alone.
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
+    #: Delete the topology once the workers stopped (the session vhost's pipelines:
+    #: 33 queues each would otherwise stay until the session ends; a private node's
+    #: die with it).
+    delete_at_stop: bool = False
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -189,8 +194,11 @@ class RabbitPipeline:
         )
 
     def stop(self) -> None:
+        """Stop the workers, then delete the topology when :attr:`delete_at_stop`."""
         for process in self.workers:
             stop_process(process)
+        if self.delete_at_stop:
+            delete_topology(self.url, self.names)
 
 
 def read_whole_stream(url: str, stream: str, quiet_s: float = 1.0) -> list[bytes]:
@@ -224,22 +232,29 @@ def read_whole_stream(url: str, stream: str, quiet_s: float = 1.0) -> list[bytes
 
 @pytest.fixture
 def rabbit_pipeline_factory(local_server: LocalServer, tmp_path: Path) -> Iterator[Any]:
-    """Make pipelines on RabbitMQ: ``make(url, api_base=None)`` (``url``: the session
-    vhost's, or a private node's); their workers are stopped at the end."""
+    """Make pipelines on RabbitMQ: ``make(url, api_base=None, delete_at_stop=False)``
+    (``url``: the session vhost's, or a private node's); their workers are stopped
+    at the end (and their topology deleted, with ``delete_at_stop``)."""
     made: list[RabbitPipeline] = []
 
-    def make(url: str, api_base: str | None = None) -> RabbitPipeline:
-        pipeline = RabbitPipeline(url, local_server, api_base or local_server.url, tmp_path)
+    def make(url: str, api_base: str | None = None, delete_at_stop: bool = False) -> RabbitPipeline:
+        pipeline = RabbitPipeline(
+            url, local_server, api_base or local_server.url, tmp_path, delete_at_stop=delete_at_stop
+        )
         made.append(pipeline)
         return pipeline
 
     yield make
+    # Every worker first: a failed delete must not leave another pipeline's running.
+    for pipeline in made:
+        for process in pipeline.workers:
+            stop_process(process)
     for pipeline in made:
         pipeline.stop()
 
 
 @pytest.fixture
 def rabbit_pipeline(rabbit_pipeline_factory: Any, rabbitmq_vhost: RabbitVhost) -> RabbitPipeline:
-    """A pipeline on the session vhost of the shared RabbitMQ."""
-    pipeline: RabbitPipeline = rabbit_pipeline_factory(rabbitmq_vhost.url)
+    """A pipeline on the session vhost of the shared RabbitMQ, its topology deleted after."""
+    pipeline: RabbitPipeline = rabbit_pipeline_factory(rabbitmq_vhost.url, delete_at_stop=True)
     return pipeline
