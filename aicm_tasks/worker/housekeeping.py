@@ -210,7 +210,7 @@ class Housekeeping:
                 settings.maxmemory_policy,
                 settings.source,
             )
-        self.observers.redis_settings_read(settings, findings)
+        self.observers.redis_settings_read(settings, findings, store.keys.shard)
         return findings
 
 

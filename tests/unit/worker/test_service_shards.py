@@ -203,7 +203,9 @@ class FindingsSeen(Observer):
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+    def redis_settings_read(
+        self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
+    ) -> None:
         self.messages += [f.message for f in findings if f.level == "error"]
 
 
