@@ -26,3 +26,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 #: (redis-py's cluster client raises RedisClusterException, not a RedisError,
 #: when no node serves a slot or none can be reached).
 SHARD_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+
+class ClusterUnreachableError(redis.ConnectionError):
+    """No node of a Redis Cluster answered when its slot map was read again
+    (redis-py raises ``RedisClusterException``, which is not a ``RedisError``:
+    see :func:`aicm_tasks.broker.topology.unreachable_as_connection_error`)."""
