@@ -177,7 +177,7 @@ def monitor(
 
 
 def _no_answer(exc: BaseException) -> str:
-    return f"the broker did not answer: {exc or type(exc).__name__}"
+    return f"the broker did not answer: {str(exc) or type(exc).__name__}"
 
 
 def render_no_answer(exc: BaseException) -> Table:
