@@ -107,6 +107,13 @@ class Metrics(Observer):
             ["shard", "state"],
             registry=r,
         )
+        self.shard_up = Gauge(
+            "aicm_shard_up",
+            "1: the shard's Redis answered this worker's last housekeeping round on it; "
+            "0: it did not (its aicm_shard_records are then stale). With several shards.",
+            ["shard"],
+            registry=r,
+        )
         self.workers = Gauge("aicm_workers_with_lease", "Workers holding a live lease.", registry=r)
         self.broker_evicting = Gauge(
             "aicm_broker_evicting",
@@ -175,6 +182,9 @@ class Metrics(Observer):
     def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
         for state in ("queued", "scheduled", "held", "dead_letters"):
             self.shard_depth_gauge.labels(shard=str(shard), state=state).set(depth.get(state, 0))
+
+    def shard_answered(self, shard: int, answered: bool) -> None:
+        self.shard_up.labels(shard=str(shard)).set(int(answered))
 
     def redis_settings_read(
         self, settings: BrokerSettings, findings: list[Finding], shard: int = 0

@@ -53,6 +53,10 @@ class Observer:
     def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
         """With several shards, beside :meth:`housekeeping`: one shard's depth."""
 
+    def shard_answered(self, shard: int, answered: bool) -> None:
+        """With several shards, after each housekeeping round on a shard: whether
+        its Redis answered (a shard backing off stays as it was last told)."""
+
     def redis_settings_read(
         self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
     ) -> None:
@@ -88,6 +92,9 @@ class Observers(Observer):
 
     def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
         self._each(lambda o: o.shard_depth(shard, depth), "shard_depth")
+
+    def shard_answered(self, shard: int, answered: bool) -> None:
+        self._each(lambda o: o.shard_answered(shard, answered), "shard_answered")
 
     def redis_settings_read(
         self, settings: BrokerSettings, findings: list[Finding], shard: int = 0

@@ -1,4 +1,4 @@
-"""The operator's commands while a shard's Redis is down: told which shard, with
+"""The operator's commands and metrics while a shard's Redis is down: told which shard, with
 the others' figures and dead letters still shown, never a traceback, never
 "healthy". Real standalone primaries (one stopped), a real worker, the CLI in a
 real subprocess."""
@@ -9,6 +9,7 @@ import json
 import subprocess
 from typing import Any
 
+import httpx
 import pytest
 
 from aicm_tasks.devtools.processes import free_port, wait_until
@@ -33,19 +34,36 @@ def dead_letter_ids(pipeline: ShardedPipeline, shard: int) -> set[str]:
     return {member.decode() for member in members}
 
 
+def shard_up(port: int) -> dict[str, float]:
+    """``aicm_shard_up`` by shard, from the worker's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        line.split('"')[1]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("aicm_shard_up{")
+    }
+
+
 def test_a_shard_down_is_named_by_status_monitor_and_dlq_while_the_others_still_show(
     three_primaries: list[PrivateRedis], sharded_factory: Any
 ) -> None:
     pipeline: ShardedPipeline = sharded_factory([r.url for r in three_primaries])
     pipeline.spread_every_publish()
     publish(pipeline, 30, service="acme::not-yet-known", prefix="dead")
-    pipeline.start_worker()
+    metrics_port = free_port()
+    pipeline.start_worker(AICM_METRICS_PORT=str(metrics_port))
     pipeline.wait_settled(30)
     held = [dead_letter_ids(pipeline, n) for n in range(3)]
     assert all(held), held
     wait_until(lambda: cli(pipeline, "status").returncode == 0, 60, "a healthy status")
 
     three_primaries[1].stop()
+    # The worker's metrics say which shard is down, within a housekeeping round.
+    wait_until(
+        lambda: shard_up(metrics_port) == {"0": 1.0, "1": 0.0, "2": 1.0},
+        30,
+        "aicm_shard_up to show shard 1 down",
+    )
     result = cli(pipeline, "status", "--json")
     figures = json.loads(result.stdout)
     assert result.returncode == 1, figures
