@@ -15,6 +15,8 @@
     ├── DeadLetterNotFoundError(KeyError)  no dead letter has that id
     │   └── AmbiguousDeadLetterIdError      ...but the prefix given matches several
     ├── LocalRedisError                 no Redis answers and none could be started for the demo
+    │   └── PortTakenError                  ...a local Redis Cluster node's port was taken before it started
+    ├── ShardsDownError                 some shards' Redis did not answer: what needs them was not done
     ├── SettleError                     RabbitMQ refused a batch's retries or dead letters (the batch returns unacked)
     └── UsageLimitError                 a record (or a pre-flight check) matches a triggered usage limit
         └── UsageLimitExceeded              the class raised; also the SDK's ``UsageLimitExceeded``
@@ -108,6 +110,21 @@ class AmbiguousDeadLetterIdError(DeadLetterNotFoundError):
 
 class LocalRedisError(AicmTasksError):
     """No Redis answers at the broker URL and none could be started locally."""
+
+
+class PortTakenError(LocalRedisError):
+    """A local Redis Cluster node's port (or its bus port) was taken between its
+    choice and its start (``aicm_tasks.devtools.redis_cluster``)."""
+
+
+class ShardsDownError(AicmTasksError):
+    """Some shards' Redis did not answer, and what was asked needs them (every
+    shard's figures, a dead letter not found on the others); ``down`` maps each
+    such shard's number to its error."""
+
+    def __init__(self, message: str, down: dict[int, str]) -> None:
+        super().__init__(message)
+        self.down = down
 
 
 class SettleError(AicmTasksError):

@@ -14,6 +14,12 @@ With several shards each shard keeps its own dead letters (a batch's are written
 with it, in its slot); this store reads them all as one: counts summed, entries
 merged oldest first, an id found in whichever shard holds it, a prefix unique
 over all shards, and a replayed record returned to its own shard's queue.
+
+A shard whose Redis does not answer is left out of what is read and noted in
+:attr:`DeadLetterStore.down` (the CLI shows what the others hold, names it and
+exits 1): an id found on another shard is still shown, replayed or purged, but
+an id not found, or a prefix (which might also begin an id on that shard),
+raises :class:`~aicm_tasks.errors.ShardsDownError` rather than "not found".
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from aicm_tasks.broker import scripts
+from aicm_tasks.broker.errors import SHARD_ERRORS
 from aicm_tasks.broker.keys import Keys
 from aicm_tasks.broker.messages import encode
 from aicm_tasks.broker.records import BrokerClient, RecordStore
-from aicm_tasks.errors import AmbiguousDeadLetterIdError, DeadLetterNotFoundError
+from aicm_tasks.errors import AmbiguousDeadLetterIdError, DeadLetterNotFoundError, ShardsDownError
 
 #: Entries read per round trip when scanning the store.
 PAGE = 500
@@ -82,6 +89,8 @@ class DeadLetterStore:
         self.client = client
         self.keys = keys
         self.shards = [_Shard(client, keys)]
+        #: Shards whose Redis did not answer, by number: their error (several shards only).
+        self.down: dict[int, str] = {}
 
     @classmethod
     def over(cls, stores: Sequence[RecordStore]) -> DeadLetterStore:
@@ -108,8 +117,16 @@ class DeadLetterStore:
         oldest: builtins.list[float] = []
         newest: builtins.list[float] = []
         for shard in self.shards:
-            first: Any = shard.client.zrange(shard.keys.dlq_index, 0, 0, withscores=True)
-            last: Any = shard.client.zrange(shard.keys.dlq_index, -1, -1, withscores=True)
+            first: Any = (
+                self._ask(shard, lambda s: s.client.zrange(s.keys.dlq_index, 0, 0, withscores=True))
+                or []
+            )
+            last: Any = (
+                self._ask(
+                    shard, lambda s: s.client.zrange(s.keys.dlq_index, -1, -1, withscores=True)
+                )
+                or []
+            )
             oldest += [float(score) for _, score in first]
             newest += [float(score) for _, score in last]
         return {
@@ -122,12 +139,35 @@ class DeadLetterStore:
 
     def get(self, dead_letter_id: str) -> dict[str, Any]:
         """One entry by id, from whichever shard holds it; raises
-        :class:`DeadLetterNotFoundError`."""
+        :class:`DeadLetterNotFoundError`, or :class:`ShardsDownError` when it
+        is on none of the shards that answered."""
         for shard in self.shards:
-            raw = shard.client.hget(shard.keys.dlq, dead_letter_id)
+            raw = self._ask(shard, lambda s: s.client.hget(s.keys.dlq, dead_letter_id))
             if raw is not None:
                 return _load(raw)
+        self._not_found_on_live_shards(f"no dead letter with id {dead_letter_id!r}")
         raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id!r}")
+
+    def _ask(self, shard: _Shard, command: Any) -> Any:
+        """``command(shard)``; with several shards, None when the shard's Redis did
+        not answer (noted in :attr:`down`)."""
+        if len(self.shards) == 1:
+            return command(shard)
+        try:
+            return command(shard)
+        except SHARD_ERRORS as exc:
+            self.down[shard.keys.shard] = str(exc) or type(exc).__name__
+            return None
+
+    def _not_found_on_live_shards(self, what: str) -> None:
+        """Raise :class:`ShardsDownError` when a shard that did not answer may hold ``what``."""
+        if self.down:
+            raise ShardsDownError(
+                f"{what} on the shards that answered; "
+                + "; ".join(f"shard {n} did not answer ({why})" for n, why in self.down.items())
+                + ": it may be there. Try again once it answers",
+                dict(self.down),
+            )
 
     def resolve(self, id_or_prefix: str) -> str:
         """The full id of the one dead letter whose id is, or begins with, ``id_or_prefix``.
@@ -142,8 +182,14 @@ class DeadLetterStore:
         """
         if not id_or_prefix:
             raise DeadLetterNotFoundError("give a response_id or the start of one")
-        if any(shard.client.hexists(shard.keys.dlq, id_or_prefix) for shard in self.shards):
+        if any(
+            self._ask(shard, lambda s: s.client.hexists(s.keys.dlq, id_or_prefix))
+            for shard in self.shards
+        ):
             return id_or_prefix
+        # A prefix unique over the shards that answered may begin an id on one
+        # that did not: refused, rather than acting on the wrong record.
+        self._not_found_on_live_shards(f"no dead letter has the id {id_or_prefix!r}")
         pattern = glob_escape(id_or_prefix) + "*"
         found: set[str] = set()  # ZSCAN may return a member twice while Redis rehashes
         for shard in self.shards:
@@ -179,7 +225,7 @@ class DeadLetterStore:
         if selection.ids:
             for dead_letter_id in selection.ids:
                 for shard in self.shards:
-                    raw = shard.client.hget(shard.keys.dlq, dead_letter_id)
+                    raw = self._ask(shard, lambda s: s.client.hget(s.keys.dlq, dead_letter_id))  # noqa: B023 - called at once
                     if raw is not None:
                         if selection.matches(entry := _load(raw)):
                             yield shard, entry
@@ -192,11 +238,21 @@ class DeadLetterStore:
                 yield shard, entry
             return
         merged = heapq.merge(
-            *(_scan(shard, n, selection) for n, shard in enumerate(self.shards)),
+            *(self._scan_live(shard, n, selection) for n, shard in enumerate(self.shards)),
             key=lambda item: item[0],
         )
         for _, shard, entry in merged:
             yield shard, entry
+
+    def _scan_live(
+        self, shard: _Shard, number: int, selection: Selection
+    ) -> Iterator[tuple[float, _Shard, dict[str, Any]]]:
+        """:func:`_scan` of one of several shards, ended (and noted in :attr:`down`)
+        when its Redis stops answering."""
+        try:
+            yield from _scan(shard, number, selection)
+        except SHARD_ERRORS as exc:
+            self.down[shard.keys.shard] = str(exc) or type(exc).__name__
 
     def list(
         self, selection: Selection, *, limit: int | None = None

@@ -8,6 +8,7 @@ chose.
 from __future__ import annotations
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from aicm_tasks.broker.rabbitmq.connection import RABBIT_ERRORS
 from aicm_tasks.errors import RecordsRefusedError
@@ -20,3 +21,14 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     *RABBIT_ERRORS,
     RecordsRefusedError,
 )
+
+#: What one shard's Redis raises when it did not answer an operator's reading
+#: (redis-py's cluster client raises RedisClusterException, not a RedisError,
+#: when no node serves a slot or none can be reached).
+SHARD_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+
+class ClusterUnreachableError(redis.ConnectionError):
+    """No node of a Redis Cluster answered when its slot map was read again
+    (redis-py raises ``RedisClusterException``, which is not a ``RedisError``:
+    see :func:`aicm_tasks.broker.topology.unreachable_as_connection_error`)."""

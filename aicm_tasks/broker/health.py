@@ -99,6 +99,9 @@ class Figures:
     #: On RabbitMQ: the record queue's name and whether it is declared as
     #: aicm-tasks declares it (empty on Redis).
     rabbitmq: dict[str, Any] = field(default_factory=dict)
+    #: With several shards: those whose Redis did not answer (shard -> the
+    #: error), left out of every figure above; each is also a problem.
+    shards_down: dict[str, str] = field(default_factory=dict)
     #: What deserves a look but does not make the pipeline unhealthy (AOF off).
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)

@@ -23,6 +23,12 @@ them on that shard's clock; merged, they judge the pipeline as one:
 * a refused key is the longest run of 401/403 on any shard;
 * a worker holds a lease on every shard and is listed once (by consumer id),
   as seen most recently.
+
+A shard whose Redis does not answer makes the pipeline unhealthy, named
+(``shard 1 did not answer ...``), while the other shards' figures are still
+read and shown: an operator must never be told "healthy" when some records
+cannot be reached, nor be shown nothing. Only when no shard answers does the
+reading fail (:class:`~aicm_tasks.errors.ShardsDownError`; ``status`` exits 2).
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from aicm_tasks.broker.errors import SHARD_ERRORS
 from aicm_tasks.broker.figures import Figures, Thresholds, judge, read_figures
 from aicm_tasks.broker.records import RecordStore
+from aicm_tasks.errors import ShardsDownError
 
 #: Fields where it is the smallest shard's (the most recent event anywhere).
 SMALLEST = frozenset({"last_worker_seen_s_ago", "last_delivered_s_ago", "last_unauthorized_s_ago"})
@@ -49,12 +57,38 @@ LAST_ERRORS = 10
 def read_all_figures(
     stores: Sequence[RecordStore], thresholds: Thresholds | None = None
 ) -> Figures:
-    """Every shard's figures as one pipeline's; one shard's reading unchanged."""
+    """Every shard's figures as one pipeline's; one shard's reading unchanged.
+
+    A shard that does not answer is a problem named after it and left out of
+    the counts (listed in ``shards_down``); raises :class:`ShardsDownError`
+    when none answers, and one shard's own error when it is the only shard."""
     thresholds = thresholds or Thresholds()
-    readings = [read_figures(store, thresholds) for store in stores]
-    if len(readings) == 1:
-        return readings[0]
-    return merge_figures(readings, [store.keys.shard for store in stores], thresholds)
+    if len(stores) == 1:
+        return read_figures(stores[0], thresholds)
+    readings: list[Figures] = []
+    shards: list[int] = []
+    down: dict[int, str] = {}
+    for store in stores:
+        try:
+            readings.append(read_figures(store, thresholds))
+        except SHARD_ERRORS as exc:
+            down[store.keys.shard] = str(exc) or type(exc).__name__
+            continue
+        shards.append(store.keys.shard)
+    if not readings:
+        raise ShardsDownError(
+            "no shard answered: " + "; ".join(f"shard {n}: {why}" for n, why in down.items()),
+            down,
+        )
+    merged = merge_figures(readings, shards, thresholds)
+    merged.shards_down.update({str(n): why for n, why in down.items()})
+    # First: the one reason that hides others (the missing shard's stall, its
+    # dead letters, its workers' leases).
+    merged.problems[:0] = [
+        f"shard {n} did not answer (its records are not counted here): {why}"
+        for n, why in down.items()
+    ]
+    return merged
 
 
 def merge_figures(
@@ -64,7 +98,7 @@ def merge_figures(
     values: dict[str, Any] = {}
     for field in dataclasses.fields(Figures):
         name = field.name
-        if name in ("problems", "warnings", "redis_settings"):
+        if name in ("problems", "warnings", "redis_settings", "shards_down"):
             continue
         values[name] = _merge(name, [getattr(r, name) for r in readings])
     values["workers"] = _workers(readings)

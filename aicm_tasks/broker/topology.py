@@ -28,6 +28,7 @@ one per publish.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 
 from aicm_tasks.broker.cluster_records import ClusterRecordStore
+from aicm_tasks.broker.errors import ClusterUnreachableError
 from aicm_tasks.broker.keys import Keys, shard_keys
 from aicm_tasks.broker.records import BrokerClient, RecordStore
 from aicm_tasks.broker.replicas import ReplicaAcks
@@ -200,9 +202,39 @@ def cluster_client(urls: tuple[str, ...], **client_options: Any) -> RedisCluster
         host, port = parts.hostname or "127.0.0.1", parts.port or 6379
         seeds.append(ClusterNode(host, port))  # type: ignore[no-untyped-call]  # unannotated
     try:
-        return RedisCluster(url=urls[0], startup_nodes=seeds, **options)
+        cluster = RedisCluster(url=urls[0], startup_nodes=seeds, **options)
     except RedisClusterException as exc:
         # Raised when no seed answers; callers handle RedisError (spool, retry).
         raise redis.ConnectionError(
             f"no node of the Redis Cluster at {redact_url(urls[0])} answered: {exc}"
         ) from exc
+    unreachable_as_connection_error(cluster)
+    return cluster
+
+
+def unreachable_as_connection_error(cluster: RedisCluster) -> None:
+    """Make ``cluster`` raise :class:`ClusterUnreachableError` (a
+    :class:`redis.ConnectionError`) when no node of the cluster answers.
+
+    After a lost connection redis-py reads the slot map again
+    (``NodesManager.initialize``), and when no node answers that raises
+    ``RedisClusterException``, which is not a ``RedisError``: every caller that
+    backs off and retries on ``RedisError`` (the worker's housekeeping and
+    delivery threads, the producer's fallback to another shard and the spool)
+    let it through. Measured: every node of a 3-primary cluster killed for a
+    few seconds killed the worker's housekeeping thread and its 4 delivery
+    threads; the cluster back, the worker delivered nothing and renewed no
+    lease. Nothing in redis-py catches ``RedisClusterException`` itself, so
+    changing its class there changes only what reaches us.
+    """
+    nodes = cluster.nodes_manager
+    initialize = nodes.initialize
+
+    @functools.wraps(initialize)
+    def initialize_or_connection_error(*args: Any, **kwargs: Any) -> None:
+        try:
+            initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnreachableError(str(exc)) from exc
+
+    nodes.initialize = initialize_or_connection_error  # type: ignore[method-assign]

@@ -9,16 +9,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from aicm_tasks.broker.dead_letters import DeadLetterStore, Selection, selection_of
+from aicm_tasks.broker.errors import SHARD_ERRORS
 from aicm_tasks.broker.rabbitmq.connection import RABBIT_ERRORS
 from aicm_tasks.broker.rabbitmq.dead_letters import RabbitDeadLetterStore
 from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
-from aicm_tasks.errors import DeadLetterNotFoundError
+from aicm_tasks.errors import DeadLetterNotFoundError, ShardsDownError
 from aicm_tasks.worker.outcomes import Reason
 
 REASONS = [reason.value for reason in Reason]
@@ -29,7 +29,7 @@ WIDE_COLUMNS = 100_000
 
 
 #: What either broker raises when it did not answer.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, *RABBIT_ERRORS)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (*SHARD_ERRORS, *RABBIT_ERRORS)
 #: Either broker's store: the same verbs, the same meaning.
 Store = DeadLetterStore | RabbitDeadLetterStore
 
@@ -41,7 +41,26 @@ def _store() -> Store:
             settings.broker_url, RabbitNames(settings.queue, settings.key_prefix)
         )
     # Every shard's dead letters, as one store (an id is found wherever it is).
-    return DeadLetterStore.over(topology_of(settings).stores)
+    # A cluster client connects here, to learn the slot map.
+    stores = _guard(lambda: topology_of(settings).stores)
+    return DeadLetterStore.over(stores)
+
+
+def _warn_down(store: Store) -> None:
+    """Name each shard that did not answer, on stderr: what was shown, replayed
+    or purged left its dead letters out."""
+    for shard, why in getattr(store, "down", {}).items():
+        click.echo(
+            f"warning: shard {shard} did not answer ({why}): its dead letters are left out",
+            err=True,
+        )
+
+
+def _done(store: Store) -> None:
+    """Exit code 1 when a shard did not answer (after the output of the others)."""
+    if getattr(store, "down", None):
+        _warn_down(store)
+        raise SystemExit(1)
 
 
 def _selection_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,9 +95,11 @@ def dlq() -> None:
 @json_option
 def stats(as_json: bool) -> None:
     """Totals by reason and by service key."""
-    figures = _guard(lambda: _store().stats())
+    store = _store()
+    figures = _guard(store.stats)
     if as_json:
         echo_json(figures)
+        _done(store)
         return
     console = Console()
     console.print(f"dead letters: [bold]{figures['total']}[/bold]")
@@ -90,6 +111,7 @@ def stats(as_json: bool) -> None:
             for name, count in figures[column].items():
                 table.add_row(name, str(count))
             console.print(table)
+    _done(store)
 
 
 @dlq.command(name="list")
@@ -114,9 +136,11 @@ def list_(
     selection = selection_of(ids, reason, service_key, select_all)
     if selection.is_empty:
         selection = Selection(all=True)
-    entries = _guard(lambda: _store().list(selection, limit=limit))
+    store = _store()
+    entries = _guard(lambda: store.list(selection, limit=limit))
     if as_json:
         echo_json(entries)
+        _done(store)
         return
     # Piped or redirected output is for copying ids into `show`/`replay` or a
     # script: a cut id ("5b0e…") is useless there.
@@ -139,6 +163,7 @@ def list_(
     # Wide: as wide as the rows need (a console of the terminal's width would
     # squeeze the id column and cut it again).
     Console(width=WIDE_COLUMNS if wide else None).print(table)
+    _done(store)
 
 
 @dlq.command()
@@ -186,9 +211,11 @@ def replay(
     replayed = _guard(lambda: store.replay(selection, dry_run=dry_run))
     if as_json:
         echo_json({"dry_run": dry_run, "replayed": len(replayed), "ids": replayed})
+        _done(store)
         return
     verb = "would replay" if dry_run else "replayed"
     click.echo(f"{verb} {len(replayed)} dead letters")
+    _done(store)
 
 
 @dlq.command()
@@ -208,12 +235,14 @@ def purge(
     store = _store()
     count = len(_guard(lambda: store.list(selection)))
     if count and not yes:
+        _warn_down(store)  # before the question: the count leaves those shards out
         click.confirm(f"Delete {count} dead letters for good?", abort=True)
     removed = _guard(lambda: store.purge(selection)) if count else 0
     if as_json:
         echo_json({"purged": removed})
-        return
-    click.echo(f"purged {removed} dead letters")
+    else:
+        click.echo(f"purged {removed} dead letters")
+    _done(store)
 
 
 @dlq.command()
@@ -240,6 +269,7 @@ def export(
     store = _store()
     if output is None:
         written = _guard(lambda: store.export(selection, sys.stdout))
+        _done(store)
         return
     with open(output, "w", encoding="utf-8") as out:
         written = _guard(lambda: store.export(selection, out))
@@ -247,6 +277,7 @@ def export(
         echo_json({"exported": written, "output": output})
     else:
         click.echo(f"exported {written} dead letters to {output}", err=True)
+    _done(store)
 
 
 def to_terminal() -> bool:
@@ -264,5 +295,7 @@ def _resolve(store: Store, id_or_prefix: str) -> str:
 def _guard(action: Callable[[], Any]) -> Any:
     try:
         return action()
+    except ShardsDownError as exc:
+        raise click.ClickException(str(exc)) from None
     except BROKER_ERRORS as exc:
-        raise click.ClickException(f"the broker did not answer: {exc}") from exc
+        raise click.ClickException(f"the broker did not answer: {exc}") from None

@@ -8,6 +8,7 @@ import click
 
 from aicm_tasks.broker.errors import BROKER_ERRORS
 from aicm_tasks.broker.rabbitmq.publisher import RabbitTarget
+from aicm_tasks.broker.topology import record_urls
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
 from aicm_tasks.errors import ConfigurationError, RecordsRefusedError
 from aicm_tasks.producer.sqlite_import import (
@@ -69,7 +70,8 @@ def import_sqlite(path: Path, dry_run: bool, chunk: int, as_json: bool) -> None:
         ) from exc
     except BROKER_ERRORS as exc:
         raise click.ClickException(
-            f"the broker at {redact_url(settings.broker_url)} did not answer ({exc}); "
+            f"the broker at {', '.join(redact_url(u) for u in record_urls(settings))} "
+            f"did not answer ({exc}); "
             "rows not yet published stay in the file: run the command again"
         ) from exc
     if as_json:

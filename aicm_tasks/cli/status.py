@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import click
-import redis
 from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from aicm_tasks.broker.errors import SHARD_ERRORS
 from aicm_tasks.broker.figures import Figures, Thresholds
 from aicm_tasks.broker.health import ALIVE_WITHIN_S, DEFAULT_MAX_OLDEST_QUEUED_S
 from aicm_tasks.broker.rabbitmq.connection import RABBIT_ERRORS
@@ -22,10 +22,13 @@ from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.records import RecordStore
 from aicm_tasks.broker.shard_figures import read_all_figures
 from aicm_tasks.cli.common import echo_json, json_option, load_settings, topology_of
+from aicm_tasks.errors import ShardsDownError
 from aicm_tasks.settings import Settings
 
-#: What either broker raises when it did not answer.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, *RABBIT_ERRORS)
+#: What either broker raises when it did not answer (ShardsDownError: no shard did).
+BROKER_ERRORS: tuple[type[BaseException], ...] = (*SHARD_ERRORS, *RABBIT_ERRORS, ShardsDownError)
+#: Exit code of ``status`` (and ``monitor --once``) when no broker answered.
+EXIT_NO_ANSWER = 2
 
 
 def _stores(settings: Settings) -> list[RecordStore]:
@@ -35,7 +38,22 @@ def _stores(settings: Settings) -> list[RecordStore]:
 
 def _reader(settings: Settings, thresholds: Thresholds) -> Callable[[], Figures]:
     """What reads the figures: every shard's Redis, or RabbitMQ (its consumers kept
-    between readings, so that monitor's frames do not re-read the streams)."""
+    between readings, so that monitor's frames do not re-read the streams).
+
+    It connects on its first call and again after a call that failed to, so a
+    broker that is down when ``monitor`` starts is shown as such, then read
+    once it is back (a Redis Cluster client connects to learn its slot map)."""
+    connected: list[Callable[[], Figures]] = []
+
+    def read() -> Figures:
+        if not connected:
+            connected.append(_connect(settings, thresholds))
+        return connected[0]()
+
+    return read
+
+
+def _connect(settings: Settings, thresholds: Thresholds) -> Callable[[], Figures]:
     if settings.records_on_rabbitmq:
         names = RabbitNames(settings.queue, settings.key_prefix)
         rabbit = RabbitFiguresReader(settings.broker_url, names, window_s=thresholds.window_s)
@@ -103,10 +121,10 @@ def status(
         figures = _reader(settings, thresholds)()
     except BROKER_ERRORS as exc:
         if as_json:
-            echo_json({"healthy": False, "problems": [f"the broker did not answer: {exc}"]})
+            echo_json({"healthy": False, "problems": [_no_answer(exc)]})
         else:
-            click.echo(f"unhealthy: the broker did not answer: {exc}", err=True)
-        raise SystemExit(2) from exc
+            click.echo(f"unhealthy: {_no_answer(exc)}", err=True)
+        raise SystemExit(EXIT_NO_ANSWER) from None
     if as_json:
         echo_json(figures.as_dict())
     else:
@@ -131,20 +149,44 @@ def monitor(
     no_worker_s: float,
     window_s: float | None,
 ) -> None:
-    """A live view of the pipeline; Ctrl-C quits."""
+    """A live view of the pipeline; Ctrl-C quits. A broker that does not answer
+    is shown as such and read again at the next refresh (``--once``: exit code 2)."""
     settings = load_settings()
     thresholds = _thresholds(settings, no_worker_s, max_oldest_s, max_dead_letters, window_s)
     read = _reader(settings, thresholds)
+    answered: list[bool] = []
+
+    def frame() -> Group | Table:
+        try:
+            figures = read()
+        except BROKER_ERRORS as exc:
+            answered.append(False)
+            return render_no_answer(exc)
+        answered.append(True)
+        return render(figures)
+
     try:
-        with Live(render(read()), refresh_per_second=4, screen=False) as live:
+        with Live(frame(), refresh_per_second=4, screen=False) as live:
             while not once:
                 time.sleep(interval)
-                try:
-                    live.update(render(read()))
-                except BROKER_ERRORS as exc:
-                    live.update(f"[red]the broker did not answer: {exc}[/red]")
+                live.update(frame())
     except KeyboardInterrupt:
         pass
+    if once and not answered[-1]:
+        raise SystemExit(EXIT_NO_ANSWER)
+
+
+def _no_answer(exc: BaseException) -> str:
+    return f"the broker did not answer: {str(exc) or type(exc).__name__}"
+
+
+def render_no_answer(exc: BaseException) -> Table:
+    """The monitor's frame while no broker answers: the error, no figures."""
+    table = Table(title="aicm-tasks  [red]unhealthy[/red]", show_header=False)
+    table.add_column("figure")
+    table.add_column("value")
+    table.add_row("[red]broker[/red]", f"[red]{escape(_no_answer(exc))}[/red]")
+    return table
 
 
 def _ago(seconds: float | None) -> str:
@@ -188,6 +230,10 @@ def render(figures: Figures) -> Group:
     for worker in alive:
         main.add_row(f"  {escape(worker['name'])}", escape(worker["consumer"]))
     main.add_row("dead letters", f"{figures.dead_letters:,}")
+    for shard, why in figures.shards_down.items():
+        main.add_row(
+            f"[red]shard {escape(shard)}[/red]", f"[red]did not answer: {escape(why)}[/red]"
+        )
     if figures.rabbitmq:
         _rabbitmq_rows(main, figures)
     else:

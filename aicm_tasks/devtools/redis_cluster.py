@@ -1,6 +1,8 @@
 """A real Redis Cluster on loopback: 3 primaries with a replica each.
 
-Six ``redis-server --cluster-enabled yes`` processes on free ports, joined by
+Six ``redis-server --cluster-enabled yes`` processes on free ports (each
+checked to be answered by its own process: a port another test run took in
+the meantime is left to it and the node moves to other ports), joined by
 ``redis-cli --cluster create ... --cluster-replicas 1 --cluster-yes``, as an
 operator would build one; a test may kill a primary and watch its replica take
 over. Used by the test fixture ``redis_cluster`` (tests/support/shards.py) and
@@ -24,12 +26,18 @@ from redis.cluster import ClusterNode as Seed
 from redis.cluster import RedisCluster
 
 from aicm_tasks.devtools.processes import stop_process, wait_until
-from aicm_tasks.errors import LocalRedisError
+from aicm_tasks.errors import LocalRedisError, PortTakenError
 
 #: Redis Cluster's bus listens on the client port + 10000, so both must be free.
 BUS_PORT_OFFSET = 10000
 #: Nodes of the local cluster: 3 primaries and one replica of each.
 NODES = 6
+#: How long a node has to answer after its start, in seconds.
+NODE_START_S = 10.0
+#: Ports tried for one node before giving up (another process took the first).
+PORT_ATTEMPTS = 5
+
+
 #: ``cluster-node-timeout`` of the local nodes, in ms: a replica takes over within
 #: a couple of seconds of its primary's death, so a test does not wait the
 #: default 15 s.
@@ -98,10 +106,45 @@ class ClusterNode:
         ]  # fmt: skip
         with open(self.data_dir / "redis.log", "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._pings, 10, f"cluster node {self.port}")
+        self._wait_answering()
 
-    def _pings(self) -> bool:
-        return bool(self.client.ping())
+    def _wait_answering(self) -> None:
+        """Until this node's own process answers on its port.
+
+        The port was free when chosen, but another process (a test run beside
+        this one starting its own cluster) may take it, or its bus port, first:
+        our redis-server then exits, or, worse, another Redis answers PING on
+        the port and would be joined to this cluster. Raises
+        :class:`PortTakenError` in both cases (the caller picks other ports)."""
+        assert self.process is not None
+        deadline = time.monotonic() + NODE_START_S
+        while True:
+            if self.process.poll() is not None:
+                self.process = None
+                raise PortTakenError(
+                    f"redis-server on port {self.port} exited at start (port or bus port "
+                    f"taken?): see {self.data_dir / 'redis.log'}"
+                )
+            pid = self._answering_pid()
+            if pid == self.process.pid:
+                return
+            if pid is not None:
+                self.kill()
+                raise PortTakenError(f"another Redis (pid {pid}) answers on port {self.port}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise LocalRedisError(f"cluster node {self.port} did not answer in {NODE_START_S}s")
+            time.sleep(0.05)
+
+    def _answering_pid(self) -> int | None:
+        """The process id of the Redis answering on this port, None when none does."""
+        client = redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return int(client.info("server")["process_id"])
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
 
     def kill(self) -> None:
         """SIGKILL: what a crashed host does (no AOF flush beyond what is written)."""
@@ -130,11 +173,19 @@ class LocalRedisCluster:
         every replica has synced."""
         taken: set[int] = set()
         for n in range(NODES):
-            port = free_cluster_port(taken)
-            taken |= {port, port + BUS_PORT_OFFSET}
-            self.nodes.append(ClusterNode(port, self.data_dir / f"node-{n}"))
-        for node in self.nodes:
-            node.start(self.appendonly)
+            for attempt in range(PORT_ATTEMPTS):
+                port = free_cluster_port(taken)
+                taken |= {port, port + BUS_PORT_OFFSET}
+                node = ClusterNode(port, self.data_dir / f"node-{n}-{attempt}")
+                try:
+                    node.start(self.appendonly)
+                except PortTakenError:
+                    if attempt == PORT_ATTEMPTS - 1:
+                        self.stop()
+                        raise
+                    continue
+                self.nodes.append(node)
+                break
         subprocess.run(
             [_binary("redis-cli"), "--cluster", "create",
              *(f"127.0.0.1:{n.port}" for n in self.nodes),

@@ -151,9 +151,13 @@ def build_service(
         "redelivery_timeout_s": settings.redelivery_timeout_s,
     }
     stores = topology.stores
-    # Rates and last errors go to the first shard: figures, not records, so a
-    # shard that is down costs a blank figure at worst (status sums every shard).
-    options["observers"] = [RedisFigures(stores[0].client, stores[0].keys), *extra_observers]
+    # The last errors go to the first shard: figures, not records, so a shard
+    # that is down costs a blank figure at worst (status sums every shard).
+    # Each shard's Redis settings go to that shard.
+    figures = RedisFigures(
+        stores[0].client, stores[0].keys, [(store.client, store.keys) for store in stores]
+    )
+    options["observers"] = [figures, *extra_observers]
     options["aliases"] = {alias: transport.sender(alias) for alias in transport.aliases}
     # Its pooled connections are closed when the service stops (not at exit):
     # a worker stopped and started again by Celery builds a new transport.

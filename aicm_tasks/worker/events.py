@@ -111,7 +111,9 @@ class TaskEvents(Observer):
                 self._close()  # a fresh connection (and an empty buffer) next time
                 raise
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+    def redis_settings_read(
+        self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
+    ) -> None:
         """A broker that may evict records shows in Flower as a failed task.
 
         Flower knows nothing of Redis's settings, and an operator who watches

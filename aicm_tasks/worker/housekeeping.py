@@ -105,10 +105,14 @@ class Housekeeping:
                         if n > 1 and self.observers:
                             self.observers.shard_depth(store.keys.shard, depth)
                     pause_s[index] = HOUSEKEEPING_INTERVAL_S
+                    if n > 1 and self.observers:
+                        self.observers.shard_answered(store.keys.shard, True)
                 except redis.RedisError as exc:
                     logger.warning("broker error in housekeeping (shard %d): %s", index, exc)
                     pause_s[index] = next_pause_s(pause_s[index])
                     retry_at[index] = time.monotonic() + pause_s[index] - HOUSEKEEPING_INTERVAL_S
+                    if n > 1 and self.observers:
+                        self.observers.shard_answered(store.keys.shard, False)
             if depths and self.observers:
                 self.observers.housekeeping(sum_depths(depths))
 
@@ -210,7 +214,7 @@ class Housekeeping:
                 settings.maxmemory_policy,
                 settings.source,
             )
-        self.observers.redis_settings_read(settings, findings)
+        self.observers.redis_settings_read(settings, findings, store.keys.shard)
         return findings
 
 

@@ -107,6 +107,13 @@ class Metrics(Observer):
             ["shard", "state"],
             registry=r,
         )
+        self.shard_up = Gauge(
+            "aicm_shard_up",
+            "1: the shard's Redis answered this worker's last housekeeping round on it; "
+            "0: it did not (its aicm_shard_records are then stale). With several shards.",
+            ["shard"],
+            registry=r,
+        )
         self.workers = Gauge("aicm_workers_with_lease", "Workers holding a live lease.", registry=r)
         self.broker_evicting = Gauge(
             "aicm_broker_evicting",
@@ -123,6 +130,23 @@ class Metrics(Observer):
             ["maxmemory_policy", "appendonly", "source"],
             registry=r,
         )
+        self.shard_broker_evicting = Gauge(
+            "aicm_shard_broker_evicting",
+            "aicm_broker_evicting of each shard's Redis (with several shards; "
+            "aicm_broker_evicting is the worst of them).",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_broker_aof = Gauge(
+            "aicm_shard_broker_aof_enabled",
+            "aicm_broker_aof_enabled of each shard's Redis (with several shards; "
+            "aicm_broker_aof_enabled is the worst of them).",
+            ["shard"],
+            registry=r,
+        )
+        # Each shard's last reading: the unlabelled gauges show the worst, so
+        # one shard's safe Redis never hides another's evicting one.
+        self._shard_settings: dict[int, BrokerSettings] = {}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Metrics:
@@ -159,17 +183,32 @@ class Metrics(Observer):
         for state in ("queued", "scheduled", "held", "dead_letters"):
             self.shard_depth_gauge.labels(shard=str(shard), state=state).set(depth.get(state, 0))
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
-        evicting = evicts_records(settings)
-        self.broker_evicting.set(-1 if evicting is None else int(evicting))
-        aof = settings.aof_enabled
-        self.broker_aof.set(-1 if aof is None else int(aof))
-        self.broker_settings.clear()  # one series: the labels of the last reading
-        self.broker_settings.labels(
-            maxmemory_policy=settings.maxmemory_policy or "unknown",
-            appendonly="unknown" if aof is None else ("yes" if aof else "no"),
-            source=settings.source,
-        ).set(1)
+    def shard_answered(self, shard: int, answered: bool) -> None:
+        self.shard_up.labels(shard=str(shard)).set(int(answered))
+
+    def redis_settings_read(
+        self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
+    ) -> None:
+        self._shard_settings[shard] = settings
+        readings = list(self._shard_settings.values())
+        if len(self._shard_settings) > 1:
+            for number, reading in self._shard_settings.items():
+                self.shard_broker_evicting.labels(shard=str(number)).set(_evicting(reading))
+                self.shard_broker_aof.labels(shard=str(number)).set(_aof(reading))
+        # Worst first: evicting (1) over unknown (-1) over safe (0); AOF off (0)
+        # over unknown (-1) over on (1).
+        evicting = [_evicting(r) for r in readings]
+        self.broker_evicting.set(1 if 1 in evicting else min(evicting))
+        aof = [_aof(r) for r in readings]
+        self.broker_aof.set(0 if 0 in aof else min(aof))
+        self.broker_settings.clear()  # one series per distinct reading of the shards
+        for reading in readings:
+            on = reading.aof_enabled
+            self.broker_settings.labels(
+                maxmemory_policy=reading.maxmemory_policy or "unknown",
+                appendonly="unknown" if on is None else ("yes" if on else "no"),
+                source=reading.source,
+            ).set(1)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``port`` from a background thread (and, with a
@@ -197,3 +236,14 @@ class Metrics(Observer):
                 pause_s = max(interval_s, next_pause_s(pause_s))
             if stop.wait(pause_s):
                 return
+
+
+def _evicting(settings: BrokerSettings) -> int:
+    """1: the policy may evict records; 0: it may not; -1: unknown."""
+    evicting = evicts_records(settings)
+    return -1 if evicting is None else int(evicting)
+
+
+def _aof(settings: BrokerSettings) -> int:
+    """1: AOF on; 0: off; -1: unknown."""
+    return -1 if settings.aof_enabled is None else int(settings.aof_enabled)

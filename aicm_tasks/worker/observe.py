@@ -53,8 +53,15 @@ class Observer:
     def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
         """With several shards, beside :meth:`housekeeping`: one shard's depth."""
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
-        """After each reading of the broker's eviction and persistence settings."""
+    def shard_answered(self, shard: int, answered: bool) -> None:
+        """With several shards, after each housekeeping round on a shard: whether
+        its Redis answered (a shard backing off stays as it was last told)."""
+
+    def redis_settings_read(
+        self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
+    ) -> None:
+        """After each reading of the broker's eviction and persistence settings:
+        those of the Redis that holds ``shard`` (each shard's is read in turn)."""
 
 
 class Observers(Observer):
@@ -86,8 +93,15 @@ class Observers(Observer):
     def shard_depth(self, shard: int, depth: dict[str, int]) -> None:
         self._each(lambda o: o.shard_depth(shard, depth), "shard_depth")
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
-        self._each(lambda o: o.redis_settings_read(settings, findings), "redis_settings_read")
+    def shard_answered(self, shard: int, answered: bool) -> None:
+        self._each(lambda o: o.shard_answered(shard, answered), "shard_answered")
+
+    def redis_settings_read(
+        self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
+    ) -> None:
+        self._each(
+            lambda o: o.redis_settings_read(settings, findings, shard), "redis_settings_read"
+        )
 
 
 class RedisFigures(Observer):
@@ -98,9 +112,17 @@ class RedisFigures(Observer):
     round trip): see :class:`aicm_tasks.broker.resolution.Resolution`.
     """
 
-    def __init__(self, client: BrokerClient, keys: Keys) -> None:
+    def __init__(
+        self,
+        client: BrokerClient,
+        keys: Keys,
+        shards: Sequence[tuple[BrokerClient, Keys]] = (),
+    ) -> None:
+        """``client``/``keys``: where the last errors go (shard 0); ``shards``:
+        each shard's client and keys, in shard order, for its Redis's settings."""
         self.client = client
         self.keys = keys
+        self.shards = list(shards) or [(client, keys)]
 
     def batch_settled(self, report: BatchReport) -> None:
         summary = report.summary
@@ -118,10 +140,15 @@ class RedisFigures(Observer):
             pipe.ltrim(self.keys.errors, 0, LAST_ERRORS - 1)
             pipe.execute()
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
-        """Keep what the worker read, for a ``status`` that may not run CONFIG itself."""
-        key = self.keys.redis_settings
-        with self.client.pipeline(transaction=True) as pipe:
+    def redis_settings_read(
+        self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
+    ) -> None:
+        """Keep what the worker read, for a ``status`` that may not run CONFIG
+        itself: in the shard's own keyspace, on the Redis it describes (``status``
+        reads each shard's there)."""
+        client, keys = self.shards[shard]
+        key = keys.redis_settings
+        with client.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             # redis-py's hint wants Mapping[str | bytes | ..., ...]; a dict[str, str] is one.
             pipe.hset(key, mapping=settings.as_hash())  # type: ignore[arg-type]

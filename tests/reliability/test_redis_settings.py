@@ -12,11 +12,15 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from aicm_tasks.broker.redis_settings import BrokerSettings
 from aicm_tasks.devtools.processes import free_port, wait_until
 from aicm_tasks.worker.events import BROKER_MAY_LOSE, CHECK_TASK_NAME
 from tests.support.cli import run_cli
 from tests.support.flower import running_flower
 from tests.support.pipeline import Pipeline, PrivateRedis
+from tests.support.shards import ShardedPipeline, sharded_factory
+
+__all__ = ["sharded_factory"]
 
 #: A managed Redis's habit: CONFIG is gone (answers "unknown command").
 NO_CONFIG = ("--rename-command", "CONFIG", "")
@@ -188,3 +192,46 @@ def test_when_nothing_can_be_read_the_settings_are_unknown_with_the_reason(
     assert figures["redis_settings"]["source"] == "unknown"
     assert any("no permissions to run the 'info' command" in w for w in figures["warnings"])
     assert "ops-pass" not in pipeline.logs()
+
+
+def test_every_shards_redis_is_checked_and_the_evicting_one_named(
+    sharded_factory: Any, make_redis: Any
+) -> None:
+    # Shard 1's Redis evicts; shard 2's, read after it each round, does not.
+    servers = [
+        make_redis(),
+        make_redis(extra_args=("--maxmemory-policy", "allkeys-lru")),
+        make_redis(appendonly=False),
+    ]
+    pipeline: ShardedPipeline = sharded_factory([server.url for server in servers])
+    port = free_port()
+    pipeline.start_worker(AICM_METRICS_PORT=str(port))
+
+    def stored() -> list[BrokerSettings | None]:
+        return [
+            BrokerSettings.from_hash(store.client.hgetall(store.keys.redis_settings))
+            for store in pipeline.stores
+        ]
+
+    # Each shard's reading is kept on its own Redis, where status falls back to it.
+    wait_until(lambda: all(stored()), 60, "every shard's settings kept on its own Redis")
+    readings = [reading for reading in stored() if reading is not None]
+    assert [r.maxmemory_policy for r in readings] == ["noeviction", "allkeys-lru", "noeviction"]
+    assert [r.aof_enabled for r in readings] == [True, True, False]
+    # The unlabelled gauges show the worst shard; the labelled ones each shard.
+    shard_2 = 'aicm_shard_broker_evicting{shard="2"} '
+    wait_until(
+        lambda: shard_2 in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text,
+        30,
+        "the metrics of the last shard read",
+    )
+    assert metric(port, "aicm_broker_evicting") == 1
+    assert metric(port, "aicm_broker_aof_enabled") == 0
+    for shard, evicting in enumerate([0, 1, 0]):
+        assert metric(port, f'aicm_shard_broker_evicting{{shard="{shard}"}}') == evicting
+    code, figures = status(pipeline)
+    assert code == 1
+    (problem,) = figures["problems"]  # a worker is alive: only this
+    assert problem.startswith("shard 1: maxmemory-policy is allkeys-lru"), problem
+    assert any(w.startswith("shard 2: AOF") for w in figures["warnings"]), figures["warnings"]
+    assert "shard 1: maxmemory-policy is allkeys-lru" in pipeline.logs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import fakeredis
 import pytest
@@ -123,3 +124,36 @@ def test_with_no_run_each_record_goes_to_the_next_shard() -> None:
     target = ShardedTarget(shards, run_s=0.0)
     chosen = [target.order()[0] for _ in range(9)]
     assert all(b == (a + 1) % 3 for a, b in itertools.pairwise(chosen)), chosen
+
+
+#: Children forked in the fork test: all on one shard by chance 3 * (1/3)**12, once in 177k runs.
+FORKED = 12
+
+
+def first_shard_in_forked_children(target: ShardedTarget, clock: Clock, batch: bool) -> set[int]:
+    """The shard each of FORKED children forked now tries first (each a real os.fork)."""
+    chosen: set[int] = set()
+    for _ in range(FORKED):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its first choice, then out without pytest's cleanup
+            os.close(read_end)
+            os.write(write_end, b"%d" % target.order(batch=batch)[0])
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer:
+            chosen.add(int(answer.read()))
+        os.waitpid(pid, 0)
+    return chosen
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one record", "a batch"])
+def test_producers_forked_from_one_parent_do_not_publish_to_the_shards_in_step(
+    clock: Clock, batch: bool
+) -> None:
+    # A parent that published (gunicorn --preload, a prefork pool) then forks:
+    # without a start of their own the children all take the same next shard.
+    target = ShardedTarget(stores(3), clock=clock)
+    target.push(b"from the parent")
+    clock.now += SHARD_RUN_S
+    assert len(first_shard_in_forked_children(target, clock, batch)) > 1

@@ -128,3 +128,33 @@ def test_metrics_are_served_on_the_port_in_the_exposition_format(metrics: Metric
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     assert "# TYPE celery_queue_length gauge" in text
     assert 'celery_queue_length{queue_name="aicm.tracking"} 4.0' in text
+
+
+def test_the_broker_gauges_show_the_worst_shard_whichever_was_read_last() -> None:
+    metrics = Metrics()
+    safe = BrokerSettings("noeviction", True, "", "CONFIG")
+    evicting = BrokerSettings("allkeys-lru", True, "", "CONFIG")
+    no_aof = BrokerSettings("noeviction", False, "", "CONFIG")
+    for shard, settings in enumerate([safe, evicting, no_aof, safe]):
+        metrics.redis_settings_read(settings, [], shard)
+    value = metrics.registry.get_sample_value
+    assert value("aicm_broker_evicting") == 1
+    assert value("aicm_broker_aof_enabled") == 0
+    assert [value("aicm_shard_broker_evicting", {"shard": str(n)}) for n in range(4)] == [
+        0,
+        1,
+        0,
+        0,
+    ]
+    assert value("aicm_shard_broker_aof_enabled", {"shard": "2"}) == 0
+    # One series per distinct reading, the evicting one among them.
+    labels = {"maxmemory_policy": "allkeys-lru", "appendonly": "yes", "source": "CONFIG"}
+    assert value("aicm_broker_settings_info", labels) == 1
+
+
+def test_with_one_shard_there_is_no_shard_gauge() -> None:
+    metrics = Metrics()
+    metrics.redis_settings_read(BrokerSettings("allkeys-lru", True, "", "CONFIG"), [])
+    value = metrics.registry.get_sample_value
+    assert value("aicm_broker_evicting") == 1
+    assert value("aicm_shard_broker_evicting", {"shard": "0"}) is None

@@ -203,7 +203,9 @@ class FindingsSeen(Observer):
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    def redis_settings_read(self, settings: BrokerSettings, findings: list[Finding]) -> None:
+    def redis_settings_read(
+        self, settings: BrokerSettings, findings: list[Finding], shard: int = 0
+    ) -> None:
         self.messages += [f.message for f in findings if f.level == "error"]
 
 
@@ -235,3 +237,27 @@ def test_housekeeping_notes_idle_only_on_the_shards_where_nothing_waits() -> Non
     assert "idle_at" not in stores[1].health()
     # The lease in every shard carries the worker's name (status lists it once).
     assert [store.names() for store in stores] == [{"c": "w1@host"}] * 2
+
+
+def test_housekeeping_tells_which_shard_did_not_answer() -> None:
+    client = fakeredis.FakeRedis()
+    stores = shards(client, 3)
+    stores[1] = DownStore(client, stores[1].keys)
+    metrics = Metrics(CollectorRegistry())
+    housekeeping = Housekeeping(
+        stores, "c", lease_s=30, observers=Observers([metrics]), settings_check_interval_s=1e9
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=housekeeping.run, args=(stop,), daemon=True)
+    thread.start()
+
+    def up() -> list[float | None]:
+        return [
+            metrics.registry.get_sample_value("aicm_shard_up", {"shard": str(n)}) for n in range(3)
+        ]
+
+    try:
+        wait_until(lambda: up() == [1, 0, 1], 30, "shard 1 reported down, the others up")
+    finally:
+        stop.set()
+        thread.join(10)
