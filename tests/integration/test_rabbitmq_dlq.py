@@ -17,7 +17,6 @@ import pytest
 
 from aicm_tasks.broker.dead_letters import selection_of
 from aicm_tasks.broker.messages import decode
-from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
 from aicm_tasks.broker.rabbitmq.dead_letters import RabbitDeadLetterStore
 from aicm_tasks.broker.rabbitmq.events import dead_event
@@ -30,7 +29,7 @@ from aicm_tasks.worker.outcomes import BatchVerdict, RecordResult, VerdictKind
 from aicm_tasks.worker.retry import BackoffPolicy
 from tests.support.cli import run_cli
 from tests.support.delivery import deliver
-from tests.support.rabbitmq_messages import queue_counts
+from tests.support.rabbitmq_messages import publish_all, queue_counts
 from tests.support.rabbitmq_topology import RabbitTopologies
 
 pytestmark = pytest.mark.integration
@@ -59,14 +58,7 @@ def dead_letter_entries(failures: list[tuple[str, str, str]]) -> list[tuple[str,
 
 
 def append_events(url: str, stream: str, events: list[bytes]) -> None:
-    connection = open_connection(url, timeout_s=10)
-    try:
-        publishes = ConfirmedPublishes(connection.channel())
-        for event in events:
-            publishes.publish(event, routing_key=stream)
-        assert publishes.wait(10) == set()
-    finally:
-        close_quietly(connection)
+    publish_all(url, stream, events)
 
 
 @pytest.fixture

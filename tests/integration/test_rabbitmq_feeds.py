@@ -13,28 +13,16 @@ import os
 
 import pytest
 
-from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection, read_ahead
 from aicm_tasks.broker.rabbitmq.consumer import FeedConnection
 from aicm_tasks.broker.rabbitmq.topology import declare_topology
 from aicm_tasks.broker.resolution import Resolution
 from aicm_tasks.devtools.processes import wait_until
 from tests.support.rabbitmq import RabbitVhost
-from tests.support.rabbitmq_messages import queue_counts
+from tests.support.rabbitmq_messages import publish_all, queue_counts
 from tests.support.rabbitmq_topology import RabbitTopologies
 
 pytestmark = pytest.mark.integration
-
-
-def publish(url: str, queue: str, bodies: list[bytes]) -> None:
-    connection = open_connection(url, timeout_s=10)
-    try:
-        publishes = ConfirmedPublishes(connection.channel())
-        for body in bodies:
-            publishes.publish(body, routing_key=queue)
-        assert publishes.wait(30) == set()
-    finally:
-        close_quietly(connection)
 
 
 def read_all(feeds: FeedConnection, count: int) -> None:
@@ -71,7 +59,7 @@ def test_every_body_comes_out_whole_through_the_read_ahead_buffer(
     # and many small ones, so frames straddle every 8 KiB read.
     bodies = [os.urandom(size) for size in (0, 1, 7, 8, 8191, 8192, 8193, 131_072, 300_000)]
     bodies += [b"%05d" % n * (n % 50 + 1) for n in range(2000)]
-    publish(rabbitmq_vhost.url, names.queue, bodies)
+    publish_all(rabbitmq_vhost.url, names.queue, bodies)
     feeds = FeedConnection(rabbitmq_vhost.url, names, feeds=1, prefetch=len(bodies), timeout_s=10)
     try:
         read_all(feeds, len(bodies))
@@ -87,7 +75,7 @@ def test_an_ack_on_one_channel_leaves_the_other_channels_deliveries_to_the_broke
 ) -> None:
     names = rabbit_topologies.new()
     declare_topology(rabbitmq_vhost.url, names)
-    publish(rabbitmq_vhost.url, names.queue, [b"r%d" % n for n in range(60)])
+    publish_all(rabbitmq_vhost.url, names.queue, [b"r%d" % n for n in range(60)])
     feeds = FeedConnection(rabbitmq_vhost.url, names, feeds=3, prefetch=20, timeout_s=10)
     try:
         read_all(feeds, 60)

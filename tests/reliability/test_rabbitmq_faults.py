@@ -116,7 +116,7 @@ def test_rabbitmq_killed_and_restarted_mid_run_loses_nothing(
         assert all(w.poll() is None for w in pipeline.workers), pipeline.logs()
         wait_until(lambda: pipeline.consumers() >= 4, 60, "both workers' threads consuming")
         logs = [log.read_text(errors="replace") for log in pipeline.log_dir.glob("*.log")]
-        assert all("what this thread held goes back to the queue" in log for log in logs)
+        assert all("what this worker held goes back to the queue" in log for log in logs)
 
 
 def test_track_down_then_back_retries_through_the_delay_topology(

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import amqp
+
+from aicm_tasks.broker.rabbitmq.confirms import ConfirmedPublishes
+from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection
 
 #: The arguments a billing queue is declared with (docs/design/rabbitmq.md,
 #: "Topology"): quorum (Raft-replicated, always durable and persistent); over-limit
@@ -71,6 +74,19 @@ def publish_confirmed(
     channel.basic_publish(
         message, exchange="", routing_key=queue, mandatory=True, confirm_timeout=confirm_timeout_s
     )
+
+
+def publish_all(url: str, routing_key: str, bodies: Iterable[bytes], timeout_s: float = 30) -> None:
+    """Publish ``bodies`` to ``routing_key`` on the default exchange over a connection
+    of their own, confirmed by one wait; fails if the broker refused any."""
+    connection = open_connection(url, timeout_s=10)
+    try:
+        publishes = ConfirmedPublishes(connection.channel())
+        for body in bodies:
+            publishes.publish(body, routing_key=routing_key)
+        assert publishes.wait(timeout_s) == set()
+    finally:
+        close_quietly(connection)
 
 
 def declare_stream(channel: amqp.Channel, name: str, max_age: str = "7D") -> None:
