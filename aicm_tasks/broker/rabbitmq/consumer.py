@@ -204,7 +204,13 @@ class FeedConnection:
     ) -> None:
         self.timeout_s = timeout_s
         self.connection = open_connection(url, timeout_s=timeout_s)
-        self._socket_timeout = timeout_s  # py-amqp's read_timeout, set as it connected
+        # What the socket really has: py-amqp leaves it blocking (None) after
+        # connecting and bounds reads and writes with SO_RCVTIMEO/SO_SNDTIMEO
+        # instead, so assuming ``timeout_s`` here made the first for_writes() a
+        # no-op. Later changes behind our back (ConfirmedPublishes.wait's
+        # drain_events(timeout=...)) restore the value they found, so this
+        # record stays true.
+        self._socket_timeout: float | None = self.connection.transport.sock.gettimeout()
         try:
             read_ahead(self.connection)
             self.feeds = [
