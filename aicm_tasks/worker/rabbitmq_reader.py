@@ -116,15 +116,25 @@ class FeedReader:
         #: Posted batches not back yet, of any generation (a stale one still
         #: holds a posting thread).
         self._out = 0
+        #: The generation of the connection being read, None between connections.
+        #: Posting threads read it (one int, no lock needed) to skip a batch that
+        #: went stale while queued for a thread.
+        self._live: int | None = None
 
     def attach(self, connection: FeedConnection, generation: int) -> ReaderState:
         """Start reading ``connection`` (after a connect or a reconnect)."""
+        self._live = generation
         return ReaderState(
             connection,
             generation,
             [_Slot(feed) for feed in connection.feeds],
             last_busy=time.monotonic(),
         )
+
+    def detach(self) -> None:
+        """The connection is being closed: batches of it not yet begun by a
+        posting thread are dropped unposted when their turn comes."""
+        self._live = None
 
     def step(self, state: ReaderState, *, stopping: bool) -> None:
         """One turn: settle what came back, hand out what is due, then read or wait.
@@ -175,7 +185,16 @@ class FeedReader:
     def _post(self, posted: Posted) -> None:
         """In a posting thread: send and plan the batch, then give it back (without
         a result if processing raised, which :func:`~.batches.process` never should:
-        the reader then drops the connection and RabbitMQ returns the batch)."""
+        the reader then drops the connection and RabbitMQ returns the batch).
+
+        A batch whose connection was lost while it waited for a thread is not
+        posted: RabbitMQ has returned its records (to this worker's next
+        connection or another worker), so posting it would send duplicates and
+        hold a thread, for up to the HTTP timeout, from a live batch. Only the
+        posts already begun when the connection went stay stale duplicates."""
+        if posted.generation != self._live:
+            self._done.put(posted)
+            return
         try:
             posted.done = self._process(posted.batch)
         except BaseException:

@@ -80,6 +80,7 @@ class Harness:
     def __init__(self, *, feeds: int = 2, batch_size: int = 3, flush_s: float = 1.0) -> None:
         self.released: dict[bytes, threading.Event] = {}
         self.settled: list[tuple[int, int, int]] = []  # (feed, first body tag, last tag)
+        self.started: list[bytes] = []  # the first body of each batch a posting thread began
         self.settle_threads: set[str] = set()
         self.idle: list[object] = []
         self.connection = FakeConnection([FakeFeed(b"ab"[n : n + 1]) for n in range(feeds)])
@@ -95,6 +96,7 @@ class Harness:
         )
 
     def _process(self, batch: Batch) -> Processed:
+        self.started.append(batch.bodies[0])
         self.released.setdefault(batch.bodies[0], threading.Event()).wait(10)
         return Processed((), Resolution(), Summary(len(batch), 0, {}, 1))
 
@@ -253,3 +255,34 @@ def test_an_idle_queue_is_noted_every_idle_interval_and_a_busy_one_never(clock) 
     harness.reader.step(state, stopping=False)
     assert len(harness.idle) == 1
     assert harness.connection.reads[-1] == POLL_S  # a batch is filling: read briefly
+
+
+def test_a_batch_queued_for_a_posting_thread_when_its_connection_was_lost_is_never_posted(
+    clock,
+) -> None:
+    # One posting thread, stuck on a slow /track; the broker drops the connection
+    # twice meanwhile. The second connection's batch waits in the pool's queue
+    # behind the stuck post; by the time a thread is free its records are back in
+    # RabbitMQ (and maybe with another worker): posting them would only send
+    # duplicates and hold the thread from the live connection's batch.
+    harness = Harness(feeds=1)
+    first = attach(harness, harness.connection, 1)
+    harness.connection.feeds[0].deliver(3)
+    harness.reader.step(first, stopping=False)  # a1 out, the thread stuck on it
+    harness.reader.detach()  # the connection failed
+    second_connection = FakeConnection([FakeFeed(b"z")])
+    second = attach(harness, second_connection, 2)
+    second_connection.feeds[0].deliver(3)
+    harness.reader.step(second, stopping=False)  # z1 queued behind a1
+    harness.reader.detach()
+    third_connection = FakeConnection([FakeFeed(b"y")])
+    third = attach(harness, third_connection, 3)
+    third_connection.feeds[0].deliver(3)
+    harness.reader.step(third, stopping=False)  # y1 queued behind z1
+    harness.release(b"a1")
+    harness.release(b"z1")
+    harness.release(b"y1")
+    harness.settle_until(third, 1)
+    assert harness.started == [b"a1", b"y1"]
+    assert harness.settled == [(0, 1, 3)]
+    assert harness.reader.out == 0
