@@ -133,17 +133,27 @@ class ChannelFeed:
         RabbitMQ delivers it again).
         """
         names = self.names
+        # This batch's own tags: a figures event or idle note refused earlier on
+        # the channel (never waited for) is in ``wait``'s answer too, and must not
+        # send this batch, and every channel's deliveries with it, back.
+        fate: set[int] = set()
         for delay_s, message in resolution.retries:
-            self.publishes.publish(
-                message, exchange=names.delay_entry, routing_key=names.delay_routing_key(delay_s)
+            fate.add(
+                self.publishes.publish(
+                    message,
+                    exchange=names.delay_entry,
+                    routing_key=names.delay_routing_key(delay_s),
+                )
             )
         now = time.time()
         for dead_letter_id, entry_json in resolution.dead_letters:
-            self.publishes.publish(
-                dead_event(dead_letter_id, entry_json, now), routing_key=names.dead_letters
+            fate.add(
+                self.publishes.publish(
+                    dead_event(dead_letter_id, entry_json, now), routing_key=names.dead_letters
+                )
             )
-        if resolution.retries or resolution.dead_letters:
-            refused = self.publishes.wait(timeout_s)
+        if fate:
+            refused = self.publishes.wait(timeout_s) & fate
             if refused:
                 raise SettleError(
                     f"RabbitMQ refused {len(refused)} of a batch's {len(resolution.retries)} "
