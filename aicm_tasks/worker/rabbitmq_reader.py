@@ -166,16 +166,20 @@ class FeedReader:
 
     def _hand_out(self, state: ReaderState, now: float) -> None:
         """Give each free feed's waiting deliveries to a posting thread when a
-        whole batch waits or its flush interval is up."""
+        whole batch waits or its flush interval is up.
+
+        The flush interval runs from when deliveries were first seen waiting,
+        also behind a batch being posted: those then go as soon as the feed is
+        free if they have waited it out, not one interval after the settle."""
         for index, slot in enumerate(state.slots):
-            if slot.busy:
-                continue
             waiting = len(slot.feed.waiting)
             if not waiting:
                 slot.flush_at = None
                 continue
             if slot.flush_at is None:
                 slot.flush_at = now + self.flush_interval_s
+            if slot.busy:
+                continue
             if waiting >= self.batch_size or now >= slot.flush_at:
                 posted = Posted(index, state.generation, slot.feed.cut(self.batch_size), now)
                 slot.busy, slot.flush_at = True, None

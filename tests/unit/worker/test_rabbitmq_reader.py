@@ -286,3 +286,27 @@ def test_a_batch_queued_for_a_posting_thread_when_its_connection_was_lost_is_nev
     assert harness.started == [b"a1", b"y1"]
     assert harness.settled == [(0, 1, 3)]
     assert harness.reader.out == 0
+
+
+def test_deliveries_that_waited_out_a_post_go_at_their_own_flush_interval_not_one_more(
+    clock,
+) -> None:
+    # A trickle: one record flushed alone; another arrives while that batch is
+    # being posted (1.5 s, a slow /track). It has waited longer than the flush
+    # interval when the feed is free again: it goes at once, not a second later.
+    harness = Harness(feeds=1)
+    state = attach(harness, harness.connection, 1)
+    (feed,) = harness.connection.feeds
+    feed.deliver(1)
+    harness.reader.step(state, stopping=False)
+    clock.now += 1.0
+    harness.reader.step(state, stopping=False)
+    assert state.slots[0].busy
+    feed.deliver(1)
+    harness.reader.step(state, stopping=False)  # seen waiting behind the post
+    clock.now += 1.5
+    harness.release(b"a1")
+    harness.settle_until(state, 1)
+    harness.reader.step(state, stopping=False)
+    assert state.slots[0].busy
+    assert not feed.waiting
