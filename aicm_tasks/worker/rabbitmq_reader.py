@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aicm_tasks.broker.rabbitmq.consumer import Batch, ChannelFeed, FeedConnection
+from aicm_tasks.errors import SettleError
 from aicm_tasks.worker.batches import Processed
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,21 @@ class FeedReader:
             if posted.done is None:  # the posting thread died: hand the batch back
                 raise RuntimeError("a posting thread ended without a result")
             state.connection.for_writes()
-            self._settle(slot.feed, posted.batch, posted.done)
+            try:
+                self._settle(slot.feed, posted.batch, posted.done)
+            except SettleError as exc:
+                # The broker refused a retry or a dead letter (a nack, a return):
+                # the channel still works, so only its own deliveries go back.
+                # Closing the whole connection would return every channel's,
+                # posted again and counted towards x-delivery-limit with it.
+                logger.warning(
+                    "%s; channel %d is reopened, its held deliveries go back to the queue "
+                    "(the other channels keep theirs)",
+                    exc,
+                    posted.feed,
+                )
+                slot.feed, slot.flush_at = state.connection.renew(posted.feed), None
+                continue
             self._settled(posted.feed, posted)
 
     def _all_full(self, state: ReaderState) -> bool:

@@ -213,6 +213,8 @@ class FeedConnection:
         self, url: str, names: RabbitNames, *, feeds: int, prefetch: int, timeout_s: float
     ) -> None:
         self.timeout_s = timeout_s
+        self.names = names
+        self.prefetch = prefetch
         self.connection = open_connection(url, timeout_s=timeout_s)
         # What the socket really has: py-amqp leaves it blocking (None) after
         # connecting and bounds reads and writes with SO_RCVTIMEO/SO_SNDTIMEO
@@ -246,6 +248,15 @@ class FeedConnection:
                 connection.drain_events(timeout=None)
         except TimeoutError:  # nothing (more) arrived (socket.timeout is TimeoutError)
             return
+
+    def renew(self, index: int) -> ChannelFeed:
+        """Close feed ``index``'s channel (RabbitMQ returns the deliveries it held,
+        and only those) and consume on a new one in its place."""
+        old = self.feeds[index]
+        old.waiting.clear()
+        old.channel.close()
+        self.feeds[index] = ChannelFeed(self.connection, self.names, prefetch=self.prefetch)
+        return self.feeds[index]
 
     def for_writes(self) -> None:
         """Give the socket its full timeout back before writing (a settle, an ack):

@@ -16,6 +16,7 @@ import pytest
 
 from aicm_tasks.broker.rabbitmq.consumer import Batch, FeedConnection
 from aicm_tasks.broker.resolution import Resolution
+from aicm_tasks.errors import SettleError
 from aicm_tasks.worker.batches import Processed
 from aicm_tasks.worker.delivery import Summary
 from aicm_tasks.worker.rabbitmq_reader import POLL_S, FeedReader, Posted, ReaderState
@@ -58,12 +59,18 @@ class FakeConnection:
     feeds: list[FakeFeed]
     reads: list[float] = field(default_factory=list)
     writes: int = 0
+    renewed: list[int] = field(default_factory=list)
 
     def read(self, timeout_s: float) -> None:
         self.reads.append(timeout_s)
 
     def for_writes(self) -> None:
         self.writes += 1
+
+    def renew(self, index: int) -> FakeFeed:
+        self.renewed.append(index)
+        self.feeds[index] = FakeFeed(self.feeds[index].name + b"'")
+        return self.feeds[index]
 
 
 class Clock:
@@ -82,6 +89,7 @@ class Harness:
         self.settled: list[tuple[int, int, int]] = []  # (feed, first body tag, last tag)
         self.started: list[bytes] = []  # the first body of each batch a posting thread began
         self.settle_threads: set[str] = set()
+        self.refuse: set[bytes] = set()  # first bodies whose settle the broker refuses
         self.idle: list[object] = []
         self.connection = FakeConnection([FakeFeed(b"ab"[n : n + 1]) for n in range(feeds)])
         self.reader = FeedReader(
@@ -102,6 +110,8 @@ class Harness:
 
     def _settle(self, feed, batch: Batch, done: Processed) -> None:
         self.settle_threads.add(threading.current_thread().name)
+        if batch.bodies[0] in self.refuse:
+            raise SettleError("RabbitMQ refused 1 of a batch's 1 retries")
 
     def _settled(self, feed: int, posted: Posted) -> None:
         self.settled.append((feed, int(posted.batch.bodies[0][1:]), posted.batch.last_tag))
@@ -310,3 +320,22 @@ def test_deliveries_that_waited_out_a_post_go_at_their_own_flush_interval_not_on
     harness.reader.step(state, stopping=False)
     assert state.slots[0].busy
     assert not feed.waiting
+
+
+def test_a_refused_settle_returns_only_its_own_channels_deliveries(clock) -> None:
+    harness = Harness(feeds=2)
+    state = attach(harness, harness.connection, 1)
+    refused, other = harness.connection.feeds
+    refused.deliver(5)  # a batch out, two more held on the same channel
+    other.deliver(5)
+    harness.refuse.add(b"a1")
+    harness.release(b"a1")
+    harness.release(b"b1")
+    harness.settle_until(state, 1)  # b's batch; a's was refused
+    for _ in range(20):
+        harness.reader.step(state, stopping=False)
+    assert harness.connection.renewed == [0]  # channel a closed: its 5 deliveries go back
+    assert harness.settled == [(1, 1, 3)]
+    assert state.slots[0].feed is cast(object, harness.connection.feeds[0])
+    assert not state.slots[0].busy
+    assert list(m.tag for m in other.waiting) == [4, 5]  # b keeps what it holds
