@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aicm_tasks.broker.rabbitmq.consumer import Batch, ChannelFeed, FeedConnection
+from aicm_tasks.errors import SettleError
 from aicm_tasks.worker.batches import Processed
 
 logger = logging.getLogger(__name__)
@@ -116,15 +117,25 @@ class FeedReader:
         #: Posted batches not back yet, of any generation (a stale one still
         #: holds a posting thread).
         self._out = 0
+        #: The generation of the connection being read, None between connections.
+        #: Posting threads read it (one int, no lock needed) to skip a batch that
+        #: went stale while queued for a thread.
+        self._live: int | None = None
 
     def attach(self, connection: FeedConnection, generation: int) -> ReaderState:
         """Start reading ``connection`` (after a connect or a reconnect)."""
+        self._live = generation
         return ReaderState(
             connection,
             generation,
             [_Slot(feed) for feed in connection.feeds],
             last_busy=time.monotonic(),
         )
+
+    def detach(self) -> None:
+        """The connection is being closed: batches of it not yet begun by a
+        posting thread are dropped unposted when their turn comes."""
+        self._live = None
 
     def step(self, state: ReaderState, *, stopping: bool) -> None:
         """One turn: settle what came back, hand out what is due, then read or wait.
@@ -156,16 +167,20 @@ class FeedReader:
 
     def _hand_out(self, state: ReaderState, now: float) -> None:
         """Give each free feed's waiting deliveries to a posting thread when a
-        whole batch waits or its flush interval is up."""
+        whole batch waits or its flush interval is up.
+
+        The flush interval runs from when deliveries were first seen waiting,
+        also behind a batch being posted: those then go as soon as the feed is
+        free if they have waited it out, not one interval after the settle."""
         for index, slot in enumerate(state.slots):
-            if slot.busy:
-                continue
             waiting = len(slot.feed.waiting)
             if not waiting:
                 slot.flush_at = None
                 continue
             if slot.flush_at is None:
                 slot.flush_at = now + self.flush_interval_s
+            if slot.busy:
+                continue
             if waiting >= self.batch_size or now >= slot.flush_at:
                 posted = Posted(index, state.generation, slot.feed.cut(self.batch_size), now)
                 slot.busy, slot.flush_at = True, None
@@ -175,7 +190,16 @@ class FeedReader:
     def _post(self, posted: Posted) -> None:
         """In a posting thread: send and plan the batch, then give it back (without
         a result if processing raised, which :func:`~.batches.process` never should:
-        the reader then drops the connection and RabbitMQ returns the batch)."""
+        the reader then drops the connection and RabbitMQ returns the batch).
+
+        A batch whose connection was lost while it waited for a thread is not
+        posted: RabbitMQ has returned its records (to this worker's next
+        connection or another worker), so posting it would send duplicates and
+        hold a thread, for up to the HTTP timeout, from a live batch. Only the
+        posts already begun when the connection went stay stale duplicates."""
+        if posted.generation != self._live:
+            self._done.put(posted)
+            return
         try:
             posted.done = self._process(posted.batch)
         except BaseException:
@@ -201,7 +225,21 @@ class FeedReader:
             if posted.done is None:  # the posting thread died: hand the batch back
                 raise RuntimeError("a posting thread ended without a result")
             state.connection.for_writes()
-            self._settle(slot.feed, posted.batch, posted.done)
+            try:
+                self._settle(slot.feed, posted.batch, posted.done)
+            except SettleError as exc:
+                # The broker refused a retry or a dead letter (a nack, a return):
+                # the channel still works, so only its own deliveries go back.
+                # Closing the whole connection would return every channel's,
+                # posted again and counted towards x-delivery-limit with it.
+                logger.warning(
+                    "%s; channel %d is reopened, its held deliveries go back to the queue "
+                    "(the other channels keep theirs)",
+                    exc,
+                    posted.feed,
+                )
+                slot.feed, slot.flush_at = state.connection.renew(posted.feed), None
+                continue
             self._settled(posted.feed, posted)
 
     def _all_full(self, state: ReaderState) -> bool:

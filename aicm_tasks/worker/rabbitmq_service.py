@@ -218,6 +218,7 @@ class RabbitDeliveryService:
 
         def drop() -> None:
             nonlocal state
+            reader.detach()
             if state is not None:
                 state.connection.close()
                 state = None

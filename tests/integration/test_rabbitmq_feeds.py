@@ -102,3 +102,25 @@ def test_an_ack_on_one_channel_leaves_the_other_channels_deliveries_to_the_broke
         )
     finally:
         close_quietly(probe)
+
+
+def test_renewing_a_channel_returns_its_deliveries_only(
+    rabbitmq_vhost: RabbitVhost, rabbit_topologies: RabbitTopologies
+) -> None:
+    names = rabbit_topologies.new()
+    declare_topology(rabbitmq_vhost.url, names)
+    publish_all(rabbitmq_vhost.url, names.queue, [b"r%d" % n for n in range(60)])
+    feeds = FeedConnection(rabbitmq_vhost.url, names, feeds=3, prefetch=20, timeout_s=10)
+    try:
+        read_all(feeds, 60)
+        kept = [[m.body for m in feed.waiting] for feed in feeds.feeds[1:]]
+        returned = sorted(m.body for m in feeds.feeds[0].waiting)
+        feeds.for_writes()
+        fresh = feeds.renew(0)
+        assert feeds.feeds[0] is fresh and not fresh.waiting
+        read_all(feeds, 60)  # the 20 come back, to the only channel with room
+        assert sorted(m.body for m in fresh.waiting) == returned
+        assert all(m.delivery_info["redelivered"] for m in fresh.waiting)
+        assert [[m.body for m in feed.waiting] for feed in feeds.feeds[1:]] == kept
+    finally:
+        feeds.close()

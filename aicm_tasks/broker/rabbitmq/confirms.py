@@ -45,6 +45,13 @@ class ConfirmedPublishes:
     tag of the round as refused: the caller keeps a copy of each, and the ones
     that did arrive become duplicates of an idempotent ``response_id``, never a
     loss. A queue that takes nothing happens only when it was deleted.
+
+    Only the round's tags not confirmed before a return are kept: RabbitMQ
+    sends a message's ``basic.return`` before its ``basic.ack`` on the channel,
+    so a tag confirmed while no return was seen was routed. This also bounds
+    the round: the figures events a worker publishes after each settle are
+    never waited for, and on a channel whose batches carry no retry no wait
+    ever came to clear them (about 860k tags a day a channel at 10 batches/s).
     """
 
     def __init__(self, channel: amqp.Channel) -> None:
@@ -106,7 +113,9 @@ class ConfirmedPublishes:
         return done
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
-        self._settle(tag, multiple)
+        done = self._settle(tag, multiple)
+        if not self.returned:
+            self.round -= done
 
     def _on_nack(self, tag: int, multiple: bool) -> None:
         self.refused |= self._settle(tag, multiple)

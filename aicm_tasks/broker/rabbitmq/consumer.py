@@ -133,17 +133,27 @@ class ChannelFeed:
         RabbitMQ delivers it again).
         """
         names = self.names
+        # This batch's own tags: a figures event or idle note refused earlier on
+        # the channel (never waited for) is in ``wait``'s answer too, and must not
+        # send this batch, and every channel's deliveries with it, back.
+        fate: set[int] = set()
         for delay_s, message in resolution.retries:
-            self.publishes.publish(
-                message, exchange=names.delay_entry, routing_key=names.delay_routing_key(delay_s)
+            fate.add(
+                self.publishes.publish(
+                    message,
+                    exchange=names.delay_entry,
+                    routing_key=names.delay_routing_key(delay_s),
+                )
             )
         now = time.time()
         for dead_letter_id, entry_json in resolution.dead_letters:
-            self.publishes.publish(
-                dead_event(dead_letter_id, entry_json, now), routing_key=names.dead_letters
+            fate.add(
+                self.publishes.publish(
+                    dead_event(dead_letter_id, entry_json, now), routing_key=names.dead_letters
+                )
             )
-        if resolution.retries or resolution.dead_letters:
-            refused = self.publishes.wait(timeout_s)
+        if fate:
+            refused = self.publishes.wait(timeout_s) & fate
             if refused:
                 raise SettleError(
                     f"RabbitMQ refused {len(refused)} of a batch's {len(resolution.retries)} "
@@ -203,8 +213,16 @@ class FeedConnection:
         self, url: str, names: RabbitNames, *, feeds: int, prefetch: int, timeout_s: float
     ) -> None:
         self.timeout_s = timeout_s
+        self.names = names
+        self.prefetch = prefetch
         self.connection = open_connection(url, timeout_s=timeout_s)
-        self._socket_timeout = timeout_s  # py-amqp's read_timeout, set as it connected
+        # What the socket really has: py-amqp leaves it blocking (None) after
+        # connecting and bounds reads and writes with SO_RCVTIMEO/SO_SNDTIMEO
+        # instead, so assuming ``timeout_s`` here made the first for_writes() a
+        # no-op. Later changes behind our back (ConfirmedPublishes.wait's
+        # drain_events(timeout=...)) restore the value they found, so this
+        # record stays true.
+        self._socket_timeout: float | None = self.connection.transport.sock.gettimeout()
         try:
             read_ahead(self.connection)
             self.feeds = [
@@ -230,6 +248,15 @@ class FeedConnection:
                 connection.drain_events(timeout=None)
         except TimeoutError:  # nothing (more) arrived (socket.timeout is TimeoutError)
             return
+
+    def renew(self, index: int) -> ChannelFeed:
+        """Close feed ``index``'s channel (RabbitMQ returns the deliveries it held,
+        and only those) and consume on a new one in its place."""
+        old = self.feeds[index]
+        old.waiting.clear()
+        old.channel.close()
+        self.feeds[index] = ChannelFeed(self.connection, self.names, prefetch=self.prefetch)
+        return self.feeds[index]
 
     def for_writes(self) -> None:
         """Give the socket its full timeout back before writing (a settle, an ack):

@@ -16,6 +16,7 @@ import pytest
 
 from aicm_tasks.broker.rabbitmq.consumer import Batch, FeedConnection
 from aicm_tasks.broker.resolution import Resolution
+from aicm_tasks.errors import SettleError
 from aicm_tasks.worker.batches import Processed
 from aicm_tasks.worker.delivery import Summary
 from aicm_tasks.worker.rabbitmq_reader import POLL_S, FeedReader, Posted, ReaderState
@@ -58,12 +59,18 @@ class FakeConnection:
     feeds: list[FakeFeed]
     reads: list[float] = field(default_factory=list)
     writes: int = 0
+    renewed: list[int] = field(default_factory=list)
 
     def read(self, timeout_s: float) -> None:
         self.reads.append(timeout_s)
 
     def for_writes(self) -> None:
         self.writes += 1
+
+    def renew(self, index: int) -> FakeFeed:
+        self.renewed.append(index)
+        self.feeds[index] = FakeFeed(self.feeds[index].name + b"'")
+        return self.feeds[index]
 
 
 class Clock:
@@ -80,7 +87,9 @@ class Harness:
     def __init__(self, *, feeds: int = 2, batch_size: int = 3, flush_s: float = 1.0) -> None:
         self.released: dict[bytes, threading.Event] = {}
         self.settled: list[tuple[int, int, int]] = []  # (feed, first body tag, last tag)
+        self.started: list[bytes] = []  # the first body of each batch a posting thread began
         self.settle_threads: set[str] = set()
+        self.refuse: set[bytes] = set()  # first bodies whose settle the broker refuses
         self.idle: list[object] = []
         self.connection = FakeConnection([FakeFeed(b"ab"[n : n + 1]) for n in range(feeds)])
         self.reader = FeedReader(
@@ -95,11 +104,14 @@ class Harness:
         )
 
     def _process(self, batch: Batch) -> Processed:
+        self.started.append(batch.bodies[0])
         self.released.setdefault(batch.bodies[0], threading.Event()).wait(10)
         return Processed((), Resolution(), Summary(len(batch), 0, {}, 1))
 
     def _settle(self, feed, batch: Batch, done: Processed) -> None:
         self.settle_threads.add(threading.current_thread().name)
+        if batch.bodies[0] in self.refuse:
+            raise SettleError("RabbitMQ refused 1 of a batch's 1 retries")
 
     def _settled(self, feed: int, posted: Posted) -> None:
         self.settled.append((feed, int(posted.batch.bodies[0][1:]), posted.batch.last_tag))
@@ -253,3 +265,77 @@ def test_an_idle_queue_is_noted_every_idle_interval_and_a_busy_one_never(clock) 
     harness.reader.step(state, stopping=False)
     assert len(harness.idle) == 1
     assert harness.connection.reads[-1] == POLL_S  # a batch is filling: read briefly
+
+
+def test_a_batch_queued_for_a_posting_thread_when_its_connection_was_lost_is_never_posted(
+    clock,
+) -> None:
+    # One posting thread, stuck on a slow /track; the broker drops the connection
+    # twice meanwhile. The second connection's batch waits in the pool's queue
+    # behind the stuck post; by the time a thread is free its records are back in
+    # RabbitMQ (and maybe with another worker): posting them would only send
+    # duplicates and hold the thread from the live connection's batch.
+    harness = Harness(feeds=1)
+    first = attach(harness, harness.connection, 1)
+    harness.connection.feeds[0].deliver(3)
+    harness.reader.step(first, stopping=False)  # a1 out, the thread stuck on it
+    harness.reader.detach()  # the connection failed
+    second_connection = FakeConnection([FakeFeed(b"z")])
+    second = attach(harness, second_connection, 2)
+    second_connection.feeds[0].deliver(3)
+    harness.reader.step(second, stopping=False)  # z1 queued behind a1
+    harness.reader.detach()
+    third_connection = FakeConnection([FakeFeed(b"y")])
+    third = attach(harness, third_connection, 3)
+    third_connection.feeds[0].deliver(3)
+    harness.reader.step(third, stopping=False)  # y1 queued behind z1
+    harness.release(b"a1")
+    harness.release(b"z1")
+    harness.release(b"y1")
+    harness.settle_until(third, 1)
+    assert harness.started == [b"a1", b"y1"]
+    assert harness.settled == [(0, 1, 3)]
+    assert harness.reader.out == 0
+
+
+def test_deliveries_that_waited_out_a_post_go_at_their_own_flush_interval_not_one_more(
+    clock,
+) -> None:
+    # A trickle: one record flushed alone; another arrives while that batch is
+    # being posted (1.5 s, a slow /track). It has waited longer than the flush
+    # interval when the feed is free again: it goes at once, not a second later.
+    harness = Harness(feeds=1)
+    state = attach(harness, harness.connection, 1)
+    (feed,) = harness.connection.feeds
+    feed.deliver(1)
+    harness.reader.step(state, stopping=False)
+    clock.now += 1.0
+    harness.reader.step(state, stopping=False)
+    assert state.slots[0].busy
+    feed.deliver(1)
+    harness.reader.step(state, stopping=False)  # seen waiting behind the post
+    clock.now += 1.5
+    harness.release(b"a1")
+    harness.settle_until(state, 1)
+    harness.reader.step(state, stopping=False)
+    assert state.slots[0].busy
+    assert not feed.waiting
+
+
+def test_a_refused_settle_returns_only_its_own_channels_deliveries(clock) -> None:
+    harness = Harness(feeds=2)
+    state = attach(harness, harness.connection, 1)
+    refused, other = harness.connection.feeds
+    refused.deliver(5)  # a batch out, two more held on the same channel
+    other.deliver(5)
+    harness.refuse.add(b"a1")
+    harness.release(b"a1")
+    harness.release(b"b1")
+    harness.settle_until(state, 1)  # b's batch; a's was refused
+    for _ in range(20):
+        harness.reader.step(state, stopping=False)
+    assert harness.connection.renewed == [0]  # channel a closed: its 5 deliveries go back
+    assert harness.settled == [(1, 1, 3)]
+    assert state.slots[0].feed is cast(object, harness.connection.feeds[0])
+    assert not state.slots[0].busy
+    assert list(m.tag for m in other.waiting) == [4, 5]  # b keeps what it holds
