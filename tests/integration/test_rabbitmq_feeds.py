@@ -15,6 +15,7 @@ import pytest
 
 from aicm_tasks.broker.rabbitmq.connection import close_quietly, open_connection, read_ahead
 from aicm_tasks.broker.rabbitmq.consumer import FeedConnection
+from aicm_tasks.broker.rabbitmq.names import RabbitNames
 from aicm_tasks.broker.rabbitmq.topology import declare_topology
 from aicm_tasks.broker.resolution import Resolution
 from aicm_tasks.devtools.processes import wait_until
@@ -70,15 +71,25 @@ def test_every_body_comes_out_whole_through_the_read_ahead_buffer(
         feeds.close()
 
 
+def three_full_feeds(url: str, names: RabbitNames) -> FeedConnection:
+    """60 records read by a connection of 3 feeds with a prefetch of 20 each."""
+    declare_topology(url, names)
+    publish_all(url, names.queue, [b"r%d" % n for n in range(60)])
+    feeds = FeedConnection(url, names, feeds=3, prefetch=20, timeout_s=10)
+    try:
+        read_all(feeds, 60)
+    except BaseException:
+        feeds.close()
+        raise
+    return feeds
+
+
 def test_an_ack_on_one_channel_leaves_the_other_channels_deliveries_to_the_broker(
     rabbitmq_vhost: RabbitVhost, rabbit_topologies: RabbitTopologies
 ) -> None:
     names = rabbit_topologies.new()
-    declare_topology(rabbitmq_vhost.url, names)
-    publish_all(rabbitmq_vhost.url, names.queue, [b"r%d" % n for n in range(60)])
-    feeds = FeedConnection(rabbitmq_vhost.url, names, feeds=3, prefetch=20, timeout_s=10)
+    feeds = three_full_feeds(rabbitmq_vhost.url, names)
     try:
-        read_all(feeds, 60)
         assert [len(feed.waiting) for feed in feeds.feeds] == [20, 20, 20]
         first = feeds.feeds[0]
         batch = first.cut(20)
@@ -108,11 +119,8 @@ def test_renewing_a_channel_returns_its_deliveries_only(
     rabbitmq_vhost: RabbitVhost, rabbit_topologies: RabbitTopologies
 ) -> None:
     names = rabbit_topologies.new()
-    declare_topology(rabbitmq_vhost.url, names)
-    publish_all(rabbitmq_vhost.url, names.queue, [b"r%d" % n for n in range(60)])
-    feeds = FeedConnection(rabbitmq_vhost.url, names, feeds=3, prefetch=20, timeout_s=10)
+    feeds = three_full_feeds(rabbitmq_vhost.url, names)
     try:
-        read_all(feeds, 60)
         kept = [[m.body for m in feed.waiting] for feed in feeds.feeds[1:]]
         returned = sorted(m.body for m in feeds.feeds[0].waiting)
         feeds.for_writes()

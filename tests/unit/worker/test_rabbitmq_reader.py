@@ -119,13 +119,17 @@ class Harness:
     def release(self, first_body: bytes) -> None:
         self.released.setdefault(first_body, threading.Event()).set()
 
-    def settle_until(self, state, count: int) -> None:
+    def step_until(self, state, done, what: str, *, stopping: bool = False) -> None:
+        """Step the reader until ``done()`` (posts end in other threads)."""
         for _ in range(500):
-            if len(self.settled) >= count:
+            if done():
                 return
-            self.reader.step(state, stopping=False)
+            self.reader.step(state, stopping=stopping)
             threading.Event().wait(POLL_S)
-        raise AssertionError(f"only {len(self.settled)} of {count} batches settled")
+        raise AssertionError(f"never: {what}")
+
+    def settle_until(self, state, count: int) -> None:
+        self.step_until(state, lambda: len(self.settled) >= count, f"{count} batches settled")
 
 
 def attach(harness: Harness, connection: FakeConnection, generation: int) -> ReaderState:
@@ -211,12 +215,7 @@ def test_a_batch_out_when_the_connection_was_lost_is_never_settled(clock) -> Non
     fresh_connection = FakeConnection([FakeFeed(b"z")])
     fresh = attach(harness, fresh_connection, 2)
     harness.release(b"a1")
-    for _ in range(50):
-        harness.reader.step(fresh, stopping=False)
-        if harness.reader.out == 0:
-            break
-        threading.Event().wait(POLL_S)
-    assert harness.reader.out == 0
+    harness.step_until(fresh, lambda: harness.reader.out == 0, "the stale batch back")
     assert harness.settled == []
     assert harness.settle_threads == set()
 
@@ -229,10 +228,7 @@ def test_stopping_hands_out_nothing_new_and_settles_what_is_out(clock) -> None:
     harness.reader.step(state, stopping=False)
     second.deliver(3)
     harness.release(b"a1")
-    for _ in range(50):
-        harness.reader.step(state, stopping=True)
-        if not state.busy:
-            break
+    harness.step_until(state, lambda: not state.busy, "nothing out", stopping=True)
     assert harness.settled == [(0, 1, 3)]
     assert len(second.waiting) == 3  # left to the connection's close: RabbitMQ returns them
 
@@ -332,8 +328,7 @@ def test_a_refused_settle_returns_only_its_own_channels_deliveries(clock) -> Non
     harness.release(b"a1")
     harness.release(b"b1")
     harness.settle_until(state, 1)  # b's batch; a's was refused
-    for _ in range(20):
-        harness.reader.step(state, stopping=False)
+    harness.step_until(state, lambda: harness.reader.out == 0, "the refused batch back")
     assert harness.connection.renewed == [0]  # channel a closed: its 5 deliveries go back
     assert harness.settled == [(1, 1, 3)]
     assert state.slots[0].feed is cast(object, harness.connection.feeds[0])
