@@ -172,11 +172,8 @@ def test_a_batch_a_thread_holds_is_never_taken_for_a_stray(count: int) -> None:
     assert store.depth()["held"] == 3
 
 
-def test_housekeeping_reports_each_shards_depth_and_their_sum() -> None:
-    stores = shards(fakeredis.FakeRedis(), 3)
-    for n, store in enumerate(stores):
-        store.push_many([b"x"] * (n + 1))
-    metrics = Metrics(CollectorRegistry())
+def housekeep_until(stores, metrics: Metrics, done, what: str) -> None:
+    """Run a worker's housekeeping over ``stores`` in its thread until ``done()``."""
     housekeeping = Housekeeping(
         stores, "c", lease_s=30, observers=Observers([metrics]), settings_check_interval_s=1e9
     )
@@ -184,14 +181,23 @@ def test_housekeeping_reports_each_shards_depth_and_their_sum() -> None:
     thread = threading.Thread(target=housekeeping.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        wait_until(
-            lambda: metrics.registry.get_sample_value("aicm_records", {"state": "queued"}) == 6,
-            30,
-            "the summed depth",
-        )
+        wait_until(done, 30, what)
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_housekeeping_reports_each_shards_depth_and_their_sum() -> None:
+    stores = shards(fakeredis.FakeRedis(), 3)
+    for n, store in enumerate(stores):
+        store.push_many([b"x"] * (n + 1))
+    metrics = Metrics(CollectorRegistry())
+    housekeep_until(
+        stores,
+        metrics,
+        lambda: metrics.registry.get_sample_value("aicm_records", {"state": "queued"}) == 6,
+        "the summed depth",
+    )
     for n in range(3):
         labels = {"shard": str(n), "state": "queued"}
         assert metrics.registry.get_sample_value("aicm_shard_records", labels) == n + 1
@@ -244,20 +250,12 @@ def test_housekeeping_tells_which_shard_did_not_answer() -> None:
     stores = shards(client, 3)
     stores[1] = DownStore(client, stores[1].keys)
     metrics = Metrics(CollectorRegistry())
-    housekeeping = Housekeeping(
-        stores, "c", lease_s=30, observers=Observers([metrics]), settings_check_interval_s=1e9
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=housekeeping.run, args=(stop,), daemon=True)
-    thread.start()
 
     def up() -> list[float | None]:
         return [
             metrics.registry.get_sample_value("aicm_shard_up", {"shard": str(n)}) for n in range(3)
         ]
 
-    try:
-        wait_until(lambda: up() == [1, 0, 1], 30, "shard 1 reported down, the others up")
-    finally:
-        stop.set()
-        thread.join(10)
+    housekeep_until(
+        stores, metrics, lambda: up() == [1, 0, 1], "shard 1 reported down, the others up"
+    )
